@@ -1,0 +1,10 @@
+use lambda_runtime::service_fn;
+use shared::config::Env;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shared::telemetry::init();
+    let config = price_fetch::Config::from_env(&Env::from_process())?;
+    tracing::info!(?config, "cold start");
+    lambda_runtime::run(service_fn(price_fetch::handle)).await
+}

@@ -1,0 +1,9 @@
+use shared::config::Env;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::telemetry::init();
+    let config = prices::Config::from_env(&Env::from_process())?;
+    let aws = shared::aws::sdk_config().await;
+    lambda_http::run(prices::app(&config, &aws)).await
+}

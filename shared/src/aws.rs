@@ -1,0 +1,75 @@
+//! AWS SDK configuration and the cheap calls `/health` uses to prove each
+//! dependency is reachable.
+//!
+//! Nothing here knows whether it talks to AWS or the local emulator: the SDK
+//! reads `AWS_ENDPOINT_URL` (and region and credentials) from the environment,
+//! which is the only thing `make dev` changes.
+
+use aws_config::BehaviorVersion;
+pub use aws_config::SdkConfig;
+
+/// Loads region, credentials and endpoint from the environment. Call once per
+/// cold start and build every client from the result.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// `DescribeTable`: proves the table exists and we may use it, reads no items.
+pub async fn probe_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), String> {
+    client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| describe(&e))
+}
+
+/// `GetQueueAttributes`: proves the queue exists, receives nothing.
+pub async fn probe_queue(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<(), String> {
+    client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| describe(&e))
+}
+
+/// `DescribeSecret`: proves the secret exists without reading its value.
+pub async fn probe_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+) -> Result<(), String> {
+    client
+        .describe_secret()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| describe(&e))
+}
+
+/// A one-line description of an SDK error: the service's error code when
+/// there is one, else the transport failure.
+pub fn describe<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_dynamodb::error::SdkError;
+    match err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            match (e.code(), e.message()) {
+                (Some(code), Some(msg)) => format!("{code}: {msg}"),
+                (Some(code), None) => code.to_owned(),
+                _ => e.to_string(),
+            }
+        }
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        SdkError::DispatchFailure(_) => "could not connect".to_owned(),
+        other => other.to_string(),
+    }
+}

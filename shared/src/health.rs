@@ -1,0 +1,139 @@
+//! `GET /health`: touches every dependency a function uses.
+//!
+//! A function lists its dependencies once at cold start; each request probes
+//! them concurrently, each with its own timeout, and answers 200 with every
+//! check's result or 503 (problem+json) naming the ones that failed, so a load
+//! balancer or a person can tell which table, queue or secret is at fault.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::future::join_all;
+use serde_json::{Map, Value, json};
+
+use crate::aws::{probe_queue, probe_secret, probe_table};
+use crate::error::ApiError;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+enum Probe {
+    Table(aws_sdk_dynamodb::Client, String),
+    Queue(aws_sdk_sqs::Client, String),
+    Secret(aws_sdk_secretsmanager::Client, String),
+}
+
+impl Probe {
+    async fn run(&self) -> Result<(), String> {
+        let probe = async {
+            match self {
+                Probe::Table(client, name) => probe_table(client, name).await,
+                Probe::Queue(client, url) => probe_queue(client, url).await,
+                Probe::Secret(client, id) => probe_secret(client, id).await,
+            }
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, probe)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")))
+    }
+}
+
+/// The dependencies of one function, built once per cold start.
+#[derive(Debug, Clone)]
+pub struct HealthChecks {
+    function: &'static str,
+    version: &'static str,
+    probes: Vec<(&'static str, Probe)>,
+}
+
+impl HealthChecks {
+    pub fn new(function: &'static str, version: &'static str) -> Self {
+        Self {
+            function,
+            version,
+            probes: Vec::new(),
+        }
+    }
+
+    pub fn table(
+        mut self,
+        label: &'static str,
+        client: &aws_sdk_dynamodb::Client,
+        name: &str,
+    ) -> Self {
+        self.probes
+            .push((label, Probe::Table(client.clone(), name.to_owned())));
+        self
+    }
+
+    pub fn queue(mut self, label: &'static str, client: &aws_sdk_sqs::Client, url: &str) -> Self {
+        self.probes
+            .push((label, Probe::Queue(client.clone(), url.to_owned())));
+        self
+    }
+
+    pub fn secret(
+        mut self,
+        label: &'static str,
+        client: &aws_sdk_secretsmanager::Client,
+        id: &str,
+    ) -> Self {
+        self.probes
+            .push((label, Probe::Secret(client.clone(), id.to_owned())));
+        self
+    }
+
+    /// A router serving `GET /health` with these checks.
+    pub fn route(self) -> Router {
+        let checks = Arc::new(self);
+        Router::new().route(
+            "/health",
+            get(move || {
+                let checks = Arc::clone(&checks);
+                async move { checks.report().await }
+            }),
+        )
+    }
+
+    /// Probes every dependency concurrently.
+    pub async fn report(&self) -> Response {
+        let results = join_all(
+            self.probes
+                .iter()
+                .map(|(label, probe)| async move { (*label, probe.run().await) }),
+        )
+        .await;
+
+        let mut checks = Map::new();
+        let mut failed = Vec::new();
+        for (label, result) in results {
+            match result {
+                Ok(()) => checks.insert(label.to_owned(), json!("ok")),
+                Err(reason) => {
+                    tracing::warn!(dependency = label, reason, "health check failed");
+                    failed.push(label);
+                    checks.insert(label.to_owned(), json!(format!("error: {reason}")))
+                }
+            };
+        }
+
+        if failed.is_empty() {
+            Json(json!({
+                "status": "ok",
+                "function": self.function,
+                "version": self.version,
+                "checks": checks,
+            }))
+            .into_response()
+        } else {
+            ApiError::unavailable(&failed.join(", "), 5)
+                .with_extension("function", self.function)
+                .with_extension("version", self.version)
+                .with_extension("checks", Value::Object(checks))
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Pieces every HTTP function puts around its router.
+//!
+//! - [`observe`]: gives each request an id (Lambda's request id, so a client's
+//!   `request_id` leads straight to the function's logs), scopes it for
+//!   [`crate::error::ApiError`], echoes it as `x-request-id`, and writes the one
+//!   log line per request (route, status, latency).
+//! - [`with_browser_layers`]: security headers and CORS for browser-facing routes.
+//! - [`finish`]: problem+json instead of axum's empty 404/405 bodies, and [`observe`].
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderName, HeaderValue, Method, header};
+use lambda_http::RequestExt;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::config::{ConfigError, Env};
+use crate::error::ApiError;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of the request being handled, if called inside [`observe`].
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Middleware: request id, `x-request-id`, and one structured log line per request.
+pub async fn observe(request: Request, next: Next) -> Response {
+    let request_id = request
+        .lambda_context_ref()
+        .map(|ctx| ctx.request_id.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), next.run(request))
+        .await;
+
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    tracing::info!(
+        %method,
+        route,
+        status = response.status().as_u16(),
+        latency_ms,
+        request_id,
+        "request"
+    );
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no route matches this path")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// Origins allowed to call browser-facing routes, from `CORS_ALLOWED_ORIGINS`
+/// (comma-separated, or `*`). Defaults to `*`: every route authenticates with
+/// a bearer header, never a cookie, so a wildcard exposes nothing ambient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<HeaderValue>),
+}
+
+impl CorsOrigins {
+    pub const ENV: &'static str = "CORS_ALLOWED_ORIGINS";
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        match env.optional(Self::ENV) {
+            None | Some("*") => Ok(Self::Any),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|origin| {
+                    HeaderValue::from_str(origin).map_err(|_| ConfigError::Invalid {
+                        name: Self::ENV,
+                        reason: format!("{origin:?} is not a valid origin"),
+                    })
+                })
+                .collect::<Result<_, _>>()
+                .map(Self::List),
+        }
+    }
+}
+
+/// Adds security headers and CORS to every route of `router`.
+///
+/// Headers are set `if_not_present`, so a route that serves HTML (the
+/// dashboard) can send its own Content-Security-Policy.
+pub fn with_browser_layers<S>(router: Router<S>, origins: &CorsOrigins) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let allow_origin = match origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(list.iter().cloned()),
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([
+            X_REQUEST_ID,
+            header::ETAG,
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static("x-ratelimit-reset"),
+        ])
+        .max_age(std::time::Duration::from_secs(600));
+    let set = |name: HeaderName, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+    };
+    router
+        .layer(set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(set(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(set(header::REFERRER_POLICY, "no-referrer"))
+        .layer(set(
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=63072000; includeSubDomains",
+        ))
+        .layer(set(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ))
+        .layer(cors)
+}
+
+/// The layers every HTTP function puts around its routes: problem+json for
+/// unknown paths and methods, then [`observe`] outermost so its log line sees
+/// the final status.
+pub fn finish<S>(router: Router<S>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(observe))
+}

@@ -1,0 +1,17 @@
+//! Ingot's library crate: everything the six functions share.
+//!
+//! Functions are wiring; the behaviour lives here, in small modules that can be
+//! read on their own:
+//! - [`config`]: environment → typed config, failing fast with the variable's name;
+//! - [`error`]: the one HTTP error type, rendered as `application/problem+json`;
+//! - [`http`]: request ids, the per-request log line, security headers and CORS;
+//! - [`health`]: `/health` probes that really touch each dependency;
+//! - [`aws`]: SDK configuration (the endpoint is the only local/AWS difference);
+//! - [`telemetry`]: JSON logs and CloudWatch embedded metrics.
+
+pub mod aws;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod telemetry;

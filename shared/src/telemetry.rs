@@ -1,0 +1,133 @@
+//! Logs and metrics.
+//!
+//! Logs are JSON lines (CloudWatch Logs Insights can query every field).
+//! Metrics use CloudWatch Embedded Metric Format: a specially shaped JSON log
+//! line that CloudWatch turns into metrics asynchronously, so emitting one
+//! costs a `println!`, not an API call on the request path.
+
+use serde_json::{Map, Value, json};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the JSON log subscriber; level from `RUST_LOG` (default `info`).
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_target(false)
+        .with_env_filter(filter)
+        .init();
+}
+
+/// The CloudWatch namespace every Ingot metric lives in.
+pub const NAMESPACE: &str = "Ingot";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Milliseconds,
+}
+
+impl Unit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "Count",
+            Unit::Milliseconds => "Milliseconds",
+        }
+    }
+}
+
+/// One EMF record: a set of dimensions and the metric values measured under them.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    dimensions: Vec<(&'static str, String)>,
+    values: Vec<(&'static str, Unit, f64)>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn dimension(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.dimensions.push((name, value.into()));
+        self
+    }
+
+    pub fn value(mut self, name: &'static str, unit: Unit, value: f64) -> Self {
+        self.values.push((name, unit, value));
+        self
+    }
+
+    /// The EMF document, timestamped `timestamp_ms` (Unix epoch milliseconds).
+    pub fn render(&self, timestamp_ms: i64) -> Value {
+        let mut root = Map::new();
+        for (name, value) in &self.dimensions {
+            root.insert((*name).to_owned(), json!(value));
+        }
+        for (name, _, value) in &self.values {
+            root.insert((*name).to_owned(), json!(value));
+        }
+        let dimension_names: Vec<_> = self.dimensions.iter().map(|(n, _)| *n).collect();
+        let metrics: Vec<_> = self
+            .values
+            .iter()
+            .map(|(name, unit, _)| json!({"Name": name, "Unit": unit.as_str()}))
+            .collect();
+        root.insert(
+            "_aws".to_owned(),
+            json!({
+                "Timestamp": timestamp_ms,
+                "CloudWatchMetrics": [{
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [dimension_names],
+                    "Metrics": metrics,
+                }],
+            }),
+        );
+        Value::Object(root)
+    }
+
+    /// Writes the record to stdout, where the Lambda log agent picks it up.
+    /// EMF must be the whole log line, so it bypasses the tracing formatter.
+    pub fn emit(&self) {
+        if !self.values.is_empty() {
+            println!("{}", self.render(chrono::Utc::now().timestamp_millis()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_embedded_metric_format() {
+        let doc = Metrics::new()
+            .dimension("Function", "rollup")
+            .value("MessagesReceived", Unit::Count, 3.0)
+            .value("BatchLatency", Unit::Milliseconds, 12.5)
+            .render(1_700_000_000_000);
+        assert_eq!(
+            doc,
+            json!({
+                "Function": "rollup",
+                "MessagesReceived": 3.0,
+                "BatchLatency": 12.5,
+                "_aws": {
+                    "Timestamp": 1_700_000_000_000_i64,
+                    "CloudWatchMetrics": [{
+                        "Namespace": "Ingot",
+                        "Dimensions": [["Function"]],
+                        "Metrics": [
+                            {"Name": "MessagesReceived", "Unit": "Count"},
+                            {"Name": "BatchLatency", "Unit": "Milliseconds"},
+                        ],
+                    }],
+                },
+            })
+        );
+    }
+}
