@@ -1,1 +1,13 @@
+//! The local cloud behind `make dev`, and the tools around it.
+//!
+//! Neither SAM local (it needs a container runtime) nor cargo-lambda (it runs
+//! functions, not event sources) can run Ingot here on their own, so this
+//! crate supplies what is missing, all read from `template.yaml`:
+//! - [`template`]: the resources and functions the template declares;
+//! - [`bootstrap`]: creates them in the AWS emulator (moto);
+//! - [`pump`]: Lambda's SQS event source mapping (batches, partial failures);
+//! - [`schedule`]: EventBridge Scheduler's `rate(...)` schedules;
+//! - [`invoke`]: calls a function through cargo-lambda's Invoke API;
+//! - [`dev`]: runs all of it together and stops it cleanly.
 
+pub mod template;
