@@ -10,4 +10,9 @@
 //! - [`invoke`]: calls a function through cargo-lambda's Invoke API;
 //! - [`dev`]: runs all of it together and stops it cleanly.
 
+pub mod bootstrap;
+pub mod dev;
+pub mod invoke;
+pub mod pump;
+pub mod schedule;
 pub mod template;

@@ -1,1 +1,87 @@
-fn main() {}
+//! `ingot-local`: the local cloud's command line (see the crate docs).
+//!
+//! - `ingot-local dev`: everything, until Ctrl-C (`make dev`);
+//! - `ingot-local trigger <function>`: fire a scheduled function now.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use local::dev::{self, DevOptions, Log};
+use local::invoke::LambdaInvoker;
+use local::schedule;
+use local::template::{Template, Trigger};
+
+const USAGE: &str = "usage: ingot-local dev | ingot-local trigger <function>";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    let options = match DevOptions::from_env(root.clone()) {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["dev"] => {
+            let log = match Log::open(&root.join(".local/dev.log")) {
+                Ok(log) => log,
+                Err(e) => return fail(&e.to_string()),
+            };
+            tracing_subscriber::fmt()
+                .with_writer(move || log.clone())
+                .with_ansi(false)
+                .init();
+            dev::run(options).await
+        }
+        ["trigger", function] => trigger(&root, &options, function).await,
+        _ => Err(USAGE.to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("ingot-local: {message}");
+    ExitCode::FAILURE
+}
+
+/// The workspace root: this crate's parent directory.
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+async fn trigger(
+    root: &std::path::Path,
+    options: &DevOptions,
+    function: &str,
+) -> Result<(), String> {
+    let template =
+        Template::load(&root.join("template.yaml").to_string_lossy()).map_err(|e| e.to_string())?;
+    let source = template
+        .functions()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|f| f.binary == function)
+        .flat_map(|f| f.triggers)
+        .find_map(|t| match t {
+            Trigger::Schedule(source) => Some(source),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{function} has no schedule in template.yaml"))?;
+    let invoker = LambdaInvoker::new(&options.lambda_endpoint());
+    let result = schedule::fire(&invoker, function, &source)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{result}");
+    Ok(())
+}

@@ -1,0 +1,52 @@
+# Ingot: `make dev` runs everything locally, `make test` checks everything.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# Build caches live outside the checkout so clones and CI reruns share them.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/ingot/target
+VENV := .venv
+PYTHON ?= python3
+# The venv's tools (moto_server, cargo-lambda, cfn-lint) come first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv dev trigger test lint unit template-check bench clean
+
+help:
+	@echo "make dev      run the whole system locally (emulated AWS, all functions, event sources)"
+	@echo "make test     fmt, clippy, unit + integration tests, template checks"
+	@echo "make trigger FUNCTION=price-fetch   fire a scheduled function now (while make dev runs)"
+	@echo "make bench    binary sizes, cold init, peak RSS -> docs/perf.md"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: infra/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements.txt
+	touch $@
+
+dev: venv
+	cargo build --quiet -p ingot-local
+	$(CARGO_TARGET_DIR)/debug/ingot-local dev
+
+trigger:
+	cargo run --quiet -p ingot-local -- trigger $(FUNCTION)
+
+test: venv lint unit template-check
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	cargo test --workspace --locked
+
+template-check: venv
+	$(VENV)/bin/python infra/check_template.py template.yaml
+
+bench: venv
+	cargo build --release --locked --bins
+	cargo run --quiet --release -p ingot-local --bin ingot-bench
+
+clean:
+	rm -rf .local $(VENV)

@@ -1,0 +1,389 @@
+//! `make dev`: the whole system on one machine.
+//!
+//! Starts (or reuses) the AWS emulator, creates the template's resources,
+//! builds every function, serves them with `cargo lambda watch`, and runs the
+//! event sources cargo-lambda lacks (SQS → rollup, schedule → price-fetch).
+//! Every component's output goes to the terminal and to `.local/dev.log`,
+//! prefixed with its name. Ctrl-C stops every process it started, children
+//! included (each runs in its own process group), so no port stays taken.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::bootstrap::{ACCOUNT_ID, bootstrap, emulator_config, function_environment, queue_arn};
+use crate::invoke::LambdaInvoker;
+use crate::pump::Pump;
+use crate::schedule;
+use crate::template::{Template, Trigger};
+
+/// Where things run; every port overridable for a second checkout.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub root: PathBuf,
+    pub moto_port: u16,
+    pub lambda_port: u16,
+    pub stack: String,
+    pub region: String,
+}
+
+impl DevOptions {
+    /// From `INGOT_MOTO_PORT` (4566) and `INGOT_LAMBDA_PORT` (9000).
+    pub fn from_env(root: PathBuf) -> Result<Self, String> {
+        let port = |name: &str, default: u16| match std::env::var(name) {
+            Ok(v) => v.parse().map_err(|_| format!("{name}={v:?} is not a port")),
+            Err(_) => Ok(default),
+        };
+        Ok(Self {
+            root,
+            moto_port: port("INGOT_MOTO_PORT", 4566)?,
+            lambda_port: port("INGOT_LAMBDA_PORT", 9000)?,
+            stack: "ingot-local".to_owned(),
+            region: "us-east-1".to_owned(),
+        })
+    }
+
+    pub fn moto_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.moto_port)
+    }
+
+    pub fn lambda_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.lambda_port)
+    }
+}
+
+/// Terminal + `.local/dev.log`, shared by every component.
+#[derive(Clone)]
+pub struct Log {
+    file: Arc<Mutex<std::fs::File>>,
+}
+
+impl Log {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            file: Arc::new(Mutex::new(file)),
+        })
+    }
+
+    pub fn line(&self, component: &str, text: &str) {
+        let line = format!("[{component:>6}] {text}\n");
+        let _ = self.clone().write_all(line.as_bytes());
+    }
+}
+
+impl Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stdout().write_all(buf)?;
+        if let Ok(mut file) = self.file.lock() {
+            file.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+/// A started process group, stopped on drop of the dev session.
+struct Component {
+    name: &'static str,
+    child: Child,
+}
+
+impl Component {
+    fn spawn(name: &'static str, command: &mut Command, log: &Log) -> Result<Self, String> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        forward(name, child.stdout.take(), log.clone());
+        forward(name, child.stderr.take(), log.clone());
+        Ok(Self { name, child })
+    }
+
+    /// SIGTERM to the whole group, SIGKILL after five seconds.
+    async fn stop(mut self, log: &Log) {
+        let Some(pid) = self.child.id() else { return };
+        let group = -(pid as i32);
+        // SAFETY: kill(2) with a negative pid signals our own child's group.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            unsafe { libc::kill(group, libc::SIGKILL) };
+            let _ = self.child.wait().await;
+        }
+        log.line("dev", &format!("stopped {}", self.name));
+    }
+}
+
+fn forward<R: AsyncRead + Unpin + Send + 'static>(name: &'static str, stream: Option<R>, log: Log) {
+    let Some(stream) = stream else { return };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            // moto logs every request; the pump alone polls once a second.
+            let access_ok = name == "moto" && line.contains("HTTP/1.1\" 2");
+            if !access_ok {
+                log.line(name, &line);
+            }
+        }
+    });
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+async fn wait_for_port(port: u16, within: Duration, what: &str) -> Result<(), String> {
+    let started = Instant::now();
+    while !port_open(port) {
+        if started.elapsed() > within {
+            return Err(format!("{what} did not open port {port} within {within:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Runs everything until Ctrl-C or SIGTERM.
+pub async fn run(options: DevOptions) -> Result<(), String> {
+    let log = Log::open(&options.root.join(".local/dev.log")).map_err(|e| e.to_string())?;
+    let template = Template::load(&options.root.join("template.yaml").to_string_lossy())
+        .map_err(|e| e.to_string())?;
+    let functions = template.functions().map_err(|e| e.to_string())?;
+    if port_open(options.lambda_port) {
+        return Err(format!(
+            "port {} is taken (another `make dev`?); set INGOT_LAMBDA_PORT to use another",
+            options.lambda_port
+        ));
+    }
+
+    let mut components = Vec::new();
+    let result = start(&options, &template, &functions, &log, &mut components).await;
+    if let Err(error) = &result {
+        log.line("dev", &format!("error: {error}"));
+    } else {
+        wait_for_shutdown(&mut components, &log).await;
+    }
+    for component in components.into_iter().rev() {
+        component.stop(&log).await;
+    }
+    result
+}
+
+async fn start(
+    options: &DevOptions,
+    template: &Template,
+    functions: &[crate::template::FunctionSpec],
+    log: &Log,
+    components: &mut Vec<Component>,
+) -> Result<(), String> {
+    // 1. The emulator: reuse a running one, so its data survives a rerun.
+    if port_open(options.moto_port) {
+        log.line(
+            "dev",
+            &format!("reusing the emulator on port {}", options.moto_port),
+        );
+    } else {
+        components.push(Component::spawn(
+            "moto",
+            Command::new("moto_server").args([
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &options.moto_port.to_string(),
+            ]),
+            log,
+        )?);
+        wait_for_port(options.moto_port, Duration::from_secs(30), "moto_server").await?;
+    }
+
+    // 2. The template's resources, and the functions' environment.
+    let aws = emulator_config(&options.moto_endpoint(), &options.region).await;
+    let mut resolver = template
+        .resolver(
+            &options.stack,
+            &options.region,
+            ACCOUNT_ID,
+            &[("Stage", "local")],
+        )
+        .map_err(|e| e.to_string())?;
+    let generated = bootstrap(template, &mut resolver, &aws)
+        .await
+        .map_err(|e| e.to_string())?;
+    let env = function_environment(
+        template,
+        &resolver,
+        &options.moto_endpoint(),
+        &options.region,
+    )
+    .map_err(|e| e.to_string())?;
+    let env_file = options.root.join(".local/functions.env");
+    let body: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(&env_file, body).map_err(|e| format!("{}: {e}", env_file.display()))?;
+    log.line(
+        "dev",
+        &format!(
+            "resources ready; function environment in {}",
+            env_file.display()
+        ),
+    );
+
+    // 3. Build each function the way `cargo lambda watch` will run it (one
+    //    binary at a time, so cargo's feature resolution matches), so the
+    //    first request does not wait for a compile.
+    for function in functions {
+        log.line("build", &format!("cargo build --bin {}", function.binary));
+        let status = Command::new("cargo")
+            .args(["build", "--quiet", "--bin", &function.binary])
+            .current_dir(&options.root)
+            .status()
+            .await
+            .map_err(|e| format!("cargo build: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build --bin {} failed", function.binary));
+        }
+    }
+
+    // 4. The functions.
+    components.push(Component::spawn(
+        "lambda",
+        Command::new("cargo")
+            .args([
+                "lambda",
+                "watch",
+                "--quiet",
+                "--disable-cors",
+                "-A",
+                "127.0.0.1",
+                "-P",
+            ])
+            .arg(options.lambda_port.to_string())
+            .arg("--env-file")
+            .arg(&env_file)
+            .current_dir(&options.root),
+        log,
+    )?);
+    wait_for_port(
+        options.lambda_port,
+        Duration::from_secs(60),
+        "cargo lambda watch",
+    )
+    .await?;
+
+    // 5. The event sources.
+    let invoker = LambdaInvoker::new(&options.lambda_endpoint());
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let mut urls = Vec::new();
+    for function in functions {
+        for trigger in &function.triggers {
+            match trigger {
+                Trigger::Http { streaming } => urls.push(format!(
+                    "  {:<12} {}/lambda-url/{}/health{}",
+                    function.binary,
+                    options.lambda_endpoint(),
+                    function.binary,
+                    if *streaming {
+                        "   (streaming: curl -N)"
+                    } else {
+                        ""
+                    }
+                )),
+                Trigger::Sqs(source) => {
+                    let queue_url = resolver
+                        .reference(&source.queue)
+                        .ok_or_else(|| format!("queue {} was not created", source.queue))?
+                        .to_owned();
+                    let pump = Pump {
+                        queue_arn: queue_arn(&sqs, &queue_url)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                        sqs: sqs.clone(),
+                        queue_url: queue_url.clone(),
+                        region: options.region.clone(),
+                        source: source.clone(),
+                        function: function.binary.clone(),
+                        invoker: invoker.clone(),
+                    };
+                    tokio::spawn(async move { pump.run().await });
+                    urls.push(format!("  {:<12} ← SQS {queue_url}", function.binary));
+                }
+                Trigger::Schedule(source) => {
+                    let every = schedule::period(&source.expression).map_err(|e| e.to_string())?;
+                    tokio::spawn(schedule::run(
+                        invoker.clone(),
+                        function.binary.clone(),
+                        source.clone(),
+                        every,
+                    ));
+                    urls.push(format!(
+                        "  {:<12} ← {} (now: make trigger FUNCTION={})",
+                        function.binary, source.expression, function.binary
+                    ));
+                }
+            }
+        }
+    }
+
+    let mut summary = String::from("Ingot is up.\n");
+    summary.push_str(&urls.join("\n"));
+    summary.push_str(&format!(
+        "\n  emulator     {} (AWS_ENDPOINT_URL)\n",
+        options.moto_endpoint()
+    ));
+    for secret in &generated {
+        summary.push_str(&format!(
+            "  secret       {} = {}\n",
+            secret.name, secret.value
+        ));
+    }
+    summary.push_str("  logs         .local/dev.log    (Ctrl-C stops everything)");
+    for line in summary.lines() {
+        log.line("dev", line);
+    }
+    Ok(())
+}
+
+async fn wait_for_shutdown(components: &mut [Component], log: &Log) {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let exited = async {
+        loop {
+            for component in components.iter_mut() {
+                if let Ok(Some(status)) = component.child.try_wait() {
+                    return (component.name, status);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => log.line("dev", "Ctrl-C: stopping"),
+        _ = async { match terminate.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => log.line("dev", "SIGTERM: stopping"),
+        (name, status) = exited => log.line("dev", &format!("{name} exited ({status}); stopping")),
+    }
+}
