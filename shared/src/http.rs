@@ -4,8 +4,8 @@
 //!   `request_id` leads straight to the function's logs), scopes it for
 //!   [`crate::error::ApiError`], echoes it as `x-request-id`, and writes the one
 //!   log line per request (route, status, latency).
-//! - [`with_browser_layers`]: security headers and CORS for browser-facing routes.
-//! - [`finish`]: problem+json instead of axum's empty 404/405 bodies, and [`observe`].
+//! - [`finish`]: all of the above around a function's routes, plus security
+//!   headers, CORS, and problem+json instead of axum's empty 404/405 bodies.
 
 use std::time::Instant;
 
@@ -107,7 +107,7 @@ impl CorsOrigins {
 ///
 /// Headers are set `if_not_present`, so a route that serves HTML (the
 /// dashboard) can send its own Content-Security-Policy.
-pub fn with_browser_layers<S>(router: Router<S>, origins: &CorsOrigins) -> Router<S>
+fn with_browser_layers<S>(router: Router<S>, origins: &CorsOrigins) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -150,15 +150,15 @@ where
         .layer(cors)
 }
 
-/// The layers every HTTP function puts around its routes: problem+json for
-/// unknown paths and methods, then [`observe`] outermost so its log line sees
-/// the final status.
-pub fn finish<S>(router: Router<S>) -> Router<S>
+/// Turns a function's routes into its app: problem+json for unknown paths
+/// and methods, security headers and CORS (outside routing, so preflights
+/// reach them), and [`observe`] outermost so its log line sees the final status.
+pub fn finish<S>(router: Router<S>, origins: &CorsOrigins) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    router
+    let router = router
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(observe))
+        .method_not_allowed_fallback(method_not_allowed);
+    with_browser_layers(router, origins).layer(axum::middleware::from_fn(observe))
 }

@@ -10,7 +10,7 @@ use axum::Router;
 use shared::aws::SdkConfig;
 use shared::config::{ConfigError, Env};
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, finish, with_browser_layers};
+use shared::http::{CorsOrigins, finish};
 
 pub const FUNCTION: &str = "chat-stream";
 
@@ -51,5 +51,5 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             &secrets,
             &config.anthropic_api_key_secret,
         );
-    finish(with_browser_layers(health.route(), &config.cors))
+    finish(health.route(), &config.cors)
 }

@@ -6,7 +6,7 @@ use axum::Router;
 use shared::aws::SdkConfig;
 use shared::config::{ConfigError, Env};
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, finish, with_browser_layers};
+use shared::http::{CorsOrigins, finish};
 
 pub const FUNCTION: &str = "ingest";
 
@@ -33,5 +33,5 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
         .table("tenants_table", &dynamodb, &config.tenants_table)
         .queue("events_queue", &sqs, &config.events_queue_url);
-    finish(with_browser_layers(health.route(), &config.cors))
+    finish(health.route(), &config.cors)
 }

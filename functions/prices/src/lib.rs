@@ -7,7 +7,7 @@ use axum::Router;
 use shared::aws::SdkConfig;
 use shared::config::{ConfigError, Env};
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, finish, with_browser_layers};
+use shared::http::{CorsOrigins, finish};
 
 pub const FUNCTION: &str = "prices";
 
@@ -41,5 +41,5 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             &secrets,
             &config.provider_keys_secret,
         );
-    finish(with_browser_layers(health.route(), &config.cors))
+    finish(health.route(), &config.cors)
 }

@@ -7,7 +7,7 @@ use axum::Router;
 use shared::aws::SdkConfig;
 use shared::config::{ConfigError, Env};
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, finish, with_browser_layers};
+use shared::http::{CorsOrigins, finish};
 
 pub const FUNCTION: &str = "usage";
 
@@ -40,5 +40,5 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         .table("usage_table", &dynamodb, &config.usage_table)
         .table("chat_table", &dynamodb, &config.chat_table)
         .secret("admin_token_secret", &secrets, &config.admin_token_secret);
-    finish(with_browser_layers(health.route(), &config.cors))
+    finish(health.route(), &config.cors)
 }

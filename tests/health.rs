@@ -1,0 +1,250 @@
+//! `GET /health` of every HTTP function, and the shared HTTP edge (problem
+//! responses, security headers, CORS), run through the real routers against
+//! the emulated AWS.
+
+use axum::Router;
+use axum::body::Body;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use shared::config::Env;
+use shared::http::CorsOrigins;
+use tower::ServiceExt;
+
+async fn send(app: Router, request: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+    let response = app.oneshot(request).await.expect("infallible router");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).expect("request")
+}
+
+async fn apps(env: &Env) -> Vec<(&'static str, Router)> {
+    let aws = support::aws().await;
+    vec![
+        (
+            "prices",
+            prices::app(&prices::Config::from_env(env).unwrap(), &aws),
+        ),
+        (
+            "ingest",
+            ingest::app(&ingest::Config::from_env(env).unwrap(), &aws),
+        ),
+        (
+            "usage",
+            usage::app(&usage::Config::from_env(env).unwrap(), &aws),
+        ),
+        (
+            "chat-stream",
+            chat_stream::app(&chat_stream::Config::from_env(env).unwrap(), &aws),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_http_function_is_healthy_against_the_template_resources() {
+    let (_, env) = support::stack().await;
+    let expected: [(&str, &[&str]); 4] = [
+        (
+            "prices",
+            &["prices_table", "provider_keys_secret", "rate_limit_table"],
+        ),
+        ("ingest", &["events_queue", "tenants_table"]),
+        (
+            "usage",
+            &[
+                "admin_token_secret",
+                "chat_table",
+                "tenants_table",
+                "usage_table",
+            ],
+        ),
+        (
+            "chat-stream",
+            &[
+                "anthropic_api_key_secret",
+                "chat_table",
+                "events_queue",
+                "rate_limit_table",
+                "usage_table",
+            ],
+        ),
+    ];
+    for ((name, app), (expected_name, checks)) in apps(&env).await.into_iter().zip(expected) {
+        assert_eq!(name, expected_name);
+        let (status, headers, body) = send(app, get("/health")).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body}");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["function"], name);
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        let reported: Vec<(&str, &str)> = body["checks"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+            .collect();
+        let all_ok: Vec<(&str, &str)> = checks.iter().map(|c| (*c, "ok")).collect();
+        assert_eq!(reported, all_ok, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn health_is_503_naming_the_dependency_that_failed() {
+    let (_, env) = support::stack().await;
+    let mut config = ingest::Config::from_env(&env).unwrap();
+    config.tenants_table = support::unique("deleted-table");
+    let app = ingest::app(&config, &support::aws().await);
+
+    let (status, headers, body) = send(app, get("/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(headers[header::RETRY_AFTER], "5");
+    assert_eq!(body["code"], "dependency_unavailable");
+    assert_eq!(body["dependency"], "tenants_table");
+    assert_eq!(body["checks"]["events_queue"], "ok");
+    assert!(
+        body["checks"]["tenants_table"]
+            .as_str()
+            .unwrap()
+            .starts_with("error: ResourceNotFoundException"),
+        "{body}"
+    );
+    assert_eq!(
+        body["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn health_is_503_when_aws_cannot_be_reached() {
+    let (_, env) = support::stack().await;
+    let closed_port =
+        local::bootstrap::emulator_config("http://127.0.0.1:9", support::REGION).await;
+    let app = prices::app(&prices::Config::from_env(&env).unwrap(), &closed_port);
+
+    let (status, _, body) = send(app, get("/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body["dependency"],
+        "prices_table, rate_limit_table, provider_keys_secret"
+    );
+    for check in ["prices_table", "rate_limit_table", "provider_keys_secret"] {
+        assert!(
+            body["checks"][check]
+                .as_str()
+                .unwrap()
+                .starts_with("error: "),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_problem_json_with_a_request_id() {
+    let (_, env) = support::stack().await;
+    for (_, app) in apps(&env).await {
+        let (status, headers, body) = send(app.clone(), get("/no/such/route")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(body["code"], "not_found");
+        assert_eq!(body["status"], 404);
+        assert!(!body["request_id"].as_str().unwrap().is_empty());
+
+        let delete = Request::delete("/health").body(Body::empty()).unwrap();
+        let (status, _, body) = send(app, delete).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["code"], "method_not_allowed");
+    }
+}
+
+#[tokio::test]
+async fn responses_carry_security_headers_and_cors() {
+    let (_, env) = support::stack().await;
+    for (name, app) in apps(&env).await {
+        let request = Request::get("/health")
+            .header(header::ORIGIN, "https://dashboard.example")
+            .body(Body::empty())
+            .unwrap();
+        let (_, headers, _) = send(app.clone(), request).await;
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{name}");
+        assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(headers[header::REFERRER_POLICY], "no-referrer");
+        assert!(headers.contains_key(header::STRICT_TRANSPORT_SECURITY));
+        assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
+        assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+
+        let preflight = Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/health")
+            .header(header::ORIGIN, "https://dashboard.example")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization")
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, _) = send(app, preflight).await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        assert!(
+            headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
+                .to_str()
+                .unwrap()
+                .contains("authorization")
+        );
+    }
+}
+
+#[tokio::test]
+async fn cors_allow_list_answers_only_listed_origins() {
+    let (_, env) = support::stack().await;
+    let mut config = prices::Config::from_env(&env).unwrap();
+    config.cors = CorsOrigins::List(vec![HeaderValue::from_static("https://app.example")]);
+    let app = prices::app(&config, &support::aws().await);
+
+    let from = |origin: &'static str| {
+        Request::get("/health")
+            .header(header::ORIGIN, origin)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, headers, _) = send(app.clone(), from("https://app.example")).await;
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://app.example"
+    );
+    let (_, headers, _) = send(app, from("https://evil.example")).await;
+    assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+}
+
+#[test]
+fn each_function_names_its_first_missing_variable() {
+    let empty = Env::default();
+    let missing = [
+        prices::Config::from_env(&empty).unwrap_err().to_string(),
+        ingest::Config::from_env(&empty).unwrap_err().to_string(),
+        usage::Config::from_env(&empty).unwrap_err().to_string(),
+        chat_stream::Config::from_env(&empty)
+            .unwrap_err()
+            .to_string(),
+        rollup::Config::from_env(&empty).unwrap_err().to_string(),
+    ];
+    assert_eq!(
+        missing,
+        [
+            "missing required environment variable PRICES_TABLE",
+            "missing required environment variable TENANTS_TABLE",
+            "missing required environment variable TENANTS_TABLE",
+            "missing required environment variable CHAT_TABLE",
+            "missing required environment variable USAGE_TABLE",
+        ]
+    );
+}
