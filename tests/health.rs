@@ -29,28 +29,6 @@ fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).expect("request")
 }
 
-async fn apps(env: &Env) -> Vec<(&'static str, Router)> {
-    let aws = support::aws().await;
-    vec![
-        (
-            "prices",
-            prices::app(&prices::Config::from_env(env).unwrap(), &aws),
-        ),
-        (
-            "ingest",
-            ingest::app(&ingest::Config::from_env(env).unwrap(), &aws),
-        ),
-        (
-            "usage",
-            usage::app(&usage::Config::from_env(env).unwrap(), &aws),
-        ),
-        (
-            "chat-stream",
-            chat_stream::app(&chat_stream::Config::from_env(env).unwrap(), &aws),
-        ),
-    ]
-}
-
 #[tokio::test]
 async fn every_http_function_is_healthy_against_the_template_resources() {
     let (_, env) = support::stack().await;
@@ -80,7 +58,9 @@ async fn every_http_function_is_healthy_against_the_template_resources() {
             ],
         ),
     ];
-    for ((name, app), (expected_name, checks)) in apps(&env).await.into_iter().zip(expected) {
+    for ((name, app), (expected_name, checks)) in
+        support::http_apps(&env).await.into_iter().zip(expected)
+    {
         assert_eq!(name, expected_name);
         let (status, headers, body) = send(app, get("/health")).await;
         assert_eq!(status, StatusCode::OK, "{name}: {body}");
@@ -153,7 +133,7 @@ async fn health_is_503_when_aws_cannot_be_reached() {
 #[tokio::test]
 async fn unknown_paths_and_methods_are_problem_json_with_a_request_id() {
     let (_, env) = support::stack().await;
-    for (_, app) in apps(&env).await {
+    for (_, app) in support::http_apps(&env).await {
         let (status, headers, body) = send(app.clone(), get("/no/such/route")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
@@ -171,7 +151,7 @@ async fn unknown_paths_and_methods_are_problem_json_with_a_request_id() {
 #[tokio::test]
 async fn responses_carry_security_headers_and_cors() {
     let (_, env) = support::stack().await;
-    for (name, app) in apps(&env).await {
+    for (name, app) in support::http_apps(&env).await {
         let request = Request::get("/health")
             .header(header::ORIGIN, "https://dashboard.example")
             .body(Body::empty())

@@ -120,3 +120,26 @@ pub async fn stack() -> (Resolver, shared::config::Env) {
     let env = shared::config::Env::from_pairs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     (resolver, env)
 }
+
+/// Every HTTP function's real app, configured from `env` and the emulator.
+pub async fn http_apps(env: &shared::config::Env) -> Vec<(&'static str, axum::Router)> {
+    let aws = aws().await;
+    vec![
+        (
+            "prices",
+            prices::app(&prices::Config::from_env(env).unwrap(), &aws),
+        ),
+        (
+            "ingest",
+            ingest::app(&ingest::Config::from_env(env).unwrap(), &aws),
+        ),
+        (
+            "usage",
+            usage::app(&usage::Config::from_env(env).unwrap(), &aws),
+        ),
+        (
+            "chat-stream",
+            chat_stream::app(&chat_stream::Config::from_env(env).unwrap(), &aws),
+        ),
+    ]
+}
