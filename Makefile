@@ -20,9 +20,9 @@ help:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: infra/requirements.txt
+$(VENV)/.installed: infra/requirements.txt infra/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements.txt -c infra/constraints.txt
 	touch $@
 
 dev: venv
@@ -38,15 +38,18 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-unit:
+unit: venv
 	cargo test --workspace --locked
 
 template-check: venv
 	$(VENV)/bin/python infra/check_template.py template.yaml
 
+# Each function is built alone, as `sam build` does, so features of other
+# workspace crates do not leak into its binary.
+FUNCTIONS := prices price-fetch chat-stream ingest rollup usage
 bench: venv
-	cargo build --release --locked --bins
-	cargo run --quiet --release -p ingot-local --bin ingot-bench
+	for f in $(FUNCTIONS); do cargo build --release --locked --quiet --bin $$f; done
+	cargo run --quiet --locked -p ingot-local -- bench
 
 clean:
 	rm -rf .local $(VENV)

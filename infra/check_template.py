@@ -37,20 +37,21 @@ def main() -> int:
             resource["Properties"]["CodeUri"] = "s3://ingot-artifacts/placeholder.zip"
 
     transformed = transform(template, {}, NoManagedPolicies())
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as out:
-        json.dump(transformed, out, indent=1)
     print(f"SAM transform ok: {len(transformed['Resources'])} CloudFormation resources")
 
-    result = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "cfn-lint"), "--format", "parseable", out.name],
-        capture_output=True,
-        text=True,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "transformed.json")
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(transformed, f, indent=1)
+        cfn_lint = os.path.join(os.path.dirname(sys.executable), "cfn-lint")
+        result = subprocess.run(
+            [cfn_lint, "--format", "parseable", out], capture_output=True, text=True
+        )
     print(result.stdout, end="")
     print(result.stderr, end="", file=sys.stderr)
-    os.unlink(out.name)
-    # cfn-lint's exit code is a bitmask: 2 = error, 4 = warning, 8 = informational.
-    if result.returncode & 2:
+    # cfn-lint's exit code is a bitmask: 2 = error, 4 = warning, 8 = informational;
+    # anything else (1, a crash) is a failure too.
+    if result.returncode & ~(4 | 8):
         print("cfn-lint found errors in the transformed template", file=sys.stderr)
         return 1
     print("cfn-lint: no errors")

@@ -8,7 +8,8 @@
 //! - [`pump`]: Lambda's SQS event source mapping (batches, partial failures);
 //! - [`schedule`]: EventBridge Scheduler's `rate(...)` schedules;
 //! - [`invoke`]: calls a function through cargo-lambda's Invoke API;
-//! - [`dev`]: runs all of it together and stops it cleanly.
+//! - [`dev`]: runs all of it together and stops it cleanly;
+//! - [`bench`]: measures the functions' release binaries (`make bench`).
 
 pub mod bootstrap;
 pub mod dev;
@@ -16,3 +17,4 @@ pub mod invoke;
 pub mod pump;
 pub mod schedule;
 pub mod template;
+pub mod bench;

@@ -1,7 +1,8 @@
 //! `ingot-local`: the local cloud's command line (see the crate docs).
 //!
 //! - `ingot-local dev`: everything, until Ctrl-C (`make dev`);
-//! - `ingot-local trigger <function>`: fire a scheduled function now.
+//! - `ingot-local trigger <function>`: fire a scheduled function now;
+//! - `ingot-local bench`: size, cold start and memory of each function (`make bench`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use local::invoke::LambdaInvoker;
 use local::schedule;
 use local::template::{Template, Trigger};
 
-const USAGE: &str = "usage: ingot-local dev | ingot-local trigger <function>";
+const USAGE: &str = "usage: ingot-local dev | ingot-local trigger <function> | ingot-local bench";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -39,6 +40,13 @@ async fn main() -> ExitCode {
             dev::run(options).await
         }
         ["trigger", function] => trigger(&root, &options, function).await,
+        ["bench"] => {
+            let runs = std::env::var("INGOT_BENCH_RUNS")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(20);
+            local::bench::run(&root, runs).await
+        }
         _ => Err(USAGE.to_owned()),
     };
     match result {

@@ -1,0 +1,373 @@
+//! `make bench`: size, cold start and memory of every function's release
+//! binary, measured the way Lambda would run it.
+//!
+//! Each binary is started against a small local Runtime API (the same
+//! protocol Lambda's `provided.al2023` speaks): cold init is the time from
+//! spawn to the binary's first `GET .../invocation/next`; it then gets its
+//! sample event from `events/` (HTTP functions their `/health`, which touches
+//! the emulated tables, queue and secrets), and peak RSS (`VmHWM`) is read
+//! once it has answered. Medians over `runs` fresh processes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::template::Template;
+
+const RUNTIME_PREFIX: &str = "/2018-06-01/runtime";
+
+/// What the Runtime API saw of one process.
+#[derive(Default)]
+struct RunState {
+    event: Option<Value>,
+    first_poll: Option<Instant>,
+}
+
+#[derive(Clone)]
+struct RuntimeApi {
+    state: Arc<Mutex<RunState>>,
+    responses: mpsc::UnboundedSender<(Instant, bool)>,
+}
+
+async fn next(State(api): State<RuntimeApi>) -> axum::response::Response {
+    let event = {
+        let mut state = api.state.lock().expect("bench state");
+        state.first_poll.get_or_insert_with(Instant::now);
+        state.event.take()
+    };
+    let Some(event) = event else {
+        // One invocation per process: hold the poll until the process is killed.
+        return std::future::pending().await;
+    };
+    let deadline = chrono::Utc::now().timestamp_millis() + 30_000;
+    let mut headers = HeaderMap::new();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    set("lambda-runtime-aws-request-id", uuid::Uuid::new_v4().to_string());
+    set("lambda-runtime-deadline-ms", deadline.to_string());
+    set(
+        "lambda-runtime-invoked-function-arn",
+        "arn:aws:lambda:us-east-1:123456789012:function:bench".to_owned(),
+    );
+    set("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000".to_owned());
+    set("content-type", "application/json".to_owned());
+    (headers, event.to_string()).into_response()
+}
+
+async fn respond(
+    State(api): State<RuntimeApi>,
+    UrlPath((_, outcome)): UrlPath<(String, String)>,
+    _body: Bytes,
+) -> StatusCode {
+    let _ = api.responses.send((Instant::now(), outcome == "response"));
+    StatusCode::ACCEPTED
+}
+
+async fn init_error(State(api): State<RuntimeApi>, _body: Bytes) -> StatusCode {
+    let _ = api.responses.send((Instant::now(), false));
+    StatusCode::ACCEPTED
+}
+
+/// One function's figures.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub function: String,
+    pub binary_bytes: u64,
+    pub zip_bytes: u64,
+    pub init_ms: Vec<f64>,
+    pub first_invoke_ms: Vec<f64>,
+    pub peak_rss_kib: Vec<u64>,
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Measures every function of the template whose release binary is in `release_dir`.
+pub async fn measure(
+    template: &Template,
+    root: &Path,
+    release_dir: &Path,
+    env: &[(String, String)],
+    runs: usize,
+) -> Result<Vec<Figures>, String> {
+    let (tx, mut responses) = mpsc::unbounded_channel();
+    let api = RuntimeApi {
+        state: Arc::default(),
+        responses: tx,
+    };
+    let app = Router::new()
+        .route(&format!("{RUNTIME_PREFIX}/invocation/next"), get(next))
+        .route(
+            &format!("{RUNTIME_PREFIX}/invocation/{{id}}/{{outcome}}"),
+            post(respond),
+        )
+        .route(&format!("{RUNTIME_PREFIX}/init/error"), post(init_error))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let runtime_api = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut all = Vec::new();
+    for function in template.functions().map_err(|e| e.to_string())? {
+        let binary = release_dir.join(&function.binary);
+        let event = sample_event(root, &function.binary)?;
+        let mut figures = Figures {
+            function: function.binary.clone(),
+            binary_bytes: std::fs::metadata(&binary)
+                .map_err(|e| format!("{}: {e} (run `make bench`, which builds it)", binary.display()))?
+                .len(),
+            zip_bytes: zipped_size(&binary)?,
+            init_ms: Vec::new(),
+            first_invoke_ms: Vec::new(),
+            peak_rss_kib: Vec::new(),
+        };
+        for _ in 0..runs {
+            *api.state.lock().expect("bench state") = RunState {
+                event: Some(event.clone()),
+                first_poll: None,
+            };
+            let started = Instant::now();
+            let mut child = tokio::process::Command::new(&binary)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("PATH", "/usr/bin:/bin")
+                .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
+                .env("AWS_LAMBDA_FUNCTION_NAME", &function.binary)
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+                .env("_HANDLER", "bootstrap")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("{}: {e}", binary.display()))?;
+            let answered = tokio::time::timeout(Duration::from_secs(20), responses.recv()).await;
+            let rss = child.id().and_then(peak_rss_kib);
+            let _ = child.kill().await;
+            let (at, ok) = answered
+                .ok()
+                .flatten()
+                .ok_or_else(|| format!("{} did not answer its event", function.binary))?;
+            if !ok {
+                return Err(format!("{} returned an error for its sample event", function.binary));
+            }
+            let first_poll = api
+                .state
+                .lock()
+                .expect("bench state")
+                .first_poll
+                .ok_or("no poll recorded")?;
+            figures.init_ms.push(ms(first_poll - started));
+            figures.first_invoke_ms.push(ms(at - first_poll));
+            figures.peak_rss_kib.extend(rss);
+        }
+        all.push(figures);
+    }
+    Ok(all)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn sample_event(root: &Path, function: &str) -> Result<Value, String> {
+    let candidates = [
+        format!("events/{function}-health.json"),
+        format!("events/{function}-sqs-batch.json"),
+        format!("events/{function}-schedule.json"),
+    ];
+    let path = candidates
+        .iter()
+        .map(|c| root.join(c))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("no sample event for {function} in events/"))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `VmHWM` of a live process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Size of the deployment zip: the binary as `bootstrap`, deflated by `zip`.
+fn zipped_size(binary: &Path) -> Result<u64, String> {
+    let dir = std::env::temp_dir().join(format!("ingot-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let bootstrap = dir.join("bootstrap");
+    std::fs::copy(binary, &bootstrap).map_err(|e| e.to_string())?;
+    let zip = dir.join("function.zip");
+    let status = std::process::Command::new("zip")
+        .args(["-q", "-j"])
+        .arg(&zip)
+        .arg(&bootstrap)
+        .status()
+        .map_err(|e| format!("zip: {e} (apt-get install zip)"))?;
+    let size = std::fs::metadata(&zip).map(|m| m.len());
+    let _ = std::fs::remove_dir_all(&dir);
+    if !status.success() {
+        return Err("zip failed".to_owned());
+    }
+    size.map_err(|e| e.to_string())
+}
+
+/// The Markdown table for docs/perf.md.
+pub fn table(figures: &[Figures]) -> String {
+    let mut out = String::from(
+        "| function | binary (stripped) | zip | cold init, median | cold init, max | first invoke, median | peak RSS, max |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for f in figures {
+        let max_init = f.init_ms.iter().copied().fold(0.0, f64::max);
+        let rss = f.peak_rss_kib.iter().copied().max().unwrap_or(0);
+        out.push_str(&format!(
+            "| {} | {:.1} MiB | {:.1} MiB | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MiB |\n",
+            f.function,
+            f.binary_bytes as f64 / 1_048_576.0,
+            f.zip_bytes as f64 / 1_048_576.0,
+            median(&f.init_ms),
+            max_init,
+            median(&f.first_invoke_ms),
+            rss as f64 / 1024.0,
+        ));
+    }
+    out
+}
+
+/// Replaces the text between `<!-- BEGIN name -->` and `<!-- END name -->`
+/// in `doc` (appending the section if absent), so each benchmark owns its
+/// own part of docs/perf.md.
+pub fn replace_section(doc: &str, name: &str, body: &str) -> String {
+    let begin = format!("<!-- BEGIN {name} -->");
+    let end = format!("<!-- END {name} -->");
+    let section = format!("{begin}\n{body}{end}");
+    match (doc.find(&begin), doc.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &doc[..b], &doc[e + end.len()..]),
+        _ => format!("{}\n{section}\n", doc.trim_end()),
+    }
+}
+
+/// A line naming this machine: CPU model and core count.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{cpu}, {cores} cores, {}", std::env::consts::ARCH)
+}
+
+/// `$CARGO_TARGET_DIR/release`, or `<root>/target/release`.
+pub fn release_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("release")
+}
+
+/// The whole benchmark: emulator, resources, measurements, docs/perf.md.
+pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
+    let template = Template::load(&root.join("template.yaml").to_string_lossy())
+        .map_err(|e| e.to_string())?;
+
+    // A private emulator on a free port, so `make dev` can keep running.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let _moto = tokio::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("moto_server: {e} (run `make venv`)"))?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err("moto_server did not start".to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let region = "us-east-1";
+    let aws = crate::bootstrap::emulator_config(&endpoint, region).await;
+    let mut resolver = template
+        .resolver("ingot-bench", region, crate::bootstrap::ACCOUNT_ID, &[("Stage", "bench")])
+        .map_err(|e| e.to_string())?;
+    crate::bootstrap::bootstrap(&template, &mut resolver, &aws)
+        .await
+        .map_err(|e| e.to_string())?;
+    let env = crate::bootstrap::function_environment(&template, &resolver, &endpoint, region)
+        .map_err(|e| e.to_string())?;
+
+    let figures = measure(&template, root, &release_dir(root), &env, runs).await?;
+    let body = format!(
+        "Measured by `make bench` on {} ({}), {runs} cold starts per function, \
+         release profile, native {} build.\n\n{}",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        machine(),
+        std::env::consts::ARCH,
+        table(&figures)
+    );
+    println!("{body}");
+    let path = root.join("docs/perf.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Performance\n".to_owned());
+    std::fs::write(&path, replace_section(&doc, "functions", &body)).map_err(|e| e.to_string())?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn replaces_only_its_own_section() {
+        let doc = "# Perf\n<!-- BEGIN a -->\nold\n<!-- END a -->\nkeep\n";
+        assert_eq!(
+            replace_section(doc, "a", "new\n"),
+            "# Perf\n<!-- BEGIN a -->\nnew\n<!-- END a -->\nkeep\n"
+        );
+        assert_eq!(
+            replace_section("# Perf\n", "b", "x\n"),
+            "# Perf\n<!-- BEGIN b -->\nx\n<!-- END b -->\n"
+        );
+    }
+}
