@@ -6,13 +6,14 @@ use local::template::Template;
 
 #[tokio::test]
 async fn creates_every_declared_resource_with_its_settings() {
-    let (resolver, env) = support::stack().await;
+    let stack = support::stack().await;
+    let resolver = &stack.resolver;
     let aws = support::aws().await;
     let template =
         Template::load(&support::root().join("template.yaml").to_string_lossy()).unwrap();
 
     let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
-    for table in template.tables(&resolver).unwrap() {
+    for table in template.tables(resolver).unwrap() {
         let ttl = dynamodb
             .describe_time_to_live()
             .table_name(&table.name)
@@ -30,7 +31,7 @@ async fn creates_every_declared_resource_with_its_settings() {
     }
 
     let sqs = aws_sdk_sqs::Client::new(&aws);
-    let events_url = env.required("EVENTS_QUEUE_URL").unwrap();
+    let events_url = stack.env("ingest").required("EVENTS_QUEUE_URL").unwrap();
     let attributes = sqs
         .get_queue_attributes()
         .queue_url(&events_url)
@@ -39,7 +40,7 @@ async fn creates_every_declared_resource_with_its_settings() {
         .await
         .unwrap();
     let attributes = attributes.attributes().unwrap();
-    assert_eq!(attributes[&QueueAttributeName::VisibilityTimeout], "180");
+    assert_eq!(attributes[&QueueAttributeName::VisibilityTimeout], "185");
     let redrive: serde_json::Value =
         serde_json::from_str(&attributes[&QueueAttributeName::RedrivePolicy]).unwrap();
     assert_eq!(redrive["maxReceiveCount"], 5);
@@ -51,14 +52,19 @@ async fn creates_every_declared_resource_with_its_settings() {
     let secrets = aws_sdk_secretsmanager::Client::new(&aws);
     let provider_keys = secrets
         .get_secret_value()
-        .secret_id(env.required("PROVIDER_KEYS_SECRET").unwrap())
+        .secret_id(
+            stack
+                .env("prices")
+                .required("PROVIDER_KEYS_SECRET")
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(provider_keys.secret_string(), Some("{}"));
     let admin = secrets
         .get_secret_value()
-        .secret_id(env.required("ADMIN_TOKEN_SECRET").unwrap())
+        .secret_id(stack.env("usage").required("ADMIN_TOKEN_SECRET").unwrap())
         .send()
         .await
         .unwrap();

@@ -7,8 +7,8 @@ use tower::ServiceExt;
 
 #[tokio::test]
 async fn every_http_sample_event_is_served_by_its_function() {
-    let (_, env) = support::stack().await;
-    for (name, app) in support::http_apps(&env).await {
+    let stack = support::stack().await;
+    for (name, app) in support::http_apps(&stack).await {
         let path = support::root().join(format!("events/{name}-health.json"));
         let raw = std::fs::read_to_string(&path).unwrap();
         let request = lambda_http::request::from_str(&raw).unwrap();

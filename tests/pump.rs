@@ -307,3 +307,37 @@ async fn the_real_rollup_handler_reports_its_bad_records() {
     assert_eq!(outcome.acknowledged, 1);
     assert_eq!(outcome.failed, [bad]);
 }
+
+#[tokio::test]
+async fn empty_or_null_failure_reports_mean_the_whole_batch_succeeded() {
+    let responses: [Behaviour; 4] = [
+        |_| Ok(json!(null)),
+        |_| Ok(json!({})),
+        |_| Ok(json!({"batchItemFailures": null})),
+        |_| Ok(json!({"batchItemFailures": []})),
+    ];
+    for (i, behaviour) in responses.into_iter().enumerate() {
+        let q = queue(fake(behaviour), 10, 0).await;
+        q.send("a").await;
+        let outcome = q.pump.poll_once().await.unwrap();
+        assert_eq!(
+            (outcome.acknowledged, outcome.failed.len()),
+            (1, 0),
+            "response #{i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_empty_item_identifier_fails_the_whole_batch() {
+    let q = queue(
+        fake(|_| Ok(json!({"batchItemFailures": [{"itemIdentifier": ""}]}))),
+        10,
+        0,
+    )
+    .await;
+    let a = q.send("a").await;
+    let b = q.send("b").await;
+    let outcome = q.pump.poll_once().await.unwrap();
+    assert_eq!(outcome.failed, [a, b]);
+}

@@ -22,7 +22,8 @@ use axum::routing::{get, post};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::template::Template;
+use crate::emulator;
+use crate::template::{FunctionSpec, Template};
 
 const RUNTIME_PREFIX: &str = "/2018-06-01/runtime";
 
@@ -56,13 +57,19 @@ async fn next(State(api): State<RuntimeApi>) -> axum::response::Response {
             headers.insert(name, v);
         }
     };
-    set("lambda-runtime-aws-request-id", uuid::Uuid::new_v4().to_string());
+    set(
+        "lambda-runtime-aws-request-id",
+        uuid::Uuid::new_v4().to_string(),
+    );
     set("lambda-runtime-deadline-ms", deadline.to_string());
     set(
         "lambda-runtime-invoked-function-arn",
         "arn:aws:lambda:us-east-1:123456789012:function:bench".to_owned(),
     );
-    set("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000".to_owned());
+    set(
+        "lambda-runtime-trace-id",
+        "Root=1-00000000-000000000000000000000000".to_owned(),
+    );
     set("content-type", "application/json".to_owned());
     (headers, event.to_string()).into_response()
 }
@@ -107,7 +114,7 @@ pub async fn measure(
     template: &Template,
     root: &Path,
     release_dir: &Path,
-    env: &[(String, String)],
+    env_of: impl Fn(&FunctionSpec) -> Result<Vec<(String, String)>, String>,
     runs: usize,
 ) -> Result<Vec<Figures>, String> {
     let (tx, mut responses) = mpsc::unbounded_channel();
@@ -126,17 +133,26 @@ pub async fn measure(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    let runtime_api = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+    let runtime_api = listener
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .to_string();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let mut all = Vec::new();
     for function in template.functions().map_err(|e| e.to_string())? {
         let binary = release_dir.join(&function.binary);
         let event = sample_event(root, &function.binary)?;
+        let env = env_of(&function)?;
         let mut figures = Figures {
             function: function.binary.clone(),
             binary_bytes: std::fs::metadata(&binary)
-                .map_err(|e| format!("{}: {e} (run `make bench`, which builds it)", binary.display()))?
+                .map_err(|e| {
+                    format!(
+                        "{}: {e} (run `make bench`, which builds it)",
+                        binary.display()
+                    )
+                })?
                 .len(),
             zip_bytes: zipped_size(&binary)?,
             init_ms: Vec::new(),
@@ -171,7 +187,10 @@ pub async fn measure(
                 .flatten()
                 .ok_or_else(|| format!("{} did not answer its event", function.binary))?;
             if !ok {
-                return Err(format!("{} returned an error for its sample event", function.binary));
+                return Err(format!(
+                    "{} returned an error for its sample event",
+                    function.binary
+                ));
             }
             let first_poll = api
                 .state
@@ -297,41 +316,37 @@ pub fn release_dir(root: &Path) -> PathBuf {
 
 /// The whole benchmark: emulator, resources, measurements, docs/perf.md.
 pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
-    let template = Template::load(&root.join("template.yaml").to_string_lossy())
-        .map_err(|e| e.to_string())?;
+    let template =
+        Template::load(&root.join("template.yaml").to_string_lossy()).map_err(|e| e.to_string())?;
 
     // A private emulator on a free port, so `make dev` can keep running.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let _moto = tokio::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let port = emulator::free_port().map_err(|e| e.to_string())?;
+    let _moto = tokio::process::Command::from(emulator::command(root, port))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("moto_server: {e} (run `make venv`)"))?;
+    emulator::wait_for_port(port, Duration::from_secs(30), "moto_server").await?;
     let endpoint = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if started.elapsed() > Duration::from_secs(30) {
-            return Err("moto_server did not start".to_owned());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let region = "us-east-1";
     let aws = crate::bootstrap::emulator_config(&endpoint, region).await;
     let mut resolver = template
-        .resolver("ingot-bench", region, crate::bootstrap::ACCOUNT_ID, &[("Stage", "bench")])
+        .resolver(
+            "ingot-bench",
+            region,
+            crate::bootstrap::ACCOUNT_ID,
+            &[("Stage", "bench")],
+        )
         .map_err(|e| e.to_string())?;
     crate::bootstrap::bootstrap(&template, &mut resolver, &aws)
         .await
         .map_err(|e| e.to_string())?;
-    let env = crate::bootstrap::function_environment(&template, &resolver, &endpoint, region)
-        .map_err(|e| e.to_string())?;
-
-    let figures = measure(&template, root, &release_dir(root), &env, runs).await?;
+    let env_of = |function: &FunctionSpec| {
+        crate::bootstrap::environment_of(function, &resolver, &endpoint, region)
+            .map_err(|e| e.to_string())
+    };
+    let figures = measure(&template, root, &release_dir(root), env_of, runs).await?;
     let body = format!(
         "Measured by `make bench` on {} ({}), {runs} cold starts per function, \
          release profile, native {} build.\n\n{}",

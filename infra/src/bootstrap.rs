@@ -1,7 +1,7 @@
 //! Creates the template's tables, queues and secrets in the AWS emulator.
 //!
-//! Idempotent: what already exists is kept (with its data), so rerunning
-//! `make dev` reuses the previous run's state. Each created resource is
+//! Idempotent: what already exists is kept (with its data), so `make dev`
+//! against an emulator that is still running reuses its state. Each created resource is
 //! recorded in the [`Resolver`], which then resolves the functions'
 //! environment exactly as CloudFormation would.
 
@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use shared::aws::describe;
 
-use crate::template::{Resolver, SecretValue, TableSpec, Template, TemplateError};
+use crate::template::{FunctionSpec, Resolver, SecretValue, TableSpec, Template, TemplateError};
 
 /// The emulator's fixed account id (moto's default).
 pub const ACCOUNT_ID: &str = "123456789012";
@@ -288,12 +288,11 @@ fn random_token(length: usize) -> String {
     token
 }
 
-/// The environment every function gets locally: what the template sets,
+/// The environment `function` gets locally: what the template sets for it,
 /// resolved against the emulator's resources, plus the emulator endpoint and
-/// dummy credentials. cargo-lambda takes one env file for all functions, so
-/// two functions giving one variable different values is an error.
-pub fn function_environment(
-    template: &Template,
+/// dummy credentials.
+pub fn environment_of(
+    function: &FunctionSpec,
     resolver: &Resolver,
     endpoint: &str,
     region: &str,
@@ -304,10 +303,26 @@ pub fn function_environment(
         ("AWS_ACCESS_KEY_ID".into(), "test".into()),
         ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
     ];
+    for (name, value) in &function.environment {
+        let value = resolver.resolve(value, &format!("{}.{name}", function.logical_id))?;
+        env.push((name.clone(), value));
+    }
+    Ok(env)
+}
+
+/// Every function's environment in one list, as cargo-lambda's single env
+/// file needs it; two functions giving one variable different values is an
+/// error rather than a silent pick.
+pub fn merged_environment(
+    template: &Template,
+    resolver: &Resolver,
+    endpoint: &str,
+    region: &str,
+) -> Result<Vec<(String, String)>, TemplateError> {
+    let mut merged: Vec<(String, String)> = Vec::new();
     for function in template.functions()? {
-        for (name, value) in &function.environment {
-            let value = resolver.resolve(value, &format!("{}.{name}", function.logical_id))?;
-            match env.iter().find(|(n, _)| n == name) {
+        for (name, value) in environment_of(&function, resolver, endpoint, region)? {
+            match merged.iter().find(|(n, _)| *n == name) {
                 Some((_, existing)) if *existing != value => {
                     return Err(TemplateError::Invalid {
                         at: format!("{}.{name}", function.logical_id),
@@ -318,11 +333,11 @@ pub fn function_environment(
                     });
                 }
                 Some(_) => {}
-                None => env.push((name.clone(), value)),
+                None => merged.push((name, value)),
             }
         }
     }
-    Ok(env)
+    Ok(merged)
 }
 
 #[cfg(test)]
@@ -354,7 +369,7 @@ Resources:
         )
         .unwrap();
         let resolver = template.resolver("s", "r", "a", &[]).unwrap();
-        let err = function_environment(&template, &resolver, "http://e", "r").unwrap_err();
+        let err = merged_environment(&template, &resolver, "http://e", "r").unwrap_err();
         assert!(err.to_string().starts_with("B.MODE:"), "{err}");
     }
 }

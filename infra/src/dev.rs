@@ -4,20 +4,21 @@
 //! builds every function, serves them with `cargo lambda watch`, and runs the
 //! event sources cargo-lambda lacks (SQS → rollup, schedule → price-fetch).
 //! Every component's output goes to the terminal and to `.local/dev.log`,
-//! prefixed with its name. Ctrl-C stops every process it started, children
-//! included (each runs in its own process group), so no port stays taken.
+//! prefixed with its name. Ctrl-C, at any point, stops every process it
+//! started, children included (each runs in its own process group), so no
+//! port stays taken.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::bootstrap::{ACCOUNT_ID, bootstrap, emulator_config, function_environment, queue_arn};
+use crate::bootstrap::{ACCOUNT_ID, bootstrap, emulator_config, merged_environment, queue_arn};
+use crate::emulator::{self, port_open, wait_for_port};
 use crate::invoke::LambdaInvoker;
 use crate::pump::Pump;
 use crate::schedule;
@@ -82,6 +83,28 @@ impl Log {
         let line = format!("[{component:>6}] {text}\n");
         let _ = self.clone().write_all(line.as_bytes());
     }
+
+    /// A writer for the runner's own tracing output, prefixed like the rest.
+    pub fn tracing_writer(&self) -> impl Fn() -> Prefixed + Send + Sync + 'static {
+        let log = self.clone();
+        move || Prefixed(log.clone())
+    }
+}
+
+/// Writes each record (tracing writes one per call) behind `[   dev]`.
+pub struct Prefixed(Log);
+
+impl Write for Prefixed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut line = b"[   dev] ".to_vec();
+        line.extend_from_slice(buf);
+        self.0.write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 impl Write for Log {
@@ -98,40 +121,56 @@ impl Write for Log {
     }
 }
 
-/// A started process group, stopped on drop of the dev session.
+/// A started process group.
 struct Component {
     name: &'static str,
     child: Child,
+    /// Kept from spawn: once the leader is reaped, `child.id()` is gone but
+    /// its children may still run.
+    group: i32,
 }
 
 impl Component {
     fn spawn(name: &'static str, command: &mut Command, log: &Log) -> Result<Self, String> {
-        let mut child = command
+        command
+            .kill_on_drop(true)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; if this runner dies without
+        // cleaning up (SIGKILL), the kernel asks the component to stop.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {name}: {e}"))?;
+        let group = child.id().map_or(0, |pid| pid as i32);
         forward(name, child.stdout.take(), log.clone());
         forward(name, child.stderr.take(), log.clone());
-        Ok(Self { name, child })
+        Ok(Self { name, child, group })
     }
 
     /// SIGTERM to the whole group, SIGKILL after five seconds.
     async fn stop(mut self, log: &Log) {
-        let Some(pid) = self.child.id() else { return };
-        let group = -(pid as i32);
-        // SAFETY: kill(2) with a negative pid signals our own child's group.
-        unsafe { libc::kill(group, libc::SIGTERM) };
+        if self.group <= 0 {
+            return;
+        }
+        // SAFETY: kill(2) with a negative pid signals the group we created.
+        unsafe { libc::kill(-self.group, libc::SIGTERM) };
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
             .await
             .is_err()
         {
-            unsafe { libc::kill(group, libc::SIGKILL) };
+            unsafe { libc::kill(-self.group, libc::SIGKILL) };
             let _ = self.child.wait().await;
         }
+        // Stragglers the leader left behind (e.g. function processes).
+        unsafe { libc::kill(-self.group, libc::SIGKILL) };
         log.line("dev", &format!("stopped {}", self.name));
     }
 }
@@ -150,28 +189,8 @@ fn forward<R: AsyncRead + Unpin + Send + 'static>(name: &'static str, stream: Op
     });
 }
 
-fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
-}
-
-async fn wait_for_port(port: u16, within: Duration, what: &str) -> Result<(), String> {
-    let started = Instant::now();
-    while !port_open(port) {
-        if started.elapsed() > within {
-            return Err(format!("{what} did not open port {port} within {within:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
-}
-
 /// Runs everything until Ctrl-C or SIGTERM.
-pub async fn run(options: DevOptions) -> Result<(), String> {
-    let log = Log::open(&options.root.join(".local/dev.log")).map_err(|e| e.to_string())?;
+pub async fn run(options: DevOptions, log: Log) -> Result<(), String> {
     let template = Template::load(&options.root.join("template.yaml").to_string_lossy())
         .map_err(|e| e.to_string())?;
     let functions = template.functions().map_err(|e| e.to_string())?;
@@ -183,16 +202,54 @@ pub async fn run(options: DevOptions) -> Result<(), String> {
     }
 
     let mut components = Vec::new();
-    let result = start(&options, &template, &functions, &log, &mut components).await;
-    if let Err(error) = &result {
-        log.line("dev", &format!("error: {error}"));
-    } else {
-        wait_for_shutdown(&mut components, &log).await;
+    let mut stop = Box::pin(stop_signal());
+    // Startup can take minutes (the first build): a signal then stops it too.
+    let result = tokio::select! {
+        started = start(&options, &template, &functions, &log, &mut components) => started,
+        reason = &mut stop => Err(format!("{reason} during startup")),
+    };
+    match &result {
+        Err(error) => log.line("dev", &format!("error: {error}")),
+        Ok(()) => {
+            let reason = tokio::select! {
+                reason = &mut stop => reason.to_owned(),
+                (name, status) = first_exit(&mut components) => format!("{name} exited ({status})"),
+            };
+            log.line("dev", &format!("{reason}: stopping"));
+        }
     }
     for component in components.into_iter().rev() {
         component.stop(&log).await;
     }
     result
+}
+
+/// Resolves on Ctrl-C or SIGTERM, naming which.
+async fn stop_signal() -> &'static str {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        () = terminate => "SIGTERM",
+    }
+}
+
+/// Resolves when any component exits on its own.
+async fn first_exit(components: &mut [Component]) -> (&'static str, std::process::ExitStatus) {
+    loop {
+        for component in components.iter_mut() {
+            if let Ok(Some(status)) = component.child.try_wait() {
+                return (component.name, status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn start(
@@ -211,12 +268,7 @@ async fn start(
     } else {
         components.push(Component::spawn(
             "moto",
-            Command::new("moto_server").args([
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &options.moto_port.to_string(),
-            ]),
+            &mut Command::from(emulator::command(&options.root, options.moto_port)),
             log,
         )?);
         wait_for_port(options.moto_port, Duration::from_secs(30), "moto_server").await?;
@@ -235,7 +287,7 @@ async fn start(
     let generated = bootstrap(template, &mut resolver, &aws)
         .await
         .map_err(|e| e.to_string())?;
-    let env = function_environment(
+    let env = merged_environment(
         template,
         &resolver,
         &options.moto_endpoint(),
@@ -296,7 +348,11 @@ async fn start(
     .await?;
 
     // 5. The event sources.
-    let invoker = LambdaInvoker::new(&options.lambda_endpoint());
+    let longest = functions.iter().map(|f| f.timeout_secs).max().unwrap_or(3);
+    let invoker = LambdaInvoker::new(
+        &options.lambda_endpoint(),
+        Duration::from_secs(longest + 10),
+    );
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let mut urls = Vec::new();
     for function in functions {
@@ -337,6 +393,7 @@ async fn start(
                     tokio::spawn(schedule::run(
                         invoker.clone(),
                         function.binary.clone(),
+                        options.region.clone(),
                         source.clone(),
                         every,
                     ));
@@ -366,24 +423,4 @@ async fn start(
         log.line("dev", line);
     }
     Ok(())
-}
-
-async fn wait_for_shutdown(components: &mut [Component], log: &Log) {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let exited = async {
-        loop {
-            for component in components.iter_mut() {
-                if let Ok(Some(status)) = component.child.try_wait() {
-                    return (component.name, status);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => log.line("dev", "Ctrl-C: stopping"),
-        _ = async { match terminate.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => log.line("dev", "SIGTERM: stopping"),
-        (name, status) = exited => log.line("dev", &format!("{name} exited ({status}); stopping")),
-    }
 }

@@ -31,9 +31,14 @@ pub struct LambdaInvoker {
 }
 
 impl LambdaInvoker {
-    pub fn new(base_url: &str) -> Self {
+    /// `timeout` bounds one invocation, so a hung function cannot stall an
+    /// event source forever (on AWS, the function's own timeout does that).
+    pub fn new(base_url: &str, timeout: std::time::Duration) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .unwrap_or_default(),
             base_url: base_url.trim_end_matches('/').to_owned(),
         }
     }

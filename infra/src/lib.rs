@@ -4,17 +4,19 @@
 //! functions, not event sources) can run Ingot here on their own, so this
 //! crate supplies what is missing, all read from `template.yaml`:
 //! - [`template`]: the resources and functions the template declares;
-//! - [`bootstrap`]: creates them in the AWS emulator (moto);
+//! - [`emulator`]: starts the AWS emulator (moto);
+//! - [`bootstrap`]: creates the template's resources in it;
 //! - [`pump`]: Lambda's SQS event source mapping (batches, partial failures);
 //! - [`schedule`]: EventBridge Scheduler's `rate(...)` schedules;
 //! - [`invoke`]: calls a function through cargo-lambda's Invoke API;
 //! - [`dev`]: runs all of it together and stops it cleanly;
 //! - [`bench`]: measures the functions' release binaries (`make bench`).
 
+pub mod bench;
 pub mod bootstrap;
 pub mod dev;
+pub mod emulator;
 pub mod invoke;
 pub mod pump;
 pub mod schedule;
 pub mod template;
-pub mod bench;

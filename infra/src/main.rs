@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use local::dev::{self, DevOptions, Log};
 use local::invoke::LambdaInvoker;
@@ -34,10 +35,10 @@ async fn main() -> ExitCode {
                 Err(e) => return fail(&e.to_string()),
             };
             tracing_subscriber::fmt()
-                .with_writer(move || log.clone())
+                .with_writer(log.tracing_writer())
                 .with_ansi(false)
                 .init();
-            dev::run(options).await
+            dev::run(options, log).await
         }
         ["trigger", function] => trigger(&root, &options, function).await,
         ["bench"] => {
@@ -86,8 +87,8 @@ async fn trigger(
             _ => None,
         })
         .ok_or_else(|| format!("{function} has no schedule in template.yaml"))?;
-    let invoker = LambdaInvoker::new(&options.lambda_endpoint());
-    let result = schedule::fire(&invoker, function, &source)
+    let invoker = LambdaInvoker::new(&options.lambda_endpoint(), Duration::from_secs(900));
+    let result = schedule::fire(&invoker, function, &options.region, &source)
         .await
         .map_err(|e| e.to_string())?;
     println!("{result}");

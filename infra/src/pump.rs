@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::encodings::Base64Data;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use serde_json::Value;
 use shared::aws::describe;
@@ -26,6 +26,8 @@ const RECEIVE_MAX: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {
+    #[error("cannot encode the SQS event: {0}")]
+    Encode(String),
     #[error("{action} on {queue}: {message}")]
     Sqs {
         action: &'static str,
@@ -83,8 +85,8 @@ impl<I: Invoke> Pump<I> {
         if messages.is_empty() {
             return Ok(BatchOutcome::default());
         }
-        let event = self.event(&messages);
-        let payload = serde_json::to_value(&event).unwrap_or(Value::Null);
+        let payload = serde_json::to_value(self.event(&messages))
+            .map_err(|e| PumpError::Encode(e.to_string()))?;
         let ids: Vec<String> = messages
             .iter()
             .map(|m| m.message_id().unwrap_or_default().to_owned())
@@ -110,29 +112,35 @@ impl<I: Invoke> Pump<I> {
         })
     }
 
-    /// The ids to retry, per the partial-batch-response contract.
+    /// The ids to retry, per Lambda's partial-batch-response contract: a
+    /// null or empty response or list is success; a malformed report, or
+    /// one naming an id not in the batch, fails the whole batch.
     fn failures_in(&self, response: &Value, ids: &[String]) -> Vec<String> {
-        if !self.source.report_batch_item_failures || response.is_null() {
+        if !self.source.report_batch_item_failures {
             return Vec::new();
         }
-        match serde_json::from_value::<SqsBatchResponse>(response.clone()) {
-            Ok(report)
-                if report
-                    .batch_item_failures
-                    .iter()
-                    .all(|f| ids.contains(&f.item_identifier)) =>
-            {
-                report
-                    .batch_item_failures
-                    .into_iter()
-                    .map(|f| f.item_identifier)
-                    .collect()
-            }
-            _ => {
-                tracing::warn!(function = self.function, %response, "invalid batch response; failing the whole batch");
-                ids.to_vec()
+        let items = match response {
+            Value::Null => return Vec::new(),
+            Value::Object(map) => match map.get("batchItemFailures") {
+                None | Some(Value::Null) => return Vec::new(),
+                Some(Value::Array(items)) => items,
+                Some(_) => return self.whole_batch(response, ids),
+            },
+            _ => return self.whole_batch(response, ids),
+        };
+        let mut failed = Vec::with_capacity(items.len());
+        for item in items {
+            match item.get("itemIdentifier").and_then(Value::as_str) {
+                Some(id) if ids.iter().any(|i| i == id) => failed.push(id.to_owned()),
+                _ => return self.whole_batch(response, ids),
             }
         }
+        failed
+    }
+
+    fn whole_batch(&self, response: &Value, ids: &[String]) -> Vec<String> {
+        tracing::warn!(function = self.function, %response, "invalid batch response; failing the whole batch");
+        ids.to_vec()
     }
 
     async fn receive_batch(&self) -> Result<Vec<Message>, PumpError> {
@@ -140,10 +148,13 @@ impl<I: Invoke> Pump<I> {
         let mut batch: Vec<Message> = Vec::new();
         let mut deadline: Option<Instant> = None;
         while batch.len() < self.source.batch_size {
+            // Long-poll a second at most, and never past the batching window.
             let wait_secs = match deadline {
                 None => 1,
-                Some(d) if d > Instant::now() => 1,
-                Some(_) => break,
+                Some(d) => match d.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => break,
+                    left => left.as_secs().min(1) as i32,
+                },
             };
             let wanted = (self.source.batch_size - batch.len()).min(RECEIVE_MAX);
             let received = self

@@ -64,20 +64,30 @@ pub fn render_input(
 pub async fn fire<I: Invoke>(
     invoker: &I,
     function: &str,
+    region: &str,
     source: &ScheduleSource,
 ) -> Result<Value, InvokeError> {
-    let arn = format!("arn:aws:scheduler:local:000000000000:schedule/default/{function}");
+    let arn = format!(
+        "arn:aws:scheduler:{region}:{}:schedule/default/{function}",
+        crate::bootstrap::ACCOUNT_ID
+    );
     let payload = render_input(source, &arn, Utc::now())
         .map_err(|e| InvokeError::Transport(e.to_string()))?;
     invoker.invoke(function, &payload).await
 }
 
 /// Fires at start (so a fresh `make dev` has data at once), then every period.
-pub async fn run<I: Invoke>(invoker: I, function: String, source: ScheduleSource, every: Duration) {
+pub async fn run<I: Invoke>(
+    invoker: I,
+    function: String,
+    region: String,
+    source: ScheduleSource,
+    every: Duration,
+) {
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
-        match fire(&invoker, &function, &source).await {
+        match fire(&invoker, &function, &region, &source).await {
             Ok(result) => tracing::info!(function, %result, "scheduled invocation"),
             Err(error) => tracing::warn!(function, %error, "scheduled invocation failed"),
         }

@@ -102,6 +102,8 @@ pub struct FunctionSpec {
     pub binary: String,
     /// Globals first, then the function's own variables (which win).
     pub environment: Vec<(String, Value)>,
+    /// `Timeout`, the function's own or the global one (Lambda's default: 3 s).
+    pub timeout_secs: u64,
     pub triggers: Vec<Trigger>,
 }
 
@@ -296,10 +298,8 @@ impl Template {
     }
 
     pub fn functions(&self) -> Result<Vec<FunctionSpec>, TemplateError> {
-        let globals = self
-            .root
-            .get("Globals")
-            .and_then(|g| g.get("Function"))
+        let global_function = self.root.get("Globals").and_then(|g| g.get("Function"));
+        let globals = global_function
             .and_then(|f| f.get("Environment"))
             .and_then(|e| e.get("Variables"));
         let resources = mapping(self.root.get("Resources")).filter(|(_, r)| {
@@ -321,6 +321,12 @@ impl Template {
                     environment.retain(|(n, _)| n != name);
                     environment.push((name.to_owned(), value.clone()));
                 }
+                let timeout_secs = props
+                    .get("Timeout")
+                    .or_else(|| global_function.and_then(|g| g.get("Timeout")))
+                    .map(|t| number(t, id))
+                    .transpose()?
+                    .unwrap_or(3);
                 let mut triggers = Vec::new();
                 if let Some(url) = props.get("FunctionUrlConfig") {
                     triggers.push(Trigger::Http {
@@ -374,6 +380,7 @@ impl Template {
                     logical_id: id.to_owned(),
                     binary,
                     environment,
+                    timeout_secs,
                     triggers,
                 })
             })

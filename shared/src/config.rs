@@ -69,17 +69,35 @@ impl Env {
         }
     }
 
+    /// An http(s) URL, if set; trailing slashes trimmed.
+    pub fn url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        self.optional(name)
+            .map(|url| checked_url(name, url))
+            .transpose()
+    }
+
     /// Base URL of an upstream API: the override if set, else the public default.
     pub fn upstream(&self, upstream: Upstream) -> Result<String, ConfigError> {
         let name = upstream.env_var();
-        let url = self.optional(name).unwrap_or(upstream.default_base_url());
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(ConfigError::Invalid {
-                name,
-                reason: format!("{url:?} is not an http(s) URL"),
-            });
+        checked_url(
+            name,
+            self.optional(name).unwrap_or(upstream.default_base_url()),
+        )
+    }
+}
+
+fn checked_url(name: &'static str, url: &str) -> Result<String, ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.starts_with('/') => {
+            Ok(url.trim_end_matches('/').to_owned())
         }
-        Ok(url.trim_end_matches('/').to_owned())
+        _ => Err(ConfigError::Invalid {
+            name,
+            reason: format!("{url:?} is not an http(s) URL"),
+        }),
     }
 }
 
@@ -96,6 +114,14 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    pub const PRICE_PROVIDERS: [Upstream; 5] = [
+        Upstream::MetalsDev,
+        Upstream::MetalPriceApi,
+        Upstream::MetalsApi,
+        Upstream::GoldApiIo,
+        Upstream::GoldApiCom,
+    ];
+
     pub const fn env_var(self) -> &'static str {
         match self {
             Upstream::Anthropic => "ANTHROPIC_BASE_URL",
@@ -167,6 +193,20 @@ mod tests {
             env.upstream(Upstream::GoldApiCom).unwrap(),
             "https://api.gold-api.com"
         );
+    }
+
+    #[test]
+    fn optional_urls_are_checked_when_set() {
+        let env = Env::from_pairs([
+            ("JWKS_URL", "https://x.example/jwks.json"),
+            ("BAD", "x.example"),
+        ]);
+        assert_eq!(
+            env.url("JWKS_URL"),
+            Ok(Some("https://x.example/jwks.json".into()))
+        );
+        assert_eq!(env.url("UNSET"), Ok(None));
+        assert!(env.url("BAD").is_err());
     }
 
     #[test]

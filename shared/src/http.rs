@@ -85,19 +85,27 @@ impl CorsOrigins {
     pub const ENV: &'static str = "CORS_ALLOWED_ORIGINS";
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            name: Self::ENV,
+            reason,
+        };
         match env.optional(Self::ENV) {
             None | Some("*") => Ok(Self::Any),
             Some(list) => list
                 .split(',')
                 .map(str::trim)
                 .filter(|o| !o.is_empty())
-                .map(|origin| {
-                    HeaderValue::from_str(origin).map_err(|_| ConfigError::Invalid {
-                        name: Self::ENV,
-                        reason: format!("{origin:?} is not a valid origin"),
-                    })
+                .map(|origin| match origin {
+                    "*" => Err(invalid("* cannot be part of a list; use it alone".into())),
+                    _ if !(origin.starts_with("https://") || origin.starts_with("http://")) => {
+                        Err(invalid(format!(
+                            "{origin:?} is not an origin like https://app.example"
+                        )))
+                    }
+                    _ => HeaderValue::from_str(origin)
+                        .map_err(|_| invalid(format!("{origin:?} is not a valid origin"))),
                 })
-                .collect::<Result<_, _>>()
+                .collect::<Result<Vec<_>, _>>()
                 .map(Self::List),
         }
     }
@@ -161,4 +169,32 @@ where
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     with_browser_layers(router, origins).layer(axum::middleware::from_fn(observe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origins(value: &str) -> Result<CorsOrigins, ConfigError> {
+        CorsOrigins::from_env(&Env::from_pairs([(CorsOrigins::ENV, value)]))
+    }
+
+    #[test]
+    fn cors_origins_default_to_any_and_parse_lists() {
+        assert_eq!(CorsOrigins::from_env(&Env::default()), Ok(CorsOrigins::Any));
+        assert_eq!(
+            origins(" https://a.example , http://localhost:3000 "),
+            Ok(CorsOrigins::List(vec![
+                HeaderValue::from_static("https://a.example"),
+                HeaderValue::from_static("http://localhost:3000"),
+            ]))
+        );
+    }
+
+    #[test]
+    fn cors_origins_reject_wildcards_in_lists_and_non_origins() {
+        assert!(origins("*,https://a.example").is_err());
+        assert!(origins("a.example").is_err());
+        assert!(origins("https://bad\u{7f}.example").is_err());
+    }
 }

@@ -1,14 +1,14 @@
 //! Shared fixtures for the integration tests: one AWS emulator (moto) per
 //! test binary on a free port, and unique names so tests never share state.
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use local::template::{Resolver, Template};
+use shared::config::Env;
 
 pub const REGION: &str = "us-east-1";
 
@@ -21,29 +21,21 @@ pub fn root() -> PathBuf {
 }
 
 /// The emulator's endpoint, starting it on first use. It lives as long as
-/// the test process: it is spawned from a thread that never ends and asks the
-/// kernel to kill it when its parent dies, so no run leaves one behind.
+/// the test process: it is spawned from a thread that never ends, and the
+/// kernel kills it when the process does, so no run leaves one behind.
 pub fn emulator() -> &'static str {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
     ENDPOINT.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let port = free_port();
-            let mut command = Command::new(moto_server());
-            command
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: prctl is async-signal-safe; it only sets this child's
-            // parent-death signal.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let child = command.spawn();
-            let _ = tx.send(child.map(|_| port).map_err(|e| e.to_string()));
+            let started = local::emulator::free_port().and_then(|port| {
+                local::emulator::command(&root(), port)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map(|_| port)
+            });
+            let _ = tx.send(started.map_err(|e| e.to_string()));
             loop {
                 std::thread::park();
             }
@@ -51,39 +43,16 @@ pub fn emulator() -> &'static str {
         let port = rx.recv().expect("emulator thread").unwrap_or_else(|e| {
             panic!("cannot start moto_server ({e}); run `make venv` or set MOTO_SERVER")
         });
-        wait_for(port);
+        let started = Instant::now();
+        while !local::emulator::port_open(port) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         format!("http://127.0.0.1:{port}")
     })
-}
-
-fn moto_server() -> PathBuf {
-    if let Ok(path) = std::env::var("MOTO_SERVER") {
-        return PathBuf::from(path);
-    }
-    let venv = root().join(".venv/bin/moto_server");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("moto_server")
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_for(port: u16) {
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "moto_server did not start on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// SDK configuration for the emulator.
@@ -99,9 +68,20 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// The real template bootstrapped into the emulator as its own stack:
-/// returns the resolver and the environment every function gets.
-pub async fn stack() -> (Resolver, shared::config::Env) {
+/// The real template bootstrapped into the emulator as its own stack.
+pub struct Stack {
+    pub resolver: Resolver,
+    envs: HashMap<String, Env>,
+}
+
+impl Stack {
+    /// The environment the template gives `function` (its own variables only).
+    pub fn env(&self, function: &str) -> &Env {
+        &self.envs[function]
+    }
+}
+
+pub async fn stack() -> Stack {
     let template =
         Template::load(&root().join("template.yaml").to_string_lossy()).expect("template");
     let mut resolver = template
@@ -115,31 +95,49 @@ pub async fn stack() -> (Resolver, shared::config::Env) {
     local::bootstrap::bootstrap(&template, &mut resolver, &aws().await)
         .await
         .expect("bootstrap");
-    let env = local::bootstrap::function_environment(&template, &resolver, emulator(), REGION)
-        .expect("environment");
-    let env = shared::config::Env::from_pairs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    (resolver, env)
+    let envs = template
+        .functions()
+        .expect("functions")
+        .iter()
+        .map(|f| {
+            let env = local::bootstrap::environment_of(f, &resolver, emulator(), REGION)
+                .expect("environment");
+            let env = Env::from_pairs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            (f.binary.clone(), env)
+        })
+        .collect();
+    Stack { resolver, envs }
 }
 
-/// Every HTTP function's real app, configured from `env` and the emulator.
-pub async fn http_apps(env: &shared::config::Env) -> Vec<(&'static str, axum::Router)> {
+/// Every HTTP function's real app, configured from its own template
+/// environment and the emulator.
+pub async fn http_apps(stack: &Stack) -> Vec<(&'static str, axum::Router)> {
     let aws = aws().await;
     vec![
         (
             "prices",
-            prices::app(&prices::Config::from_env(env).unwrap(), &aws),
+            prices::app(
+                &prices::Config::from_env(stack.env("prices")).unwrap(),
+                &aws,
+            ),
         ),
         (
             "ingest",
-            ingest::app(&ingest::Config::from_env(env).unwrap(), &aws),
+            ingest::app(
+                &ingest::Config::from_env(stack.env("ingest")).unwrap(),
+                &aws,
+            ),
         ),
         (
             "usage",
-            usage::app(&usage::Config::from_env(env).unwrap(), &aws),
+            usage::app(&usage::Config::from_env(stack.env("usage")).unwrap(), &aws),
         ),
         (
             "chat-stream",
-            chat_stream::app(&chat_stream::Config::from_env(env).unwrap(), &aws),
+            chat_stream::app(
+                &chat_stream::Config::from_env(stack.env("chat-stream")).unwrap(),
+                &aws,
+            ),
         ),
     ]
 }

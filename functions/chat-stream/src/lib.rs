@@ -8,7 +8,7 @@
 
 use axum::Router;
 use shared::aws::SdkConfig;
-use shared::config::{ConfigError, Env};
+use shared::config::{ConfigError, Env, Upstream};
 use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, finish};
 
@@ -21,6 +21,9 @@ pub struct Config {
     pub rate_limit_table: String,
     pub events_queue_url: String,
     pub anthropic_api_key_secret: String,
+    pub anthropic_base_url: String,
+    /// The sign-in provider's JWKS; chat refuses sign-ins until it is set.
+    pub jwks_url: Option<String>,
     pub cors: CorsOrigins,
 }
 
@@ -32,6 +35,8 @@ impl Config {
             rate_limit_table: env.required("RATE_LIMIT_TABLE")?,
             events_queue_url: env.required("EVENTS_QUEUE_URL")?,
             anthropic_api_key_secret: env.required("ANTHROPIC_API_KEY_SECRET")?,
+            anthropic_base_url: env.upstream(Upstream::Anthropic)?,
+            jwks_url: env.url("JWKS_URL")?,
             cors: CorsOrigins::from_env(env)?,
         })
     }

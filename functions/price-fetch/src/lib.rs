@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use lambda_runtime::{Error, LambdaEvent};
 use serde::{Deserialize, Serialize};
-use shared::config::{ConfigError, Env};
+use shared::config::{ConfigError, Env, Upstream};
 
 pub const FUNCTION: &str = "price-fetch";
 
@@ -16,6 +16,8 @@ pub const FUNCTION: &str = "price-fetch";
 pub struct Config {
     pub prices_table: String,
     pub provider_keys_secret: String,
+    /// Base URL of each price provider, in priority order.
+    pub providers: Vec<(Upstream, String)>,
 }
 
 impl Config {
@@ -23,6 +25,10 @@ impl Config {
         Ok(Self {
             prices_table: env.required("PRICES_TABLE")?,
             provider_keys_secret: env.required("PROVIDER_KEYS_SECRET")?,
+            providers: Upstream::PRICE_PROVIDERS
+                .into_iter()
+                .map(|p| Ok((p, env.upstream(p)?)))
+                .collect::<Result<_, ConfigError>>()?,
         })
     }
 }

@@ -5,7 +5,7 @@
 
 use axum::Router;
 use shared::aws::SdkConfig;
-use shared::config::{ConfigError, Env};
+use shared::config::{ConfigError, Env, Upstream};
 use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, finish};
 
@@ -16,6 +16,8 @@ pub struct Config {
     pub prices_table: String,
     pub rate_limit_table: String,
     pub provider_keys_secret: String,
+    /// Base URL of each price provider, in priority order.
+    pub providers: Vec<(Upstream, String)>,
     pub cors: CorsOrigins,
 }
 
@@ -25,6 +27,10 @@ impl Config {
             prices_table: env.required("PRICES_TABLE")?,
             rate_limit_table: env.required("RATE_LIMIT_TABLE")?,
             provider_keys_secret: env.required("PROVIDER_KEYS_SECRET")?,
+            providers: Upstream::PRICE_PROVIDERS
+                .into_iter()
+                .map(|p| Ok((p, env.upstream(p)?)))
+                .collect::<Result<_, ConfigError>>()?,
             cors: CorsOrigins::from_env(env)?,
         })
     }

@@ -4,6 +4,7 @@ use shared::config::Env;
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
     let config = usage::Config::from_env(&Env::from_process())?;
+    tracing::info!(?config, "cold start");
     let aws = shared::aws::sdk_config().await;
     lambda_http::run(usage::app(&config, &aws)).await
 }
