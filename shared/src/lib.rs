@@ -6,7 +6,9 @@
 //! - [`error`]: the one HTTP error type, rendered as `application/problem+json`;
 //! - [`http`]: request ids, the per-request log line, security headers and CORS;
 //! - [`health`]: `/health` probes that really touch each dependency;
-//! - [`aws`]: SDK configuration (the endpoint is the only local/AWS difference);
+//! - [`metering`]: tenants, usage events, billing periods, exactly-once counting;
+//! - [`aws`]: the AWS adapters: SDK configuration (the endpoint is the only
+//!   local/AWS difference), tables, queue and secrets;
 //! - [`telemetry`]: JSON logs and CloudWatch embedded metrics.
 
 pub mod aws;
@@ -14,4 +16,5 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod metering;
 pub mod telemetry;

@@ -1,12 +1,58 @@
-//! AWS SDK configuration and the cheap calls `/health` uses to prove each
-//! dependency is reachable.
+//! The AWS adapters: SDK configuration, the cheap calls `/health` uses, and
+//! the stores the domain modules work against.
 //!
 //! Nothing here knows whether it talks to AWS or the local emulator: the SDK
 //! reads `AWS_ENDPOINT_URL` (and region and credentials) from the environment,
 //! which is the only thing `make dev` changes.
 
+pub mod ledger;
+pub mod queue;
+pub mod secrets;
+pub mod tenants;
+
 use aws_config::BehaviorVersion;
 pub use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+/// A store (table or queue) failed, or held something unreadable.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{operation}: {message}")]
+    Aws {
+        operation: &'static str,
+        message: String,
+    },
+    #[error("stored item is unreadable: {0}")]
+    Corrupt(String),
+    #[error("the cursor is not one this API returned")]
+    BadCursor,
+}
+
+impl StoreError {
+    pub fn aws<E, R>(
+        operation: &'static str,
+        error: &aws_sdk_dynamodb::error::SdkError<E, R>,
+    ) -> Self
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        Self::Aws {
+            operation,
+            message: describe(error),
+        }
+    }
+}
+
+/// A string attribute.
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+/// A number attribute.
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
 
 /// Loads region, credentials and endpoint from the environment. Call once per
 /// cold start and build every client from the result.

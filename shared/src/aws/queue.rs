@@ -1,0 +1,66 @@
+//! The events queue: how `ingest` (and chat) hand accepted events to `rollup`.
+
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+
+use super::{StoreError, describe};
+use crate::metering::ingest::send_batches;
+
+#[derive(Debug, Clone)]
+pub struct EventQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl EventQueue {
+    pub fn new(client: aws_sdk_sqs::Client, url: &str) -> Self {
+        Self {
+            client,
+            url: url.to_owned(),
+        }
+    }
+
+    /// Sends every body, in as few `SendMessageBatch` calls as the limits
+    /// allow. Entries SQS reports as failed are retried once; any still
+    /// failing make the whole send an error (the client retries with the same
+    /// event ids, which the rollup counts once).
+    pub async fn send(&self, bodies: &[String]) -> Result<(), StoreError> {
+        for batch in send_batches(bodies) {
+            let mut pending: Vec<(usize, &String)> = batch.iter().enumerate().collect();
+            for _attempt in 0..2 {
+                let entries = pending
+                    .iter()
+                    .map(|(i, body)| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(*body)
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let out = self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::Aws {
+                        operation: "SendMessageBatch",
+                        message: describe(&e),
+                    })?;
+                let failed: Vec<&str> = out.failed().iter().map(|f| f.id()).collect();
+                pending.retain(|(i, _)| failed.contains(&i.to_string().as_str()));
+                if pending.is_empty() {
+                    break;
+                }
+            }
+            if !pending.is_empty() {
+                return Err(StoreError::Aws {
+                    operation: "SendMessageBatch",
+                    message: format!("{} entries failed twice", pending.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+}

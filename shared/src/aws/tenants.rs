@@ -1,0 +1,339 @@
+//! Tenants in DynamoDB (layout: docs/data-model.md, "tenants").
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{StoreError, s};
+use crate::metering::tenants::{KeyHash, Tenant, TenantPatch};
+use crate::metering::types::TenantId;
+
+#[derive(Debug, Clone)]
+pub struct DynamoTenants {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+/// The profile item: the tenant plus the hash of its current key.
+#[derive(Serialize, Deserialize)]
+struct ProfileItem {
+    pk: String,
+    sk: String,
+    key_hash: String,
+    #[serde(flatten)]
+    tenant: Tenant,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyItem {
+    pk: String,
+    sk: String,
+    tenant: TenantId,
+    /// Set when the key was rotated out: it works until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<i64>,
+}
+
+const PROFILE: &str = "PROFILE";
+const KEY: &str = "KEY";
+
+fn tenant_pk(id: &TenantId) -> String {
+    format!("TENANT#{id}")
+}
+
+fn key_pk(hash: &KeyHash) -> String {
+    format!("KEY#{}", hash.as_str())
+}
+
+fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn to_item<T: Serialize>(value: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    serde_dynamo::to_item(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_item<T: for<'de> Deserialize<'de>>(
+    item: HashMap<String, AttributeValue>,
+) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Page of [`DynamoTenants::list`].
+#[derive(Debug, Clone)]
+pub struct TenantPage {
+    pub tenants: Vec<Tenant>,
+    /// Opaque; pass back to get the next page.
+    pub next: Option<String>,
+}
+
+impl DynamoTenants {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
+        Self {
+            client,
+            table: table.to_owned(),
+        }
+    }
+
+    /// Stores a new tenant and its first key, atomically.
+    pub async fn create(&self, tenant: &Tenant, key_hash: &KeyHash) -> Result<(), StoreError> {
+        let profile = ProfileItem {
+            pk: tenant_pk(&tenant.id),
+            sk: PROFILE.to_owned(),
+            key_hash: key_hash.as_str().to_owned(),
+            tenant: tenant.clone(),
+        };
+        let key_item = KeyItem {
+            pk: key_pk(key_hash),
+            sk: KEY.to_owned(),
+            tenant: tenant.id.clone(),
+            expires_at: None,
+        };
+        let put = |item| {
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map(|p| TransactWriteItem::builder().put(p).build())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        self.client
+            .transact_write_items()
+            .transact_items(put(to_item(&profile)?)?)
+            .transact_items(put(to_item(&key_item)?)?)
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("TransactWriteItems", &e))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(id), PROFILE)))
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("GetItem", &e))?
+            .item;
+        item.map(|i| from_item::<ProfileItem>(i).map(|p| p.tenant))
+            .transpose()
+    }
+
+    /// The tenant a key belongs to, if the key exists and has not expired.
+    pub async fn tenant_of_key(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TenantId>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(key_pk(hash), KEY)))
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("GetItem", &e))?
+            .item;
+        let Some(item) = item else { return Ok(None) };
+        let key: KeyItem = from_item(item)?;
+        // TTL deletion is lazy (and never happens in the emulator): check.
+        Ok(match key.expires_at {
+            Some(at) if at <= now.timestamp() => None,
+            _ => Some(key.tenant),
+        })
+    }
+
+    /// One page of tenants, oldest storage order first.
+    pub async fn list(&self, limit: i32, cursor: Option<&str>) -> Result<TenantPage, StoreError> {
+        let start = cursor.map(decode_cursor).transpose()?;
+        let page = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("sk = :profile")
+            .expression_attribute_values(":profile", s(PROFILE))
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("Scan", &e))?;
+        let tenants = page
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| from_item::<ProfileItem>(i).map(|p| p.tenant))
+            .collect::<Result<_, _>>()?;
+        Ok(TenantPage {
+            tenants,
+            next: page.last_evaluated_key.as_ref().map(encode_cursor),
+        })
+    }
+
+    /// Applies `patch` field by field (concurrent patches of different
+    /// fields both land); `None` if the tenant does not exist.
+    pub async fn update(
+        &self,
+        id: &TenantId,
+        patch: &TenantPatch,
+    ) -> Result<Option<Tenant>, StoreError> {
+        let mut sets = Vec::new();
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        let mut set = |field: &str, value: AttributeValue| {
+            sets.push(format!("#{field} = :{field}"));
+            names.insert(format!("#{field}"), field.to_owned());
+            values.insert(format!(":{field}"), value);
+        };
+        if let Some(v) = &patch.name {
+            set("name", attribute(v)?);
+        }
+        if let Some(v) = &patch.monthly_quota {
+            set("monthly_quota", attribute(v)?);
+        }
+        if let Some(v) = &patch.billing_day {
+            set("billing_day", attribute(v)?);
+        }
+        if let Some(v) = &patch.tier {
+            set("tier", attribute(v)?);
+        }
+        if let Some(v) = &patch.webhooks {
+            set("webhooks", attribute(v)?);
+        }
+        if let Some(v) = &patch.enabled {
+            set("enabled", attribute(v)?);
+        }
+        if sets.is_empty() {
+            return self.get(id).await;
+        }
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(id), PROFILE)))
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .condition_expression("attribute_exists(pk)")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => out
+                .attributes
+                .map(|i| from_item::<ProfileItem>(i).map(|p| p.tenant))
+                .transpose(),
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(StoreError::aws("UpdateItem", &e)),
+        }
+    }
+
+    /// Makes `new` the tenant's key; the old one works until `grace_until`.
+    /// `None` if the tenant does not exist.
+    pub async fn rotate_key(
+        &self,
+        id: &TenantId,
+        new: &KeyHash,
+        grace_until: DateTime<Utc>,
+    ) -> Result<Option<()>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(id), PROFILE)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("GetItem", &e))?
+            .item;
+        let Some(item) = item else { return Ok(None) };
+        let profile: ProfileItem = from_item(item)?;
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Corrupt(e.to_string());
+
+        let new_key = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(to_item(&KeyItem {
+                pk: key_pk(new),
+                sk: KEY.to_owned(),
+                tenant: id.clone(),
+                expires_at: None,
+            })?))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build)?;
+        let expire_old = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("KEY#{}", profile.key_hash), KEY)))
+            .update_expression("SET expires_at = :at")
+            .expression_attribute_values(
+                ":at",
+                AttributeValue::N(grace_until.timestamp().to_string()),
+            )
+            .build()
+            .map_err(build)?;
+        // Guards against a concurrent rotation from the same old key.
+        let point_profile = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(id), PROFILE)))
+            .update_expression("SET key_hash = :new")
+            .condition_expression("key_hash = :old")
+            .expression_attribute_values(":new", s(new.as_str()))
+            .expression_attribute_values(":old", s(&profile.key_hash))
+            .build()
+            .map_err(build)?;
+        self.client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(new_key).build())
+            .transact_items(TransactWriteItem::builder().update(expire_old).build())
+            .transact_items(TransactWriteItem::builder().update(point_profile).build())
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("TransactWriteItems", &e))?;
+        Ok(Some(()))
+    }
+}
+
+fn attribute<T: Serialize>(value: &T) -> Result<AttributeValue, StoreError> {
+    serde_dynamo::to_attribute_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn is_condition_failure<R>(
+    error: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+        R,
+    >,
+) -> bool {
+    error
+        .as_service_error()
+        .is_some_and(|e| e.is_conditional_check_failed_exception())
+}
+
+/// Scan pages can end on any item, so the cursor carries both keys.
+fn encode_cursor(key: &HashMap<String, AttributeValue>) -> String {
+    let part = |name: &str| {
+        key.get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}\n{}",
+        part("pk"),
+        part("sk")
+    ))
+}
+
+fn decode_cursor(cursor: &str) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or(StoreError::BadCursor)?;
+    let (pk, sk) = text.split_once('\n').ok_or(StoreError::BadCursor)?;
+    Ok(key(pk.to_owned(), sk))
+}

@@ -1,0 +1,315 @@
+//! Tenants and their API keys.
+//!
+//! A tenant is created only through the admin API; ingest never creates one.
+//! API keys are shown once, at creation or rotation: only their SHA-256 is
+//! stored, so a leaked table does not leak keys. A rotated-out key keeps
+//! working for a grace period so clients can roll over without downtime.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::types::{BillingDay, Invalid, TenantId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Free,
+    Pro,
+    Enterprise,
+}
+
+/// A webhook endpoint: an absolute http(s) URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WebhookUrl(String);
+
+impl TryFrom<String> for WebhookUrl {
+    type Error = Invalid;
+    fn try_from(value: String) -> Result<Self, Invalid> {
+        let rest = value
+            .strip_prefix("https://")
+            .or_else(|| value.strip_prefix("http://"))
+            .ok_or_else(|| Invalid(format!("webhook {value:?} must be an http(s) URL")))?;
+        if rest.is_empty()
+            || rest.starts_with('/')
+            || value.len() > 2048
+            || value.contains(char::is_whitespace)
+        {
+            return Err(Invalid(format!("webhook {value:?} is not a valid URL")));
+        }
+        Ok(Self(value))
+    }
+}
+
+impl From<WebhookUrl> for String {
+    fn from(value: WebhookUrl) -> String {
+        value.0
+    }
+}
+
+impl WebhookUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// At most this many webhooks per tenant.
+pub const MAX_WEBHOOKS: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub monthly_quota: u64,
+    pub billing_day: BillingDay,
+    pub tier: Tier,
+    pub webhooks: Vec<WebhookUrl>,
+    pub enabled: bool,
+    /// Standard Webhooks signing secret (`whsec_` + base64).
+    pub signing_secret: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /admin/tenants`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    pub name: String,
+    pub monthly_quota: u64,
+    pub billing_day: BillingDay,
+    pub tier: Tier,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookUrl>,
+}
+
+/// `PATCH /admin/tenants/{id}`: only the fields present change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPatch {
+    pub name: Option<String>,
+    pub monthly_quota: Option<u64>,
+    pub billing_day: Option<BillingDay>,
+    pub tier: Option<Tier>,
+    pub webhooks: Option<Vec<WebhookUrl>>,
+    pub enabled: Option<bool>,
+}
+
+fn check_name(name: &str) -> Result<(), Invalid> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        Err(Invalid("name must be 1 to 200 characters".to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_webhooks(webhooks: &[WebhookUrl]) -> Result<(), Invalid> {
+    if webhooks.len() > MAX_WEBHOOKS {
+        Err(Invalid(format!("at most {MAX_WEBHOOKS} webhooks")))
+    } else {
+        Ok(())
+    }
+}
+
+impl NewTenant {
+    /// Checks what the types cannot, then builds the tenant.
+    pub fn into_tenant(self, now: DateTime<Utc>) -> Result<Tenant, Invalid> {
+        check_name(&self.name)?;
+        check_webhooks(&self.webhooks)?;
+        Ok(Tenant {
+            id: TenantId::generate(),
+            name: self.name.trim().to_owned(),
+            monthly_quota: self.monthly_quota,
+            billing_day: self.billing_day,
+            tier: self.tier,
+            webhooks: self.webhooks,
+            enabled: true,
+            signing_secret: signing_secret(),
+            created_at: now,
+        })
+    }
+}
+
+impl TenantPatch {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(name) = &self.name {
+            check_name(name)?;
+        }
+        if let Some(webhooks) = &self.webhooks {
+            check_webhooks(webhooks)?;
+        }
+        Ok(())
+    }
+
+    pub fn apply(self, tenant: &mut Tenant) {
+        if let Some(name) = self.name {
+            tenant.name = name.trim().to_owned();
+        }
+        if let Some(quota) = self.monthly_quota {
+            tenant.monthly_quota = quota;
+        }
+        if let Some(day) = self.billing_day {
+            tenant.billing_day = day;
+        }
+        if let Some(tier) = self.tier {
+            tenant.tier = tier;
+        }
+        if let Some(webhooks) = self.webhooks {
+            tenant.webhooks = webhooks;
+        }
+        if let Some(enabled) = self.enabled {
+            tenant.enabled = enabled;
+        }
+    }
+}
+
+/// 32 random bytes from the OS RNG (two v4 UUIDs' random bits are 244; the
+/// hex of two UUIDs' digest is plenty for a bearer secret).
+fn random_hex(uuids: usize) -> String {
+    (0..uuids)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect()
+}
+
+fn signing_secret() -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = Sha256::digest(random_hex(2)).to_vec();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// A tenant API key in clear: exists only in the response that creates it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+impl ApiKey {
+    pub const PREFIX: &'static str = "igk_";
+
+    pub fn generate() -> Self {
+        Self(format!("{}{}", Self::PREFIX, random_hex(2)))
+    }
+
+    /// Reads a presented key; anything not shaped like a key is rejected
+    /// before it costs a lookup.
+    pub fn parse(presented: &str) -> Option<Self> {
+        let hex = presented.strip_prefix(Self::PREFIX)?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Self(presented.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn hash(&self) -> KeyHash {
+        KeyHash(hex(&Sha256::digest(self.0.as_bytes())))
+    }
+}
+
+/// SHA-256 of an API key, hex: what the tenants table stores.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyHash(String);
+
+impl KeyHash {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_round_trip_and_hash_stably() {
+        let key = ApiKey::generate();
+        let parsed = ApiKey::parse(key.expose()).unwrap();
+        assert_eq!(parsed.hash(), key.hash());
+        assert_eq!(key.hash().as_str().len(), 64);
+        assert_ne!(ApiKey::generate().hash(), key.hash());
+        assert_eq!(format!("{key:?}"), "ApiKey(***)");
+    }
+
+    #[test]
+    fn malformed_keys_are_rejected_without_a_lookup() {
+        for bad in [
+            "",
+            "igk_",
+            "igk_xyz",
+            "Bearer igk_00",
+            &format!("key_{}", "0".repeat(64)),
+        ] {
+            assert!(ApiKey::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn new_tenant_validates_name_and_webhooks() {
+        let json = |name: &str, hooks: usize| {
+            serde_json::json!({
+                "name": name, "monthly_quota": 1000, "billing_day": 5, "tier": "pro",
+                "webhooks": (0..hooks).map(|i| format!("https://hooks.example/{i}")).collect::<Vec<_>>(),
+            })
+        };
+        let ok: NewTenant = serde_json::from_value(json("Acme", 2)).unwrap();
+        let tenant = ok.into_tenant(Utc::now()).unwrap();
+        assert!(tenant.enabled);
+        assert!(tenant.signing_secret.starts_with("whsec_"));
+
+        let blank: NewTenant = serde_json::from_value(json("  ", 0)).unwrap();
+        assert!(blank.into_tenant(Utc::now()).is_err());
+        let many: NewTenant = serde_json::from_value(json("Acme", 6)).unwrap();
+        assert!(many.into_tenant(Utc::now()).is_err());
+    }
+
+    #[test]
+    fn new_tenant_rejects_bad_fields() {
+        let base =
+            serde_json::json!({"name": "A", "monthly_quota": 1, "billing_day": 1, "tier": "free"});
+        for (field, value) in [
+            ("billing_day", serde_json::json!(29)),
+            ("tier", serde_json::json!("gold")),
+            ("monthly_quota", serde_json::json!(-1)),
+            ("webhooks", serde_json::json!(["ftp://x"])),
+            ("unexpected", serde_json::json!(1)),
+        ] {
+            let mut body = base.clone();
+            body[field] = value;
+            assert!(
+                serde_json::from_value::<NewTenant>(body).is_err(),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn patch_changes_only_given_fields() {
+        let mut tenant = serde_json::from_value::<NewTenant>(serde_json::json!({
+            "name": "A", "monthly_quota": 1, "billing_day": 1, "tier": "free"
+        }))
+        .unwrap()
+        .into_tenant(Utc::now())
+        .unwrap();
+        let patch: TenantPatch =
+            serde_json::from_value(serde_json::json!({"monthly_quota": 50, "enabled": false}))
+                .unwrap();
+        patch.validate().unwrap();
+        patch.apply(&mut tenant);
+        assert_eq!(
+            (tenant.monthly_quota, tenant.enabled, tenant.name.as_str()),
+            (50, false, "A")
+        );
+    }
+}
