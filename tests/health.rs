@@ -5,24 +5,12 @@
 use axum::Router;
 use axum::body::Body;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
 use serde_json::Value;
 use shared::config::Env;
 use shared::http::CorsOrigins;
-use tower::ServiceExt;
 
 async fn send(app: Router, request: Request<Body>) -> (StatusCode, HeaderMap, Value) {
-    let response = app.oneshot(request).await.expect("infallible router");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, headers, body)
+    support::send(&app, request).await
 }
 
 fn get(path: &str) -> Request<Body> {

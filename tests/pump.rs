@@ -33,23 +33,6 @@ impl Invoke for FakeFunction {
     }
 }
 
-/// The real rollup handler, run in-process.
-#[derive(Clone)]
-struct Rollup;
-
-impl Invoke for Rollup {
-    async fn invoke(&self, _function: &str, payload: &Value) -> Result<Value, InvokeError> {
-        let event: SqsEvent = serde_json::from_value(payload.clone()).expect("a Lambda SQS event");
-        let response = rollup::handle(lambda_runtime::LambdaEvent::new(event, Default::default()))
-            .await
-            .map_err(|e| InvokeError::Function {
-                error_type: "rollup".into(),
-                message: e.to_string(),
-            })?;
-        Ok(serde_json::to_value(response).unwrap())
-    }
-}
-
 fn fail_bodies_containing_fail(event: &SqsEvent) -> Result<Value, InvokeError> {
     let failures: Vec<Value> = event
         .records
@@ -295,17 +278,6 @@ async fn the_batching_window_fills_a_batch_beyond_one_receive() {
     let outcome = q.pump.poll_once().await.unwrap();
     assert_eq!(outcome.delivered, 15);
     assert_eq!(invoker.events.lock().unwrap().len(), 1, "one invocation");
-}
-
-#[tokio::test]
-async fn the_real_rollup_handler_reports_its_bad_records() {
-    let q = queue(Rollup, 10, 0).await;
-    q.send(r#"{"tenant_id":"t1","events":[]}"#).await;
-    let bad = q.send("not json").await;
-    let outcome = q.pump.poll_once().await.unwrap();
-    assert_eq!(outcome.delivered, 2);
-    assert_eq!(outcome.acknowledged, 1);
-    assert_eq!(outcome.failed, [bad]);
 }
 
 #[tokio::test]

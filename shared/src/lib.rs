@@ -6,11 +6,13 @@
 //! - [`error`]: the one HTTP error type, rendered as `application/problem+json`;
 //! - [`http`]: request ids, the per-request log line, security headers and CORS;
 //! - [`health`]: `/health` probes that really touch each dependency;
+//! - [`auth`]: the admin token and tenant API keys;
 //! - [`metering`]: tenants, usage events, billing periods, exactly-once counting;
 //! - [`aws`]: the AWS adapters: SDK configuration (the endpoint is the only
 //!   local/AWS difference), tables, queue and secrets;
 //! - [`telemetry`]: JSON logs and CloudWatch embedded metrics.
 
+pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod error;

@@ -141,3 +141,64 @@ pub async fn http_apps(stack: &Stack) -> Vec<(&'static str, axum::Router)> {
         ),
     ]
 }
+
+/// Sends `request` to `app`: status, headers and the body as JSON (`Null`
+/// when it is not JSON).
+pub async fn send(
+    app: &axum::Router,
+    request: http::Request<axum::body::Body>,
+) -> (http::StatusCode, http::HeaderMap, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible router");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
+
+/// A request with an optional bearer token and JSON body.
+pub fn request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> http::Request<axum::body::Body> {
+    let mut builder = http::Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let body = body.map_or_else(axum::body::Body::empty, |b| {
+        axum::body::Body::from(b.to_string())
+    });
+    builder.body(body).expect("request")
+}
+
+impl Stack {
+    /// The admin token the bootstrap generated for this stack.
+    pub async fn admin_token(&self) -> String {
+        let id = self
+            .env("usage")
+            .required("ADMIN_TOKEN_SECRET")
+            .expect("secret id");
+        aws_sdk_secretsmanager::Client::new(&aws().await)
+            .get_secret_value()
+            .secret_id(id)
+            .send()
+            .await
+            .expect("admin token")
+            .secret_string()
+            .expect("a string secret")
+            .to_owned()
+    }
+}

@@ -1,14 +1,24 @@
-//! `rollup`: the consumer of the events queue.
+//! `rollup`: counts the events queue into per-minute and per-period totals,
+//! exactly once.
 //!
-//! Lambda delivers SQS batches; a record that cannot be handled is reported in
-//! `batchItemFailures` (the template enables `ReportBatchItemFailures`), so
-//! only it is retried and, after `maxReceiveCount`, moved to the DLQ. The rest
-//! of the batch is acknowledged. Counting builds on this loop.
+//! Lambda delivers SQS batches; each message is one tenant's accepted events.
+//! Events are grouped per tenant across the batch (so counters are
+//! pre-aggregated over the whole batch) and counted through the ledger, whose
+//! dedup records make redelivery harmless. A message whose events could not
+//! be counted is reported in `batchItemFailures` (the template enables
+//! `ReportBatchItemFailures`): only it is retried, and after `maxReceiveCount`
+//! SQS moves it to the DLQ. Nothing is acknowledged that was not counted.
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use std::collections::BTreeMap;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent};
-use serde_json::{Map, Value};
+use shared::aws::SdkConfig;
+use shared::aws::ledger::DynamoLedger;
+use shared::aws::tenants::DynamoTenants;
 use shared::config::{ConfigError, Env};
+use shared::metering::rollup::{count, unique_by_id};
+use shared::metering::types::{EventBatch, TenantId, UsageEvent};
 use shared::telemetry::{Metrics, Unit};
 
 pub const FUNCTION: &str = "rollup";
@@ -28,41 +38,89 @@ impl Config {
     }
 }
 
-/// Why a record was not processed; logged with its message id.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RecordError {
-    #[error("record has no body")]
-    MissingBody,
-    #[error("body is not a JSON object: {0}")]
-    NotJsonObject(String),
+/// Clients, built once per cold start.
+#[derive(Debug, Clone)]
+pub struct Rollup {
+    tenants: DynamoTenants,
+    ledger: DynamoLedger,
 }
 
-/// Handles one SQS batch, reporting each record that failed.
-pub async fn handle(event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
+impl Rollup {
+    pub fn new(config: &Config, aws: &SdkConfig) -> Self {
+        let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+        Self {
+            tenants: DynamoTenants::new(dynamodb.clone(), &config.tenants_table),
+            ledger: DynamoLedger::new(dynamodb, &config.usage_table),
+        }
+    }
+}
+
+/// One tenant's share of a batch: its events and the messages they came in.
+#[derive(Default)]
+struct TenantWork {
+    events: Vec<UsageEvent>,
+    message_ids: Vec<String>,
+}
+
+/// Handles one SQS batch, reporting each message that was not counted.
+pub async fn handle(
+    rollup: &Rollup,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, Error> {
     let records = event.payload.records;
     let mut response = SqsBatchResponse::default();
+    let mut work: BTreeMap<TenantId, TenantWork> = BTreeMap::new();
+
     for record in &records {
-        let message_id = record.message_id.as_deref().unwrap_or_default();
-        let receive_count = record
-            .attributes
-            .get("ApproximateReceiveCount")
-            .map(String::as_str)
-            .unwrap_or("?");
-        match parse(record) {
-            Ok(message) => {
-                tracing::info!(
-                    message_id,
-                    receive_count,
-                    fields = message.len(),
-                    "message received"
-                );
+        let message_id = record.message_id.clone().unwrap_or_default();
+        let parsed = record
+            .body
+            .as_deref()
+            .ok_or_else(|| "record has no body".to_owned())
+            .and_then(|body| serde_json::from_str::<EventBatch>(body).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(batch) => {
+                let entry = work.entry(batch.tenant).or_default();
+                entry.events.extend(batch.events);
+                entry.message_ids.push(message_id);
             }
             Err(error) => {
-                tracing::warn!(message_id, receive_count, %error, "message failed; SQS will redeliver it or move it to the DLQ");
+                let receive_count = record.attributes.get("ApproximateReceiveCount");
+                tracing::error!(
+                    message_id,
+                    ?receive_count,
+                    error,
+                    "unreadable message; it will reach the DLQ"
+                );
                 response.add_failure(message_id);
             }
         }
     }
+
+    let mut counted = 0;
+    let mut duplicates = 0;
+    for (
+        tenant_id,
+        TenantWork {
+            events,
+            message_ids,
+        },
+    ) in work
+    {
+        match count_tenant(rollup, &tenant_id, events).await {
+            Ok((events, dups)) => {
+                counted += events;
+                duplicates += dups;
+            }
+            Err(error) => {
+                tracing::error!(tenant = %tenant_id, ?message_ids, error, "events not counted; their messages will be retried");
+                for id in message_ids {
+                    response.add_failure(id);
+                }
+            }
+        }
+    }
+
     Metrics::new()
         .dimension("Function", FUNCTION)
         .value("MessagesReceived", Unit::Count, records.len() as f64)
@@ -71,60 +129,53 @@ pub async fn handle(event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Er
             Unit::Count,
             response.batch_item_failures.len() as f64,
         )
+        .value("EventsCounted", Unit::Count, counted as f64)
+        .value("EventsDuplicate", Unit::Count, duplicates as f64)
         .emit();
     Ok(response)
 }
 
-fn parse(record: &SqsMessage) -> Result<Map<String, Value>, RecordError> {
-    let body = record.body.as_deref().ok_or(RecordError::MissingBody)?;
-    match serde_json::from_str(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(RecordError::NotJsonObject(format!("found {other}"))),
-        Err(e) => Err(RecordError::NotJsonObject(e.to_string())),
-    }
+async fn count_tenant(
+    rollup: &Rollup,
+    tenant_id: &TenantId,
+    events: Vec<UsageEvent>,
+) -> Result<(u64, u64), String> {
+    let tenant = rollup
+        .tenants
+        .get(tenant_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("tenant {tenant_id} does not exist"))?;
+    let received = events.len();
+    let events = unique_by_id(events);
+    let repeats = (received - events.len()) as u64;
+    let counted = count(&rollup.ledger, tenant_id, tenant.billing_day, &events)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        tenant = %tenant_id,
+        events = counted.events,
+        tokens = counted.tokens,
+        duplicates = counted.duplicates,
+        "counted"
+    );
+    Ok((counted.events, counted.duplicates + repeats))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(id: &str, body: Option<&str>) -> SqsMessage {
-        let mut m = SqsMessage::default();
-        m.message_id = Some(id.to_owned());
-        m.body = body.map(str::to_owned);
-        m
-    }
-
-    fn batch(records: Vec<SqsMessage>) -> LambdaEvent<SqsEvent> {
-        let mut event = SqsEvent::default();
-        event.records = records;
-        LambdaEvent::new(event, lambda_runtime::Context::default())
-    }
-
-    #[tokio::test]
-    async fn reports_only_the_records_that_fail() {
-        let response = handle(batch(vec![
-            record("ok-1", Some(r#"{"tenant":"t1"}"#)),
-            record("bad-json", Some("not json")),
-            record("no-body", None),
-            record("array", Some("[1,2]")),
-            record("ok-2", Some("{}")),
-        ]))
-        .await
-        .unwrap();
-        let failed: Vec<_> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
-        assert_eq!(failed, ["bad-json", "no-body", "array"]);
-    }
-
     #[test]
-    fn parses_a_real_sqs_batch_event() {
+    fn the_sample_event_carries_event_batches() {
         let raw = include_str!("../../../events/rollup-sqs-batch.json");
         let event: SqsEvent = serde_json::from_str(raw).unwrap();
-        assert_eq!(event.records.len(), 2);
-        assert!(event.records.iter().all(|r| parse(r).is_ok()));
+        let batches: Vec<EventBatch> = event
+            .records
+            .iter()
+            .map(|r| serde_json::from_str(r.body.as_deref().unwrap()).unwrap())
+            .collect();
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].events[0].tokens.get(), 120);
     }
 }

@@ -6,5 +6,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
     let config = rollup::Config::from_env(&Env::from_process())?;
     tracing::info!(?config, "cold start");
-    lambda_runtime::run(service_fn(rollup::handle)).await
+    let aws = shared::aws::sdk_config().await;
+    let app = rollup::Rollup::new(&config, &aws);
+    lambda_runtime::run(service_fn(|event| rollup::handle(&app, event))).await
 }

@@ -1,13 +1,34 @@
-//! `usage`: usage queries, the tenant admin API and the dashboard.
+//! `usage`: the tenant admin API and usage queries.
 //!
-//! Serves `GET /health` today; `/usage/{tenant}`, `/admin/tenants`,
-//! `/api/v1/usage/*` and `/dashboard` build on the same router.
+//! - `POST /admin/tenants`, `GET /admin/tenants`, `GET|PATCH
+//!   /admin/tenants/{id}`, `POST /admin/tenants/{id}/keys` (admin token);
+//! - `GET /usage/{tenant}` (that tenant's API key, or the admin token).
 
-use axum::Router;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{TimeDelta, Utc};
+use serde_json::{Value, json};
+use shared::auth::{is_admin, require_admin, require_tenant};
 use shared::aws::SdkConfig;
+use shared::aws::StoreError;
+use shared::aws::ledger::DynamoLedger;
+use shared::aws::secrets::CachedSecret;
+use shared::aws::tenants::{CachedKeys, DynamoTenants};
 use shared::config::{ConfigError, Env};
+use shared::error::ApiError;
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, finish};
+use shared::http::{CorsOrigins, JsonBody, finish};
+use shared::metering::period::BillingPeriod;
+use shared::metering::tenants::{ApiKey, NewTenant, Tenant, TenantPatch};
+use shared::metering::types::TenantId;
+use shared::metering::usage::{Resolution, Window, quota_percent, range, series};
 
 pub const FUNCTION: &str = "usage";
 
@@ -17,6 +38,10 @@ pub struct Config {
     pub usage_table: String,
     pub chat_table: String,
     pub admin_token_secret: String,
+    /// How long a rotated-out API key keeps working (`KEY_GRACE_SECONDS`).
+    pub key_grace: TimeDelta,
+    /// How long a tenant key lookup is remembered (`KEY_CACHE_SECONDS`).
+    pub key_cache: Duration,
     pub cors: CorsOrigins,
 }
 
@@ -27,18 +52,255 @@ impl Config {
             usage_table: env.required("USAGE_TABLE")?,
             chat_table: env.required("CHAT_TABLE")?,
             admin_token_secret: env.required("ADMIN_TOKEN_SECRET")?,
+            key_grace: TimeDelta::seconds(env.parse_or("KEY_GRACE_SECONDS", 86_400)?),
+            key_cache: Duration::from_secs(env.parse_or("KEY_CACHE_SECONDS", 30)?),
             cors: CorsOrigins::from_env(env)?,
         })
     }
 }
 
+#[derive(Clone)]
+struct App {
+    tenants: DynamoTenants,
+    keys: Arc<CachedKeys>,
+    ledger: DynamoLedger,
+    admin_token: Arc<CachedSecret>,
+    key_grace: TimeDelta,
+}
+
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
     let secrets = aws_sdk_secretsmanager::Client::new(aws);
+    let tenants = DynamoTenants::new(dynamodb.clone(), &config.tenants_table);
+    let app = App {
+        keys: Arc::new(CachedKeys::new(tenants.clone(), config.key_cache)),
+        tenants,
+        ledger: DynamoLedger::new(dynamodb.clone(), &config.usage_table),
+        admin_token: Arc::new(CachedSecret::new(
+            secrets.clone(),
+            &config.admin_token_secret,
+            Duration::from_secs(300),
+        )),
+        key_grace: config.key_grace,
+    };
     let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
         .table("tenants_table", &dynamodb, &config.tenants_table)
         .table("usage_table", &dynamodb, &config.usage_table)
         .table("chat_table", &dynamodb, &config.chat_table)
         .secret("admin_token_secret", &secrets, &config.admin_token_secret);
-    finish(health.route(), &config.cors)
+    let routes = Router::new()
+        .route("/admin/tenants", post(create_tenant).get(list_tenants))
+        .route("/admin/tenants/{id}", get(get_tenant).patch(patch_tenant))
+        .route("/admin/tenants/{id}/keys", post(rotate_key))
+        .route("/usage/{tenant}", get(usage))
+        .with_state(app)
+        .merge(health.route());
+    finish(routes, &config.cors)
+}
+
+fn store_unavailable(error: StoreError) -> ApiError {
+    tracing::error!(%error, "tenants or usage table failed");
+    match error {
+        StoreError::BadCursor => {
+            ApiError::bad_request("invalid_cursor", "the cursor is not one this API returned")
+        }
+        _ => ApiError::unavailable("usage store", 5),
+    }
+}
+
+fn tenant_id(raw: String) -> Result<TenantId, ApiError> {
+    TenantId::try_from(raw).map_err(|e| ApiError::bad_request("invalid_tenant_id", e.0))
+}
+
+fn no_such_tenant(id: &TenantId) -> ApiError {
+    ApiError::not_found(format!("no tenant {id}"))
+}
+
+/// A tenant as the admin API shows it: everything but the signing secret,
+/// which is shown once, at creation.
+fn view(tenant: &Tenant) -> Value {
+    json!({
+        "id": tenant.id,
+        "name": tenant.name,
+        "monthly_quota": tenant.monthly_quota,
+        "billing_day": tenant.billing_day,
+        "tier": tenant.tier,
+        "webhooks": tenant.webhooks,
+        "enabled": tenant.enabled,
+        "created_at": tenant.created_at,
+    })
+}
+
+async fn create_tenant(
+    State(app): State<App>,
+    headers: HeaderMap,
+    JsonBody(new): JsonBody<NewTenant>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&headers, &app.admin_token).await?;
+    let tenant = new
+        .into_tenant(Utc::now())
+        .map_err(|e| ApiError::bad_request("invalid_tenant", e.0))?;
+    let key = ApiKey::generate();
+    app.tenants
+        .create(&tenant, &key.hash())
+        .await
+        .map_err(store_unavailable)?;
+    tracing::info!(tenant = %tenant.id, "tenant created");
+    let mut body = view(&tenant);
+    body["api_key"] = json!(key.expose());
+    body["signing_secret"] = json!(tenant.signing_secret);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn list_tenants(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&headers, &app.admin_token).await?;
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(raw) => raw
+            .parse::<i32>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be from 1 to 100"))?,
+    };
+    let page = app
+        .tenants
+        .list(limit, query.get("cursor").map(String::as_str))
+        .await
+        .map_err(store_unavailable)?;
+    Ok(Json(json!({
+        "tenants": page.tenants.iter().map(view).collect::<Vec<_>>(),
+        "next_cursor": page.next,
+    })))
+}
+
+async fn get_tenant(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&headers, &app.admin_token).await?;
+    let id = tenant_id(id)?;
+    let tenant = app.tenants.get(&id).await.map_err(store_unavailable)?;
+    tenant
+        .map(|t| Json(view(&t)))
+        .ok_or_else(|| no_such_tenant(&id))
+}
+
+async fn patch_tenant(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<TenantPatch>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&headers, &app.admin_token).await?;
+    let id = tenant_id(id)?;
+    patch
+        .validate()
+        .map_err(|e| ApiError::bad_request("invalid_tenant", e.0))?;
+    let tenant = app
+        .tenants
+        .update(&id, &patch)
+        .await
+        .map_err(store_unavailable)?;
+    tenant
+        .map(|t| Json(view(&t)))
+        .ok_or_else(|| no_such_tenant(&id))
+}
+
+async fn rotate_key(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&headers, &app.admin_token).await?;
+    let id = tenant_id(id)?;
+    let key = ApiKey::generate();
+    let grace_until = Utc::now() + app.key_grace;
+    app.tenants
+        .rotate_key(&id, &key.hash(), grace_until)
+        .await
+        .map_err(store_unavailable)?
+        .ok_or_else(|| no_such_tenant(&id))?;
+    tracing::info!(tenant = %id, "api key rotated");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "tenant": id,
+            "api_key": key.expose(),
+            "previous_key_valid_until": grace_until,
+        })),
+    ))
+}
+
+/// `GET /usage/{tenant}?window=1h|24h|7d|period&resolution=minute|hour|day`.
+async fn usage(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = tenant_id(id)?;
+    let tenant = if is_admin(&headers, &app.admin_token).await? {
+        app.tenants
+            .get(&id)
+            .await
+            .map_err(store_unavailable)?
+            .ok_or_else(|| no_such_tenant(&id))?
+    } else {
+        let caller = require_tenant(&headers, &app.keys).await?;
+        if caller.id != id {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "an API key can only read its own tenant's usage",
+            ));
+        }
+        caller
+    };
+
+    let window = match query.get("window") {
+        None => Window::Day,
+        Some(w) => Window::parse(w).map_err(|e| ApiError::bad_request("invalid_window", e.0))?,
+    };
+    let resolution = match query.get("resolution") {
+        None => window.default_resolution(),
+        Some(r) => {
+            Resolution::parse(r).map_err(|e| ApiError::bad_request("invalid_resolution", e.0))?
+        }
+    };
+    let now = Utc::now();
+    let period = BillingPeriod::containing(now, tenant.billing_day);
+    let (from, to) = range(window, resolution, now, &period)
+        .map_err(|e| ApiError::bad_request("invalid_resolution", e.0))?;
+
+    let period_key = period.key();
+    let (totals, minutes) = tokio::try_join!(
+        app.ledger.period_usage(&tenant.id, &period_key),
+        app.ledger.minutes(&tenant.id, from, to),
+    )
+    .map_err(store_unavailable)?;
+
+    Ok(Json(json!({
+        "tenant": tenant.id,
+        "tenantName": tenant.name,
+        "totalTokens": totals.tokens,
+        "events": totals.events,
+        "monthlyQuota": tenant.monthly_quota,
+        "quotaPercent": quota_percent(totals.tokens, tenant.monthly_quota),
+        "remaining": tenant.monthly_quota.saturating_sub(totals.tokens),
+        "periodStart": period.start,
+        "periodEnd": period.end,
+        "features": totals.features.iter().map(|(feature, tokens, events)| {
+            json!({"feature": feature, "tokens": tokens, "events": events})
+        }).collect::<Vec<_>>(),
+        "series": {
+            "window": window,
+            "resolution": resolution,
+            "points": series(&minutes, from, to, resolution),
+        },
+    })))
 }

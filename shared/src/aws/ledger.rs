@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::{StoreError, n, s};
 use crate::metering::rollup::{Chunk, Commit, Counter, Ledger};
 use crate::metering::types::TenantId;
+use crate::metering::usage::MinuteUsage;
 
 /// Dedup records outlive the 35 days an event may be back-dated, with margin.
 const DEDUP_RETENTION: TimeDelta = TimeDelta::days(40);
@@ -69,14 +70,6 @@ pub struct PeriodUsage {
     pub events: u64,
     /// `(feature, tokens, events)`, by feature name.
     pub features: Vec<(String, u64, u64)>,
-}
-
-/// Tokens of one feature in one minute.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MinuteUsage {
-    pub minute: DateTime<Utc>,
-    pub feature: String,
-    pub tokens: u64,
 }
 
 impl DynamoLedger {

@@ -337,3 +337,46 @@ fn decode_cursor(cursor: &str) -> Result<HashMap<String, AttributeValue>, StoreE
     let (pk, sk) = text.split_once('\n').ok_or(StoreError::BadCursor)?;
     Ok(key(pk.to_owned(), sk))
 }
+
+/// Tenants by API key, remembered per warm instance for `ttl`: ingest then
+/// costs no table read per request, and a disabled tenant or an expired key
+/// is refused within `ttl`. Unknown keys are remembered too, so a flood of
+/// bad keys cannot hammer the table.
+#[derive(Debug)]
+pub struct CachedKeys {
+    tenants: DynamoTenants,
+    ttl: std::time::Duration,
+    entries: tokio::sync::Mutex<HashMap<KeyHash, (Option<Tenant>, std::time::Instant)>>,
+}
+
+/// Entries kept at most; past it the cache starts over (cheap, and bounded).
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+impl CachedKeys {
+    pub fn new(tenants: DynamoTenants, ttl: std::time::Duration) -> Self {
+        Self {
+            tenants,
+            ttl,
+            entries: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The tenant `hash` belongs to, if any.
+    pub async fn tenant(&self, hash: &KeyHash) -> Result<Option<Tenant>, StoreError> {
+        if let Some((tenant, at)) = self.entries.lock().await.get(hash)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(tenant.clone());
+        }
+        let tenant = match self.tenants.tenant_of_key(hash, Utc::now()).await? {
+            Some(id) => self.tenants.get(&id).await?,
+            None => None,
+        };
+        let mut entries = self.entries.lock().await;
+        if entries.len() >= KEY_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash.clone(), (tenant.clone(), std::time::Instant::now()));
+        Ok(tenant)
+    }
+}

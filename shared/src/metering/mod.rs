@@ -8,3 +8,4 @@ pub mod period;
 pub mod rollup;
 pub mod tenants;
 pub mod types;
+pub mod usage;

@@ -103,6 +103,14 @@ fn check_name(name: &str) -> Result<(), Invalid> {
     }
 }
 
+fn check_quota(quota: u64) -> Result<(), Invalid> {
+    if quota == 0 {
+        Err(Invalid("monthly_quota must be at least 1".to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
 fn check_webhooks(webhooks: &[WebhookUrl]) -> Result<(), Invalid> {
     if webhooks.len() > MAX_WEBHOOKS {
         Err(Invalid(format!("at most {MAX_WEBHOOKS} webhooks")))
@@ -115,6 +123,7 @@ impl NewTenant {
     /// Checks what the types cannot, then builds the tenant.
     pub fn into_tenant(self, now: DateTime<Utc>) -> Result<Tenant, Invalid> {
         check_name(&self.name)?;
+        check_quota(self.monthly_quota)?;
         check_webhooks(&self.webhooks)?;
         Ok(Tenant {
             id: TenantId::generate(),
@@ -134,6 +143,9 @@ impl TenantPatch {
     pub fn validate(&self) -> Result<(), Invalid> {
         if let Some(name) = &self.name {
             check_name(name)?;
+        }
+        if let Some(quota) = self.monthly_quota {
+            check_quota(quota)?;
         }
         if let Some(webhooks) = &self.webhooks {
             check_webhooks(webhooks)?;

@@ -1,0 +1,91 @@
+//! Who is calling: the admin (a bearer token from Secrets Manager) or a
+//! tenant (a bearer API key). Failures are problem+json with stable codes;
+//! a store that cannot answer is a 503, never a guess either way.
+
+use http::{HeaderMap, StatusCode};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::aws::secrets::CachedSecret;
+use crate::aws::tenants::CachedKeys;
+use crate::error::ApiError;
+use crate::http::bearer;
+use crate::metering::tenants::{ApiKey, Tenant};
+
+fn unauthorized(code: &'static str, detail: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, detail)
+}
+
+fn missing() -> ApiError {
+    unauthorized("missing_credentials", "send Authorization: Bearer <token>")
+}
+
+/// Compares digests, so the time taken says nothing about the token.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    !expected.is_empty()
+        && Sha256::digest(presented.as_bytes())
+            .ct_eq(&Sha256::digest(expected.as_bytes()))
+            .into()
+}
+
+/// Whether the request carries the admin token.
+pub async fn is_admin(headers: &HeaderMap, token: &CachedSecret) -> Result<bool, ApiError> {
+    let Some(presented) = bearer(headers) else {
+        return Ok(false);
+    };
+    let expected = token.get().await.map_err(|e| {
+        tracing::error!(error = %e, "admin token unavailable");
+        ApiError::unavailable("admin token secret", 5)
+    })?;
+    Ok(same_secret(presented, expected.expose()))
+}
+
+/// Requires the admin token.
+pub async fn require_admin(headers: &HeaderMap, token: &CachedSecret) -> Result<(), ApiError> {
+    if bearer(headers).is_none() {
+        return Err(missing());
+    }
+    if is_admin(headers, token).await? {
+        Ok(())
+    } else {
+        Err(unauthorized(
+            "invalid_credentials",
+            "the token is not valid",
+        ))
+    }
+}
+
+/// Requires a tenant API key of an enabled tenant.
+pub async fn require_tenant(headers: &HeaderMap, keys: &CachedKeys) -> Result<Tenant, ApiError> {
+    let presented = bearer(headers).ok_or_else(missing)?;
+    let invalid = || unauthorized("invalid_api_key", "the API key is not valid");
+    let key = ApiKey::parse(presented).ok_or_else(invalid)?;
+    let tenant = keys
+        .tenant(&key.hash())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "key lookup failed");
+            ApiError::unavailable("tenants table", 5)
+        })?
+        .ok_or_else(invalid)?;
+    if !tenant.enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant_disabled",
+            "this tenant is disabled",
+        ));
+    }
+    Ok(tenant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_value_and_never_match_an_empty_secret() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abd", "abc"));
+        assert!(!same_secret("", ""));
+    }
+}

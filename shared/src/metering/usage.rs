@@ -1,0 +1,279 @@
+//! Reading usage back: windows, resolutions and the series the usage API
+//! returns.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use serde::Serialize;
+
+use super::period::BillingPeriod;
+use super::types::Invalid;
+
+/// Tokens of one feature in one minute, as stored by the rollup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinuteUsage {
+    pub minute: DateTime<Utc>,
+    pub feature: String,
+    pub tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Window {
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "24h")]
+    Day,
+    #[serde(rename = "7d")]
+    Week,
+    Period,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resolution {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Window {
+    pub const ALLOWED: &'static str = "1h, 24h, 7d, period";
+
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
+        match value {
+            "1h" => Ok(Self::Hour),
+            "24h" => Ok(Self::Day),
+            "7d" => Ok(Self::Week),
+            "period" => Ok(Self::Period),
+            _ => Err(Invalid(format!("window must be one of {}", Self::ALLOWED))),
+        }
+    }
+
+    /// The resolution used when none is asked for.
+    pub fn default_resolution(self) -> Resolution {
+        match self {
+            Self::Hour => Resolution::Minute,
+            Self::Day | Self::Week => Resolution::Hour,
+            Self::Period => Resolution::Day,
+        }
+    }
+}
+
+impl Resolution {
+    pub const ALLOWED: &'static str = "minute, hour, day";
+
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
+        match value {
+            "minute" => Ok(Self::Minute),
+            "hour" => Ok(Self::Hour),
+            "day" => Ok(Self::Day),
+            _ => Err(Invalid(format!(
+                "resolution must be one of {}",
+                Self::ALLOWED
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
+    fn step(self) -> TimeDelta {
+        match self {
+            Self::Minute => TimeDelta::minutes(1),
+            Self::Hour => TimeDelta::hours(1),
+            Self::Day => TimeDelta::days(1),
+        }
+    }
+}
+
+/// At most this many points per series: per-minute data over a week would be
+/// 10,080, so long windows need a coarser resolution.
+pub const MAX_POINTS: i64 = 1440;
+
+/// The `[from, to)` range a window covers at `now`, aligned to `resolution`.
+pub fn range(
+    window: Window,
+    resolution: Resolution,
+    now: DateTime<Utc>,
+    period: &BillingPeriod,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), Invalid> {
+    let step = resolution.step();
+    let to = now.duration_trunc(step).unwrap_or(now) + step;
+    let from = match window {
+        Window::Hour => to - TimeDelta::hours(1),
+        Window::Day => to - TimeDelta::hours(24),
+        Window::Week => to - TimeDelta::days(7),
+        Window::Period => period.start,
+    };
+    if (to - from).num_seconds() / step.num_seconds() > MAX_POINTS {
+        return Err(Invalid(format!(
+            "that window at {} resolution exceeds {MAX_POINTS} points; use a coarser resolution",
+            resolution.name()
+        )));
+    }
+    Ok((from, to))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Point {
+    pub ts: DateTime<Utc>,
+    pub tokens: u64,
+}
+
+/// Sums `minutes` into buckets of `resolution` over `[from, to)`, every
+/// bucket present (zero when nothing was used), oldest first.
+pub fn series(
+    minutes: &[MinuteUsage],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    resolution: Resolution,
+) -> Vec<Point> {
+    let step = resolution.step();
+    let start = from.duration_trunc(step).unwrap_or(from);
+    let mut buckets: BTreeMap<DateTime<Utc>, u64> = BTreeMap::new();
+    let mut at = start;
+    while at < to {
+        buckets.insert(at, 0);
+        at += step;
+    }
+    for m in minutes.iter().filter(|m| m.minute >= from && m.minute < to) {
+        let bucket = m.minute.duration_trunc(step).unwrap_or(m.minute).max(start);
+        *buckets.entry(bucket).or_default() += m.tokens;
+    }
+    buckets
+        .into_iter()
+        .map(|(ts, tokens)| Point { ts, tokens })
+        .collect()
+}
+
+/// Percent of `quota` used, two decimals (a zero quota counts as fully used
+/// as soon as anything is).
+pub fn quota_percent(used: u64, quota: u64) -> f64 {
+    if quota == 0 {
+        return if used == 0 { 0.0 } else { 100.0 };
+    }
+    (used as f64 / quota as f64 * 10_000.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metering::types::BillingDay;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn minute(ts: &str, feature: &str, tokens: u64) -> MinuteUsage {
+        MinuteUsage {
+            minute: at(ts),
+            feature: feature.into(),
+            tokens,
+        }
+    }
+
+    fn period() -> BillingPeriod {
+        BillingPeriod::containing(
+            at("2026-11-22T10:30:00Z"),
+            BillingDay::try_from(15).unwrap(),
+        )
+    }
+
+    #[test]
+    fn parses_windows_and_resolutions_and_names_the_allowed_values() {
+        assert_eq!(Window::parse("7d"), Ok(Window::Week));
+        assert_eq!(Resolution::parse("hour"), Ok(Resolution::Hour));
+        assert_eq!(
+            Window::parse("2d").unwrap_err().0,
+            "window must be one of 1h, 24h, 7d, period"
+        );
+        assert!(Resolution::parse("second").is_err());
+    }
+
+    #[test]
+    fn hour_window_at_minute_resolution_has_60_points_ending_now() {
+        let (from, to) = range(
+            Window::Hour,
+            Resolution::Minute,
+            at("2026-11-22T10:30:20Z"),
+            &period(),
+        )
+        .unwrap();
+        assert_eq!(
+            (from, to),
+            (at("2026-11-22T09:31:00Z"), at("2026-11-22T10:31:00Z"))
+        );
+        assert_eq!(series(&[], from, to, Resolution::Minute).len(), 60);
+    }
+
+    #[test]
+    fn period_window_starts_at_the_period_start() {
+        let (from, to) = range(
+            Window::Period,
+            Resolution::Day,
+            at("2026-11-22T10:30:00Z"),
+            &period(),
+        )
+        .unwrap();
+        assert_eq!(
+            (from, to),
+            (at("2026-11-15T00:00:00Z"), at("2026-11-23T00:00:00Z"))
+        );
+        assert_eq!(series(&[], from, to, Resolution::Day).len(), 8);
+    }
+
+    #[test]
+    fn too_many_points_is_an_error() {
+        assert!(
+            range(
+                Window::Week,
+                Resolution::Minute,
+                at("2026-11-22T10:30:00Z"),
+                &period()
+            )
+            .is_err()
+        );
+        assert!(
+            range(
+                Window::Day,
+                Resolution::Minute,
+                at("2026-11-22T10:30:00Z"),
+                &period()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn series_sums_features_into_buckets_and_fills_gaps() {
+        let minutes = [
+            minute("2026-11-22T09:05:00Z", "chat", 10),
+            minute("2026-11-22T09:59:00Z", "search", 5),
+            minute("2026-11-22T11:00:00Z", "chat", 1),
+            minute("2026-11-22T13:00:00Z", "chat", 99),
+        ];
+        let points = series(
+            &minutes,
+            at("2026-11-22T09:00:00Z"),
+            at("2026-11-22T12:00:00Z"),
+            Resolution::Hour,
+        );
+        let tokens: Vec<u64> = points.iter().map(|p| p.tokens).collect();
+        assert_eq!(tokens, [15, 0, 1]);
+        assert_eq!(points[0].ts, at("2026-11-22T09:00:00Z"));
+    }
+
+    #[test]
+    fn quota_percent_rounds_to_two_decimals() {
+        assert_eq!(quota_percent(1, 3), 33.33);
+        assert_eq!(quota_percent(800, 1000), 80.0);
+        assert_eq!(quota_percent(1500, 1000), 150.0);
+        assert_eq!(quota_percent(0, 0), 0.0);
+    }
+}

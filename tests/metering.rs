@@ -1,0 +1,770 @@
+//! Metering end to end against the emulated AWS: the admin API (usage), event
+//! ingest, the rollup through the real SQS event-source pump, and usage
+//! queries; every bad-input class; exactly-once under resends, redelivery
+//! and a consumer failure mid-batch.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use axum::Router;
+use chrono::{DateTime, TimeDelta, Utc};
+use http::StatusCode;
+use local::invoke::{Invoke, InvokeError};
+use local::pump::Pump;
+use local::template::SqsSource;
+use serde_json::{Value, json};
+use shared::aws::ledger::DynamoLedger;
+use shared::metering::rollup::{Chunk, Commit, Ledger, count};
+use shared::metering::types::{
+    BillingDay, EventBatch, EventId, Feature, TenantId, Tokens, UsageEvent,
+};
+use support::{Stack, request, send};
+
+struct Fixture {
+    stack: Stack,
+    admin: String,
+    usage: Router,
+    ingest: Router,
+}
+
+async fn fixture() -> Fixture {
+    let stack = support::stack().await;
+    let aws = support::aws().await;
+    Fixture {
+        admin: stack.admin_token().await,
+        usage: usage::app(&usage::Config::from_env(stack.env("usage")).unwrap(), &aws),
+        ingest: ingest::app(
+            &ingest::Config::from_env(stack.env("ingest")).unwrap(),
+            &aws,
+        ),
+        stack,
+    }
+}
+
+/// A tenant created through the admin API: `(id, api key)`.
+async fn tenant(f: &Fixture, quota: u64, billing_day: u8) -> (String, String) {
+    let body =
+        json!({"name": "Acme", "monthly_quota": quota, "billing_day": billing_day, "tier": "pro"});
+    let (status, _, created) = send(
+        &f.usage,
+        request("POST", "/admin/tenants", Some(&f.admin), Some(&body)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        created["api_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn post_events(f: &Fixture, key: &str, body: &Value) -> (StatusCode, Value) {
+    let (status, _, body) =
+        send(&f.ingest, request("POST", "/events", Some(key), Some(body))).await;
+    (status, body)
+}
+
+async fn usage_of(f: &Fixture, id: &str, token: &str, query: &str) -> (StatusCode, Value) {
+    let (status, _, body) = send(
+        &f.usage,
+        request("GET", &format!("/usage/{id}{query}"), Some(token), None),
+    )
+    .await;
+    (status, body)
+}
+
+/// The real rollup handler, in process.
+#[derive(Clone)]
+struct RealRollup(rollup::Rollup);
+
+impl Invoke for RealRollup {
+    async fn invoke(&self, _function: &str, payload: &Value) -> Result<Value, InvokeError> {
+        let event: SqsEvent = serde_json::from_value(payload.clone()).expect("an SQS event");
+        let response = rollup::handle(
+            &self.0,
+            lambda_runtime::LambdaEvent::new(event, Default::default()),
+        )
+        .await
+        .map_err(|e| InvokeError::Function {
+            error_type: "rollup".into(),
+            message: e.to_string(),
+        })?;
+        Ok(serde_json::to_value(response).unwrap())
+    }
+}
+
+async fn pump(stack: &Stack) -> Pump<RealRollup> {
+    let aws = support::aws().await;
+    let queue_url = stack.env("ingest").required("EVENTS_QUEUE_URL").unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    Pump {
+        queue_arn: local::bootstrap::queue_arn(&sqs, &queue_url).await.unwrap(),
+        sqs,
+        queue_url,
+        region: support::REGION.into(),
+        source: SqsSource {
+            queue: "EventsQueue".into(),
+            batch_size: 10,
+            max_batching_window_secs: 0,
+            report_batch_item_failures: true,
+        },
+        function: "rollup".into(),
+        invoker: RealRollup(rollup::Rollup::new(
+            &rollup::Config::from_env(stack.env("rollup")).unwrap(),
+            &aws,
+        )),
+    }
+}
+
+/// Delivers everything on the queue; returns the messages delivered.
+async fn drain(pump: &Pump<RealRollup>) -> usize {
+    let mut delivered = 0;
+    loop {
+        let outcome = pump.poll_once().await.unwrap();
+        assert!(
+            outcome.failed.is_empty(),
+            "unexpected failures: {outcome:?}"
+        );
+        if outcome.delivered == 0 {
+            return delivered;
+        }
+        delivered += outcome.delivered;
+    }
+}
+
+fn now_minus(minutes: i64) -> String {
+    (Utc::now() - TimeDelta::minutes(minutes)).to_rfc3339()
+}
+
+// ---------------------------------------------------------------- admin API
+
+#[tokio::test]
+async fn creates_a_tenant_and_shows_its_key_once() {
+    let f = fixture().await;
+    let body = json!({"name": "Acme", "monthly_quota": 1000, "billing_day": 15, "tier": "pro",
+                      "webhooks": ["https://hooks.example/ingot"]});
+    let (status, _, created) = send(
+        &f.usage,
+        request("POST", "/admin/tenants", Some(&f.admin), Some(&body)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap();
+    assert!(id.starts_with("ten_"));
+    assert!(created["api_key"].as_str().unwrap().starts_with("igk_"));
+    assert!(
+        created["signing_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("whsec_")
+    );
+    assert_eq!(created["billing_day"], 15);
+    assert_eq!(created["enabled"], true);
+
+    let (status, _, shown) = send(
+        &f.usage,
+        request("GET", &format!("/admin/tenants/{id}"), Some(&f.admin), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["name"], "Acme");
+    assert_eq!(shown["webhooks"], json!(["https://hooks.example/ingot"]));
+    assert!(shown.get("api_key").is_none() && shown.get("signing_secret").is_none());
+}
+
+#[tokio::test]
+async fn admin_routes_require_the_admin_token() {
+    let f = fixture().await;
+    let (_, key) = tenant(&f, 10, 1).await;
+    for (token, code) in [
+        (None, "missing_credentials"),
+        (Some("wrong"), "invalid_credentials"),
+        (Some(key.as_str()), "invalid_credentials"),
+    ] {
+        let (status, headers, body) =
+            send(&f.usage, request("GET", "/admin/tenants", token, None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(body["code"], code);
+    }
+}
+
+#[tokio::test]
+async fn rejects_each_class_of_invalid_tenant() {
+    let f = fixture().await;
+    let base = json!({"name": "A", "monthly_quota": 10, "billing_day": 1, "tier": "free"});
+    let cases = [
+        ("billing_day", json!(29), "invalid_body"),
+        ("billing_day", json!(0), "invalid_body"),
+        ("tier", json!("platinum"), "invalid_body"),
+        ("monthly_quota", json!(-5), "invalid_body"),
+        ("monthly_quota", json!(0), "invalid_tenant"),
+        ("webhooks", json!(["not a url"]), "invalid_body"),
+        (
+            "webhooks",
+            json!(
+                (0..6)
+                    .map(|i| format!("https://h.example/{i}"))
+                    .collect::<Vec<_>>()
+            ),
+            "invalid_tenant",
+        ),
+        ("name", json!(" "), "invalid_tenant"),
+        ("surprise", json!(true), "invalid_body"),
+    ];
+    for (field, value, code) in cases {
+        let mut body = base.clone();
+        body[field] = value;
+        let (status, _, problem) = send(
+            &f.usage,
+            request("POST", "/admin/tenants", Some(&f.admin), Some(&body)),
+        )
+        .await;
+        assert_eq!(
+            (status, problem["code"].as_str().unwrap()),
+            (StatusCode::BAD_REQUEST, code),
+            "{field}: {problem}"
+        );
+    }
+    let raw = http::Request::post("/admin/tenants")
+        .header("authorization", format!("Bearer {}", f.admin))
+        .body(axum::body::Body::from("{not json"))
+        .unwrap();
+    let (status, _, problem) = send(&f.usage, raw).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+}
+
+#[tokio::test]
+async fn lists_tenants_page_by_page() {
+    let f = fixture().await;
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        created.push(tenant(&f, 10, 1).await.0);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let path = match &cursor {
+            Some(c) => format!("/admin/tenants?limit=2&cursor={c}"),
+            None => "/admin/tenants?limit=2".to_owned(),
+        };
+        let (status, _, page) = send(&f.usage, request("GET", &path, Some(&f.admin), None)).await;
+        assert_eq!(status, StatusCode::OK);
+        seen.extend(
+            page["tenants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    seen.sort();
+    created.sort();
+    assert_eq!(seen, created);
+
+    for bad in [
+        "/admin/tenants?limit=0",
+        "/admin/tenants?limit=x",
+        "/admin/tenants?cursor=%%%",
+    ] {
+        let (status, _, problem) = send(&f.usage, request("GET", bad, Some(&f.admin), None)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+    }
+}
+
+#[tokio::test]
+async fn patches_only_the_given_fields() {
+    let f = fixture().await;
+    let (id, _) = tenant(&f, 10, 1).await;
+    let patch = json!({"monthly_quota": 500, "webhooks": ["https://h.example/a"]});
+    let (status, _, patched) = send(
+        &f.usage,
+        request(
+            "PATCH",
+            &format!("/admin/tenants/{id}"),
+            Some(&f.admin),
+            Some(&patch),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (patched["monthly_quota"].as_u64(), patched["name"].as_str()),
+        (Some(500), Some("Acme"))
+    );
+    assert_eq!(patched["webhooks"], json!(["https://h.example/a"]));
+
+    let missing = format!("/admin/tenants/ten_{}", "0".repeat(32));
+    let (status, _, problem) = send(
+        &f.usage,
+        request("PATCH", &missing, Some(&f.admin), Some(&patch)),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, _, problem) = send(
+        &f.usage,
+        request("GET", "/admin/tenants/nope", Some(&f.admin), None),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_tenant_id"))
+    );
+    let bad = json!({"billing_day": 31});
+    let (status, _, _) = send(
+        &f.usage,
+        request(
+            "PATCH",
+            &format!("/admin/tenants/{id}"),
+            Some(&f.admin),
+            Some(&bad),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_rotated_key_works_for_the_grace_period_then_stops() {
+    let f = fixture().await;
+    let (id, old_key) = tenant(&f, 10, 1).await;
+    let (status, _, rotated) = send(
+        &f.usage,
+        request(
+            "POST",
+            &format!("/admin/tenants/{id}/keys"),
+            Some(&f.admin),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let new_key = rotated["api_key"].as_str().unwrap();
+    assert_ne!(new_key, old_key);
+    assert_eq!(usage_of(&f, &id, new_key, "").await.0, StatusCode::OK);
+    assert_eq!(
+        usage_of(&f, &id, &old_key, "").await.0,
+        StatusCode::OK,
+        "grace period"
+    );
+
+    // With no grace period, the old key stops at once.
+    let mut config = usage::Config::from_env(f.stack.env("usage")).unwrap();
+    config.key_grace = TimeDelta::zero();
+    let strict = usage::app(&config, &support::aws().await);
+    let (_, _, rotated) = send(
+        &strict,
+        request(
+            "POST",
+            &format!("/admin/tenants/{id}/keys"),
+            Some(&f.admin),
+            None,
+        ),
+    )
+    .await;
+    let newest = rotated["api_key"].as_str().unwrap();
+    let (status, _, problem) = send(
+        &strict,
+        request("GET", &format!("/usage/{id}"), Some(new_key), None),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_api_key"))
+    );
+    let (status, _, _) = send(
+        &strict,
+        request("GET", &format!("/usage/{id}"), Some(newest), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+// ------------------------------------------------------------------- ingest
+
+#[tokio::test]
+async fn accepted_events_are_on_the_queue_in_one_message() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let body = json!({"events": [
+        {"id": "e1", "feature": "chat", "tokens": 10},
+        {"id": "e2", "feature": "chat", "tokens": 20, "timestamp": now_minus(1)},
+        {"feature": "search", "tokens": 5, "properties": {"model": "m"}},
+    ]});
+    let (status, accepted) = post_events(&f, &key, &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["accepted"], 3);
+    assert_eq!(accepted["ids"][0], "e1");
+
+    let sqs = aws_sdk_sqs::Client::new(&support::aws().await);
+    let received = sqs
+        .receive_message()
+        .queue_url(f.stack.env("ingest").required("EVENTS_QUEUE_URL").unwrap())
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(received.messages().len(), 1);
+    let batch: EventBatch = serde_json::from_str(received.messages()[0].body().unwrap()).unwrap();
+    assert_eq!(batch.tenant.as_str(), id);
+    assert_eq!(batch.events.len(), 3);
+}
+
+#[tokio::test]
+async fn invalid_events_are_listed_and_nothing_is_enqueued() {
+    let f = fixture().await;
+    let (_, key) = tenant(&f, 1000, 1).await;
+    let body = json!({"events": [
+        {"feature": "chat", "tokens": 10},
+        {"feature": "chat", "tokens": -1},
+        {"feature": "bad feature", "tokens": 1},
+    ]});
+    let (status, problem) = post_events(&f, &key, &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["code"], "invalid_events");
+    let indices: Vec<u64> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [1, 2]);
+    assert!(problem["request_id"].is_string());
+
+    let mut p = pump(&f.stack).await;
+    p.source.batch_size = 10;
+    assert_eq!(
+        drain(&p).await,
+        0,
+        "nothing from a rejected request reaches the queue"
+    );
+}
+
+#[tokio::test]
+async fn each_bad_request_class_has_its_code() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let raw = |body: Vec<u8>, token: Option<&str>| {
+        let mut b = http::Request::post("/events");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(axum::body::Body::from(body)).unwrap()
+    };
+    let unknown_key = format!("igk_{}", "0".repeat(64));
+    let cases: Vec<(http::Request<axum::body::Body>, StatusCode, &str)> = vec![
+        (
+            raw(b"{}".to_vec(), None),
+            StatusCode::UNAUTHORIZED,
+            "missing_credentials",
+        ),
+        (
+            raw(b"{}".to_vec(), Some("igk_short")),
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+        ),
+        (
+            raw(b"{}".to_vec(), Some(&unknown_key)),
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+        ),
+        (
+            raw(b"{nope".to_vec(), Some(&key)),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            raw(b"[1]".to_vec(), Some(&key)),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            raw(br#"{"events": []}"#.to_vec(), Some(&key)),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            raw(vec![b' '; 2 * 1024 * 1024], Some(&key)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let (got, headers, problem) = send(&f.ingest, req).await;
+        assert_eq!(
+            (got, problem["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{problem}"
+        );
+        assert_eq!(headers["content-type"], "application/problem+json");
+    }
+
+    // A disabled tenant is refused (a fresh app: the key cache is per instance).
+    let patch = json!({"enabled": false});
+    send(
+        &f.usage,
+        request(
+            "PATCH",
+            &format!("/admin/tenants/{id}"),
+            Some(&f.admin),
+            Some(&patch),
+        ),
+    )
+    .await;
+    let fresh = ingest::app(
+        &ingest::Config::from_env(f.stack.env("ingest")).unwrap(),
+        &support::aws().await,
+    );
+    let (status, _, problem) = send(
+        &fresh,
+        request(
+            "POST",
+            "/events",
+            Some(&key),
+            Some(&json!({"feature": "f", "tokens": 1})),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("tenant_disabled"))
+    );
+}
+
+#[tokio::test]
+async fn a_queue_that_fails_is_a_503_with_retry_after() {
+    let f = fixture().await;
+    let (_, key) = tenant(&f, 1000, 1).await;
+    let mut config = ingest::Config::from_env(f.stack.env("ingest")).unwrap();
+    config.events_queue_url = format!(
+        "{}/123456789012/{}",
+        support::emulator(),
+        support::unique("gone")
+    );
+    let app = ingest::app(&config, &support::aws().await);
+    let (status, headers, problem) = send(
+        &app,
+        request(
+            "POST",
+            "/events",
+            Some(&key),
+            Some(&json!({"feature": "f", "tokens": 1})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "5");
+    assert_eq!(problem["code"], "dependency_unavailable");
+    assert_eq!(problem["dependency"], "events queue");
+}
+
+// ------------------------------------------------------ counting and usage
+
+#[tokio::test]
+async fn events_flow_from_ingest_through_rollup_to_usage() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let body = json!({"events": [
+        {"id": "a", "feature": "chat", "tokens": 100, "timestamp": now_minus(2)},
+        {"id": "b", "feature": "chat", "tokens": 50, "timestamp": now_minus(2)},
+        {"id": "c", "feature": "search", "tokens": 25},
+    ]});
+    assert_eq!(post_events(&f, &key, &body).await.0, StatusCode::ACCEPTED);
+    assert_eq!(drain(&pump(&f.stack).await).await, 1);
+
+    let (status, usage) = usage_of(&f, &id, &key, "?window=1h").await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    assert_eq!(usage["tenant"], id.as_str());
+    assert_eq!(usage["tenantName"], "Acme");
+    assert_eq!(usage["totalTokens"], 175);
+    assert_eq!(usage["events"], 3);
+    assert_eq!(usage["monthlyQuota"], 1000);
+    assert_eq!(usage["quotaPercent"], 17.5);
+    assert_eq!(usage["remaining"], 825);
+    assert_eq!(
+        usage["features"],
+        json!([{"feature": "chat", "tokens": 150, "events": 2}, {"feature": "search", "tokens": 25, "events": 1}])
+    );
+    let points = usage["series"]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 60);
+    assert_eq!(
+        points
+            .iter()
+            .map(|p| p["tokens"].as_u64().unwrap())
+            .sum::<u64>(),
+        175
+    );
+    assert_eq!(usage["series"]["resolution"], "minute");
+
+    // The admin token reads it too; the period follows billing day 1.
+    let (status, by_admin) = usage_of(&f, &id, &f.admin, "?window=period").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(by_admin["totalTokens"], 175);
+    let start: DateTime<Utc> = serde_json::from_value(by_admin["periodStart"].clone()).unwrap();
+    assert_eq!(start.format("%d %H:%M").to_string(), "01 00:00");
+}
+
+#[tokio::test]
+async fn a_resent_and_redelivered_event_counts_once() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let first = json!({"events": [{"id": "dup", "feature": "chat", "tokens": 40}, {"id": "x", "feature": "chat", "tokens": 2}]});
+    let retry = json!({"events": [{"id": "dup", "feature": "chat", "tokens": 40}, {"id": "y", "feature": "chat", "tokens": 3}]});
+    assert_eq!(post_events(&f, &key, &first).await.0, StatusCode::ACCEPTED);
+    assert_eq!(post_events(&f, &key, &retry).await.0, StatusCode::ACCEPTED);
+    // The same message body twice more, as SQS redelivery would hand it over.
+    assert_eq!(post_events(&f, &key, &first).await.0, StatusCode::ACCEPTED);
+    drain(&pump(&f.stack).await).await;
+    assert_eq!(post_events(&f, &key, &retry).await.0, StatusCode::ACCEPTED);
+    drain(&pump(&f.stack).await).await;
+
+    let (_, usage) = usage_of(&f, &id, &key, "").await;
+    assert_eq!(
+        (usage["totalTokens"].as_u64(), usage["events"].as_u64()),
+        (Some(45), Some(3))
+    );
+}
+
+/// The DynamoDB ledger, failing its `fail_at`-th commit as a crash would.
+struct CrashingLedger {
+    inner: DynamoLedger,
+    commits: AtomicUsize,
+    fail_at: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("simulated crash")]
+struct Crash;
+
+impl Ledger for CrashingLedger {
+    type Error = Crash;
+    async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, Crash> {
+        if self.commits.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(Crash);
+        }
+        Ok(self.inner.commit(tenant, chunk).await.expect("emulator"))
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_failure_mid_batch_loses_and_doubles_nothing() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1_000_000, 1).await;
+    let tenant_id = TenantId::try_from(id.clone()).unwrap();
+    let events: Vec<UsageEvent> = (0..250)
+        .map(|i| UsageEvent {
+            id: EventId::try_from(format!("e{i}")).unwrap(),
+            feature: Feature::try_from("chat".to_owned()).unwrap(),
+            tokens: Tokens::try_from(i + 1).unwrap(),
+            timestamp: Utc::now(),
+            properties: Default::default(),
+        })
+        .collect();
+    let expected: u64 = (1..=250).sum();
+    let ledger = DynamoLedger::new(
+        aws_sdk_dynamodb::Client::new(&support::aws().await),
+        &f.stack.env("rollup").required("USAGE_TABLE").unwrap(),
+    );
+    let day = BillingDay::try_from(1).unwrap();
+
+    // The first delivery crashes after one chunk (97 events) committed...
+    let crashing = CrashingLedger {
+        inner: ledger.clone(),
+        commits: AtomicUsize::new(0),
+        fail_at: 2,
+    };
+    assert!(count(&crashing, &tenant_id, day, &events).await.is_err());
+    // ...and the redelivery counts only what was missing.
+    let counted = count(&ledger, &tenant_id, day, &events).await.unwrap();
+    assert_eq!((counted.events, counted.duplicates), (153, 97));
+
+    let (_, usage) = usage_of(&f, &id, &key, "").await;
+    assert_eq!(
+        (usage["totalTokens"].as_u64(), usage["events"].as_u64()),
+        (Some(expected), Some(250))
+    );
+}
+
+#[tokio::test]
+async fn usage_queries_are_checked() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let (other, other_key) = tenant(&f, 1000, 1).await;
+    let (status, problem) = usage_of(&f, &other, &key, "").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    assert_eq!(usage_of(&f, &other, &other_key, "").await.0, StatusCode::OK);
+
+    for (query, code) in [
+        ("?window=2w", "invalid_window"),
+        ("?resolution=second", "invalid_resolution"),
+        ("?window=7d&resolution=minute", "invalid_resolution"),
+    ] {
+        let (status, problem) = usage_of(&f, &id, &key, query).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{query}"
+        );
+    }
+    let (status, series) = usage_of(&f, &id, &key, "?window=7d&resolution=day").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(series["series"]["points"].as_array().unwrap().len(), 7);
+    let (status, _) = usage_of(&f, &format!("ten_{}", "f".repeat(32)), &f.admin, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn only_the_messages_that_cannot_be_counted_are_retried() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let p = pump(&f.stack).await;
+    let send_raw = |body: String| {
+        let p = &p;
+        async move {
+            p.sqs
+                .send_message()
+                .queue_url(&p.queue_url)
+                .message_body(body)
+                .send()
+                .await
+                .unwrap()
+                .message_id()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let good = send_raw(format!(
+        r#"{{"tenant":"{id}","events":[{{"id":"g","feature":"f","tokens":7,"timestamp":"{}"}}]}}"#,
+        Utc::now().to_rfc3339()
+    ))
+    .await;
+    let garbage = send_raw("not json".to_owned()).await;
+    let stranger = send_raw(format!(
+        r#"{{"tenant":"ten_{}","events":[]}}"#,
+        "a".repeat(32)
+    ))
+    .await;
+
+    let outcome = p.poll_once().await.unwrap();
+    assert_eq!(outcome.delivered, 3);
+    let mut failed = outcome.failed.clone();
+    failed.sort();
+    let mut expected = vec![garbage, stranger];
+    expected.sort();
+    assert_eq!(failed, expected);
+    assert!(!outcome.failed.contains(&good));
+    let (_, usage) = usage_of(&f, &id, &key, "").await;
+    assert_eq!(usage["totalTokens"], 7);
+}
