@@ -18,7 +18,7 @@ use shared::metering::rollup::{Chunk, Commit, Ledger, count};
 use shared::metering::types::{
     BillingDay, EventBatch, EventId, Feature, TenantId, Tokens, UsageEvent,
 };
-use support::{Stack, request, send};
+use support::{Stack, call, request, send};
 
 struct Fixture {
     stack: Stack,
@@ -41,15 +41,23 @@ async fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// A request to the usage function with the admin token.
+    async fn as_admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        call(&self.usage, method, path, Some(&self.admin), body).await
+    }
+}
+
 /// A tenant created through the admin API: `(id, api key)`.
 async fn tenant(f: &Fixture, quota: u64, billing_day: u8) -> (String, String) {
     let body =
         json!({"name": "Acme", "monthly_quota": quota, "billing_day": billing_day, "tier": "pro"});
-    let (status, _, created) = send(
-        &f.usage,
-        request("POST", "/admin/tenants", Some(&f.admin), Some(&body)),
-    )
-    .await;
+    let (status, created) = f.as_admin("POST", "/admin/tenants", Some(&body)).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     (
         created["id"].as_str().unwrap().to_owned(),
@@ -64,9 +72,12 @@ async fn post_events(f: &Fixture, key: &str, body: &Value) -> (StatusCode, Value
 }
 
 async fn usage_of(f: &Fixture, id: &str, token: &str, query: &str) -> (StatusCode, Value) {
-    let (status, _, body) = send(
+    let (status, body) = call(
         &f.usage,
-        request("GET", &format!("/usage/{id}{query}"), Some(token), None),
+        "GET",
+        &format!("/usage/{id}{query}"),
+        Some(token),
+        None,
     )
     .await;
     (status, body)
@@ -142,11 +153,7 @@ async fn creates_a_tenant_and_shows_its_key_once() {
     let f = fixture().await;
     let body = json!({"name": "Acme", "monthly_quota": 1000, "billing_day": 15, "tier": "pro",
                       "webhooks": ["https://hooks.example/ingot"]});
-    let (status, _, created) = send(
-        &f.usage,
-        request("POST", "/admin/tenants", Some(&f.admin), Some(&body)),
-    )
-    .await;
+    let (status, created) = f.as_admin("POST", "/admin/tenants", Some(&body)).await;
     assert_eq!(status, StatusCode::CREATED);
     let id = created["id"].as_str().unwrap();
     assert!(id.starts_with("ten_"));
@@ -160,11 +167,9 @@ async fn creates_a_tenant_and_shows_its_key_once() {
     assert_eq!(created["billing_day"], 15);
     assert_eq!(created["enabled"], true);
 
-    let (status, _, shown) = send(
-        &f.usage,
-        request("GET", &format!("/admin/tenants/{id}"), Some(&f.admin), None),
-    )
-    .await;
+    let (status, shown) = f
+        .as_admin("GET", &format!("/admin/tenants/{id}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(shown["name"], "Acme");
     assert_eq!(shown["webhooks"], json!(["https://hooks.example/ingot"]));
@@ -214,11 +219,7 @@ async fn rejects_each_class_of_invalid_tenant() {
     for (field, value, code) in cases {
         let mut body = base.clone();
         body[field] = value;
-        let (status, _, problem) = send(
-            &f.usage,
-            request("POST", "/admin/tenants", Some(&f.admin), Some(&body)),
-        )
-        .await;
+        let (status, problem) = f.as_admin("POST", "/admin/tenants", Some(&body)).await;
         assert_eq!(
             (status, problem["code"].as_str().unwrap()),
             (StatusCode::BAD_REQUEST, code),
@@ -250,7 +251,7 @@ async fn lists_tenants_page_by_page() {
             Some(c) => format!("/admin/tenants?limit=2&cursor={c}"),
             None => "/admin/tenants?limit=2".to_owned(),
         };
-        let (status, _, page) = send(&f.usage, request("GET", &path, Some(&f.admin), None)).await;
+        let (status, page) = f.as_admin("GET", &path, None).await;
         assert_eq!(status, StatusCode::OK);
         seen.extend(
             page["tenants"]
@@ -273,7 +274,7 @@ async fn lists_tenants_page_by_page() {
         "/admin/tenants?limit=x",
         "/admin/tenants?cursor=%%%",
     ] {
-        let (status, _, problem) = send(&f.usage, request("GET", bad, Some(&f.admin), None)).await;
+        let (status, problem) = f.as_admin("GET", bad, None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
     }
 }
@@ -283,16 +284,9 @@ async fn patches_only_the_given_fields() {
     let f = fixture().await;
     let (id, _) = tenant(&f, 10, 1).await;
     let patch = json!({"monthly_quota": 500, "webhooks": ["https://h.example/a"]});
-    let (status, _, patched) = send(
-        &f.usage,
-        request(
-            "PATCH",
-            &format!("/admin/tenants/{id}"),
-            Some(&f.admin),
-            Some(&patch),
-        ),
-    )
-    .await;
+    let (status, patched) = f
+        .as_admin("PATCH", &format!("/admin/tenants/{id}"), Some(&patch))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         (patched["monthly_quota"].as_u64(), patched["name"].as_str()),
@@ -301,35 +295,20 @@ async fn patches_only_the_given_fields() {
     assert_eq!(patched["webhooks"], json!(["https://h.example/a"]));
 
     let missing = format!("/admin/tenants/ten_{}", "0".repeat(32));
-    let (status, _, problem) = send(
-        &f.usage,
-        request("PATCH", &missing, Some(&f.admin), Some(&patch)),
-    )
-    .await;
+    let (status, problem) = f.as_admin("PATCH", &missing, Some(&patch)).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
-    let (status, _, problem) = send(
-        &f.usage,
-        request("GET", "/admin/tenants/nope", Some(&f.admin), None),
-    )
-    .await;
+    let (status, problem) = f.as_admin("GET", "/admin/tenants/nope", None).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_tenant_id"))
     );
     let bad = json!({"billing_day": 31});
-    let (status, _, _) = send(
-        &f.usage,
-        request(
-            "PATCH",
-            &format!("/admin/tenants/{id}"),
-            Some(&f.admin),
-            Some(&bad),
-        ),
-    )
-    .await;
+    let (status, _) = f
+        .as_admin("PATCH", &format!("/admin/tenants/{id}"), Some(&bad))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
@@ -337,16 +316,9 @@ async fn patches_only_the_given_fields() {
 async fn a_rotated_key_works_for_the_grace_period_then_stops() {
     let f = fixture().await;
     let (id, old_key) = tenant(&f, 10, 1).await;
-    let (status, _, rotated) = send(
-        &f.usage,
-        request(
-            "POST",
-            &format!("/admin/tenants/{id}/keys"),
-            Some(&f.admin),
-            None,
-        ),
-    )
-    .await;
+    let (status, rotated) = f
+        .as_admin("POST", &format!("/admin/tenants/{id}/keys"), None)
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let new_key = rotated["api_key"].as_str().unwrap();
     assert_ne!(new_key, old_key);
@@ -372,20 +344,13 @@ async fn a_rotated_key_works_for_the_grace_period_then_stops() {
     )
     .await;
     let newest = rotated["api_key"].as_str().unwrap();
-    let (status, _, problem) = send(
-        &strict,
-        request("GET", &format!("/usage/{id}"), Some(new_key), None),
-    )
-    .await;
+    let (status, problem) =
+        call(&strict, "GET", &format!("/usage/{id}"), Some(new_key), None).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_api_key"))
     );
-    let (status, _, _) = send(
-        &strict,
-        request("GET", &format!("/usage/{id}"), Some(newest), None),
-    )
-    .await;
+    let (status, _) = call(&strict, "GET", &format!("/usage/{id}"), Some(newest), None).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -524,14 +489,12 @@ async fn each_bad_request_class_has_its_code() {
         &ingest::Config::from_env(f.stack.env("ingest")).unwrap(),
         &support::aws().await,
     );
-    let (status, _, problem) = send(
+    let (status, problem) = call(
         &fresh,
-        request(
-            "POST",
-            "/events",
-            Some(&key),
-            Some(&json!({"feature": "f", "tokens": 1})),
-        ),
+        "POST",
+        "/events",
+        Some(&key),
+        Some(&json!({"feature": "f", "tokens": 1})),
     )
     .await;
     assert_eq!(
@@ -732,18 +695,7 @@ async fn only_the_messages_that_cannot_be_counted_are_retried() {
     let p = pump(&f.stack).await;
     let send_raw = |body: String| {
         let p = &p;
-        async move {
-            p.sqs
-                .send_message()
-                .queue_url(&p.queue_url)
-                .message_body(body)
-                .send()
-                .await
-                .unwrap()
-                .message_id()
-                .unwrap()
-                .to_owned()
-        }
+        async move { support::send_message(&p.sqs, &p.queue_url, &body).await }
     };
     let good = send_raw(format!(
         r#"{{"tenant":"{id}","events":[{{"id":"g","feature":"f","tokens":7,"timestamp":"{}"}}]}}"#,

@@ -99,17 +99,7 @@ Resources:
 
 impl<I: Invoke> TestQueue<I> {
     async fn send(&self, body: &str) -> String {
-        self.pump
-            .sqs
-            .send_message()
-            .queue_url(&self.pump.queue_url)
-            .message_body(body)
-            .send()
-            .await
-            .unwrap()
-            .message_id()
-            .unwrap()
-            .to_owned()
+        support::send_message(&self.pump.sqs, &self.pump.queue_url, body).await
     }
 
     async fn dead_letters(&self) -> Vec<String> {

@@ -202,3 +202,28 @@ impl Stack {
             .to_owned()
     }
 }
+
+/// `send(app, request(...))`, for when headers do not matter.
+pub async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (http::StatusCode, serde_json::Value) {
+    let (status, _, body) = send(app, request(method, path, token, body)).await;
+    (status, body)
+}
+
+/// Puts `body` on the queue at `url`; returns the message id.
+pub async fn send_message(sqs: &aws_sdk_sqs::Client, url: &str, body: &str) -> String {
+    sqs.send_message()
+        .queue_url(url)
+        .message_body(body)
+        .send()
+        .await
+        .expect("SendMessage")
+        .message_id()
+        .expect("a message id")
+        .to_owned()
+}

@@ -111,16 +111,26 @@ impl DynamoTenants {
         Ok(())
     }
 
-    pub async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        let item = self
+    async fn get_item(
+        &self,
+        pk: String,
+        sk: &str,
+        consistent: bool,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        Ok(self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(tenant_pk(id), PROFILE)))
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(|e| StoreError::aws("GetItem", &e))?
-            .item;
+            .item)
+    }
+
+    pub async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let item = self.get_item(tenant_pk(id), PROFILE, false).await?;
         item.map(|i| from_item::<ProfileItem>(i).map(|p| p.tenant))
             .transpose()
     }
@@ -131,16 +141,9 @@ impl DynamoTenants {
         hash: &KeyHash,
         now: DateTime<Utc>,
     ) -> Result<Option<TenantId>, StoreError> {
-        let item = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(key_pk(hash), KEY)))
-            .send()
-            .await
-            .map_err(|e| StoreError::aws("GetItem", &e))?
-            .item;
-        let Some(item) = item else { return Ok(None) };
+        let Some(item) = self.get_item(key_pk(hash), KEY, false).await? else {
+            return Ok(None);
+        };
         let key: KeyItem = from_item(item)?;
         // TTL deletion is lazy (and never happens in the emulator): check.
         Ok(match key.expires_at {
@@ -241,17 +244,9 @@ impl DynamoTenants {
         new: &KeyHash,
         grace_until: DateTime<Utc>,
     ) -> Result<Option<()>, StoreError> {
-        let item = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(tenant_pk(id), PROFILE)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::aws("GetItem", &e))?
-            .item;
-        let Some(item) = item else { return Ok(None) };
+        let Some(item) = self.get_item(tenant_pk(id), PROFILE, true).await? else {
+            return Ok(None);
+        };
         let profile: ProfileItem = from_item(item)?;
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Corrupt(e.to_string());
 
