@@ -5,142 +5,16 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aws_lambda_events::event::sqs::SqsEvent;
-use axum::Router;
 use chrono::{DateTime, TimeDelta, Utc};
 use http::StatusCode;
-use local::invoke::{Invoke, InvokeError};
-use local::pump::Pump;
-use local::template::SqsSource;
-use serde_json::{Value, json};
+use serde_json::json;
 use shared::aws::ledger::DynamoLedger;
 use shared::metering::rollup::{Chunk, Commit, Ledger, count};
 use shared::metering::types::{
     BillingDay, EventBatch, EventId, Feature, TenantId, Tokens, UsageEvent,
 };
-use support::{Stack, call, request, send};
-
-struct Fixture {
-    stack: Stack,
-    admin: String,
-    usage: Router,
-    ingest: Router,
-}
-
-async fn fixture() -> Fixture {
-    let stack = support::stack().await;
-    let aws = support::aws().await;
-    Fixture {
-        admin: stack.admin_token().await,
-        usage: usage::app(&usage::Config::from_env(stack.env("usage")).unwrap(), &aws),
-        ingest: ingest::app(
-            &ingest::Config::from_env(stack.env("ingest")).unwrap(),
-            &aws,
-        ),
-        stack,
-    }
-}
-
-impl Fixture {
-    /// A request to the usage function with the admin token.
-    async fn as_admin(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> (StatusCode, Value) {
-        call(&self.usage, method, path, Some(&self.admin), body).await
-    }
-}
-
-/// A tenant created through the admin API: `(id, api key)`.
-async fn tenant(f: &Fixture, quota: u64, billing_day: u8) -> (String, String) {
-    let body =
-        json!({"name": "Acme", "monthly_quota": quota, "billing_day": billing_day, "tier": "pro"});
-    let (status, created) = f.as_admin("POST", "/admin/tenants", Some(&body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    (
-        created["id"].as_str().unwrap().to_owned(),
-        created["api_key"].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn post_events(f: &Fixture, key: &str, body: &Value) -> (StatusCode, Value) {
-    let (status, _, body) =
-        send(&f.ingest, request("POST", "/events", Some(key), Some(body))).await;
-    (status, body)
-}
-
-async fn usage_of(f: &Fixture, id: &str, token: &str, query: &str) -> (StatusCode, Value) {
-    let (status, body) = call(
-        &f.usage,
-        "GET",
-        &format!("/usage/{id}{query}"),
-        Some(token),
-        None,
-    )
-    .await;
-    (status, body)
-}
-
-/// The real rollup handler, in process.
-#[derive(Clone)]
-struct RealRollup(rollup::Rollup);
-
-impl Invoke for RealRollup {
-    async fn invoke(&self, _function: &str, payload: &Value) -> Result<Value, InvokeError> {
-        let event: SqsEvent = serde_json::from_value(payload.clone()).expect("an SQS event");
-        let response = rollup::handle(
-            &self.0,
-            lambda_runtime::LambdaEvent::new(event, Default::default()),
-        )
-        .await
-        .map_err(|e| InvokeError::Function {
-            error_type: "rollup".into(),
-            message: e.to_string(),
-        })?;
-        Ok(serde_json::to_value(response).unwrap())
-    }
-}
-
-async fn pump(stack: &Stack) -> Pump<RealRollup> {
-    let aws = support::aws().await;
-    let queue_url = stack.env("ingest").required("EVENTS_QUEUE_URL").unwrap();
-    let sqs = aws_sdk_sqs::Client::new(&aws);
-    Pump {
-        queue_arn: local::bootstrap::queue_arn(&sqs, &queue_url).await.unwrap(),
-        sqs,
-        queue_url,
-        region: support::REGION.into(),
-        source: SqsSource {
-            queue: "EventsQueue".into(),
-            batch_size: 10,
-            max_batching_window_secs: 0,
-            report_batch_item_failures: true,
-        },
-        function: "rollup".into(),
-        invoker: RealRollup(rollup::Rollup::new(
-            &rollup::Config::from_env(stack.env("rollup")).unwrap(),
-            &aws,
-        )),
-    }
-}
-
-/// Delivers everything on the queue; returns the messages delivered.
-async fn drain(pump: &Pump<RealRollup>) -> usize {
-    let mut delivered = 0;
-    loop {
-        let outcome = pump.poll_once().await.unwrap();
-        assert!(
-            outcome.failed.is_empty(),
-            "unexpected failures: {outcome:?}"
-        );
-        if outcome.delivered == 0 {
-            return delivered;
-        }
-        delivered += outcome.delivered;
-    }
-}
+use support::metering::{drain, fixture, post_events, pump, tenant, usage_of};
+use support::{call, request, send};
 
 fn now_minus(minutes: i64) -> String {
     (Utc::now() - TimeDelta::minutes(minutes)).to_rfc3339()

@@ -10,13 +10,16 @@
 //! - [`metering`]: tenants, usage events, billing periods, exactly-once counting;
 //! - [`aws`]: the AWS adapters: SDK configuration (the endpoint is the only
 //!   local/AWS difference), tables, queue and secrets;
-//! - [`telemetry`]: JSON logs and CloudWatch embedded metrics.
+//! - [`telemetry`]: JSON logs and CloudWatch embedded metrics;
+//! - [`webhook`]: signed webhook delivery with retries.
 
 pub mod auth;
 pub mod aws;
+pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
 pub mod metering;
 pub mod telemetry;
+pub mod webhook;

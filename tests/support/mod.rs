@@ -1,6 +1,8 @@
 //! Shared fixtures for the integration tests: one AWS emulator (moto) per
 //! test binary on a free port, and unique names so tests never share state.
 
+pub mod metering;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -226,4 +228,14 @@ pub async fn send_message(sqs: &aws_sdk_sqs::Client, url: &str, body: &str) -> S
         .message_id()
         .expect("a message id")
         .to_owned()
+}
+
+/// A Lambda context whose deadline is `secs` from now, as Lambda gives one.
+pub fn lambda_context(secs: u64) -> lambda_runtime::Context {
+    let mut context = lambda_runtime::Context::default();
+    context.deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        + secs * 1000;
+    context
 }

@@ -8,18 +8,29 @@
 //! be counted is reported in `batchItemFailures` (the template enables
 //! `ReportBatchItemFailures`): only it is retried, and after `maxReceiveCount`
 //! SQS moves it to the DLQ. Nothing is acknowledged that was not counted.
+//!
+//! Quota alerts run after every tenant of the batch is counted, within the
+//! invocation's remaining time, so a slow webhook never delays counting; an
+//! alert not delivered in time stays pending for a later batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use chrono::{DateTime, Utc};
 use lambda_runtime::{Error, LambdaEvent};
 use shared::aws::SdkConfig;
+use shared::aws::alerts::DynamoAlerts;
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::tenants::DynamoTenants;
 use shared::config::{ConfigError, Env};
+use shared::metering::alerts;
+use shared::metering::period::BillingPeriod;
 use shared::metering::rollup::{count, unique_by_id};
+use shared::metering::tenants::Tenant;
 use shared::metering::types::{EventBatch, TenantId, UsageEvent};
 use shared::telemetry::{Metrics, Unit};
+use shared::webhook::{RetryPolicy, WebhookSender};
 
 pub const FUNCTION: &str = "rollup";
 
@@ -27,13 +38,26 @@ pub const FUNCTION: &str = "rollup";
 pub struct Config {
     pub usage_table: String,
     pub tenants_table: String,
+    /// Webhook attempts: timeout each, retries, first backoff
+    /// (`WEBHOOK_TIMEOUT_MS`, `WEBHOOK_RETRIES`, `WEBHOOK_BACKOFF_MS`).
+    pub webhooks: RetryPolicy,
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let default = RetryPolicy::default();
         Ok(Self {
             usage_table: env.required("USAGE_TABLE")?,
             tenants_table: env.required("TENANTS_TABLE")?,
+            webhooks: RetryPolicy {
+                timeout: Duration::from_millis(
+                    env.parse_or("WEBHOOK_TIMEOUT_MS", default.timeout.as_millis() as u64)?,
+                ),
+                retries: env.parse_or("WEBHOOK_RETRIES", default.retries)?,
+                base_delay: Duration::from_millis(
+                    env.parse_or("WEBHOOK_BACKOFF_MS", default.base_delay.as_millis() as u64)?,
+                ),
+            },
         })
     }
 }
@@ -43,6 +67,8 @@ impl Config {
 pub struct Rollup {
     tenants: DynamoTenants,
     ledger: DynamoLedger,
+    alerts: DynamoAlerts,
+    webhooks: WebhookSender,
 }
 
 impl Rollup {
@@ -50,10 +76,15 @@ impl Rollup {
         let dynamodb = aws_sdk_dynamodb::Client::new(aws);
         Self {
             tenants: DynamoTenants::new(dynamodb.clone(), &config.tenants_table),
-            ledger: DynamoLedger::new(dynamodb, &config.usage_table),
+            ledger: DynamoLedger::new(dynamodb.clone(), &config.usage_table),
+            alerts: DynamoAlerts::new(dynamodb, &config.usage_table),
+            webhooks: WebhookSender::new(config.webhooks),
         }
     }
 }
+
+/// Time kept back from the invocation's deadline for answering Lambda.
+const ANSWER_MARGIN: Duration = Duration::from_secs(3);
 
 /// One tenant's share of a batch: its events and the messages they came in.
 #[derive(Default)]
@@ -67,6 +98,7 @@ pub async fn handle(
     rollup: &Rollup,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error> {
+    let deadline_ms = event.context.deadline;
     let records = event.payload.records;
     let mut response = SqsBatchResponse::default();
     let mut work: BTreeMap<TenantId, TenantWork> = BTreeMap::new();
@@ -99,6 +131,7 @@ pub async fn handle(
 
     let mut counted = 0;
     let mut duplicates = 0;
+    let mut touched = Vec::new();
     for (
         tenant_id,
         TenantWork {
@@ -108,9 +141,10 @@ pub async fn handle(
     ) in work
     {
         match count_tenant(rollup, &tenant_id, events).await {
-            Ok((events, dups)) => {
-                counted += events;
-                duplicates += dups;
+            Ok(outcome) => {
+                counted += outcome.events;
+                duplicates += outcome.duplicates;
+                touched.push((outcome.tenant, outcome.periods, message_ids));
             }
             Err(error) => {
                 tracing::error!(tenant = %tenant_id, ?message_ids, error, "events not counted; their messages will be retried");
@@ -119,6 +153,22 @@ pub async fn handle(
                 }
             }
         }
+    }
+
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let budget =
+        Duration::from_millis(deadline_ms.saturating_sub(now_ms)).saturating_sub(ANSWER_MARGIN);
+    match tokio::time::timeout(budget, run_alerts(rollup, &touched)).await {
+        Ok(failed) => {
+            // A threshold check that could not be recorded is redone by
+            // redelivering the messages: their events are duplicates by then.
+            for id in failed {
+                response.add_failure(id);
+            }
+        }
+        Err(_) => tracing::warn!(
+            "out of time for quota alerts; pending ones are retried on a later batch"
+        ),
     }
 
     Metrics::new()
@@ -135,11 +185,21 @@ pub async fn handle(
     Ok(response)
 }
 
+/// What counting one tenant's events did.
+struct TenantOutcome {
+    tenant: Tenant,
+    periods: BTreeSet<BillingPeriodKey>,
+    events: u64,
+    duplicates: u64,
+}
+
+type BillingPeriodKey = (DateTime<Utc>, DateTime<Utc>);
+
 async fn count_tenant(
     rollup: &Rollup,
     tenant_id: &TenantId,
     events: Vec<UsageEvent>,
-) -> Result<(u64, u64), String> {
+) -> Result<TenantOutcome, String> {
     let tenant = rollup
         .tenants
         .get(tenant_id)
@@ -159,7 +219,54 @@ async fn count_tenant(
         duplicates = counted.duplicates,
         "counted"
     );
-    Ok((counted.events, counted.duplicates + repeats))
+    let periods = events
+        .iter()
+        .map(|e| {
+            let p = BillingPeriod::containing(e.timestamp, tenant.billing_day);
+            (p.start, p.end)
+        })
+        .collect();
+    Ok(TenantOutcome {
+        tenant,
+        periods,
+        events: counted.events,
+        duplicates: counted.duplicates + repeats,
+    })
+}
+
+/// Retries alerts earlier batches left pending, then raises the ones each
+/// touched tenant has reached (an alert failing now waits for the next
+/// batch). Returns the messages to redeliver because a check failed.
+async fn run_alerts(
+    rollup: &Rollup,
+    touched: &[(Tenant, BTreeSet<BillingPeriodKey>, Vec<String>)],
+) -> Vec<String> {
+    if let Err(error) = alerts::retry_due(&rollup.alerts, &rollup.webhooks).await {
+        tracing::error!(%error, "retrying pending alerts failed; a later batch will");
+    }
+    let mut failed = Vec::new();
+    for (tenant, periods, message_ids) in touched {
+        for (start, end) in periods {
+            let period = BillingPeriod {
+                start: *start,
+                end: *end,
+            };
+            let result = async {
+                let used = rollup
+                    .ledger
+                    .period_total(&tenant.id, &period.key())
+                    .await?;
+                alerts::raise(&rollup.alerts, &rollup.webhooks, tenant, &period, used).await
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::error!(tenant = %tenant.id, %error, "quota check failed; its messages will be retried");
+                failed.extend(message_ids.iter().cloned());
+                break;
+            }
+        }
+    }
+    failed
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{StoreError, n, s};
+use crate::backoff::jittered;
 use crate::metering::rollup::{Chunk, Commit, Counter, Ledger};
 use crate::metering::types::TenantId;
 use crate::metering::usage::MinuteUsage;
@@ -128,6 +129,25 @@ impl DynamoLedger {
             );
         }
         Ok(items)
+    }
+
+    /// The tokens counted for `tenant` in `period`, read consistently (the
+    /// rollup checks quota thresholds right after its own writes).
+    pub async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                format!("TENANT#{tenant}"),
+                format!("PERIOD#{period}"),
+            )))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("GetItem", &e))?
+            .item;
+        Ok(item.as_ref().map_or(0, |i| number(i, "tokens")))
     }
 
     /// Usage of `tenant` in the period starting on `period` (its key).
@@ -270,29 +290,14 @@ impl Ledger for DynamoLedger {
             if attempt > CONFLICT_RETRIES {
                 return Err(StoreError::aws("TransactWriteItems", &error));
             }
-            tokio::time::sleep(backoff(attempt)).await;
+            tokio::time::sleep(jittered(Duration::from_millis(50), attempt)).await;
         }
     }
-}
-
-/// Exponential backoff with full jitter: up to 50 ms × 2^attempt.
-pub fn backoff(attempt: u32) -> Duration {
-    let cap = 50u64 << attempt.min(10);
-    let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(cap)) as u64;
-    Duration::from_millis(jitter.max(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_stays_within_its_cap() {
-        for attempt in 0..6 {
-            let d = backoff(attempt);
-            assert!(d >= Duration::from_millis(1) && d < Duration::from_millis(50 << attempt));
-        }
-    }
 
     #[test]
     fn minute_keys_sort_by_time() {

@@ -5,6 +5,7 @@
 //! reads `AWS_ENDPOINT_URL` (and region and credentials) from the environment,
 //! which is the only thing `make dev` changes.
 
+pub mod alerts;
 pub mod ledger;
 pub mod queue;
 pub mod secrets;

@@ -3,6 +3,7 @@
 //! the totals back. This module is the domain; DynamoDB and SQS live in
 //! [`crate::aws`].
 
+pub mod alerts;
 pub mod ingest;
 pub mod period;
 pub mod rollup;
