@@ -10,7 +10,7 @@ PYTHON ?= python3
 # The venv's tools (moto_server, cargo-lambda, cfn-lint) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv dev trigger test lint unit template-check bench clean
+.PHONY: help venv browser dev trigger test lint unit template-check bench clean
 
 help:
 	@echo "make dev      run the whole system locally (emulated AWS, all functions, event sources)"
@@ -32,13 +32,17 @@ dev: venv
 trigger:
 	cargo run --quiet -p ingot-local -- trigger $(FUNCTION)
 
-test: venv lint unit template-check
+test: venv browser lint unit template-check
+
+# The dashboard test renders the page in Debian's headless Chromium.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-unit: venv
+unit: venv browser
 	cargo test --workspace --locked
 
 template-check: venv

@@ -2,7 +2,10 @@
 //!
 //! - `POST /admin/tenants`, `GET /admin/tenants`, `GET|PATCH
 //!   /admin/tenants/{id}`, `POST /admin/tenants/{id}/keys` (admin token);
-//! - `GET /usage/{tenant}` (that tenant's API key, or the admin token).
+//! - `GET /usage/{tenant}` (that tenant's API key, or the admin token);
+//! - `GET /admin/usage` (every tenant's period total) and `GET /dashboard`.
+
+mod dashboard;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{TimeDelta, Utc};
+use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use shared::auth::{is_admin, require_admin, require_tenant};
 use shared::aws::SdkConfig;
@@ -93,6 +97,8 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         .route("/admin/tenants/{id}", get(get_tenant).patch(patch_tenant))
         .route("/admin/tenants/{id}/keys", post(rotate_key))
         .route("/usage/{tenant}", get(usage))
+        .route("/admin/usage", get(all_usage))
+        .route("/dashboard", get(dashboard::page))
         .with_state(app)
         .merge(health.route());
     finish(routes, &config.cors)
@@ -303,4 +309,52 @@ async fn usage(
             "points": series(&minutes, from, to, resolution),
         },
     })))
+}
+
+/// Tenants listed for the dashboard, at most (pages of 100).
+const DASHBOARD_TENANTS: usize = 1000;
+
+/// `GET /admin/usage`: every tenant's usage this period, by name.
+async fn all_usage(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&headers, &app.admin_token).await?;
+    let mut tenants = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = app
+            .tenants
+            .list(100, cursor.as_deref())
+            .await
+            .map_err(store_unavailable)?;
+        tenants.extend(page.tenants);
+        cursor = page.next;
+        if cursor.is_none() || tenants.len() >= DASHBOARD_TENANTS {
+            break;
+        }
+    }
+    let now = Utc::now();
+    let reads = futures_util::stream::iter(tenants.into_iter().map(|tenant| {
+        let ledger = app.ledger.clone();
+        async move {
+            let period = BillingPeriod::containing(now, tenant.billing_day);
+            let used = ledger.period_total(&tenant.id, &period.key()).await?;
+            Ok::<_, StoreError>(json!({
+                "tenant": tenant.id,
+                "tenantName": tenant.name,
+                "totalTokens": used,
+                "monthlyQuota": tenant.monthly_quota,
+                "quotaPercent": quota_percent(used, tenant.monthly_quota),
+                "enabled": tenant.enabled,
+                "periodStart": period.start,
+                "periodEnd": period.end,
+            }))
+        }
+    }));
+    // A few reads in flight at a time: fast, without a burst per tenant.
+    let mut rows: Vec<Value> = reads
+        .buffered(8)
+        .try_collect()
+        .await
+        .map_err(store_unavailable)?;
+    rows.sort_by(|a, b| a["tenantName"].as_str().cmp(&b["tenantName"].as_str()));
+    Ok(Json(json!({ "tenants": rows })))
 }
