@@ -17,7 +17,7 @@ fn hash_of(tag: &str) -> String {
     let close = format!("</{tag}>");
     let start = PAGE.find(&open).map(|i| i + open.len()).unwrap_or(0);
     let end = PAGE[start..].find(&close).map_or(start, |i| start + i);
-    let digest = Sha256::digest(PAGE[start..end].as_bytes());
+    let digest = Sha256::digest(&PAGE.as_bytes()[start..end]);
     format!(
         "'sha256-{}'",
         base64::engine::general_purpose::STANDARD.encode(digest)
