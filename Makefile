@@ -10,13 +10,14 @@ PYTHON ?= python3
 # The venv's tools (moto_server, cargo-lambda, cfn-lint) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv browser dev trigger test lint unit template-check bench clean
+.PHONY: help venv browser dev trigger test lint unit template-check bench loadtest clean
 
 help:
 	@echo "make dev      run the whole system locally (emulated AWS, all functions, event sources)"
 	@echo "make test     fmt, clippy, unit + integration tests, template checks"
 	@echo "make trigger FUNCTION=price-fetch   fire a scheduled function now (while make dev runs)"
 	@echo "make bench    binary sizes, cold init, peak RSS -> docs/perf.md"
+	@echo "make loadtest load against a running make dev, exact-count check -> docs/perf.md"
 
 venv: $(VENV)/.installed
 
@@ -25,9 +26,10 @@ $(VENV)/.installed: infra/requirements.txt infra/constraints.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements.txt -c infra/constraints.txt
 	touch $@
 
+# RELEASE=1 serves optimised builds (slower first build; what loadtest should measure).
 dev: venv
 	cargo build --quiet -p ingot-local
-	$(CARGO_TARGET_DIR)/debug/ingot-local dev
+	INGOT_RELEASE=$(RELEASE) $(CARGO_TARGET_DIR)/debug/ingot-local dev
 
 trigger:
 	cargo run --quiet -p ingot-local -- trigger $(FUNCTION)
@@ -54,6 +56,12 @@ FUNCTIONS := prices price-fetch chat-stream ingest rollup usage
 bench: venv
 	for f in $(FUNCTIONS); do cargo build --release --locked --quiet --bin $$f; done
 	cargo run --quiet --locked -p ingot-local -- bench
+
+# Needs `make dev` running (ideally `make dev RELEASE=1`, so CPU figures are
+# of optimised code). Rate, duration and tenants: LOADTEST_RATE,
+# LOADTEST_SECONDS, LOADTEST_TENANTS, LOADTEST_EVENTS_PER_REQUEST.
+loadtest:
+	cargo run --quiet --locked -p ingot-local -- loadtest
 
 clean:
 	rm -rf .local $(VENV)

@@ -32,6 +32,8 @@ pub struct DevOptions {
     pub lambda_port: u16,
     pub stack: String,
     pub region: String,
+    /// Serve optimised builds (`INGOT_RELEASE=1`).
+    pub release: bool,
 }
 
 impl DevOptions {
@@ -47,6 +49,7 @@ impl DevOptions {
             lambda_port: port("INGOT_LAMBDA_PORT", 9000)?,
             stack: "ingot-local".to_owned(),
             region: "us-east-1".to_owned(),
+            release: std::env::var("INGOT_RELEASE").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -308,10 +311,15 @@ async fn start(
     // 3. Build each function the way `cargo lambda watch` will run it (one
     //    binary at a time, so cargo's feature resolution matches), so the
     //    first request does not wait for a compile.
+    let profile: &[&str] = if options.release { &["--release"] } else { &[] };
     for function in functions {
-        log.line("build", &format!("cargo build --bin {}", function.binary));
+        log.line(
+            "build",
+            &format!("cargo build {profile:?} --bin {}", function.binary),
+        );
         let status = Command::new("cargo")
             .args(["build", "--quiet", "--bin", &function.binary])
+            .args(profile)
             .current_dir(&options.root)
             .status()
             .await
@@ -335,6 +343,7 @@ async fn start(
                 "-P",
             ])
             .arg(options.lambda_port.to_string())
+            .args(profile)
             .arg("--env-file")
             .arg(&env_file)
             .current_dir(&options.root),

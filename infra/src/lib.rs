@@ -10,13 +10,15 @@
 //! - [`schedule`]: EventBridge Scheduler's `rate(...)` schedules;
 //! - [`invoke`]: calls a function through cargo-lambda's Invoke API;
 //! - [`dev`]: runs all of it together and stops it cleanly;
-//! - [`bench`]: measures the functions' release binaries (`make bench`).
+//! - [`bench`]: measures the functions' release binaries (`make bench`);
+//! - [`loadtest`]: load against `make dev`, then an exact count check (`make loadtest`).
 
 pub mod bench;
 pub mod bootstrap;
 pub mod dev;
 pub mod emulator;
 pub mod invoke;
+pub mod loadtest;
 pub mod pump;
 pub mod schedule;
 pub mod template;

@@ -2,7 +2,8 @@
 //!
 //! - `ingot-local dev`: everything, until Ctrl-C (`make dev`);
 //! - `ingot-local trigger <function>`: fire a scheduled function now;
-//! - `ingot-local bench`: size, cold start and memory of each function (`make bench`).
+//! - `ingot-local bench`: size, cold start and memory of each function (`make bench`);
+//! - `ingot-local loadtest`: load against a running `make dev` (`make loadtest`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use local::invoke::LambdaInvoker;
 use local::schedule;
 use local::template::{Template, Trigger};
 
-const USAGE: &str = "usage: ingot-local dev | ingot-local trigger <function> | ingot-local bench";
+const USAGE: &str = "usage: ingot-local dev | ingot-local trigger <function> | ingot-local bench | ingot-local loadtest";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -41,6 +42,26 @@ async fn main() -> ExitCode {
             dev::run(options, log).await
         }
         ["trigger", function] => trigger(&root, &options, function).await,
+        ["loadtest"] => {
+            let number = |name: &str, default: u64| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default)
+            };
+            local::loadtest::run(local::loadtest::LoadOptions {
+                root: root.clone(),
+                lambda: options.lambda_endpoint(),
+                moto: options.moto_endpoint(),
+                region: options.region.clone(),
+                stack: options.stack.clone(),
+                rate: number("LOADTEST_RATE", 8) as u32,
+                duration: Duration::from_secs(number("LOADTEST_SECONDS", 60)),
+                tenants: number("LOADTEST_TENANTS", 20) as usize,
+                events_per_request: number("LOADTEST_EVENTS_PER_REQUEST", 5) as usize,
+            })
+            .await
+        }
         ["bench"] => {
             let runs = std::env::var("INGOT_BENCH_RUNS")
                 .ok()

@@ -24,6 +24,7 @@ use shared::error::ApiError;
 use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, RawBody, finish};
 use shared::metering::ingest::{IngestError, MAX_BODY_BYTES, pack, parse_events};
+use shared::telemetry::{Metrics, Unit};
 
 pub const FUNCTION: &str = "ingest";
 
@@ -112,11 +113,17 @@ async fn post_events(
     let tenant = require_tenant(&headers, &app.keys).await?;
     let events = parse_events(&body, Utc::now()).map_err(rejection)?;
     let bodies = pack(&tenant.id, &events);
-    app.queue.send(&bodies).await.map_err(|error| {
+    let requests = app.queue.send(&bodies).await.map_err(|error| {
         tracing::error!(%error, tenant = %tenant.id, "events queue rejected the events");
         ApiError::unavailable("events queue", 5)
     })?;
     tracing::info!(tenant = %tenant.id, events = events.len(), messages = bodies.len(), "events accepted");
+    Metrics::new()
+        .dimension("Function", FUNCTION)
+        .value("EventsAccepted", Unit::Count, events.len() as f64)
+        .value("QueueMessages", Unit::Count, bodies.len() as f64)
+        .value("SqsRequests", Unit::Count, requests as f64)
+        .emit();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

@@ -131,6 +131,7 @@ pub async fn handle(
 
     let mut counted = 0;
     let mut duplicates = 0;
+    let mut items_written = 0;
     let mut touched = Vec::new();
     for (
         tenant_id,
@@ -144,6 +145,7 @@ pub async fn handle(
             Ok(outcome) => {
                 counted += outcome.events;
                 duplicates += outcome.duplicates;
+                items_written += outcome.items_written;
                 touched.push((outcome.tenant, outcome.periods, message_ids));
             }
             Err(error) => {
@@ -181,6 +183,7 @@ pub async fn handle(
         )
         .value("EventsCounted", Unit::Count, counted as f64)
         .value("EventsDuplicate", Unit::Count, duplicates as f64)
+        .value("TransactionItems", Unit::Count, items_written as f64)
         .emit();
     Ok(response)
 }
@@ -191,6 +194,7 @@ struct TenantOutcome {
     periods: BTreeSet<BillingPeriodKey>,
     events: u64,
     duplicates: u64,
+    items_written: u64,
 }
 
 type BillingPeriodKey = (DateTime<Utc>, DateTime<Utc>);
@@ -231,6 +235,7 @@ async fn count_tenant(
         periods,
         events: counted.events,
         duplicates: counted.duplicates + repeats,
+        items_written: counted.items_written,
     })
 }
 

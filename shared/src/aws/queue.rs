@@ -22,8 +22,10 @@ impl EventQueue {
     /// Sends every body, in as few `SendMessageBatch` calls as the limits
     /// allow. Entries SQS reports as failed are retried once; any still
     /// failing make the whole send an error (the client retries with the same
-    /// event ids, which the rollup counts once).
-    pub async fn send(&self, bodies: &[String]) -> Result<(), StoreError> {
+    /// event ids, which the rollup counts once). Returns the number of
+    /// SQS requests made.
+    pub async fn send(&self, bodies: &[String]) -> Result<usize, StoreError> {
+        let mut requests = 0;
         for batch in send_batches(bodies) {
             let mut pending: Vec<(usize, &String)> = batch.iter().enumerate().collect();
             for _attempt in 0..2 {
@@ -44,6 +46,7 @@ impl EventQueue {
                     .set_entries(Some(entries))
                     .send()
                     .await
+                    .inspect(|_| requests += 1)
                     .map_err(|e| StoreError::Aws {
                         operation: "SendMessageBatch",
                         message: describe(&e),
@@ -61,6 +64,6 @@ impl EventQueue {
                 });
             }
         }
-        Ok(())
+        Ok(requests)
     }
 }

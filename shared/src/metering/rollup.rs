@@ -143,6 +143,8 @@ pub struct Counted {
     pub events: u64,
     pub tokens: u64,
     pub duplicates: u64,
+    /// Items written by committed transactions (each costs 2 write units).
+    pub items_written: u64,
 }
 
 /// Counts `events` of `tenant` exactly once. On error, the chunks already
@@ -159,6 +161,7 @@ pub async fn count<L: Ledger>(
         loop {
             match ledger.commit(tenant, &chunk).await? {
                 Commit::Committed => {
+                    counted.items_written += chunk.items() as u64;
                     counted.events += chunk.events.len() as u64;
                     counted.tokens += chunk.events.iter().map(|e| e.tokens.get()).sum::<u64>();
                     break;
@@ -358,7 +361,9 @@ mod tests {
             Counted {
                 events: 2,
                 tokens: 15,
-                duplicates: 0
+                duplicates: 0,
+                // 2 dedup records + minute, period-feature and period counters.
+                items_written: 5,
             }
         );
 
@@ -373,7 +378,8 @@ mod tests {
             Counted {
                 events: 1,
                 tokens: 1,
-                duplicates: 1
+                duplicates: 1,
+                items_written: 4,
             }
         );
 
