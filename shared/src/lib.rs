@@ -8,6 +8,7 @@
 //! - [`health`]: `/health` probes that really touch each dependency;
 //! - [`auth`]: the admin token and tenant API keys;
 //! - [`metering`]: tenants, usage events, billing periods, exactly-once counting;
+//! - [`prices`]: metals, units, the price providers, failover and breakers;
 //! - [`aws`]: the AWS adapters: SDK configuration (the endpoint is the only
 //!   local/AWS difference), tables, queue and secrets;
 //! - [`telemetry`]: JSON logs and CloudWatch embedded metrics;
@@ -21,5 +22,6 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod metering;
+pub mod prices;
 pub mod telemetry;
 pub mod webhook;

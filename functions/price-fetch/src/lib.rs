@@ -2,13 +2,27 @@
 //!
 //! EventBridge Scheduler invokes it every five minutes with the input the
 //! template sets: the schedule's own `scheduled_time` and `execution_id`
-//! (context attributes Scheduler fills in), so every run knows which slot it
-//! serves even when retried late. Fetching builds on this entry point.
+//! (context attributes Scheduler fills in). Each run asks the providers in
+//! priority order (with breakers and the outlier guard, see
+//! `shared::prices::failover`) for every configured metal and currency, and
+//! writes the latest quote and a history point. A run where every provider
+//! fails writes nothing and returns an error, so the error alarm counts it.
 
-use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
 use lambda_runtime::{Error, LambdaEvent};
 use serde::{Deserialize, Serialize};
-use shared::config::{ConfigError, Env, Upstream};
+use shared::aws::SdkConfig;
+use shared::aws::prices::DynamoPrices;
+use shared::aws::secrets::CachedSecret;
+use shared::config::{ConfigError, Env};
+use shared::prices::failover::{Policy, fetch_round};
+use shared::prices::providers::{Provider, ProviderId};
+use shared::prices::types::{Currency, Metal};
+use shared::telemetry::{Metrics, Unit};
 
 pub const FUNCTION: &str = "price-fetch";
 
@@ -16,20 +30,99 @@ pub const FUNCTION: &str = "price-fetch";
 pub struct Config {
     pub prices_table: String,
     pub provider_keys_secret: String,
-    /// Base URL of each price provider, in priority order.
-    pub providers: Vec<(Upstream, String)>,
+    /// Providers in priority order with their base URLs (`PROVIDER_ORDER`,
+    /// default: metals.dev, metalpriceapi, metals-api, goldapi.io, gold-api.com).
+    pub providers: Vec<(ProviderId, String)>,
+    pub metals: Vec<Metal>,
+    /// `CURRENCIES`, comma-separated (default `USD`).
+    pub currencies: Vec<Currency>,
+    pub policy: Policy,
+    /// `HISTORY_RETENTION_DAYS` (default 400).
+    pub retention: TimeDelta,
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let invalid = |name: &'static str, reason: String| ConfigError::Invalid { name, reason };
+        let order: Vec<ProviderId> = match env.optional("PROVIDER_ORDER") {
+            None => ProviderId::ALL.to_vec(),
+            Some(list) => list
+                .split(',')
+                .map(|p| {
+                    ProviderId::parse(p.trim())
+                        .ok_or_else(|| invalid("PROVIDER_ORDER", format!("unknown provider {p:?}")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let currencies = env
+            .optional("CURRENCIES")
+            .unwrap_or("USD")
+            .split(',')
+            .map(|c| Currency::try_from(c.to_owned()).map_err(|e| invalid("CURRENCIES", e)))
+            .collect::<Result<_, _>>()?;
+        let default = Policy::default();
         Ok(Self {
             prices_table: env.required("PRICES_TABLE")?,
             provider_keys_secret: env.required("PROVIDER_KEYS_SECRET")?,
-            providers: Upstream::PRICE_PROVIDERS
+            providers: order
                 .into_iter()
-                .map(|p| Ok((p, env.upstream(p)?)))
+                .map(|p| Ok((p, env.upstream(p.upstream())?)))
                 .collect::<Result<_, ConfigError>>()?,
+            metals: Metal::ALL.to_vec(),
+            currencies,
+            policy: Policy {
+                timeout: Duration::from_millis(env.parse_or("PROVIDER_TIMEOUT_MS", 3000)?),
+                breaker_failures: env.parse_or("BREAKER_FAILURES", default.breaker_failures)?,
+                breaker_cooldown: TimeDelta::seconds(
+                    env.parse_or("BREAKER_COOLDOWN_SECONDS", 600)?,
+                ),
+                outlier_percent: env.parse_or("OUTLIER_PERCENT", default.outlier_percent)?,
+            },
+            retention: TimeDelta::days(env.parse_or("HISTORY_RETENTION_DAYS", 400)?),
         })
+    }
+}
+
+/// Clients, built once per cold start.
+pub struct Fetcher {
+    config: Config,
+    http: reqwest::Client,
+    prices: DynamoPrices,
+    keys: Arc<CachedSecret>,
+}
+
+impl Fetcher {
+    pub fn new(config: Config, aws: &SdkConfig) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .user_agent(concat!("ingot/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default(),
+            prices: DynamoPrices::new(aws_sdk_dynamodb::Client::new(aws), &config.prices_table),
+            // Keys change rarely: read once per cold start, refreshed hourly.
+            keys: Arc::new(CachedSecret::new(
+                aws_sdk_secretsmanager::Client::new(aws),
+                &config.provider_keys_secret,
+                Duration::from_secs(3600),
+            )),
+            config,
+        }
+    }
+
+    /// The configured providers with their keys (from the provider-keys
+    /// secret: a JSON map of provider name to key).
+    async fn providers(&self) -> Result<Vec<Provider>, String> {
+        let secret = self.keys.get().await.map_err(|e| e.to_string())?;
+        let keys: BTreeMap<String, String> =
+            serde_json::from_str(secret.expose()).map_err(|_| {
+                "the provider-keys secret is not a JSON object of provider → key".to_owned()
+            })?;
+        Ok(self
+            .config
+            .providers
+            .iter()
+            .map(|(id, url)| Provider::new(*id, url, keys.get(id.name()).cloned()))
+            .collect())
     }
 }
 
@@ -43,23 +136,96 @@ pub struct ScheduledFetch {
     pub execution_id: String,
 }
 
-/// What one run did; returned to the invoker (and visible in `cargo lambda invoke`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What one run did; returned to the invoker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FetchReport {
     pub scheduled_time: DateTime<Utc>,
     pub execution_id: String,
+    /// `metal/currency → provider` of every quote written.
+    pub written: BTreeMap<String, String>,
+    pub rejected_outliers: usize,
 }
 
-pub async fn handle(event: LambdaEvent<ScheduledFetch>) -> Result<FetchReport, Error> {
+pub async fn handle(
+    fetcher: &Fetcher,
+    event: LambdaEvent<ScheduledFetch>,
+) -> Result<FetchReport, Error> {
     let ScheduledFetch {
         scheduled_time,
         execution_id,
     } = event.payload;
-    tracing::info!(%scheduled_time, execution_id, "scheduled fetch");
-    Ok(FetchReport {
+    let providers = fetcher.providers().await?;
+    let config = &fetcher.config;
+    let mut report = FetchReport {
         scheduled_time,
         execution_id,
-    })
+        written: BTreeMap::new(),
+        rejected_outliers: 0,
+    };
+    let mut failures = Vec::new();
+    for currency in &config.currencies {
+        let mut last = BTreeMap::new();
+        for metal in &config.metals {
+            if let Some(q) = fetcher.prices.latest(*metal, currency).await? {
+                last.insert(*metal, q.price);
+            }
+        }
+        let round = fetch_round(
+            &fetcher.http,
+            &providers,
+            &fetcher.prices,
+            &config.policy,
+            &config.metals,
+            currency,
+            &last,
+        )
+        .await?;
+        for attempt in &round.attempts {
+            let failed = attempt.outcome.is_err();
+            if let Err(error) = &attempt.outcome {
+                failures.push(format!("{}: {error}", attempt.provider.name()));
+            }
+            Metrics::new()
+                .dimension("Provider", attempt.provider.name())
+                .value("ProviderAttempts", Unit::Count, 1.0)
+                .value("ProviderFailures", Unit::Count, f64::from(u8::from(failed)))
+                .value(
+                    "ProviderLatency",
+                    Unit::Milliseconds,
+                    attempt.latency.as_secs_f64() * 1000.0,
+                )
+                .emit();
+        }
+        for (provider, reason) in &round.skipped {
+            tracing::info!(provider = provider.name(), reason, "provider skipped");
+        }
+        for quote in &round.rejected {
+            tracing::warn!(metal = %quote.metal, currency = %quote.currency, provider = quote.provider, price = quote.price, "outlier rejected: no second provider confirmed it");
+        }
+        report.rejected_outliers += round.rejected.len();
+        for quote in round.accepted.values() {
+            fetcher.prices.record(quote, config.retention).await?;
+            report.written.insert(
+                format!("{}/{}", quote.metal, quote.currency),
+                quote.provider.clone(),
+            );
+        }
+    }
+    Metrics::new()
+        .dimension("Function", FUNCTION)
+        .value("QuotesWritten", Unit::Count, report.written.len() as f64)
+        .emit();
+    if report.written.is_empty() {
+        let reason = if failures.is_empty() {
+            "no provider is configured or every circuit is open".to_owned()
+        } else {
+            failures.join("; ")
+        };
+        tracing::error!(reason, "every provider failed; nothing written");
+        return Err(format!("every provider failed: {reason}").into());
+    }
+    tracing::info!(written = ?report.written, "prices fetched");
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -88,5 +254,46 @@ mod tests {
     #[test]
     fn rejects_an_event_without_a_time() {
         assert!(serde_json::from_str::<ScheduledFetch>(r#"{"execution_id":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn config_reads_order_currencies_and_policy() {
+        let env = Env::from_pairs([
+            ("PRICES_TABLE", "p"),
+            ("PROVIDER_KEYS_SECRET", "s"),
+            ("PROVIDER_ORDER", "gold-api.com, metals.dev"),
+            ("CURRENCIES", "usd,EUR"),
+            ("OUTLIER_PERCENT", "2.5"),
+        ]);
+        let config = Config::from_env(&env).unwrap();
+        assert_eq!(
+            config
+                .providers
+                .iter()
+                .map(|(p, _)| p.name())
+                .collect::<Vec<_>>(),
+            ["gold-api.com", "metals.dev"]
+        );
+        assert_eq!(
+            config
+                .currencies
+                .iter()
+                .map(Currency::as_str)
+                .collect::<Vec<_>>(),
+            ["USD", "EUR"]
+        );
+        assert_eq!(config.policy.outlier_percent, 2.5);
+        let bad = Env::from_pairs([
+            ("PRICES_TABLE", "p"),
+            ("PROVIDER_KEYS_SECRET", "s"),
+            ("PROVIDER_ORDER", "kitco"),
+        ]);
+        assert!(matches!(
+            Config::from_env(&bad),
+            Err(ConfigError::Invalid {
+                name: "PROVIDER_ORDER",
+                ..
+            })
+        ));
     }
 }

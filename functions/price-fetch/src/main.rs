@@ -6,5 +6,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
     let config = price_fetch::Config::from_env(&Env::from_process())?;
     tracing::info!(?config, "cold start");
-    lambda_runtime::run(service_fn(price_fetch::handle)).await
+    let aws = shared::aws::sdk_config().await;
+    let fetcher = price_fetch::Fetcher::new(config, &aws);
+    lambda_runtime::run(service_fn(|event| price_fetch::handle(&fetcher, event))).await
 }

@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod ledger;
+pub mod prices;
 pub mod queue;
 pub mod secrets;
 pub mod tenants;

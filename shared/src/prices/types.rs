@@ -1,0 +1,260 @@
+//! The price vocabulary: metals, currencies, units, windows and quotes.
+//! Each parses from what clients send and says which values are allowed
+//! when it cannot.
+
+use std::fmt;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Grams in one troy ounce, exactly.
+pub const GRAMS_PER_TROY_OUNCE: f64 = 31.103_476_8;
+
+/// Why a value was rejected, with the values that would have been accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}; allowed: {allowed}")]
+pub struct Unknown {
+    pub what: &'static str,
+    pub value: String,
+    pub allowed: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metal {
+    Gold,
+    Silver,
+    Platinum,
+    Palladium,
+}
+
+impl Metal {
+    pub const ALL: [Metal; 4] = [
+        Metal::Gold,
+        Metal::Silver,
+        Metal::Platinum,
+        Metal::Palladium,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metal::Gold => "gold",
+            Metal::Silver => "silver",
+            Metal::Platinum => "platinum",
+            Metal::Palladium => "palladium",
+        }
+    }
+
+    /// ISO 4217 code, as the providers name metals.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Metal::Gold => "XAU",
+            Metal::Silver => "XAG",
+            Metal::Platinum => "XPT",
+            Metal::Palladium => "XPD",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, Unknown> {
+        Self::ALL
+            .into_iter()
+            .find(|m| {
+                m.name().eq_ignore_ascii_case(value) || m.symbol().eq_ignore_ascii_case(value)
+            })
+            .ok_or_else(|| Unknown {
+                what: "metal",
+                value: value.to_owned(),
+                allowed: Self::ALL.map(Metal::name).join(", "),
+            })
+    }
+}
+
+impl fmt::Display for Metal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An ISO 4217 currency code (three uppercase letters).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency(String);
+
+impl Currency {
+    pub fn usd() -> Self {
+        Self("USD".to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let upper = value.trim().to_ascii_uppercase();
+        if upper.len() == 3 && upper.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Self(upper))
+        } else {
+            Err(format!("{value:?} is not a three-letter currency code"))
+        }
+    }
+}
+
+impl From<Currency> for String {
+    fn from(value: Currency) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The weight a price is quoted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    Toz,
+    G,
+    Kg,
+}
+
+impl Unit {
+    pub const ALL: [Unit; 3] = [Unit::Toz, Unit::G, Unit::Kg];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Toz => "toz",
+            Unit::G => "g",
+            Unit::Kg => "kg",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, Unknown> {
+        Self::ALL
+            .into_iter()
+            .find(|u| u.name() == value)
+            .ok_or_else(|| Unknown {
+                what: "unit",
+                value: value.to_owned(),
+                allowed: Self::ALL.map(Unit::name).join(", "),
+            })
+    }
+
+    /// A per-troy-ounce price in this unit.
+    pub fn from_troy_ounce(self, price: f64) -> f64 {
+        match self {
+            Unit::Toz => price,
+            Unit::G => price / GRAMS_PER_TROY_OUNCE,
+            Unit::Kg => price / GRAMS_PER_TROY_OUNCE * 1000.0,
+        }
+    }
+}
+
+/// How far back a price series reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Window {
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "24h")]
+    Day,
+    #[serde(rename = "7d")]
+    Week,
+    #[serde(rename = "30d")]
+    Month,
+}
+
+impl Window {
+    pub const ALL: [Window; 4] = [Window::Hour, Window::Day, Window::Week, Window::Month];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Window::Hour => "1h",
+            Window::Day => "24h",
+            Window::Week => "7d",
+            Window::Month => "30d",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, Unknown> {
+        Self::ALL
+            .into_iter()
+            .find(|w| w.name() == value)
+            .ok_or_else(|| Unknown {
+                what: "window",
+                value: value.to_owned(),
+                allowed: Self::ALL.map(Window::name).join(", "),
+            })
+    }
+
+    pub fn span(self) -> TimeDelta {
+        match self {
+            Window::Hour => TimeDelta::hours(1),
+            Window::Day => TimeDelta::hours(24),
+            Window::Week => TimeDelta::days(7),
+            Window::Month => TimeDelta::days(30),
+        }
+    }
+}
+
+/// One price from one provider, normalised to a troy ounce.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quote {
+    pub metal: Metal,
+    pub currency: Currency,
+    /// Per troy ounce.
+    pub price: f64,
+    pub bid: Option<f64>,
+    pub ask: Option<f64>,
+    pub provider: String,
+    /// When the provider says the price was observed.
+    pub ts: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metals_parse_by_name_or_symbol_and_name_the_allowed_values() {
+        assert_eq!(Metal::parse("gold"), Ok(Metal::Gold));
+        assert_eq!(Metal::parse("XAG"), Ok(Metal::Silver));
+        let err = Metal::parse("tin").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown metal \"tin\"; allowed: gold, silver, platinum, palladium"
+        );
+    }
+
+    #[test]
+    fn currencies_are_three_letter_codes() {
+        assert_eq!(
+            Currency::try_from("eur".to_owned()).unwrap().as_str(),
+            "EUR"
+        );
+        assert!(Currency::try_from("EURO".to_owned()).is_err());
+        assert!(Currency::try_from("U$D".to_owned()).is_err());
+    }
+
+    #[test]
+    fn one_troy_ounce_is_31_1034768_grams() {
+        let per_toz = 3110.34768;
+        assert!((Unit::G.from_troy_ounce(per_toz) - 100.0).abs() < 1e-9);
+        assert!((Unit::Kg.from_troy_ounce(per_toz) - 100_000.0).abs() < 1e-6);
+        assert_eq!(Unit::Toz.from_troy_ounce(per_toz), per_toz);
+        assert!(Unit::parse("lb").is_err());
+    }
+
+    #[test]
+    fn windows_parse_and_span() {
+        assert_eq!(
+            Window::parse("7d").map(Window::span),
+            Ok(TimeDelta::days(7))
+        );
+        assert_eq!(Window::parse("1y").unwrap_err().allowed, "1h, 24h, 7d, 30d");
+    }
+}

@@ -1,0 +1,373 @@
+//! The scheduled price fetch against emulated AWS and local stubs of the five
+//! providers speaking their real formats: failover order, keys, the circuit
+//! breaker's open, half-open and closed states, the outlier guard, and a run
+//! where every provider fails.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use chrono::{TimeDelta, Utc};
+use price_fetch::{Config, Fetcher, ScheduledFetch};
+use shared::aws::prices::DynamoPrices;
+use shared::prices::failover::{BreakerState, BreakerStore};
+use shared::prices::providers::ProviderId;
+use shared::prices::types::{Currency, Metal, Quote};
+
+type Respond = Box<dyn Fn(&str) -> (u16, String) + Send + Sync>;
+
+/// A provider stand-in: answers every request with `respond(path)`.
+#[derive(Clone)]
+struct Stub {
+    url: String,
+    calls: Arc<AtomicUsize>,
+    respond: Arc<Mutex<Respond>>,
+}
+
+impl Stub {
+    async fn start(respond: impl Fn(&str) -> (u16, String) + Send + Sync + 'static) -> Self {
+        let stub = Self {
+            url: String::new(),
+            calls: Arc::default(),
+            respond: Arc::new(Mutex::new(Box::new(respond))),
+        };
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state(stub.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, ..stub }
+    }
+
+    fn set(&self, respond: impl Fn(&str) -> (u16, String) + Send + Sync + 'static) {
+        *self.respond.lock().unwrap() = Box::new(respond);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(State(stub): State<Stub>, uri: Uri) -> (StatusCode, String) {
+    stub.calls.fetch_add(1, Ordering::SeqCst);
+    let (status, body) = (stub.respond.lock().unwrap())(&uri.to_string());
+    (StatusCode::from_u16(status).unwrap(), body)
+}
+
+fn metals_dev_ok(gold: f64) -> (u16, String) {
+    (
+        200,
+        format!(
+            r#"{{"status":"success","currency":"USD","unit":"toz","metals":{{"gold":{gold},"silver":31.05,"platinum":960.4,"palladium":1010.2}},"currencies":{{}},"timestamps":{{"metal":"{}","currency":"{}"}}}}"#,
+            Utc::now().to_rfc3339(),
+            Utc::now().to_rfc3339()
+        ),
+    )
+}
+
+fn metalpriceapi_ok(gold: f64) -> (u16, String) {
+    (
+        200,
+        format!(
+            r#"{{"success":true,"base":"USD","timestamp":{},"rates":{{"XAU":{},"USDXAU":{gold},"XAG":0.0322,"XPT":0.00104,"XPD":0.00099}}}}"#,
+            Utc::now().timestamp(),
+            1.0 / gold
+        ),
+    )
+}
+
+/// gold-api.com: one metal per request, named in the path.
+fn gold_api_com_ok(path: &str) -> (u16, String) {
+    let symbol = path.split('/').nth(2).unwrap_or("XAU");
+    let price = match symbol {
+        "XAU" => 2650.0,
+        "XAG" => 31.0,
+        "XPT" => 960.0,
+        _ => 1010.0,
+    };
+    (
+        200,
+        format!(
+            r#"{{"currency":"USD","currencySymbol":"$","exchangeRate":1,"name":"x","price":{price},"symbol":"{symbol}","updatedAt":"{}","updatedAtReadable":"now"}}"#,
+            Utc::now().to_rfc3339()
+        ),
+    )
+}
+
+fn server_error(_: &str) -> (u16, String) {
+    (500, "<html>internal error</html>".to_owned())
+}
+
+struct World {
+    stack: support::Stack,
+    stubs: Vec<(ProviderId, Stub)>,
+}
+
+impl World {
+    fn stub(&self, id: ProviderId) -> &Stub {
+        &self.stubs.iter().find(|(p, _)| *p == id).unwrap().1
+    }
+
+    async fn prices(&self) -> DynamoPrices {
+        DynamoPrices::new(
+            aws_sdk_dynamodb::Client::new(&support::aws().await),
+            &self
+                .stack
+                .env("price-fetch")
+                .required("PRICES_TABLE")
+                .unwrap(),
+        )
+    }
+
+    async fn set_keys(&self, keys: serde_json::Value) {
+        aws_sdk_secretsmanager::Client::new(&support::aws().await)
+            .put_secret_value()
+            .secret_id(
+                self.stack
+                    .env("price-fetch")
+                    .required("PROVIDER_KEYS_SECRET")
+                    .unwrap(),
+            )
+            .secret_string(keys.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// A fetcher whose providers are the stubs, with a quick breaker.
+    async fn fetcher(&self) -> Fetcher {
+        let mut config = Config::from_env(self.stack.env("price-fetch")).unwrap();
+        config.providers = self
+            .stubs
+            .iter()
+            .map(|(id, s)| (*id, s.url.clone()))
+            .collect();
+        config.policy.timeout = Duration::from_secs(2);
+        config.policy.breaker_failures = 2;
+        config.policy.breaker_cooldown = TimeDelta::seconds(1);
+        Fetcher::new(config, &support::aws().await)
+    }
+}
+
+/// Every provider stubbed (all answering well) and every key set.
+async fn world() -> World {
+    let mut stubs = Vec::new();
+    stubs.push((
+        ProviderId::MetalsDev,
+        Stub::start(|_| metals_dev_ok(2650.0)).await,
+    ));
+    stubs.push((
+        ProviderId::MetalPriceApi,
+        Stub::start(|_| metalpriceapi_ok(2651.0)).await,
+    ));
+    stubs.push((
+        ProviderId::MetalsApi,
+        Stub::start(|_| metalpriceapi_ok(2652.0)).await,
+    ));
+    stubs.push((ProviderId::GoldApiIo, Stub::start(server_error).await));
+    stubs.push((ProviderId::GoldApiCom, Stub::start(gold_api_com_ok).await));
+    let world = World {
+        stack: support::stack().await,
+        stubs,
+    };
+    world
+        .set_keys(serde_json::json!({"metals.dev": "k1", "metalpriceapi": "k2", "metals-api": "k3", "goldapi.io": "k4"}))
+        .await;
+    world
+}
+
+async fn run(fetcher: &Fetcher) -> Result<price_fetch::FetchReport, String> {
+    let event = ScheduledFetch {
+        scheduled_time: Utc::now(),
+        execution_id: "test".into(),
+    };
+    price_fetch::handle(
+        fetcher,
+        lambda_runtime::LambdaEvent::new(event, Default::default()),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn usd() -> Currency {
+    Currency::usd()
+}
+
+#[tokio::test]
+async fn fails_over_in_priority_order_and_writes_latest_and_history() {
+    let w = world().await;
+    w.stub(ProviderId::MetalsDev).set(|_| {
+        (
+            200,
+            r#"{"status":"failure","error_code":1101,"error_message":"Invalid API Key."}"#
+                .to_owned(),
+        )
+    });
+    let report = run(&w.fetcher().await).await.unwrap();
+
+    assert_eq!(report.written.len(), 4);
+    assert!(
+        report.written.values().all(|p| p == "metalpriceapi"),
+        "{report:?}"
+    );
+    assert_eq!(w.stub(ProviderId::MetalsDev).calls(), 1);
+    assert_eq!(w.stub(ProviderId::MetalPriceApi).calls(), 1);
+    assert_eq!(
+        w.stub(ProviderId::MetalsApi).calls(),
+        0,
+        "no further provider once all metals are in"
+    );
+
+    let prices = w.prices().await;
+    let gold = prices.latest(Metal::Gold, &usd()).await.unwrap().unwrap();
+    assert_eq!(
+        (gold.price, gold.provider.as_str()),
+        (2651.0, "metalpriceapi")
+    );
+    let history = prices
+        .series(
+            Metal::Gold,
+            &usd(),
+            Utc::now() - TimeDelta::hours(1),
+            Utc::now() + TimeDelta::minutes(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+}
+
+#[tokio::test]
+async fn without_keys_only_the_keyless_provider_is_asked() {
+    let w = world().await;
+    w.set_keys(serde_json::json!({})).await;
+    let report = run(&w.fetcher().await).await.unwrap();
+    assert!(report.written.values().all(|p| p == "gold-api.com"));
+    assert_eq!(
+        w.stub(ProviderId::GoldApiCom).calls(),
+        4,
+        "one request per metal"
+    );
+    assert_eq!(w.stub(ProviderId::MetalsDev).calls(), 0);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_half_opens_and_closes() {
+    let w = world().await;
+    w.set_keys(serde_json::json!({"metals.dev": "k1"})).await;
+    let dev = w.stub(ProviderId::MetalsDev);
+    dev.set(server_error);
+    let fetcher = w.fetcher().await;
+    let prices = w.prices().await;
+    let state = || async {
+        prices
+            .get(ProviderId::MetalsDev)
+            .await
+            .unwrap()
+            .state(Utc::now())
+    };
+
+    run(&fetcher).await.unwrap(); // failure 1: gold-api.com answers instead
+    assert_eq!(state().await, BreakerState::Closed);
+    run(&fetcher).await.unwrap(); // failure 2: opens
+    assert_eq!(state().await, BreakerState::Open);
+    run(&fetcher).await.unwrap();
+    assert_eq!(dev.calls(), 2, "an open breaker skips the provider");
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(state().await, BreakerState::HalfOpen);
+    run(&fetcher).await.unwrap(); // the trial fails: open again
+    assert_eq!((dev.calls(), state().await), (3, BreakerState::Open));
+
+    dev.set(|_| metals_dev_ok(2650.0));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let report = run(&fetcher).await.unwrap(); // the trial succeeds: closed
+    assert_eq!((dev.calls(), state().await), (4, BreakerState::Closed));
+    assert!(report.written.values().all(|p| p == "metals.dev"));
+}
+
+async fn seed_gold(w: &World, price: f64) {
+    let quote = Quote {
+        metal: Metal::Gold,
+        currency: usd(),
+        price,
+        bid: None,
+        ask: None,
+        provider: "seed".into(),
+        ts: Utc::now() - TimeDelta::minutes(5),
+    };
+    w.prices()
+        .await
+        .record(&quote, TimeDelta::days(1))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_outlier_is_rejected_unless_a_second_provider_confirms_it() {
+    let w = world().await;
+    seed_gold(&w, 2000.0).await;
+    // metals.dev jumps 32%; metalpriceapi still sees the old level.
+    w.stub(ProviderId::MetalsDev).set(|_| metals_dev_ok(2640.0));
+    w.stub(ProviderId::MetalPriceApi)
+        .set(|_| metalpriceapi_ok(2010.0));
+    let report = run(&w.fetcher().await).await.unwrap();
+    assert_eq!(report.rejected_outliers, 1);
+    assert_eq!(report.written["gold/USD"], "metalpriceapi");
+    let gold = w
+        .prices()
+        .await
+        .latest(Metal::Gold, &usd())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gold.price, 2010.0);
+    assert_eq!(
+        report.written["silver/USD"], "metals.dev",
+        "in-range metals are taken from the first provider"
+    );
+}
+
+#[tokio::test]
+async fn an_outlier_confirmed_by_a_second_provider_is_accepted() {
+    let w = world().await;
+    seed_gold(&w, 2000.0).await;
+    w.stub(ProviderId::MetalsDev).set(|_| metals_dev_ok(2640.0));
+    w.stub(ProviderId::MetalPriceApi)
+        .set(|_| metalpriceapi_ok(2645.0));
+    let report = run(&w.fetcher().await).await.unwrap();
+    assert_eq!(report.rejected_outliers, 0);
+    assert_eq!(report.written["gold/USD"], "metals.dev");
+    let gold = w
+        .prices()
+        .await
+        .latest(Metal::Gold, &usd())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gold.price, 2640.0);
+}
+
+#[tokio::test]
+async fn when_every_provider_fails_nothing_is_written_and_the_run_fails() {
+    let w = world().await;
+    for (_, stub) in &w.stubs {
+        stub.set(server_error);
+    }
+    let error = run(&w.fetcher().await).await.unwrap_err();
+    assert!(
+        error.starts_with("every provider failed: metals.dev: answered HTTP 500"),
+        "{error}"
+    );
+    assert!(!error.contains("k1"), "keys never appear in errors");
+    assert!(
+        w.prices()
+            .await
+            .latest(Metal::Gold, &usd())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
