@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::{StatusCode, Uri, header};
 use chrono::{TimeDelta, Utc};
 use price_fetch::{Config, Fetcher, ScheduledFetch};
 use shared::aws::prices::DynamoPrices;
@@ -140,14 +140,14 @@ impl World {
     /// A fetcher whose providers are the stubs, with a quick breaker.
     async fn fetcher(&self) -> Fetcher {
         let mut config = Config::from_env(self.stack.env("price-fetch")).unwrap();
-        config.providers = self
+        config.settings.providers = self
             .stubs
             .iter()
             .map(|(id, s)| (*id, s.url.clone()))
             .collect();
-        config.policy.timeout = Duration::from_secs(2);
-        config.policy.breaker_failures = 2;
-        config.policy.breaker_cooldown = TimeDelta::seconds(1);
+        config.settings.policy.timeout = Duration::from_secs(2);
+        config.settings.policy.breaker_failures = 2;
+        config.settings.policy.breaker_cooldown = TimeDelta::seconds(2);
         Fetcher::new(config, &support::aws().await)
     }
 }
@@ -276,13 +276,13 @@ async fn the_breaker_opens_half_opens_and_closes() {
     run(&fetcher).await.unwrap();
     assert_eq!(dev.calls(), 2, "an open breaker skips the provider");
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(state().await, BreakerState::HalfOpen);
     run(&fetcher).await.unwrap(); // the trial fails: open again
     assert_eq!((dev.calls(), state().await), (3, BreakerState::Open));
 
     dev.set(|_| metals_dev_ok(2650.0));
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let report = run(&fetcher).await.unwrap(); // the trial succeeds: closed
     assert_eq!((dev.calls(), state().await), (4, BreakerState::Closed));
     assert!(report.written.values().all(|p| p == "metals.dev"));
@@ -370,4 +370,265 @@ async fn when_every_provider_fails_nothing_is_written_and_the_run_fails() {
             .unwrap()
             .is_none()
     );
+}
+
+// ------------------------------------------------------------------ the API
+
+impl World {
+    /// The prices app, its providers pointed at the stubs.
+    async fn api(&self) -> axum::Router {
+        let mut config = prices::Config::from_env(self.stack.env("prices")).unwrap();
+        config.settings.providers = self
+            .stubs
+            .iter()
+            .map(|(id, s)| (*id, s.url.clone()))
+            .collect();
+        prices::app(&config, &support::aws().await)
+    }
+}
+
+async fn get(
+    app: &axum::Router,
+    path: &str,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    support::send(app, support::request("GET", path, None, None)).await
+}
+
+#[tokio::test]
+async fn a_memory_hit_touches_neither_dynamodb_nor_the_provider() {
+    let w = world().await;
+    let api = w.api().await;
+    let (status, headers, first) = get(&api, "/api/prices?metal=gold").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["latest"]["provider"], "metals.dev");
+    assert_eq!(
+        w.stub(ProviderId::MetalsDev).calls(),
+        1,
+        "missing from DynamoDB: fetched live"
+    );
+
+    // Take both lower layers away: the next answer can only come from memory.
+    w.stub(ProviderId::MetalsDev).set(server_error);
+    aws_sdk_dynamodb::Client::new(&support::aws().await)
+        .delete_table()
+        .table_name(w.stack.env("prices").required("PRICES_TABLE").unwrap())
+        .send()
+        .await
+        .unwrap();
+    let (status, again_headers, again) = get(&api, "/api/prices?metal=gold").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again, first);
+    assert_eq!(again_headers[header::ETAG], headers[header::ETAG]);
+    assert_eq!(w.stub(ProviderId::MetalsDev).calls(), 1);
+    assert_eq!(headers[header::CACHE_CONTROL], "public, max-age=60");
+}
+
+#[tokio::test]
+async fn a_fresh_latest_in_dynamodb_is_served_without_asking_a_provider() {
+    let w = world().await;
+    seed_gold(&w, 2000.0).await;
+    let (status, _, body) = get(&w.api().await, "/api/prices?metal=gold&window=1h").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["latest"]["provider"], "seed");
+    assert_eq!(body["stale"], false);
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["series"][0]["price"], 2000.0);
+    assert!(w.stubs.iter().all(|(_, s)| s.calls() == 0));
+}
+
+async fn seed_old(w: &World, price: f64) {
+    let quote = Quote {
+        metal: Metal::Gold,
+        currency: usd(),
+        price,
+        bid: Some(price - 1.0),
+        ask: Some(price + 1.0),
+        provider: "seed".into(),
+        ts: Utc::now() - TimeDelta::hours(1),
+    };
+    w.prices()
+        .await
+        .record(&quote, TimeDelta::days(1))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_latest_is_refreshed_live_and_written_back() {
+    let w = world().await;
+    seed_old(&w, 2640.0).await;
+    let (_, _, body) = get(&w.api().await, "/api/prices?metal=gold").await;
+    assert_eq!(
+        (body["latest"]["provider"].as_str(), body["stale"].as_bool()),
+        (Some("metals.dev"), Some(false))
+    );
+    let stored = w
+        .prices()
+        .await
+        .latest(Metal::Gold, &usd())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.provider, "metals.dev");
+}
+
+#[tokio::test]
+async fn with_providers_down_a_stale_price_is_served_and_marked() {
+    let w = world().await;
+    seed_old(&w, 2640.0).await;
+    for (_, stub) in &w.stubs {
+        stub.set(server_error);
+    }
+    let (status, _, body) = get(&w.api().await, "/api/prices?metal=gold").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["stale"], true);
+    assert!(body["age_seconds"].as_i64().unwrap() >= 3600);
+}
+
+#[tokio::test]
+async fn with_no_price_and_no_provider_the_answer_is_503() {
+    let w = world().await;
+    for (_, stub) in &w.stubs {
+        stub.set(server_error);
+    }
+    let (status, headers, body) = get(&w.api().await, "/api/prices?metal=gold").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "30");
+    assert_eq!(body["code"], "dependency_unavailable");
+    assert!(body["providers"].as_array().unwrap().iter().any(|p| {
+        p.as_str()
+            .unwrap()
+            .starts_with("metals.dev: answered HTTP 500")
+    }));
+}
+
+#[tokio::test]
+async fn if_none_match_gets_a_304() {
+    let w = world().await;
+    seed_gold(&w, 2000.0).await;
+    let api = w.api().await;
+    let (_, headers, _) = get(&api, "/api/prices?metal=gold").await;
+    let etag = headers[header::ETAG].to_str().unwrap().to_owned();
+    let request = axum::http::Request::get("/api/prices?metal=gold")
+        .header(header::IF_NONE_MATCH, &etag)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let (status, headers, _) = support::send(&api, request).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert_eq!(headers[header::ETAG], etag.as_str());
+}
+
+#[tokio::test]
+async fn prices_convert_exactly_between_units() {
+    let w = world().await;
+    seed_gold(&w, 3110.34768).await;
+    let api = w.api().await;
+    let (_, _, grams) = get(&api, "/api/prices?metal=gold&unit=g").await;
+    assert_eq!(grams["latest"]["price"], 100.0);
+    assert_eq!(grams["unit"], "g");
+    let (_, _, kilos) = get(&api, "/api/prices?metal=gold&unit=kg").await;
+    assert_eq!(kilos["latest"]["price"], 100_000.0);
+}
+
+#[tokio::test]
+async fn without_a_metal_every_metal_is_listed() {
+    let w = world().await;
+    let (status, _, body) = get(&w.api().await, "/api/prices").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let metals: Vec<&str> = body["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metal"].as_str().unwrap())
+        .collect();
+    assert_eq!(metals, ["gold", "silver", "platinum", "palladium"]);
+}
+
+#[tokio::test]
+async fn unknown_parameters_are_400_with_the_allowed_values() {
+    let w = world().await;
+    let api = w.api().await;
+    for (path, code, allowed) in [
+        ("/api/prices?metal=tin", "invalid_metal", "gold"),
+        ("/api/prices?currency=EUR", "invalid_currency", "USD"),
+        ("/api/prices?unit=lb", "invalid_unit", "kg"),
+        ("/api/prices?window=1y", "invalid_window", "30d"),
+        ("/api/proxy/kitco", "invalid_provider", "gold-api.com"),
+    ] {
+        let (status, headers, body) = get(&api, path).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{path}"
+        );
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert!(
+            body["allowed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == allowed),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_proxy_allows_exactly_120_requests_a_minute() {
+    let w = world().await;
+    let api = w.api().await;
+    // Stay within one fixed window.
+    let into_minute = Utc::now().timestamp() % 60;
+    if into_minute > 40 {
+        tokio::time::sleep(Duration::from_secs((61 - into_minute) as u64)).await;
+    }
+    for i in 1..=120 {
+        let (status, headers, body) = get(&api, "/api/proxy/gold-api.com?metal=silver").await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+        assert_eq!(
+            headers["x-ratelimit-remaining"],
+            (120 - i).to_string().as_str()
+        );
+        if i == 1 {
+            assert_eq!(body["latest"]["provider"], "gold-api.com");
+            assert_eq!(body["latest"]["price"], 31.0);
+        }
+    }
+    let (status, headers, body) = get(&api, "/api/proxy/gold-api.com?metal=silver").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(headers["x-ratelimit-limit"], "120");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    assert!(
+        headers[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            <= 60
+    );
+    assert_eq!(
+        w.stub(ProviderId::GoldApiCom).calls(),
+        120,
+        "a refused request never reaches the provider"
+    );
+}
+
+#[tokio::test]
+async fn config_lists_providers_with_keys_and_circuits() {
+    let w = world().await;
+    w.set_keys(serde_json::json!({"metals.dev": "k1"})).await;
+    let (status, _, body) = get(&w.api().await, "/api/config").await;
+    assert_eq!(status, StatusCode::OK);
+    let providers = body["providers"].as_array().unwrap();
+    assert_eq!(
+        providers[0],
+        serde_json::json!({"name": "metals.dev", "priority": 1, "configured": true, "circuit": "closed"})
+    );
+    assert_eq!(providers[1]["configured"], false);
+    assert_eq!(providers[4]["name"], "gold-api.com");
+    assert_eq!(providers[4]["configured"], true);
+    assert_eq!(body["units"], serde_json::json!(["toz", "g", "kg"]));
+    assert_eq!(body["schedule"], "rate(5 minutes)");
+    assert!(!body.to_string().contains("k1"), "keys are never returned");
 }

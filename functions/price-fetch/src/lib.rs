@@ -19,9 +19,9 @@ use shared::aws::SdkConfig;
 use shared::aws::prices::DynamoPrices;
 use shared::aws::secrets::CachedSecret;
 use shared::config::{ConfigError, Env};
-use shared::prices::failover::{Policy, fetch_round};
-use shared::prices::providers::{Provider, ProviderId};
-use shared::prices::types::{Currency, Metal};
+use shared::prices::failover::fetch_round;
+use shared::prices::providers::Provider;
+use shared::prices::settings::PriceSettings;
 use shared::telemetry::{Metrics, Unit};
 
 pub const FUNCTION: &str = "price-fetch";
@@ -30,54 +30,17 @@ pub const FUNCTION: &str = "price-fetch";
 pub struct Config {
     pub prices_table: String,
     pub provider_keys_secret: String,
-    /// Providers in priority order with their base URLs (`PROVIDER_ORDER`,
-    /// default: metals.dev, metalpriceapi, metals-api, goldapi.io, gold-api.com).
-    pub providers: Vec<(ProviderId, String)>,
-    pub metals: Vec<Metal>,
-    /// `CURRENCIES`, comma-separated (default `USD`).
-    pub currencies: Vec<Currency>,
-    pub policy: Policy,
+    pub settings: PriceSettings,
     /// `HISTORY_RETENTION_DAYS` (default 400).
     pub retention: TimeDelta,
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let invalid = |name: &'static str, reason: String| ConfigError::Invalid { name, reason };
-        let order: Vec<ProviderId> = match env.optional("PROVIDER_ORDER") {
-            None => ProviderId::ALL.to_vec(),
-            Some(list) => list
-                .split(',')
-                .map(|p| {
-                    ProviderId::parse(p.trim())
-                        .ok_or_else(|| invalid("PROVIDER_ORDER", format!("unknown provider {p:?}")))
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let currencies = env
-            .optional("CURRENCIES")
-            .unwrap_or("USD")
-            .split(',')
-            .map(|c| Currency::try_from(c.to_owned()).map_err(|e| invalid("CURRENCIES", e)))
-            .collect::<Result<_, _>>()?;
-        let default = Policy::default();
         Ok(Self {
             prices_table: env.required("PRICES_TABLE")?,
             provider_keys_secret: env.required("PROVIDER_KEYS_SECRET")?,
-            providers: order
-                .into_iter()
-                .map(|p| Ok((p, env.upstream(p.upstream())?)))
-                .collect::<Result<_, ConfigError>>()?,
-            metals: Metal::ALL.to_vec(),
-            currencies,
-            policy: Policy {
-                timeout: Duration::from_millis(env.parse_or("PROVIDER_TIMEOUT_MS", 3000)?),
-                breaker_failures: env.parse_or("BREAKER_FAILURES", default.breaker_failures)?,
-                breaker_cooldown: TimeDelta::seconds(
-                    env.parse_or("BREAKER_COOLDOWN_SECONDS", 600)?,
-                ),
-                outlier_percent: env.parse_or("OUTLIER_PERCENT", default.outlier_percent)?,
-            },
+            settings: PriceSettings::from_env(env)?,
             retention: TimeDelta::days(env.parse_or("HISTORY_RETENTION_DAYS", 400)?),
         })
     }
@@ -109,20 +72,9 @@ impl Fetcher {
         }
     }
 
-    /// The configured providers with their keys (from the provider-keys
-    /// secret: a JSON map of provider name to key).
     async fn providers(&self) -> Result<Vec<Provider>, String> {
         let secret = self.keys.get().await.map_err(|e| e.to_string())?;
-        let keys: BTreeMap<String, String> =
-            serde_json::from_str(secret.expose()).map_err(|_| {
-                "the provider-keys secret is not a JSON object of provider → key".to_owned()
-            })?;
-        Ok(self
-            .config
-            .providers
-            .iter()
-            .map(|(id, url)| Provider::new(*id, url, keys.get(id.name()).cloned()))
-            .collect())
+        self.config.settings.with_keys(secret.expose())
     }
 }
 
@@ -156,6 +108,7 @@ pub async fn handle(
     } = event.payload;
     let providers = fetcher.providers().await?;
     let config = &fetcher.config;
+    let settings = &config.settings;
     let mut report = FetchReport {
         scheduled_time,
         execution_id,
@@ -163,9 +116,9 @@ pub async fn handle(
         rejected_outliers: 0,
     };
     let mut failures = Vec::new();
-    for currency in &config.currencies {
+    for currency in &settings.currencies {
         let mut last = BTreeMap::new();
-        for metal in &config.metals {
+        for metal in &settings.metals {
             if let Some(q) = fetcher.prices.latest(*metal, currency).await? {
                 last.insert(*metal, q.price);
             }
@@ -174,8 +127,8 @@ pub async fn handle(
             &fetcher.http,
             &providers,
             &fetcher.prices,
-            &config.policy,
-            &config.metals,
+            &settings.policy,
+            &settings.metals,
             currency,
             &last,
         )
@@ -254,46 +207,5 @@ mod tests {
     #[test]
     fn rejects_an_event_without_a_time() {
         assert!(serde_json::from_str::<ScheduledFetch>(r#"{"execution_id":"x"}"#).is_err());
-    }
-
-    #[test]
-    fn config_reads_order_currencies_and_policy() {
-        let env = Env::from_pairs([
-            ("PRICES_TABLE", "p"),
-            ("PROVIDER_KEYS_SECRET", "s"),
-            ("PROVIDER_ORDER", "gold-api.com, metals.dev"),
-            ("CURRENCIES", "usd,EUR"),
-            ("OUTLIER_PERCENT", "2.5"),
-        ]);
-        let config = Config::from_env(&env).unwrap();
-        assert_eq!(
-            config
-                .providers
-                .iter()
-                .map(|(p, _)| p.name())
-                .collect::<Vec<_>>(),
-            ["gold-api.com", "metals.dev"]
-        );
-        assert_eq!(
-            config
-                .currencies
-                .iter()
-                .map(Currency::as_str)
-                .collect::<Vec<_>>(),
-            ["USD", "EUR"]
-        );
-        assert_eq!(config.policy.outlier_percent, 2.5);
-        let bad = Env::from_pairs([
-            ("PRICES_TABLE", "p"),
-            ("PROVIDER_KEYS_SECRET", "s"),
-            ("PROVIDER_ORDER", "kitco"),
-        ]);
-        assert!(matches!(
-            Config::from_env(&bad),
-            Err(ConfigError::Invalid {
-                name: "PROVIDER_ORDER",
-                ..
-            })
-        ));
     }
 }

@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod ledger;
 pub mod prices;
 pub mod queue;
+pub mod ratelimit;
 pub mod secrets;
 pub mod tenants;
 

@@ -139,9 +139,9 @@ fn breaker_of(item: Option<&HashMap<String, AttributeValue>>) -> Breaker {
     };
     Breaker {
         consecutive_failures: number("failures").unwrap_or(0).max(0) as u32,
-        open_until: number("open_until")
+        open_until: number("open_until_ms")
             .filter(|t| *t > 0)
-            .and_then(|t| DateTime::from_timestamp(t, 0)),
+            .and_then(DateTime::from_timestamp_millis),
     }
 }
 
@@ -187,8 +187,8 @@ impl BreakerStore for DynamoPrices {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(breaker_key(provider)))
-            .update_expression("SET open_until = :until")
-            .expression_attribute_values(":until", n(open_until.timestamp()))
+            .update_expression("SET open_until_ms = :until")
+            .expression_attribute_values(":until", n(open_until.timestamp_millis()))
             .send()
             .await
             .map_err(|e| StoreError::aws("UpdateItem", &e))?;
@@ -203,7 +203,7 @@ impl BreakerStore for DynamoPrices {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(breaker_key(provider)))
-            .update_expression("SET failures = :zero, open_until = :zero")
+            .update_expression("SET failures = :zero, open_until_ms = :zero")
             .expression_attribute_values(":zero", n(0))
             .send()
             .await

@@ -3,4 +3,5 @@
 
 pub mod failover;
 pub mod providers;
+pub mod settings;
 pub mod types;
