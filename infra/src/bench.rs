@@ -30,24 +30,31 @@ const RUNTIME_PREFIX: &str = "/2018-06-01/runtime";
 /// What the Runtime API saw of one process.
 #[derive(Default)]
 struct RunState {
-    event: Option<Value>,
+    events: std::collections::VecDeque<Value>,
     first_poll: Option<Instant>,
+    /// When the event being handled was handed out.
+    handed_at: Option<Instant>,
 }
 
 #[derive(Clone)]
 struct RuntimeApi {
     state: Arc<Mutex<RunState>>,
-    responses: mpsc::UnboundedSender<(Instant, bool)>,
+    /// `(handed out, answered, succeeded)` per invocation.
+    responses: mpsc::UnboundedSender<(Option<Instant>, Instant, bool)>,
 }
 
 async fn next(State(api): State<RuntimeApi>) -> axum::response::Response {
     let event = {
         let mut state = api.state.lock().expect("bench state");
         state.first_poll.get_or_insert_with(Instant::now);
-        state.event.take()
+        let event = state.events.pop_front();
+        if event.is_some() {
+            state.handed_at = Some(Instant::now());
+        }
+        event
     };
     let Some(event) = event else {
-        // One invocation per process: hold the poll until the process is killed.
+        // No more events for this process: hold the poll until it is killed.
         return std::future::pending().await;
     };
     let deadline = chrono::Utc::now().timestamp_millis() + 30_000;
@@ -79,12 +86,16 @@ async fn respond(
     UrlPath((_, outcome)): UrlPath<(String, String)>,
     _body: Bytes,
 ) -> StatusCode {
-    let _ = api.responses.send((Instant::now(), outcome == "response"));
+    // Read before the runtime can poll for (and be handed) the next event.
+    let handed = api.state.lock().expect("bench state").handed_at;
+    let _ = api
+        .responses
+        .send((handed, Instant::now(), outcome == "response"));
     StatusCode::ACCEPTED
 }
 
 async fn init_error(State(api): State<RuntimeApi>, _body: Bytes) -> StatusCode {
-    let _ = api.responses.send((Instant::now(), false));
+    let _ = api.responses.send((None, Instant::now(), false));
     StatusCode::ACCEPTED
 }
 
@@ -109,36 +120,142 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// A local Runtime API and the processes it serves.
+pub struct Harness {
+    api: RuntimeApi,
+    responses: mpsc::UnboundedReceiver<(Option<Instant>, Instant, bool)>,
+    address: String,
+}
+
+impl Harness {
+    pub async fn start() -> Result<Self, String> {
+        let (tx, responses) = mpsc::unbounded_channel();
+        let api = RuntimeApi {
+            state: Arc::default(),
+            responses: tx,
+        };
+        let app = Router::new()
+            .route(&format!("{RUNTIME_PREFIX}/invocation/next"), get(next))
+            .route(
+                &format!("{RUNTIME_PREFIX}/invocation/{{id}}/{{outcome}}"),
+                post(respond),
+            )
+            .route(&format!("{RUNTIME_PREFIX}/init/error"), post(init_error))
+            .with_state(api.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| e.to_string())?
+            .to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self {
+            api,
+            responses,
+            address,
+        })
+    }
+
+    /// Starts `binary` as Lambda would, to be handed `events` one by one.
+    fn spawn(
+        &self,
+        binary: &Path,
+        name: &str,
+        env: &[(String, String)],
+        events: Vec<Value>,
+    ) -> Result<tokio::process::Child, String> {
+        *self.api.state.lock().expect("bench state") = RunState {
+            events: events.into(),
+            ..RunState::default()
+        };
+        tokio::process::Command::new(binary)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PATH", "/usr/bin:/bin")
+            .env("AWS_LAMBDA_RUNTIME_API", &self.address)
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("_HANDLER", "bootstrap")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", binary.display()))
+    }
+
+    /// The next answer: `(handed out, answered)`, or why there was none.
+    async fn answer(&mut self, name: &str) -> Result<(Option<Instant>, Instant), String> {
+        let (handed, at, ok) = tokio::time::timeout(Duration::from_secs(20), self.responses.recv())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("{name} did not answer its event"))?;
+        if ok {
+            Ok((handed, at))
+        } else {
+            Err(format!("{name} returned an error for its sample event"))
+        }
+    }
+
+    /// One cold start: `(init ms, first invocation ms, peak RSS KiB)`.
+    async fn cold_start(
+        &mut self,
+        binary: &Path,
+        name: &str,
+        env: &[(String, String)],
+        event: &Value,
+    ) -> Result<(f64, f64, Option<u64>), String> {
+        let started = Instant::now();
+        let mut child = self.spawn(binary, name, env, vec![event.clone()])?;
+        let answered = self.answer(name).await;
+        let rss = child.id().and_then(peak_rss_kib);
+        let _ = child.kill().await;
+        let (_, at) = answered?;
+        let first_poll = self
+            .api
+            .state
+            .lock()
+            .expect("bench state")
+            .first_poll
+            .ok_or("no poll recorded")?;
+        Ok((ms(first_poll - started), ms(at - first_poll), rss))
+    }
+
+    /// Latencies of `count` warm invocations with `event`, each from handing
+    /// it out to the answer (the first, cold one is left out).
+    pub async fn warm(
+        &mut self,
+        binary: &Path,
+        name: &str,
+        env: &[(String, String)],
+        event: &Value,
+        count: usize,
+    ) -> Result<Vec<f64>, String> {
+        let events = std::iter::repeat_n(event.clone(), count + 1).collect();
+        let mut child = self.spawn(binary, name, env, events)?;
+        let mut latencies = Vec::with_capacity(count);
+        for i in 0..=count {
+            let (handed, at) = self.answer(name).await?;
+            if i > 0 {
+                latencies.push(ms(at - handed.ok_or("no event handed")?));
+            }
+        }
+        let _ = child.kill().await;
+        Ok(latencies)
+    }
+}
+
 /// Measures every function of the template whose release binary is in `release_dir`.
 pub async fn measure(
+    harness: &mut Harness,
     template: &Template,
     root: &Path,
     release_dir: &Path,
     env_of: impl Fn(&FunctionSpec) -> Result<Vec<(String, String)>, String>,
     runs: usize,
 ) -> Result<Vec<Figures>, String> {
-    let (tx, mut responses) = mpsc::unbounded_channel();
-    let api = RuntimeApi {
-        state: Arc::default(),
-        responses: tx,
-    };
-    let app = Router::new()
-        .route(&format!("{RUNTIME_PREFIX}/invocation/next"), get(next))
-        .route(
-            &format!("{RUNTIME_PREFIX}/invocation/{{id}}/{{outcome}}"),
-            post(respond),
-        )
-        .route(&format!("{RUNTIME_PREFIX}/init/error"), post(init_error))
-        .with_state(api.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let runtime_api = listener
-        .local_addr()
-        .map_err(|e| e.to_string())?
-        .to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
     let mut all = Vec::new();
     for function in template.functions().map_err(|e| e.to_string())? {
         let binary = release_dir.join(&function.binary);
@@ -160,46 +277,11 @@ pub async fn measure(
             peak_rss_kib: Vec::new(),
         };
         for _ in 0..runs {
-            *api.state.lock().expect("bench state") = RunState {
-                event: Some(event.clone()),
-                first_poll: None,
-            };
-            let started = Instant::now();
-            let mut child = tokio::process::Command::new(&binary)
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .env("PATH", "/usr/bin:/bin")
-                .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
-                .env("AWS_LAMBDA_FUNCTION_NAME", &function.binary)
-                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-                .env("_HANDLER", "bootstrap")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| format!("{}: {e}", binary.display()))?;
-            let answered = tokio::time::timeout(Duration::from_secs(20), responses.recv()).await;
-            let rss = child.id().and_then(peak_rss_kib);
-            let _ = child.kill().await;
-            let (at, ok) = answered
-                .ok()
-                .flatten()
-                .ok_or_else(|| format!("{} did not answer its event", function.binary))?;
-            if !ok {
-                return Err(format!(
-                    "{} returned an error for its sample event",
-                    function.binary
-                ));
-            }
-            let first_poll = api
-                .state
-                .lock()
-                .expect("bench state")
-                .first_poll
-                .ok_or("no poll recorded")?;
-            figures.init_ms.push(ms(first_poll - started));
-            figures.first_invoke_ms.push(ms(at - first_poll));
+            let (init, first, rss) = harness
+                .cold_start(&binary, &function.binary, &env, &event)
+                .await?;
+            figures.init_ms.push(init);
+            figures.first_invoke_ms.push(first);
             figures.peak_rss_kib.extend(rss);
         }
         all.push(figures);
@@ -213,6 +295,7 @@ fn ms(d: Duration) -> f64 {
 
 fn sample_event(root: &Path, function: &str) -> Result<Value, String> {
     let candidates = [
+        format!("events/{function}.json"),
         format!("events/{function}-health.json"),
         format!("events/{function}-sqs-batch.json"),
         format!("events/{function}-schedule.json"),
@@ -346,14 +429,77 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         crate::bootstrap::environment_of(function, &resolver, &endpoint, region)
             .map_err(|e| e.to_string())
     };
-    let figures = measure(&template, root, &release_dir(root), env_of, runs).await?;
+    let mut harness = Harness::start().await?;
+    let figures = measure(
+        &mut harness,
+        &template,
+        root,
+        &release_dir(root),
+        env_of,
+        runs,
+    )
+    .await?;
+
+    // Warm GET /api/prices: from this instance's memory, and with the memory
+    // cache off, from DynamoDB (a fresh latest is seeded first).
+    let prices_spec = template
+        .functions()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|f| f.binary == "prices")
+        .ok_or("no prices function in the template")?;
+    let mut prices_env = env_of(&prices_spec)?;
+    let prices_table = prices_env
+        .iter()
+        .find(|(k, _)| k == "PRICES_TABLE")
+        .map(|(_, v)| v.clone())
+        .ok_or("prices has no PRICES_TABLE")?;
+    let seeded = shared::prices::types::Quote {
+        metal: shared::prices::types::Metal::Gold,
+        currency: shared::prices::types::Currency::usd(),
+        price: 2650.0,
+        bid: None,
+        ask: None,
+        provider: "bench".into(),
+        ts: chrono::Utc::now(),
+    };
+    shared::aws::prices::DynamoPrices::new(aws_sdk_dynamodb::Client::new(&aws), &prices_table)
+        .record(&seeded, chrono::TimeDelta::days(1))
+        .await
+        .map_err(|e| e.to_string())?;
+    let event = sample_event(root, "prices-gold")?;
+    let binary = release_dir(root).join("prices");
+    let mut from_memory = harness
+        .warm(&binary, "prices", &prices_env, &event, 200)
+        .await?;
+    prices_env.push(("MEMORY_CACHE_SECONDS".into(), "0".into()));
+    let mut from_dynamodb = harness
+        .warm(&binary, "prices", &prices_env, &event, 50)
+        .await?;
+    let warm = |name: &str, sample: &mut Vec<f64>| {
+        sample.sort_by(f64::total_cmp);
+        let at = |p: f64| sample[((sample.len() - 1) as f64 * p).round() as usize];
+        format!(
+            "| {name} | {} | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+            sample.len(),
+            at(0.5),
+            at(0.95),
+            at(0.99)
+        )
+    };
+
     let body = format!(
         "Measured by `make bench` on {} ({}), {runs} cold starts per function, \
-         release profile, native {} build.\n\n{}",
+         release profile, native {} build.\n\n{}\n\
+         Warm `GET /api/prices?metal=gold` in one instance (invocation handed out → answer), \
+         DynamoDB being the local emulator:\n\n\
+         | served from | requests | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n{}{}",
         chrono::Utc::now().format("%Y-%m-%d"),
         machine(),
         std::env::consts::ARCH,
-        table(&figures)
+        table(&figures),
+        warm("memory (60 s cache)", &mut from_memory),
+        warm("DynamoDB (memory cache off)", &mut from_dynamodb),
     );
     println!("{body}");
     let path = root.join("docs/perf.md");
