@@ -347,7 +347,9 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
 
     let requests: usize = record.latencies.values().map(Vec::len).sum();
     let mut report = format!(
-        "`make loadtest` on {}: {} tenants, {} req/s for {:.0} s, {} events per POST.\n\n\
+        "`make loadtest` on {}: {} tenants, {} req/s for {:.0} s, {} events per POST. \
+         Latencies are the local emulator's and cargo-lambda's (one instance per function, \
+         requests queue behind it), not Lambda's; the achieved rate counts until the last answer.\n\n\
          | requests | achieved rate | errors | events accepted | resent requests | total − distinct accepted |\n\
          |---:|---:|---:|---:|---:|---:|\n\
          | {requests} | {:.1} req/s | {} | {events_accepted} | {} | **{difference}** |\n\n\
