@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use lambda_runtime::{Error, LambdaEvent};
+use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
 use shared::aws::SdkConfig;
 use shared::aws::prices::DynamoPrices;
@@ -88,6 +88,31 @@ pub struct ScheduledFetch {
     pub execution_id: String,
 }
 
+/// Why a run failed; its name is the `errorType` Lambda reports.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("provider keys: {0}")]
+    Keys(String),
+    #[error("prices table: {0}")]
+    Store(#[from] shared::aws::StoreError),
+    #[error("every provider failed: {0}")]
+    AllProvidersFailed(String),
+}
+
+impl From<FetchError> for lambda_runtime::Diagnostic {
+    fn from(error: FetchError) -> Self {
+        let error_type = match &error {
+            FetchError::Keys(_) => "ProviderKeysUnavailable",
+            FetchError::Store(_) => "PricesTableUnavailable",
+            FetchError::AllProvidersFailed(_) => "AllProvidersFailed",
+        };
+        Self {
+            error_type: error_type.to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
 /// What one run did; returned to the invoker.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FetchReport {
@@ -101,12 +126,12 @@ pub struct FetchReport {
 pub async fn handle(
     fetcher: &Fetcher,
     event: LambdaEvent<ScheduledFetch>,
-) -> Result<FetchReport, Error> {
+) -> Result<FetchReport, FetchError> {
     let ScheduledFetch {
         scheduled_time,
         execution_id,
     } = event.payload;
-    let providers = fetcher.providers().await?;
+    let providers = fetcher.providers().await.map_err(FetchError::Keys)?;
     let config = &fetcher.config;
     let settings = &config.settings;
     let mut report = FetchReport {
@@ -175,7 +200,7 @@ pub async fn handle(
             failures.join("; ")
         };
         tracing::error!(reason, "every provider failed; nothing written");
-        return Err(format!("every provider failed: {reason}").into());
+        return Err(FetchError::AllProvidersFailed(reason));
     }
     tracing::info!(written = ?report.written, "prices fetched");
     Ok(report)
