@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
-use super::{StoreError, n, s};
+use super::{StoreError, n, query_all, s};
 use crate::metering::alerts::{Alert, AlertStore};
 
 const PENDING: &str = "ALERTS#PENDING";
@@ -100,35 +100,25 @@ impl AlertStore for DynamoAlerts {
     }
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
-        let mut alerts = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .filter_expression("lease_until < :now")
-                .expression_attribute_values(":pk", s(PENDING))
-                .expression_attribute_values(":now", n(now.timestamp()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| StoreError::aws("Query", &e))?;
-            for item in page.items() {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .filter_expression("lease_until < :now")
+            .expression_attribute_values(":pk", s(PENDING))
+            .expression_attribute_values(":now", n(now.timestamp()));
+        query_all(request)
+            .await?
+            .iter()
+            .map(|item| {
                 let json = item
                     .get("alert")
                     .and_then(|v| v.as_s().ok())
                     .map_or("", String::as_str);
-                alerts.push(
-                    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                );
-            }
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                return Ok(alerts);
-            }
-        }
+                serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
     }
 
     async fn claim(

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{StoreError, n, s};
+use super::{StoreError, n, query_all, s};
 use crate::backoff::jittered;
 use crate::metering::rollup::{Chunk, Commit, Counter, Ledger};
 use crate::metering::types::TenantId;
@@ -225,29 +225,16 @@ impl DynamoLedger {
         sk_condition: &str,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let mut request = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression(format!("pk = :pk AND {sk_condition}"))
-                .expression_attribute_values(":pk", s(&pk))
-                .set_exclusive_start_key(start);
-            for (name, value) in &values {
-                request = request.expression_attribute_values(*name, value.clone());
-            }
-            let page = request
-                .send()
-                .await
-                .map_err(|e| StoreError::aws("Query", &e))?;
-            items.extend(page.items.unwrap_or_default());
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                return Ok(items);
-            }
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression(format!("pk = :pk AND {sk_condition}"))
+            .expression_attribute_values(":pk", s(&pk));
+        for (name, value) in values {
+            request = request.expression_attribute_values(name, value);
         }
+        query_all(request).await
     }
 }
 

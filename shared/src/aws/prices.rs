@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{StoreError, n, s};
+use super::{StoreError, n, query_all, s};
 use crate::prices::failover::{Breaker, BreakerStore};
 use crate::prices::providers::ProviderId;
 use crate::prices::types::{Currency, Metal, Quote};
@@ -19,6 +19,11 @@ pub struct DynamoPrices {
 
 fn series_pk(metal: Metal, currency: &Currency) -> String {
     format!("PRICE#{metal}#{currency}")
+}
+
+/// History points sort by time: fixed-width UTC with milliseconds.
+fn history_sk(ts: DateTime<Utc>) -> String {
+    format!("TS#{}", ts.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
 }
 
 fn key(pk: String, sk: impl Into<String>) -> HashMap<String, AttributeValue> {
@@ -49,10 +54,7 @@ impl DynamoPrices {
         let mut latest = quote_item(quote)?;
         latest.extend(key(pk.clone(), "LATEST"));
         let mut point = quote_item(quote)?;
-        point.extend(key(
-            pk,
-            format!("TS#{}", quote.ts.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
-        ));
+        point.extend(key(pk, history_sk(quote.ts)));
         point.insert("expires_at".into(), n((quote.ts + retention).timestamp()));
         for item in [point, latest] {
             self.client
@@ -92,35 +94,19 @@ impl DynamoPrices {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Quote>, StoreError> {
-        let mut quotes = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-                .expression_attribute_values(":pk", s(series_pk(metal, currency)))
-                .expression_attribute_values(
-                    ":from",
-                    s(format!("TS#{}", from.format("%Y-%m-%dT%H:%M:%S%.3fZ"))),
-                )
-                .expression_attribute_values(
-                    ":to",
-                    s(format!("TS#{}", to.format("%Y-%m-%dT%H:%M:%S%.3fZ"))),
-                )
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| StoreError::aws("Query", &e))?;
-            for item in page.items.unwrap_or_default() {
-                quotes.push(serde_dynamo::from_item(item).map_err(corrupt)?);
-            }
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                return Ok(quotes);
-            }
-        }
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", s(series_pk(metal, currency)))
+            .expression_attribute_values(":from", s(history_sk(from)))
+            .expression_attribute_values(":to", s(history_sk(to)));
+        query_all(request)
+            .await?
+            .into_iter()
+            .map(|item| serde_dynamo::from_item(item).map_err(corrupt))
+            .collect()
     }
 }
 
