@@ -122,6 +122,14 @@ impl World {
         )
     }
 
+    async fn latest_gold(&self) -> Option<Quote> {
+        self.prices()
+            .await
+            .latest(Metal::Gold, &usd())
+            .await
+            .unwrap()
+    }
+
     async fn set_keys(&self, keys: serde_json::Value) {
         aws_sdk_secretsmanager::Client::new(&support::aws().await)
             .put_secret_value()
@@ -221,13 +229,14 @@ async fn fails_over_in_priority_order_and_writes_latest_and_history() {
         "no further provider once all metals are in"
     );
 
-    let prices = w.prices().await;
-    let gold = prices.latest(Metal::Gold, &usd()).await.unwrap().unwrap();
+    let gold = w.latest_gold().await.unwrap();
     assert_eq!(
         (gold.price, gold.provider.as_str()),
         (2651.0, "metalpriceapi")
     );
-    let history = prices
+    let history = w
+        .prices()
+        .await
         .series(
             Metal::Gold,
             &usd(),
@@ -316,13 +325,7 @@ async fn an_outlier_is_rejected_unless_a_second_provider_confirms_it() {
     let report = run(&w.fetcher().await).await.unwrap();
     assert_eq!(report.rejected_outliers, 1);
     assert_eq!(report.written["gold/USD"], "metalpriceapi");
-    let gold = w
-        .prices()
-        .await
-        .latest(Metal::Gold, &usd())
-        .await
-        .unwrap()
-        .unwrap();
+    let gold = w.latest_gold().await.unwrap();
     assert_eq!(gold.price, 2010.0);
     assert_eq!(
         report.written["silver/USD"], "metals.dev",
@@ -340,13 +343,7 @@ async fn an_outlier_confirmed_by_a_second_provider_is_accepted() {
     let report = run(&w.fetcher().await).await.unwrap();
     assert_eq!(report.rejected_outliers, 0);
     assert_eq!(report.written["gold/USD"], "metals.dev");
-    let gold = w
-        .prices()
-        .await
-        .latest(Metal::Gold, &usd())
-        .await
-        .unwrap()
-        .unwrap();
+    let gold = w.latest_gold().await.unwrap();
     assert_eq!(gold.price, 2640.0);
 }
 
@@ -362,14 +359,7 @@ async fn when_every_provider_fails_nothing_is_written_and_the_run_fails() {
         "{error}"
     );
     assert!(!error.contains("k1"), "keys never appear in errors");
-    assert!(
-        w.prices()
-            .await
-            .latest(Metal::Gold, &usd())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(w.latest_gold().await.is_none());
 }
 
 // ------------------------------------------------------------------ the API
@@ -462,13 +452,7 @@ async fn a_stale_latest_is_refreshed_live_and_written_back() {
         (body["latest"]["provider"].as_str(), body["stale"].as_bool()),
         (Some("metals.dev"), Some(false))
     );
-    let stored = w
-        .prices()
-        .await
-        .latest(Metal::Gold, &usd())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = w.latest_gold().await.unwrap();
     assert_eq!(stored.provider, "metals.dev");
 }
 
