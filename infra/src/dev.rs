@@ -34,6 +34,9 @@ pub struct DevOptions {
     pub region: String,
     /// Serve optimised builds (`INGOT_RELEASE=1`).
     pub release: bool,
+    /// Where the log and the functions' env file go (`INGOT_STATE_DIR`,
+    /// default `.local`).
+    pub state_dir: PathBuf,
 }
 
 impl DevOptions {
@@ -44,12 +47,14 @@ impl DevOptions {
             Err(_) => Ok(default),
         };
         Ok(Self {
-            root,
             moto_port: port("INGOT_MOTO_PORT", 4566)?,
             lambda_port: port("INGOT_LAMBDA_PORT", 9000)?,
             stack: "ingot-local".to_owned(),
             region: "us-east-1".to_owned(),
             release: std::env::var("INGOT_RELEASE").is_ok_and(|v| v == "1"),
+            state_dir: std::env::var_os("INGOT_STATE_DIR")
+                .map_or_else(|| root.join(".local"), PathBuf::from),
+            root,
         })
     }
 
@@ -297,7 +302,7 @@ async fn start(
         &options.region,
     )
     .map_err(|e| e.to_string())?;
-    let env_file = options.root.join(".local/functions.env");
+    let env_file = options.state_dir.join("functions.env");
     let body: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     std::fs::write(&env_file, body).map_err(|e| format!("{}: {e}", env_file.display()))?;
     log.line(
@@ -427,7 +432,10 @@ async fn start(
             secret.name, secret.value
         ));
     }
-    summary.push_str("  logs         .local/dev.log    (Ctrl-C stops everything)");
+    summary.push_str(&format!(
+        "  logs         {}    (Ctrl-C stops everything)",
+        options.state_dir.join("dev.log").display()
+    ));
     for line in summary.lines() {
         log.line("dev", line);
     }

@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
         .as_slice()
     {
         ["dev"] => {
-            let log = match Log::open(&root.join(".local/dev.log")) {
+            let log = match Log::open(&options.state_dir.join("dev.log")) {
                 Ok(log) => log,
                 Err(e) => return fail(&e.to_string()),
             };

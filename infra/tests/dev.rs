@@ -1,0 +1,111 @@
+//! `make dev` end to end: the runner brings up the emulator, every function
+//! and the SQS event source on free ports, each HTTP function answers its
+//! health check, a queued message reaches `rollup`, and a Ctrl-C (SIGINT)
+//! stops everything and frees the ports.
+//!
+//! The runner builds the functions with cargo while this test runs under
+//! cargo, so it gets its own target directory (outside the checkout, kept
+//! between runs) instead of waiting on the one `cargo test` holds.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use local::emulator::{free_port, port_open};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let (moto_port, lambda_port) = (free_port().unwrap(), free_port().unwrap());
+    let state =
+        std::env::temp_dir().join(format!("ingot-dev-test-{}", uuid::Uuid::new_v4().simple()));
+    let target = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/ingot/dev-test-target");
+
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingot-local"))
+        .arg("dev")
+        .current_dir(&root)
+        .env("INGOT_MOTO_PORT", moto_port.to_string())
+        .env("INGOT_LAMBDA_PORT", lambda_port.to_string())
+        .env("INGOT_STATE_DIR", &state)
+        .env("CARGO_TARGET_DIR", &target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ingot-local dev starts");
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+
+    // A first run compiles every function: allow for it.
+    let up = tokio::time::timeout(Duration::from_secs(1500), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.contains("Ingot is up.");
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        up,
+        Ok(true),
+        "make dev did not come up:\n{}",
+        seen.join("\n")
+    );
+
+    let http = reqwest::Client::new();
+    for function in ["prices", "ingest", "usage", "chat-stream"] {
+        let url = format!("http://127.0.0.1:{lambda_port}/lambda-url/{function}/health");
+        let status = http.get(&url).send().await.map(|r| r.status().as_u16());
+        assert_eq!(status.ok(), Some(200), "{function}");
+    }
+
+    // A message on the queue is delivered to rollup by the event source.
+    let aws =
+        local::bootstrap::emulator_config(&format!("http://127.0.0.1:{moto_port}"), "us-east-1")
+            .await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let queue = sqs
+        .get_queue_url()
+        .queue_name("ingot-local-events")
+        .send()
+        .await
+        .unwrap();
+    sqs.send_message()
+        .queue_url(queue.queue_url().unwrap())
+        .message_body("not an event batch")
+        .send()
+        .await
+        .unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("batch delivered") && line.contains("rollup") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(delivered, Ok(true), "the message never reached rollup");
+
+    // Ctrl-C: everything stops and both ports are free again.
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(dev.id().unwrap() as i32, libc::SIGINT) };
+    let exited = tokio::time::timeout(Duration::from_secs(60), dev.wait()).await;
+    assert!(
+        matches!(exited, Ok(Ok(_))),
+        "make dev did not stop on Ctrl-C"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!port_open(lambda_port), "cargo lambda still holds its port");
+    assert!(!port_open(moto_port), "the emulator still holds its port");
+    let _ = std::fs::remove_dir_all(state);
+}
