@@ -297,7 +297,8 @@ async fn the_breaker_opens_half_opens_and_closes() {
     assert!(report.written.values().all(|p| p == "metals.dev"));
 }
 
-async fn seed_gold(w: &World, price: f64) {
+/// Stores a gold price observed `age` ago, as `price-fetch` would.
+async fn seed_gold(w: &World, price: f64, age: TimeDelta) {
     let quote = Quote {
         metal: Metal::Gold,
         currency: usd(),
@@ -305,7 +306,7 @@ async fn seed_gold(w: &World, price: f64) {
         bid: None,
         ask: None,
         provider: "seed".into(),
-        ts: Utc::now() - TimeDelta::minutes(5),
+        ts: Utc::now() - age,
     };
     w.prices()
         .await
@@ -317,7 +318,7 @@ async fn seed_gold(w: &World, price: f64) {
 #[tokio::test]
 async fn an_outlier_is_rejected_unless_a_second_provider_confirms_it() {
     let w = world().await;
-    seed_gold(&w, 2000.0).await;
+    seed_gold(&w, 2000.0, TimeDelta::minutes(5)).await;
     // metals.dev jumps 32%; metalpriceapi still sees the old level.
     w.stub(ProviderId::MetalsDev).set(|_| metals_dev_ok(2640.0));
     w.stub(ProviderId::MetalPriceApi)
@@ -336,7 +337,7 @@ async fn an_outlier_is_rejected_unless_a_second_provider_confirms_it() {
 #[tokio::test]
 async fn an_outlier_confirmed_by_a_second_provider_is_accepted() {
     let w = world().await;
-    seed_gold(&w, 2000.0).await;
+    seed_gold(&w, 2000.0, TimeDelta::minutes(5)).await;
     w.stub(ProviderId::MetalsDev).set(|_| metals_dev_ok(2640.0));
     w.stub(ProviderId::MetalPriceApi)
         .set(|_| metalpriceapi_ok(2645.0));
@@ -416,7 +417,7 @@ async fn a_memory_hit_touches_neither_dynamodb_nor_the_provider() {
 #[tokio::test]
 async fn a_fresh_latest_in_dynamodb_is_served_without_asking_a_provider() {
     let w = world().await;
-    seed_gold(&w, 2000.0).await;
+    seed_gold(&w, 2000.0, TimeDelta::minutes(5)).await;
     let (status, _, body) = get(&w.api().await, "/api/prices?metal=gold&window=1h").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["latest"]["provider"], "seed");
@@ -426,27 +427,10 @@ async fn a_fresh_latest_in_dynamodb_is_served_without_asking_a_provider() {
     assert!(w.stubs.iter().all(|(_, s)| s.calls() == 0));
 }
 
-async fn seed_old(w: &World, price: f64) {
-    let quote = Quote {
-        metal: Metal::Gold,
-        currency: usd(),
-        price,
-        bid: Some(price - 1.0),
-        ask: Some(price + 1.0),
-        provider: "seed".into(),
-        ts: Utc::now() - TimeDelta::hours(1),
-    };
-    w.prices()
-        .await
-        .record(&quote, TimeDelta::days(1))
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_stale_latest_is_refreshed_live_and_written_back() {
     let w = world().await;
-    seed_old(&w, 2640.0).await;
+    seed_gold(&w, 2640.0, TimeDelta::hours(1)).await;
     let (_, _, body) = get(&w.api().await, "/api/prices?metal=gold").await;
     assert_eq!(
         (body["latest"]["provider"].as_str(), body["stale"].as_bool()),
@@ -459,7 +443,7 @@ async fn a_stale_latest_is_refreshed_live_and_written_back() {
 #[tokio::test]
 async fn with_providers_down_a_stale_price_is_served_and_marked() {
     let w = world().await;
-    seed_old(&w, 2640.0).await;
+    seed_gold(&w, 2640.0, TimeDelta::hours(1)).await;
     for (_, stub) in &w.stubs {
         stub.set(server_error);
     }
@@ -489,7 +473,7 @@ async fn with_no_price_and_no_provider_the_answer_is_503() {
 #[tokio::test]
 async fn if_none_match_gets_a_304() {
     let w = world().await;
-    seed_gold(&w, 2000.0).await;
+    seed_gold(&w, 2000.0, TimeDelta::minutes(5)).await;
     let api = w.api().await;
     let (_, headers, _) = get(&api, "/api/prices?metal=gold").await;
     let etag = headers[header::ETAG].to_str().unwrap().to_owned();
@@ -505,7 +489,7 @@ async fn if_none_match_gets_a_304() {
 #[tokio::test]
 async fn prices_convert_exactly_between_units() {
     let w = world().await;
-    seed_gold(&w, 3110.34768).await;
+    seed_gold(&w, 3110.34768, TimeDelta::minutes(5)).await;
     let api = w.api().await;
     let (_, _, grams) = get(&api, "/api/prices?metal=gold&unit=g").await;
     assert_eq!(grams["latest"]["price"], 100.0);

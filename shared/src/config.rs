@@ -114,14 +114,6 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    pub const PRICE_PROVIDERS: [Upstream; 5] = [
-        Upstream::MetalsDev,
-        Upstream::MetalPriceApi,
-        Upstream::MetalsApi,
-        Upstream::GoldApiIo,
-        Upstream::GoldApiCom,
-    ];
-
     pub const fn env_var(self) -> &'static str {
         match self {
             Upstream::Anthropic => "ANTHROPIC_BASE_URL",

@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use chrono::{DateTime, Utc};
 use lambda_runtime::{Error, LambdaEvent};
 use shared::aws::SdkConfig;
 use shared::aws::alerts::DynamoAlerts;
@@ -191,13 +190,11 @@ pub async fn handle(
 /// What counting one tenant's events did.
 struct TenantOutcome {
     tenant: Tenant,
-    periods: BTreeSet<BillingPeriodKey>,
+    periods: BTreeSet<BillingPeriod>,
     events: u64,
     duplicates: u64,
     items_written: u64,
 }
-
-type BillingPeriodKey = (DateTime<Utc>, DateTime<Utc>);
 
 async fn count_tenant(
     rollup: &Rollup,
@@ -225,10 +222,7 @@ async fn count_tenant(
     );
     let periods = events
         .iter()
-        .map(|e| {
-            let p = BillingPeriod::containing(e.timestamp, tenant.billing_day);
-            (p.start, p.end)
-        })
+        .map(|e| BillingPeriod::containing(e.timestamp, tenant.billing_day))
         .collect();
     Ok(TenantOutcome {
         tenant,
@@ -244,24 +238,20 @@ async fn count_tenant(
 /// batch). Returns the messages to redeliver because a check failed.
 async fn run_alerts(
     rollup: &Rollup,
-    touched: &[(Tenant, BTreeSet<BillingPeriodKey>, Vec<String>)],
+    touched: &[(Tenant, BTreeSet<BillingPeriod>, Vec<String>)],
 ) -> Vec<String> {
     if let Err(error) = alerts::retry_due(&rollup.alerts, &rollup.webhooks).await {
         tracing::error!(%error, "retrying pending alerts failed; a later batch will");
     }
     let mut failed = Vec::new();
     for (tenant, periods, message_ids) in touched {
-        for (start, end) in periods {
-            let period = BillingPeriod {
-                start: *start,
-                end: *end,
-            };
+        for period in periods {
             let result = async {
                 let used = rollup
                     .ledger
                     .period_total(&tenant.id, &period.key())
                     .await?;
-                alerts::raise(&rollup.alerts, &rollup.webhooks, tenant, &period, used).await
+                alerts::raise(&rollup.alerts, &rollup.webhooks, tenant, period, used).await
             }
             .await;
             if let Err(error) = result {

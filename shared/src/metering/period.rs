@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::types::BillingDay;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct BillingPeriod {
     pub start: DateTime<Utc>,
     /// Exclusive: the start of the next period.

@@ -19,6 +19,24 @@ pub struct Unknown {
     pub allowed: String,
 }
 
+/// The member of `all` that `matches`, or an error listing every name.
+fn find<T: Copy>(
+    what: &'static str,
+    value: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    matches: impl Fn(T) -> bool,
+) -> Result<T, Unknown> {
+    all.iter()
+        .copied()
+        .find(|t| matches(*t))
+        .ok_or_else(|| Unknown {
+            what,
+            value: value.to_owned(),
+            allowed: all.iter().map(|t| name(*t)).collect::<Vec<_>>().join(", "),
+        })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Metal {
@@ -56,16 +74,9 @@ impl Metal {
     }
 
     pub fn parse(value: &str) -> Result<Self, Unknown> {
-        Self::ALL
-            .into_iter()
-            .find(|m| {
-                m.name().eq_ignore_ascii_case(value) || m.symbol().eq_ignore_ascii_case(value)
-            })
-            .ok_or_else(|| Unknown {
-                what: "metal",
-                value: value.to_owned(),
-                allowed: Self::ALL.map(Metal::name).join(", "),
-            })
+        find("metal", value, &Self::ALL, Metal::name, |m| {
+            m.name().eq_ignore_ascii_case(value) || m.symbol().eq_ignore_ascii_case(value)
+        })
     }
 }
 
@@ -135,14 +146,7 @@ impl Unit {
     }
 
     pub fn parse(value: &str) -> Result<Self, Unknown> {
-        Self::ALL
-            .into_iter()
-            .find(|u| u.name() == value)
-            .ok_or_else(|| Unknown {
-                what: "unit",
-                value: value.to_owned(),
-                allowed: Self::ALL.map(Unit::name).join(", "),
-            })
+        find("unit", value, &Self::ALL, Unit::name, |u| u.name() == value)
     }
 
     /// A per-troy-ounce price in this unit.
@@ -181,14 +185,9 @@ impl Window {
     }
 
     pub fn parse(value: &str) -> Result<Self, Unknown> {
-        Self::ALL
-            .into_iter()
-            .find(|w| w.name() == value)
-            .ok_or_else(|| Unknown {
-                what: "window",
-                value: value.to_owned(),
-                allowed: Self::ALL.map(Window::name).join(", "),
-            })
+        find("window", value, &Self::ALL, Window::name, |w| {
+            w.name() == value
+        })
     }
 
     pub fn span(self) -> TimeDelta {
