@@ -42,6 +42,7 @@ async fn every_http_function_is_healthy_against_the_template_resources() {
                 "chat_table",
                 "events_queue",
                 "rate_limit_table",
+                "tenants_table",
                 "usage_table",
             ],
         ),

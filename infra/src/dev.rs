@@ -295,13 +295,42 @@ async fn start(
     let generated = bootstrap(template, &mut resolver, &aws)
         .await
         .map_err(|e| e.to_string())?;
-    let env = merged_environment(
+    let mut env = merged_environment(
         template,
         &resolver,
         &options.moto_endpoint(),
         &options.region,
     )
     .map_err(|e| e.to_string())?;
+
+    // 2b. Chat's upstreams: a local sign-in issuer (its token is printed
+    //     below) and the Anthropic stub, unless ANTHROPIC_BASE_URL is set.
+    let upstreams = crate::stubs::dev_upstreams()
+        .await
+        .map_err(|e| format!("chat stubs: {e}"))?;
+    for (name, value) in [
+        ("JWKS_URL", upstreams.jwks_url.as_str()),
+        ("JWT_ISSUER", upstreams.issuer.issuer.as_str()),
+        ("JWT_AUDIENCES", crate::stubs::DEV_AUDIENCE),
+        ("ANTHROPIC_BASE_URL", upstreams.anthropic_url.as_str()),
+    ] {
+        env.retain(|(n, _)| n != name);
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    if let Some((_, secret)) = env.iter().find(|(n, _)| n == "ANTHROPIC_API_KEY_SECRET") {
+        aws_sdk_secretsmanager::Client::new(&aws)
+            .put_secret_value()
+            .secret_id(secret)
+            .secret_string(serde_json::json!({"api_key": upstreams.anthropic_key}).to_string())
+            .send()
+            .await
+            .map_err(|e| format!("storing the Anthropic key: {e}"))?;
+    }
+    let token = upstreams
+        .issuer
+        .token("dev-user", Duration::from_secs(24 * 3600));
+    let token_file = options.state_dir.join("dev-token");
+    std::fs::write(&token_file, &token).map_err(|e| format!("{}: {e}", token_file.display()))?;
     let env_file = options.state_dir.join("functions.env");
     let body: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     std::fs::write(&env_file, body).map_err(|e| format!("{}: {e}", env_file.display()))?;
@@ -432,6 +461,15 @@ async fn start(
             secret.name, secret.value
         ));
     }
+    summary.push_str(&format!(
+        "  chat         {} ({}); sign-in token for dev-user in {}:\n\
+         \x20              curl -N -H \"Authorization: Bearer $(cat {})\" -d '{{\"message\":\"hello\"}}' {}/lambda-url/chat-stream/api/v1/chat/stream\n",
+        if upstreams.stubbed { "Anthropic stub" } else { "Anthropic" },
+        upstreams.anthropic_url,
+        token_file.display(),
+        token_file.display(),
+        options.lambda_endpoint(),
+    ));
     summary.push_str(&format!(
         "  logs         {}    (Ctrl-C stops everything)",
         options.state_dir.join("dev.log").display()

@@ -11,7 +11,8 @@
 //! - [`invoke`]: calls a function through cargo-lambda's Invoke API;
 //! - [`dev`]: runs all of it together and stops it cleanly;
 //! - [`bench`]: measures the functions' release binaries (`make bench`);
-//! - [`loadtest`]: load against `make dev`, then an exact count check (`make loadtest`).
+//! - [`loadtest`]: load against `make dev`, then an exact count check (`make loadtest`);
+//! - [`stubs`]: a local sign-in issuer and Anthropic stub for chat.
 
 pub mod bench;
 pub mod bootstrap;
@@ -21,4 +22,5 @@ pub mod invoke;
 pub mod loadtest;
 pub mod pump;
 pub mod schedule;
+pub mod stubs;
 pub mod template;

@@ -10,6 +10,7 @@ use crate::aws::secrets::CachedSecret;
 use crate::aws::tenants::CachedKeys;
 use crate::error::ApiError;
 use crate::http::bearer;
+use crate::jwt::{Subject, Verifier, VerifyError};
 use crate::metering::tenants::{ApiKey, Tenant};
 
 fn unauthorized(code: &'static str, detail: &str) -> ApiError {
@@ -76,6 +77,26 @@ pub async fn require_tenant(headers: &HeaderMap, keys: &CachedKeys) -> Result<Te
         ));
     }
     Ok(tenant)
+}
+
+/// Requires a signed-in user: a JWT the issuer's keys verify.
+pub async fn require_user(
+    headers: &HeaderMap,
+    verifier: Option<&Verifier>,
+) -> Result<Subject, ApiError> {
+    let token = bearer(headers).ok_or_else(missing)?;
+    let Some(verifier) = verifier else {
+        tracing::error!("JWKS_URL is not set: sign-in is off");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sign_in_unavailable",
+            "sign-in is not configured on this deployment",
+        ));
+    };
+    verifier.verify(token).await.map_err(|e| match e {
+        VerifyError::KeysUnavailable(_) => ApiError::unavailable("sign-in keys (JWKS)", 5),
+        other => unauthorized("invalid_token", &other.to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -40,6 +40,13 @@ impl Env {
         }
     }
 
+    /// This snapshot with `name` set to `value` (tests and the local cloud
+    /// override single variables this way).
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.vars.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
     /// The variable's value; unset and empty are the same thing.
     pub fn optional(&self, name: &str) -> Option<&str> {
         self.vars

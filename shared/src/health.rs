@@ -26,6 +26,8 @@ enum Probe {
     Table(aws_sdk_dynamodb::Client, String),
     Queue(aws_sdk_sqs::Client, String),
     Secret(aws_sdk_secretsmanager::Client, String),
+    /// An HTTP endpoint that must answer 2xx to a GET (e.g. a JWKS).
+    Url(reqwest::Client, String),
 }
 
 impl Probe {
@@ -35,6 +37,11 @@ impl Probe {
                 Probe::Table(client, name) => probe_table(client, name).await,
                 Probe::Queue(client, url) => probe_queue(client, url).await,
                 Probe::Secret(client, id) => probe_secret(client, id).await,
+                Probe::Url(client, url) => match client.get(url).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.without_url().to_string()),
+                },
             }
         };
         tokio::time::timeout(PROBE_TIMEOUT, probe)
@@ -88,6 +95,12 @@ impl HealthChecks {
         self
     }
 
+    pub fn url(mut self, label: &'static str, client: &reqwest::Client, url: &str) -> Self {
+        self.probes
+            .push((label, Probe::Url(client.clone(), url.to_owned())));
+        self
+    }
+
     /// A router serving `GET /health` with these checks.
     pub fn route(self) -> Router {
         let checks = Arc::new(self);
@@ -100,8 +113,9 @@ impl HealthChecks {
         )
     }
 
-    /// Probes every dependency concurrently.
-    pub async fn report(&self) -> Response {
+    /// Probes every dependency concurrently: each one's state, and the
+    /// labels of those that failed.
+    async fn probe_all(&self) -> (Map<String, Value>, Vec<&'static str>) {
         let results = join_all(
             self.probes
                 .iter()
@@ -121,7 +135,23 @@ impl HealthChecks {
                 }
             };
         }
+        (checks, failed)
+    }
 
+    /// Each dependency's state, always 200 (a status page, not a probe):
+    /// `status` is `ok` or `degraded`.
+    pub async fn status(&self) -> Value {
+        let (checks, failed) = self.probe_all().await;
+        json!({
+            "status": if failed.is_empty() { "ok" } else { "degraded" },
+            "version": self.version,
+            "dependencies": checks,
+        })
+    }
+
+    /// 200 with every check, or 503 naming the failed ones.
+    pub async fn report(&self) -> Response {
+        let (checks, failed) = self.probe_all().await;
         if failed.is_empty() {
             Json(json!({
                 "status": "ok",

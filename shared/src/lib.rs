@@ -17,10 +17,12 @@
 pub mod auth;
 pub mod aws;
 pub mod backoff;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod jwt;
 pub mod metering;
 pub mod prices;
 pub mod telemetry;

@@ -28,6 +28,8 @@ pub const NAMESPACE: &str = "Ingot";
 pub enum Unit {
     Count,
     Milliseconds,
+    /// A plain number, e.g. a cost in USD.
+    None,
 }
 
 impl Unit {
@@ -35,6 +37,7 @@ impl Unit {
         match self {
             Unit::Count => "Count",
             Unit::Milliseconds => "Milliseconds",
+            Unit::None => "None",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Shared fixtures for the integration tests: one AWS emulator (moto) per
 //! test binary on a free port, and unique names so tests never share state.
 
+pub mod chat;
 pub mod metering;
 
 use std::collections::HashMap;

@@ -428,28 +428,11 @@ async fn proxy(
             None
         }
     };
-    let limit_headers = |d: &shared::aws::ratelimit::Decision| {
-        [
-            ("x-ratelimit-limit", d.limit.to_string()),
-            ("x-ratelimit-remaining", d.remaining.to_string()),
-            ("x-ratelimit-reset", d.reset.timestamp().to_string()),
-        ]
-    };
     if let Some(d) = decision.filter(|d| !d.allowed) {
-        let retry = (d.reset - Utc::now()).num_seconds().max(1) as u64;
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+        return Ok(d.refusal(
             format!("at most {} proxy requests per minute", d.limit),
-        )
-        .with_retry_after(retry)
-        .into_response();
-        for (name, value) in limit_headers(&d) {
-            response
-                .headers_mut()
-                .insert(name, HeaderValue::from_str(&value).expect("digits"));
-        }
-        return Ok(response);
+            Utc::now(),
+        ));
     }
 
     let id = ProviderId::parse(&provider).ok_or_else(|| {
@@ -501,11 +484,7 @@ async fn proxy(
         .ok_or_else(|| ApiError::unavailable(id.name(), 30))?;
     let mut response = Json(latest_json(&quote, false, Unit::Toz)).into_response();
     if let Some(d) = decision {
-        for (name, value) in limit_headers(&d) {
-            response
-                .headers_mut()
-                .insert(name, HeaderValue::from_str(&value).expect("digits"));
-        }
+        d.apply_headers(response.headers_mut());
     }
     Ok(response)
 }

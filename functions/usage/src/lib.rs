@@ -3,8 +3,10 @@
 //! - `POST /admin/tenants`, `GET /admin/tenants`, `GET|PATCH
 //!   /admin/tenants/{id}`, `POST /admin/tenants/{id}/keys` (admin token);
 //! - `GET /usage/{tenant}` (that tenant's API key, or the admin token);
-//! - `GET /admin/usage` (every tenant's period total) and `GET /dashboard`.
+//! - `GET /admin/usage` (every tenant's period total) and `GET /dashboard`;
+//! - chat's JSON routes, for signed-in users: see [`chat`].
 
+mod chat;
 mod dashboard;
 
 use std::collections::HashMap;
@@ -22,13 +24,16 @@ use serde_json::{Value, json};
 use shared::auth::{is_admin, require_admin, require_tenant};
 use shared::aws::SdkConfig;
 use shared::aws::StoreError;
+use shared::aws::chat::{ChatUsers, DynamoChat};
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::secrets::CachedSecret;
 use shared::aws::tenants::{CachedKeys, DynamoTenants};
+use shared::chat::settings::ChatSettings;
 use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, JsonBody, finish};
+use shared::jwt::{JwtSettings, Verifier};
 use shared::metering::period::BillingPeriod;
 use shared::metering::tenants::{ApiKey, NewTenant, Tenant, TenantPatch};
 use shared::metering::types::TenantId;
@@ -46,6 +51,13 @@ pub struct Config {
     pub key_grace: TimeDelta,
     /// How long a tenant key lookup is remembered (`KEY_CACHE_SECONDS`).
     pub key_cache: Duration,
+    /// Chat's dependencies, for `/api/v1/status`.
+    pub rate_limit_table: String,
+    pub events_queue_url: String,
+    pub anthropic_api_key_secret: String,
+    /// Sign-in for the chat routes; they answer 503 while it is unset.
+    pub jwt: Option<JwtSettings>,
+    pub chat: ChatSettings,
     pub cors: CorsOrigins,
 }
 
@@ -58,6 +70,11 @@ impl Config {
             admin_token_secret: env.required("ADMIN_TOKEN_SECRET")?,
             key_grace: TimeDelta::seconds(env.parse_or("KEY_GRACE_SECONDS", 86_400)?),
             key_cache: Duration::from_secs(env.parse_or("KEY_CACHE_SECONDS", 30)?),
+            rate_limit_table: env.required("RATE_LIMIT_TABLE")?,
+            events_queue_url: env.required("EVENTS_QUEUE_URL")?,
+            anthropic_api_key_secret: env.required("ANTHROPIC_API_KEY_SECRET")?,
+            jwt: JwtSettings::from_env(env)?,
+            chat: ChatSettings::from_env(env)?,
             cors: CorsOrigins::from_env(env)?,
         })
     }
@@ -70,6 +87,16 @@ struct App {
     ledger: DynamoLedger,
     admin_token: Arc<CachedSecret>,
     key_grace: TimeDelta,
+    chat: Arc<Chat>,
+}
+
+/// What the chat routes need.
+struct Chat {
+    verifier: Option<Arc<Verifier>>,
+    users: ChatUsers,
+    store: DynamoChat,
+    settings: ChatSettings,
+    status: HealthChecks,
 }
 
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
@@ -86,6 +113,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             Duration::from_secs(300),
         )),
         key_grace: config.key_grace,
+        chat: Arc::new(chat_routes(config, aws)),
     };
     let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
         .table("tenants_table", &dynamodb, &config.tenants_table)
@@ -99,9 +127,66 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         .route("/usage/{tenant}", get(usage))
         .route("/admin/usage", get(all_usage))
         .route("/dashboard", get(dashboard::page))
+        .route("/api/v1/usage/current", get(chat::current))
+        .route("/api/v1/usage/history", get(chat::history))
+        .route("/api/v1/status", get(chat::status))
         .with_state(app)
         .merge(health.route());
     finish(routes, &config.cors)
+}
+
+fn chat_routes(config: &Config, aws: &SdkConfig) -> Chat {
+    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("the HTTP client builds with static settings");
+    let store = DynamoChat::new(dynamodb.clone(), &config.chat_table);
+    let mut status = HealthChecks::new("chat", env!("CARGO_PKG_VERSION"))
+        .table("chat_table", &dynamodb, &config.chat_table)
+        .table("usage_table", &dynamodb, &config.usage_table)
+        .table("tenants_table", &dynamodb, &config.tenants_table)
+        .table("rate_limit_table", &dynamodb, &config.rate_limit_table)
+        .queue(
+            "events_queue",
+            &aws_sdk_sqs::Client::new(aws),
+            &config.events_queue_url,
+        )
+        .secret(
+            "anthropic_api_key_secret",
+            &aws_sdk_secretsmanager::Client::new(aws),
+            &config.anthropic_api_key_secret,
+        );
+    if let Some(jwt) = &config.jwt {
+        status = status.url("sign_in_keys", &http, &jwt.jwks_url);
+    }
+    Chat {
+        verifier: config
+            .jwt
+            .clone()
+            .map(|jwt| Arc::new(Verifier::new(jwt, http))),
+        users: ChatUsers::new(
+            store.clone(),
+            DynamoTenants::new(dynamodb, &config.tenants_table),
+            config.chat.tiers,
+        ),
+        store,
+        settings: config.chat.clone(),
+        status,
+    }
+}
+
+/// `?limit=` of a paginated list: 1 to 100.
+fn page_limit(query: &HashMap<String, String>, default: i32) -> Result<i32, ApiError> {
+    match query.get("limit") {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<i32>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be from 1 to 100")),
+    }
 }
 
 fn store_unavailable(error: StoreError) -> ApiError {
@@ -164,14 +249,7 @@ async fn list_tenants(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&headers, &app.admin_token).await?;
-    let limit = match query.get("limit") {
-        None => 50,
-        Some(raw) => raw
-            .parse::<i32>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be from 1 to 100"))?,
-    };
+    let limit = page_limit(&query, 50)?;
     let page = app
         .tenants
         .list(limit, query.get("cursor").map(String::as_str))

@@ -6,6 +6,7 @@
 //! which is the only thing `make dev` changes.
 
 pub mod alerts;
+pub mod chat;
 pub mod ledger;
 pub mod prices;
 pub mod queue;
@@ -16,6 +17,7 @@ pub mod tenants;
 use aws_config::BehaviorVersion;
 pub use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::AttributeValue;
+use base64::Engine;
 
 /// A store (table or queue) failed, or held something unreadable.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,36 @@ pub(crate) async fn query_all(
             return Ok(items);
         }
     }
+}
+
+/// Pages can end on any item, so the cursor carries both keys.
+pub(crate) fn encode_cursor(key: &std::collections::HashMap<String, AttributeValue>) -> String {
+    let part = |name: &str| {
+        key.get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}\n{}",
+        part("pk"),
+        part("sk")
+    ))
+}
+
+pub(crate) fn decode_cursor(
+    cursor: &str,
+) -> Result<std::collections::HashMap<String, AttributeValue>, StoreError> {
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or(StoreError::BadCursor)?;
+    let (pk, sk) = text.split_once('\n').ok_or(StoreError::BadCursor)?;
+    Ok(std::collections::HashMap::from([
+        ("pk".to_owned(), s(pk)),
+        ("sk".to_owned(), s(sk)),
+    ]))
 }
 
 /// A string attribute.

@@ -6,9 +6,12 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::ReturnValue;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Utc};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::{StoreError, n, s};
+use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
@@ -26,7 +29,82 @@ pub struct Decision {
     pub reset: DateTime<Utc>,
 }
 
+impl Decision {
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (epoch seconds).
+    pub fn apply_headers(&self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            ("x-ratelimit-limit", self.limit.to_string()),
+            ("x-ratelimit-remaining", self.remaining.to_string()),
+            ("x-ratelimit-reset", self.reset.timestamp().to_string()),
+        ] {
+            headers.insert(name, HeaderValue::from_str(&value).expect("digits"));
+        }
+    }
+
+    /// The 429 for a refused request: problem+json, `Retry-After` until the
+    /// window resets, and the limit headers.
+    pub fn refusal(&self, detail: String, now: DateTime<Utc>) -> Response {
+        let retry = (self.reset - now).num_seconds().max(1) as u64;
+        let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+            .with_retry_after(retry)
+            .into_response();
+        self.apply_headers(response.headers_mut());
+        response
+    }
+}
+
+/// One fixed window of a limit: its name (in keys and messages), size and
+/// how many requests it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub name: &'static str,
+    pub length: TimeDelta,
+    pub limit: u32,
+}
+
+/// The result of counting a request against several windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// The refusing window, or the one with the fewest requests left.
+    pub binding: Decision,
+    /// Which window `binding` is.
+    pub window: &'static str,
+}
+
 impl RateLimiter {
+    /// Counts one request of `subject` against each window in turn and
+    /// stops at the first that refuses, so a request refused by the minute
+    /// window never uses up the hour. `None` if there are no windows.
+    pub async fn hit_windows(
+        &self,
+        subject: &str,
+        windows: &[Window],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Verdict>, StoreError> {
+        let mut verdict: Option<Verdict> = None;
+        for window in windows {
+            let decision = self
+                .hit(
+                    &format!("{subject}#{}", window.name),
+                    window.limit,
+                    window.length,
+                    now,
+                )
+                .await?;
+            let tighter = verdict.is_none_or(|v| decision.remaining < v.binding.remaining);
+            if !decision.allowed || tighter {
+                verdict = Some(Verdict {
+                    binding: decision,
+                    window: window.name,
+                });
+            }
+            if !decision.allowed {
+                break;
+            }
+        }
+        Ok(verdict)
+    }
+
     pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
         Self {
             client,

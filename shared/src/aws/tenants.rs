@@ -3,11 +3,10 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{StoreError, s};
+use super::{StoreError, decode_cursor, encode_cursor, s};
 use crate::metering::tenants::{KeyHash, Tenant, TenantPatch};
 use crate::metering::types::TenantId;
 
@@ -306,31 +305,6 @@ fn is_condition_failure<R>(
     error
         .as_service_error()
         .is_some_and(|e| e.is_conditional_check_failed_exception())
-}
-
-/// Scan pages can end on any item, so the cursor carries both keys.
-fn encode_cursor(key: &HashMap<String, AttributeValue>) -> String {
-    let part = |name: &str| {
-        key.get(name)
-            .and_then(|v| v.as_s().ok())
-            .cloned()
-            .unwrap_or_default()
-    };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-        "{}\n{}",
-        part("pk"),
-        part("sk")
-    ))
-}
-
-fn decode_cursor(cursor: &str) -> Result<HashMap<String, AttributeValue>, StoreError> {
-    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or(StoreError::BadCursor)?;
-    let (pk, sk) = text.split_once('\n').ok_or(StoreError::BadCursor)?;
-    Ok(key(pk.to_owned(), sk))
 }
 
 /// Tenants by API key, remembered per warm instance for `ttl`: ingest then

@@ -183,7 +183,7 @@ fn random_hex(uuids: usize) -> String {
         .collect()
 }
 
-fn signing_secret() -> String {
+pub fn signing_secret() -> String {
     use base64::Engine;
     let bytes: Vec<u8> = Sha256::digest(random_hex(2)).to_vec();
     format!(

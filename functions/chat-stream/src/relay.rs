@@ -1,0 +1,297 @@
+//! The streaming half: one task per request reads Anthropic's stream and
+//! writes ours into a channel that is the response body.
+//!
+//! The task owns the upstream response, so when the client goes away (the
+//! body, and with it the channel's receiver, is dropped) it notices at once
+//! (`closed()`), drops the upstream request — which cancels it — and still
+//! records the usage the stream reported so far. Usage is recorded before
+//! `stream_complete` is sent and before the body ends, so the invocation
+//! never finishes with usage unwritten.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::Response;
+use futures_util::StreamExt;
+use shared::aws::chat::UsageRecord;
+use shared::backoff::jittered;
+use shared::chat::anthropic::{SseParser, UpstreamEvent};
+use shared::chat::history::{Role, Turn};
+use shared::chat::metering::usage_events;
+use shared::chat::relay::{ClientEvent, Ending, KEEP_ALIVE, Relay};
+use shared::metering::ingest::pack;
+use shared::telemetry::{Metrics, Unit};
+use tokio::sync::mpsc;
+
+use super::{Admitted, App, FUNCTION};
+
+/// Client events buffered between the relay task and the response body.
+const CHANNEL_DEPTH: usize = 64;
+/// Sending the usage events to the queue: attempts before giving up (and
+/// logging them for replay).
+const QUEUE_ATTEMPTS: u32 = 3;
+
+pub(crate) fn respond(
+    app: Arc<App>,
+    admitted: Admitted,
+    upstream: reqwest::Response,
+    started: Instant,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let limits = admitted.limits;
+    tokio::spawn(run(app, admitted, upstream, started, tx));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(bytes), rx))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    headers.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    if let Some(limits) = limits {
+        limits.binding.apply_headers(headers);
+    }
+    response
+}
+
+async fn send(tx: &mpsc::Sender<Bytes>, text: String) -> bool {
+    tx.send(Bytes::from(text)).await.is_ok()
+}
+
+async fn run(
+    app: Arc<App>,
+    admitted: Admitted,
+    upstream: reqwest::Response,
+    started: Instant,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let config = &app.config;
+    let mut relay = Relay::default();
+    let mut parser = SseParser::default();
+    let mut first_text: Option<Duration> = None;
+
+    let start = ClientEvent::StreamStart {
+        request_id: admitted.request_id.clone(),
+        conversation_id: admitted.request.conversation_id.as_str().to_owned(),
+        model: admitted.request.model.clone(),
+    };
+    if !send(&tx, start.to_sse()).await {
+        relay.cut_short(Ending::Disconnected);
+    }
+
+    let mut body = upstream.bytes_stream();
+    let mut silent = Duration::ZERO;
+    while relay.ending().is_none() {
+        let mut out: Vec<ClientEvent> = Vec::new();
+        tokio::select! {
+            biased;
+            () = tx.closed() => {
+                relay.cut_short(Ending::Disconnected);
+            }
+            next = tokio::time::timeout(config.keep_alive, body.next()) => match next {
+                Err(_) => {
+                    silent += config.keep_alive;
+                    if silent >= config.idle_timeout {
+                        out.extend(relay.cut_short(Ending::Failed(
+                            "upstream_timeout".to_owned(),
+                            "the model API stopped sending".to_owned(),
+                        )));
+                    } else if !send(&tx, KEEP_ALIVE.to_owned()).await {
+                        relay.cut_short(Ending::Disconnected);
+                    }
+                }
+                Ok(None) => {
+                    out.extend(relay.cut_short(Ending::Failed(
+                        "upstream_incomplete".to_owned(),
+                        "the model API ended the stream early".to_owned(),
+                    )));
+                }
+                Ok(Some(Err(error))) => {
+                    tracing::warn!(error = %error.without_url(), "upstream stream broke");
+                    out.extend(relay.cut_short(Ending::Failed(
+                        "upstream_interrupted".to_owned(),
+                        "the connection to the model API broke".to_owned(),
+                    )));
+                }
+                Ok(Some(Ok(bytes))) => {
+                    silent = Duration::ZERO;
+                    for frame in parser.push(&bytes) {
+                        match UpstreamEvent::parse(&frame) {
+                            Some(event) => out.extend(relay.on(event)),
+                            None => tracing::debug!(event = ?frame.event, "skipped an unreadable upstream event"),
+                        }
+                    }
+                }
+            }
+        }
+        for event in out {
+            if first_text.is_none() && matches!(event, ClientEvent::ContentDelta { .. }) {
+                first_text = Some(started.elapsed());
+            }
+            if !send(&tx, event.to_sse()).await {
+                relay.cut_short(Ending::Disconnected);
+                break;
+            }
+        }
+    }
+    // Dropping the upstream body closes its connection: a disconnected
+    // client's request stops generating (and costing) tokens here.
+    drop(body);
+
+    let ending = relay.ending().cloned().unwrap_or(Ending::Disconnected);
+    let model = &admitted.request.model;
+    let usage = relay.usage();
+    let cost_usd = config
+        .chat
+        .models
+        .get(model)
+        .map_or(0.0, |price| price.cost_usd(&usage));
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let outcome = match &ending {
+        Ending::Complete => "complete",
+        Ending::Failed(..) => "error",
+        Ending::Disconnected => "disconnected",
+    };
+
+    if relay.started() {
+        let record = UsageRecord {
+            request_id: admitted.request_id.clone(),
+            conversation_id: admitted.request.conversation_id.as_str().to_owned(),
+            model: model.clone(),
+            usage,
+            cost_usd,
+            latency_ms,
+            stop_reason: relay.stop_reason().map(str::to_owned),
+            outcome: outcome.to_owned(),
+            created_at: admitted.at,
+        };
+        let remember = async {
+            if ending == Ending::Complete && !relay.text().is_empty() {
+                let exchange = [
+                    &Turn::new(Role::User, admitted.request.message.as_str()),
+                    &Turn::new(Role::Assistant, relay.text()),
+                ];
+                if let Err(error) = app
+                    .chat
+                    .append(
+                        &admitted.subject,
+                        admitted.request.conversation_id.as_str(),
+                        exchange,
+                        !admitted.request.continues,
+                        admitted.at,
+                    )
+                    .await
+                {
+                    tracing::error!(%error, "could not store the exchange in the history");
+                }
+            }
+        };
+        tokio::join!(record_usage(&app, &admitted, &record), remember);
+    }
+
+    let mut metrics = Metrics::new()
+        .dimension("Function", FUNCTION)
+        .value("ChatRequests", Unit::Count, 1.0)
+        .value("ChatInputTokens", Unit::Count, usage.input_tokens as f64)
+        .value("ChatOutputTokens", Unit::Count, usage.output_tokens as f64)
+        .value(
+            "ChatCacheReadTokens",
+            Unit::Count,
+            usage.cache_read_input_tokens as f64,
+        )
+        .value(
+            "ChatCacheWriteTokens",
+            Unit::Count,
+            usage.cache_creation_input_tokens as f64,
+        )
+        .value("ChatCostUsd", Unit::None, cost_usd)
+        .value(
+            "ChatStreamErrors",
+            Unit::Count,
+            f64::from(u8::from(matches!(ending, Ending::Failed(..)))),
+        );
+    if let Some(ttft) = first_text {
+        metrics = metrics.value(
+            "ChatTimeToFirstTokenMs",
+            Unit::Milliseconds,
+            ttft.as_secs_f64() * 1000.0,
+        );
+    }
+    metrics.emit();
+    tracing::info!(
+        request_id = admitted.request_id,
+        model,
+        outcome,
+        input_tokens = usage.input_tokens,
+        output_tokens = usage.output_tokens,
+        cache_read_tokens = usage.cache_read_input_tokens,
+        cache_write_tokens = usage.cache_creation_input_tokens,
+        cost_usd,
+        latency_ms,
+        "chat finished"
+    );
+
+    if ending == Ending::Complete {
+        let complete = ClientEvent::StreamComplete {
+            usage,
+            cost_usd,
+            latency_ms,
+            stop_reason: relay.stop_reason().map(str::to_owned),
+        };
+        send(&tx, complete.to_sse()).await;
+    }
+}
+
+/// The usage record (history) and the metering events (quota, rollups).
+/// Event ids come from the request id, so a resend is counted once; if the
+/// queue stays down, the events are logged whole so they can be replayed.
+async fn record_usage(app: &App, admitted: &Admitted, record: &UsageRecord) {
+    let stored = app.chat.record_usage(&admitted.subject, record);
+    let events = usage_events(
+        &admitted.request_id,
+        &record.model,
+        &record.usage,
+        admitted.at,
+    );
+    let bodies = pack(&admitted.tenant.id, &events);
+    let queued = async {
+        let mut attempt = 0;
+        loop {
+            match app.queue.send(&bodies).await {
+                Ok(_) => return Ok(()),
+                Err(error) if attempt + 1 >= QUEUE_ATTEMPTS => return Err(error),
+                Err(_) => {
+                    tokio::time::sleep(jittered(Duration::from_millis(100), attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    };
+    let (stored, queued) = tokio::join!(stored, queued);
+    if let Err(error) = stored {
+        tracing::error!(%error, request_id = record.request_id, "could not store the usage record");
+    }
+    if let Err(error) = queued {
+        tracing::error!(
+            %error,
+            request_id = record.request_id,
+            messages = ?bodies,
+            "could not queue the chat usage events; replay these messages"
+        );
+        Metrics::new()
+            .dimension("Function", FUNCTION)
+            .value("ChatUsageUnqueued", Unit::Count, events.len() as f64)
+            .emit();
+    }
+}

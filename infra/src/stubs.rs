@@ -1,0 +1,479 @@
+//! Local stand-ins for the two upstreams chat depends on, speaking their
+//! real formats: a sign-in issuer (generated keys, a JWKS endpoint, signed
+//! tokens) and Anthropic's streaming Messages API. `make dev` runs both
+//! unless real ones are configured; the integration tests drive them.
+//!
+//! The Anthropic stub picks its behaviour from markers in the last user
+//! message, so a test (or `curl`) chooses a scenario without a side channel:
+//! - `[overloaded]`: HTTP 529 before any stream, every time;
+//! - `[overloaded-once]`: 529 on the first attempt of this body, then a stream;
+//! - `[error]`: starts streaming, then an `error` event (`overloaded_error`);
+//! - `[gated]`: sends the first delta, then waits for [`AnthropicStub::open_gate`];
+//! - `[slow]`: 50 deltas, 100 ms apart;
+//! - anything else: echoes the message back word by word.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+/// Serves `router` on an ephemeral local port; returns its base URL.
+pub async fn serve(router: Router) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(format!("http://{address}"))
+}
+
+/// Chat's upstreams for `make dev`: the local issuer always, and the
+/// Anthropic stub unless `ANTHROPIC_BASE_URL` points at a real API.
+pub struct DevUpstreams {
+    pub issuer: Arc<Issuer>,
+    pub jwks_url: String,
+    pub anthropic_url: String,
+    /// The key to store in the Anthropic secret: `ANTHROPIC_API_KEY`, or a
+    /// placeholder the stub accepts.
+    pub anthropic_key: String,
+    pub stubbed: bool,
+}
+
+/// The audience of local sign-in tokens.
+pub const DEV_AUDIENCE: &str = "http://localhost";
+
+pub async fn dev_upstreams() -> std::io::Result<DevUpstreams> {
+    let issuer_url = "https://ingot.local";
+    let issuer = Arc::new(Issuer::generate(issuer_url, DEV_AUDIENCE));
+    let jwks_url = format!("{}/.well-known/jwks.json", serve(issuer.router()).await?);
+    let real = std::env::var("ANTHROPIC_BASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let (anthropic_url, stubbed) = match real {
+        Some(url) => (url, false),
+        None => (serve(AnthropicStub::new().router()).await?, true),
+    };
+    let anthropic_key = std::env::var("ANTHROPIC_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "sk-ant-local-stub".to_owned());
+    Ok(DevUpstreams {
+        issuer,
+        jwks_url,
+        anthropic_url,
+        anthropic_key,
+        stubbed,
+    })
+}
+
+/// A sign-in issuer with one ES256 and one RS256 key, both in its JWKS.
+pub struct Issuer {
+    pub issuer: String,
+    pub audience: String,
+    es256: (String, EncodingKey),
+    rs256: (String, EncodingKey),
+    jwks: JwkSet,
+    fetches: AtomicUsize,
+}
+
+/// The RSAPrivateKey (PKCS#1) inside a PKCS#8 PrivateKeyInfo, which is
+/// what jsonwebtoken's RSA signer reads.
+fn pkcs1_of_pkcs8(der: &[u8]) -> Option<&[u8]> {
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            let len = rest
+                .get(..n)?
+                .iter()
+                .fold(0usize, |acc, &b| acc << 8 | usize::from(b));
+            (len, &rest[n..])
+        };
+        Some((tag, rest.get(..len)?, &rest[len..]))
+    }
+    let (0x30, info, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x02, _, rest) = tlv(info)? else {
+        return None;
+    };
+    let (0x30, _, rest) = tlv(rest)? else {
+        return None;
+    };
+    let (0x04, pkcs1, _) = tlv(rest)? else {
+        return None;
+    };
+    Some(pkcs1)
+}
+
+impl Issuer {
+    /// Fresh keys: every run (and every test) signs with its own.
+    pub fn generate(issuer: &str, audience: &str) -> Self {
+        let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("EC key");
+        let ec_der = ec.to_pkcs8v1().expect("PKCS#8");
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("RSA key");
+        let rsa_pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&rsa).expect("PKCS#8");
+        let rsa_der = pkcs1_of_pkcs8(rsa_pkcs8.as_ref()).expect("PKCS#8 wraps PKCS#1");
+        Self::from_keys(
+            issuer,
+            audience,
+            EncodingKey::from_ec_der(ec_der.as_ref()),
+            EncodingKey::from_rsa_der(rsa_der),
+        )
+    }
+
+    fn from_keys(issuer: &str, audience: &str, es: EncodingKey, rs: EncodingKey) -> Self {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let es256 = (format!("es-{suffix}"), es);
+        let rs256 = (format!("rs-{suffix}"), rs);
+        let public = |(kid, key): &(String, EncodingKey), alg| {
+            let mut jwk = Jwk::from_encoding_key(key, alg).expect("public JWK");
+            jwk.common.key_id = Some(kid.clone());
+            jwk
+        };
+        let jwks = JwkSet {
+            keys: vec![
+                public(&es256, Algorithm::ES256),
+                public(&rs256, Algorithm::RS256),
+            ],
+        };
+        Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            es256,
+            rs256,
+            jwks,
+            fetches: AtomicUsize::new(0),
+        }
+    }
+
+    /// Signs `claims` as given (tests build bad tokens with this).
+    pub fn sign(&self, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+        let (own_kid, key) = match alg {
+            Algorithm::RS256 => &self.rs256,
+            _ => &self.es256,
+        };
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.unwrap_or(own_kid).to_owned());
+        jsonwebtoken::encode(&header, claims, key).expect("signing with a generated key")
+    }
+
+    /// The claims of a valid session token for `subject`, good for `ttl`.
+    pub fn claims(&self, subject: &str, ttl: Duration) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({
+            "sub": subject,
+            "iss": self.issuer,
+            "azp": self.audience,
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + ttl.as_secs() as i64,
+        })
+    }
+
+    /// A valid ES256 token for `subject`.
+    pub fn token(&self, subject: &str, ttl: Duration) -> String {
+        self.sign(Algorithm::ES256, None, &self.claims(subject, ttl))
+    }
+
+    /// How many times the JWKS was fetched.
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    /// `GET /.well-known/jwks.json`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let issuer = Arc::clone(self);
+        Router::new().route(
+            "/.well-known/jwks.json",
+            get(move || {
+                let issuer = Arc::clone(&issuer);
+                async move {
+                    issuer.fetches.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(issuer.jwks.clone())
+                }
+            }),
+        )
+    }
+}
+
+/// What the Anthropic stub saw and did.
+#[derive(Default)]
+pub struct AnthropicStub {
+    requests: Mutex<Vec<Value>>,
+    /// Bodies already refused once (`[overloaded-once]`).
+    refused: Mutex<HashSet<String>>,
+    /// System prompts seen: the next request with one reads it from "cache".
+    cached: Mutex<HashSet<String>>,
+    gate: Notify,
+    sent_last: AtomicBool,
+    completed: AtomicUsize,
+    cancelled: AtomicUsize,
+    attempts: AtomicUsize,
+}
+
+impl AnthropicStub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/messages", post(messages))
+            .with_state(Arc::clone(self))
+    }
+
+    /// Request bodies received, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// HTTP requests received, including refused ones.
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
+
+    /// Streams that ran to `message_stop`.
+    pub fn completed(&self) -> usize {
+        self.completed.load(Ordering::SeqCst)
+    }
+
+    /// Streams whose client (the proxy) hung up before the end.
+    pub fn cancelled(&self) -> usize {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Whether a stream has sent its last event.
+    pub fn sent_last(&self) -> bool {
+        self.sent_last.load(Ordering::SeqCst)
+    }
+
+    /// Lets a `[gated]` stream finish.
+    pub fn open_gate(&self) {
+        self.gate.notify_one();
+    }
+}
+
+fn error(status: u16, kind: &str, message: &str) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(json!({"type": "error", "error": {"type": kind, "message": message}})),
+    )
+        .into_response()
+}
+
+fn frame(data: &Value) -> Bytes {
+    let name = data["type"].as_str().unwrap_or("message");
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+fn last_user_text(body: &Value) -> String {
+    let Some(content) = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .map(|m| &m["content"])
+    else {
+        return String::new();
+    };
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// About four characters per token, like the real tokenizer on English.
+fn tokens(chars: usize) -> u64 {
+    chars.div_ceil(4).max(1) as u64
+}
+
+async fn messages(
+    State(stub): State<Arc<AnthropicStub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    stub.attempts.fetch_add(1, Ordering::SeqCst);
+    if headers.get("x-api-key").is_none_or(|k| k.is_empty()) {
+        return error(401, "authentication_error", "invalid x-api-key");
+    }
+    if headers.get("anthropic-version").is_none() {
+        return error(
+            400,
+            "invalid_request_error",
+            "anthropic-version header is required",
+        );
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(400, "invalid_request_error", "body is not JSON");
+    };
+    let text = last_user_text(&request);
+    if text.contains("[overloaded]") {
+        return error(529, "overloaded_error", "Overloaded");
+    }
+    if text.contains("[overloaded-once]")
+        && stub
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(String::from_utf8_lossy(&body).into_owned())
+    {
+        return error(529, "overloaded_error", "Overloaded");
+    }
+    stub.requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(request.clone());
+
+    let system = request["system"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let system_tokens = if system.is_empty() {
+        0
+    } else {
+        tokens(system.len())
+    };
+    let cached = !stub
+        .cached
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(system);
+    let prompt_chars: usize = request["messages"].as_array().map_or(0, |m| {
+        m.iter().map(|m| m["content"].to_string().len()).sum()
+    });
+    let input_tokens = tokens(prompt_chars);
+    let (cache_write, cache_read) = if cached {
+        (0, system_tokens)
+    } else {
+        (system_tokens, 0)
+    };
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("claude-sonnet-4-5")
+        .to_owned();
+
+    let words: Vec<String> = if text.contains("[slow]") {
+        (0..50).map(|i| format!("word{i} ")).collect()
+    } else {
+        format!("You said: {text}")
+            .split_inclusive(' ')
+            .map(str::to_owned)
+            .collect()
+    };
+    let pace = if text.contains("[slow]") {
+        Duration::from_millis(100)
+    } else {
+        Duration::ZERO
+    };
+    let gated = text.contains("[gated]");
+    let fail = text.contains("[error]");
+
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let task_stub = Arc::clone(&stub);
+    tokio::spawn(async move {
+        let stub = task_stub;
+        let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        let mut events = vec![
+            json!({"type": "message_start", "message": {
+                "id": id, "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": cache_write,
+                          "cache_read_input_tokens": cache_read, "output_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "ping"}),
+        ];
+        let first_delta = events.len();
+        for word in &words {
+            events.push(json!({"type": "content_block_delta", "index": 0,
+                               "delta": {"type": "text_delta", "text": word}}));
+        }
+        if fail {
+            events.truncate(first_delta + 2);
+            events.push(json!({"type": "message_delta",
+                               "delta": {"stop_reason": null, "stop_sequence": null},
+                               "usage": {"output_tokens": 2}}));
+            events.push(json!({"type": "error",
+                               "error": {"type": "overloaded_error", "message": "Overloaded"}}));
+        } else {
+            events.push(json!({"type": "content_block_stop", "index": 0}));
+            events.push(json!({"type": "message_delta",
+                               "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                               "usage": {"output_tokens": words.len() / 2 + 1}}));
+            events.push(json!({"type": "message_delta",
+                               "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                               "usage": {"output_tokens": words.len()}}));
+            events.push(json!({"type": "message_stop"}));
+        }
+        let last = events.len() - 1;
+        for (i, event) in events.iter().enumerate() {
+            if i > first_delta && i < first_delta + words.len() && !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
+            if gated && i == first_delta + 1 {
+                stub.gate.notified().await;
+            }
+            if tx.send(frame(event)).await.is_err() {
+                stub.cancelled.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if i == last {
+                stub.sent_last.store(true, Ordering::SeqCst);
+            }
+        }
+        stub.completed.fetch_add(1, Ordering::SeqCst);
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, std::convert::Infallible>(bytes), rx))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_sign_tokens_their_jwks_verifies() {
+        let issuer = Issuer::generate("https://issuer.test", "app");
+        for alg in [Algorithm::ES256, Algorithm::RS256] {
+            let token = issuer.sign(alg, None, &issuer.claims("user_1", Duration::from_secs(60)));
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            let jwk = issuer.jwks.find(header.kid.as_deref().unwrap()).unwrap();
+            let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(alg);
+            validation.validate_aud = false;
+            let data = jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
+            assert_eq!(data.claims["sub"], "user_1");
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Chat data in DynamoDB (layout: docs/data-model.md, "chat"): users,
+//! conversations and their turns, per-request usage records and rate-limit
+//! refusals; plus [`ChatUsers`], which signs a JWT subject in.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::tenants::DynamoTenants;
+use super::{StoreError, decode_cursor, encode_cursor, n, s};
+use crate::chat::history::Turn;
+use crate::chat::settings::{Tiers, Usage};
+use crate::chat::user_tenant;
+use crate::metering::tenants::{ApiKey, Tenant, Tier, signing_secret};
+use crate::metering::types::BillingDay;
+
+/// Per-request usage records are kept this long (then expire by TTL).
+const RECORD_RETENTION: TimeDelta = TimeDelta::days(400);
+/// Rate-limit refusals are kept this long.
+const REFUSAL_RETENTION: TimeDelta = TimeDelta::days(30);
+/// At most this many stored turns are read to build the history.
+const HISTORY_TURNS: i32 = 100;
+/// `last_active_at` moves at most this often.
+const TOUCH_INTERVAL: TimeDelta = TimeDelta::minutes(1);
+/// A tenant (tier, quota, enabled) is re-read after this long.
+const TENANT_TTL: Duration = Duration::from_secs(30);
+const MAX_REMEMBERED_USERS: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserProfile {
+    pub subject: String,
+    pub created_at: DateTime<Utc>,
+    pub last_active_at: DateTime<Utc>,
+}
+
+/// What one chat request used and cost: `GET /api/v1/usage/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub conversation_id: String,
+    pub model: String,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub latency_ms: u64,
+    pub stop_reason: Option<String>,
+    /// `complete`, `error` or `disconnected`.
+    pub outcome: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsagePage {
+    pub records: Vec<UsageRecord>,
+    pub next: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Item<T> {
+    pk: String,
+    sk: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<i64>,
+    #[serde(flatten)]
+    value: T,
+}
+
+fn user_pk(subject: &str) -> String {
+    format!("USER#{subject}")
+}
+
+/// Turns are keyed under the user, so a conversation id is only ever
+/// visible to the user who started it.
+fn conversation_pk(subject: &str, conversation: &str) -> String {
+    format!("CONV#{subject}#{conversation}")
+}
+
+fn to_item<T: Serialize>(value: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    serde_dynamo::to_item(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_item<T: for<'de> Deserialize<'de>>(
+    item: HashMap<String, AttributeValue>,
+) -> Result<T, StoreError> {
+    serde_dynamo::from_item::<_, Item<T>>(item)
+        .map(|i| i.value)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error: &E) -> bool {
+    error.code() == Some("ConditionalCheckFailedException")
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoChat {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoChat {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
+        Self {
+            client,
+            table: table.to_owned(),
+        }
+    }
+
+    pub async fn user(&self, subject: &str) -> Result<Option<UserProfile>, StoreError> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(user_pk(subject)))
+            .key("sk", s("PROFILE"))
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("GetItem", &e))?
+            .item
+            .map(from_item)
+            .transpose()
+    }
+
+    /// Creates the profile unless it exists (a concurrent first sign-in).
+    pub async fn create_user(&self, profile: &UserProfile) -> Result<(), StoreError> {
+        let item = to_item(&Item {
+            pk: user_pk(&profile.subject),
+            sk: "PROFILE".to_owned(),
+            expires_at: None,
+            value: profile,
+        })?;
+        match self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(is_condition_failure) => Ok(()),
+            Err(e) => Err(StoreError::aws("PutItem", &e)),
+        }
+    }
+
+    /// Moves `last_active_at` to `now` unless it moved in the last minute
+    /// (on any instance). Returns whether it moved.
+    pub async fn touch(&self, subject: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let cutoff = now - TOUCH_INTERVAL;
+        match self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(user_pk(subject)))
+            .key("sk", s("PROFILE"))
+            .update_expression("SET last_active_at = :now")
+            .condition_expression("attribute_exists(pk) AND last_active_at <= :cutoff")
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .expression_attribute_values(":cutoff", s(cutoff.to_rfc3339()))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(is_condition_failure) => Ok(false),
+            Err(e) => Err(StoreError::aws("UpdateItem", &e)),
+        }
+    }
+
+    /// Stored turns of a conversation, oldest first (the newest
+    /// [`HISTORY_TURNS`]).
+    pub async fn history(
+        &self,
+        subject: &str,
+        conversation: &str,
+    ) -> Result<Vec<Turn>, StoreError> {
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :msg)")
+            .expression_attribute_values(":pk", s(conversation_pk(subject, conversation)))
+            .expression_attribute_values(":msg", s("MSG#"))
+            .scan_index_forward(false)
+            .limit(HISTORY_TURNS)
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("Query", &e))?;
+        let mut turns = page
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_item::<Turn>)
+            .collect::<Result<Vec<_>, _>>()?;
+        turns.reverse();
+        Ok(turns)
+    }
+
+    /// Appends one exchange; a new conversation is also listed under its user.
+    pub async fn append(
+        &self,
+        subject: &str,
+        conversation: &str,
+        exchange: [&Turn; 2],
+        new: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let stamp = at.format("%Y-%m-%dT%H:%M:%S%.6fZ");
+        let mut items = Vec::new();
+        for (i, turn) in exchange.iter().enumerate() {
+            items.push(to_item(&Item {
+                pk: conversation_pk(subject, conversation),
+                sk: format!("MSG#{stamp}#{i}"),
+                expires_at: None,
+                value: turn,
+            })?);
+        }
+        if new {
+            #[derive(Serialize)]
+            struct Conversation<'a> {
+                title: String,
+                created_at: &'a DateTime<Utc>,
+            }
+            let title: String = exchange[0].text.chars().take(80).collect();
+            items.push(to_item(&Item {
+                pk: user_pk(subject),
+                sk: format!("CONV#{conversation}"),
+                expires_at: None,
+                value: Conversation {
+                    title,
+                    created_at: &at,
+                },
+            })?);
+        }
+        let writes = items
+            .into_iter()
+            .map(|item| {
+                PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map(|p| WriteRequest::builder().put_request(p).build())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut pending = HashMap::from([(self.table.clone(), writes)]);
+        for attempt in 0..4 {
+            let out = self
+                .client
+                .batch_write_item()
+                .set_request_items(Some(pending))
+                .send()
+                .await
+                .map_err(|e| StoreError::aws("BatchWriteItem", &e))?;
+            pending = out.unprocessed_items.unwrap_or_default();
+            if pending.values().all(Vec::is_empty) {
+                return Ok(());
+            }
+            tokio::time::sleep(crate::backoff::jittered(Duration::from_millis(50), attempt)).await;
+        }
+        Err(StoreError::Aws {
+            operation: "BatchWriteItem",
+            message: "items left unprocessed after retries".to_owned(),
+        })
+    }
+
+    pub async fn record_usage(
+        &self,
+        subject: &str,
+        record: &UsageRecord,
+    ) -> Result<(), StoreError> {
+        let item = to_item(&Item {
+            pk: user_pk(subject),
+            sk: format!(
+                "REQ#{}#{}",
+                record.created_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                record.request_id
+            ),
+            expires_at: Some((record.created_at + RECORD_RETENTION).timestamp()),
+            value: record,
+        })?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("PutItem", &e))?;
+        Ok(())
+    }
+
+    /// Usage records of a user, newest first.
+    pub async fn usage_records(
+        &self,
+        subject: &str,
+        limit: i32,
+        cursor: Option<&str>,
+    ) -> Result<UsagePage, StoreError> {
+        let start = cursor.map(decode_cursor).transpose()?;
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :req)")
+            .expression_attribute_values(":pk", s(user_pk(subject)))
+            .expression_attribute_values(":req", s("REQ#"))
+            .scan_index_forward(false)
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("Query", &e))?;
+        Ok(UsagePage {
+            records: page
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .map(from_item)
+                .collect::<Result<_, _>>()?,
+            next: page.last_evaluated_key.as_ref().map(encode_cursor),
+        })
+    }
+
+    /// A request refused by a rate limit: which window, at which limit.
+    pub async fn record_refusal(
+        &self,
+        subject: &str,
+        request_id: &str,
+        window: &str,
+        limit: u32,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(user_pk(subject)))
+            .item("sk", s(format!("LIMITED#{}#{request_id}", at.to_rfc3339())))
+            .item("window", s(window))
+            .item("limit", n(limit))
+            .item("expires_at", n((at + REFUSAL_RETENTION).timestamp()))
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("PutItem", &e))?;
+        Ok(())
+    }
+
+    /// How many rate-limit refusals of a user are on record.
+    pub async fn refusals(&self, subject: &str) -> Result<usize, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :limited)")
+            .expression_attribute_values(":pk", s(user_pk(subject)))
+            .expression_attribute_values(":limited", s("LIMITED#"))
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("Query", &e))?;
+        Ok(out.count as usize)
+    }
+}
+
+/// Signs JWT subjects in: creates the user (and its metering tenant, tier
+/// `free`) on first sight, keeps `last_active_at` within a minute, and
+/// remembers users per warm instance so a request costs no extra reads.
+#[derive(Debug)]
+pub struct ChatUsers {
+    chat: DynamoChat,
+    tenants: DynamoTenants,
+    tiers: Tiers,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    tenant: Tenant,
+    read_at: Instant,
+    touched_at: DateTime<Utc>,
+}
+
+impl ChatUsers {
+    pub fn new(chat: DynamoChat, tenants: DynamoTenants, tiers: Tiers) -> Self {
+        Self {
+            chat,
+            tenants,
+            tiers,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The signed-in user's metering tenant (tier, quota, billing day).
+    pub async fn sign_in(&self, subject: &str, now: DateTime<Utc>) -> Result<Tenant, StoreError> {
+        let remembered = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(subject)
+            .cloned();
+        let (tenant, touched_at) = match remembered {
+            Some(seen) if seen.read_at.elapsed() < TENANT_TTL => (seen.tenant, seen.touched_at),
+            Some(seen) => (self.tenant(subject, now).await?, seen.touched_at),
+            None => match self.chat.user(subject).await? {
+                Some(profile) => (self.tenant(subject, now).await?, profile.last_active_at),
+                None => {
+                    let tenant = self.tenant(subject, now).await?;
+                    self.chat
+                        .create_user(&UserProfile {
+                            subject: subject.to_owned(),
+                            created_at: now,
+                            last_active_at: now,
+                        })
+                        .await?;
+                    (tenant, now)
+                }
+            },
+        };
+        let touched_at = if now - touched_at >= TOUCH_INTERVAL {
+            self.chat.touch(subject, now).await?;
+            now
+        } else {
+            touched_at
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_REMEMBERED_USERS {
+            seen.clear();
+        }
+        let read_at = seen
+            .get(subject)
+            .filter(|s| s.tenant == tenant)
+            .map_or_else(Instant::now, |s| s.read_at);
+        seen.insert(
+            subject.to_owned(),
+            Seen {
+                tenant: tenant.clone(),
+                read_at,
+                touched_at,
+            },
+        );
+        Ok(tenant)
+    }
+
+    /// Reads the user's tenant, creating it (tier free) if missing.
+    async fn tenant(&self, subject: &str, now: DateTime<Utc>) -> Result<Tenant, StoreError> {
+        let id = user_tenant(subject);
+        if let Some(tenant) = self.tenants.get(&id).await? {
+            return Ok(tenant);
+        }
+        let tenant = Tenant {
+            id: id.clone(),
+            name: format!(
+                "chat user {}",
+                subject.chars().take(150).collect::<String>()
+            ),
+            monthly_quota: self.tiers.free.monthly_tokens,
+            billing_day: BillingDay::try_from(1).expect("1 is a billing day"),
+            tier: Tier::Free,
+            webhooks: Vec::new(),
+            enabled: true,
+            signing_secret: signing_secret(),
+            created_at: now,
+        };
+        // The key is never shown: chat users sign in with JWTs, and the
+        // tenant exists for metering. A concurrent creator may win.
+        if let Err(e) = self
+            .tenants
+            .create(&tenant, &ApiKey::generate().hash())
+            .await
+        {
+            return self.tenants.get(&id).await?.ok_or(e);
+        }
+        Ok(tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_keys_cannot_collide_across_users() {
+        // Conversation ids cannot contain '#', so the split is unambiguous.
+        assert_ne!(conversation_pk("a#b", "c"), conversation_pk("a", "b-c"));
+        assert_eq!(conversation_pk("u", "c1"), "CONV#u#c1");
+    }
+}

@@ -1,0 +1,765 @@
+//! Chat end to end: the real `chat-stream` and `usage` apps against the
+//! emulated AWS, a local JWKS with generated keys, and a local stub of
+//! Anthropic's streaming Messages API speaking its real event sequence.
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, TimeZone, Utc};
+use futures_util::future::join_all;
+use http::StatusCode;
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+use shared::aws::chat::DynamoChat;
+use shared::aws::ratelimit::{RateLimiter, Window};
+use shared::jwt::{JwtSettings, Verifier, VerifyError};
+use support::chat::{
+    AUDIENCE, ChatFixture, Event, Events, ISSUER, away_from_minute_end, fixture, fixture_with,
+};
+use support::metering::{drain, pump};
+use support::{call, send};
+
+fn names(events: &[Event]) -> Vec<&str> {
+    let mut names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    names.dedup();
+    names
+}
+
+async fn chat_store(f: &ChatFixture) -> DynamoChat {
+    let table = f.stack.env("chat-stream").required("CHAT_TABLE").unwrap();
+    DynamoChat::new(aws_sdk_dynamodb::Client::new(&support::aws().await), &table)
+}
+
+async fn usage_current(f: &ChatFixture, token: &str) -> Value {
+    let (status, body) = call(&f.usage, "GET", "/api/v1/usage/current", Some(token), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn usage_history(f: &ChatFixture, token: &str) -> Vec<Value> {
+    let (status, body) = call(&f.usage, "GET", "/api/v1/usage/history", Some(token), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["requests"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn streams_the_events_in_order_and_records_usage_exactly_once() {
+    let f = fixture().await;
+    let (subject, token) = f.user();
+    let response = f
+        .post(&token, &json!({"message": "hello there coach"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8");
+    assert_eq!(headers["x-ratelimit-limit"], "10");
+    assert_eq!(headers["x-ratelimit-remaining"], "9");
+    assert!(headers.contains_key("x-ratelimit-reset"));
+
+    let mut events = Events::new(response.into_body());
+    let mut all = Vec::new();
+    while let Some(event) = events.next().await {
+        all.push(event);
+    }
+    assert_eq!(
+        names(&all),
+        [
+            "stream_start",
+            "message_start",
+            "content_delta",
+            "stream_complete"
+        ]
+    );
+    assert_eq!(all[0].data["model"], "claude-sonnet-4-5");
+    let request_id = all[0].data["request_id"].as_str().unwrap().to_owned();
+    let text: String = all
+        .iter()
+        .filter(|e| e.name == "content_delta")
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "You said: hello there coach");
+    let complete = &all.last().unwrap().data;
+    assert_eq!(complete["stop_reason"], "end_turn");
+    // The stub's last message_delta is cumulative: 5 words, not 3 + 5.
+    assert_eq!(complete["usage"]["output_tokens"], 5);
+    let usage = complete["usage"].clone();
+    assert!(usage["cache_creation_input_tokens"].as_u64().unwrap() > 1000);
+    assert!(complete["cost_usd"].as_f64().unwrap() > 0.0);
+
+    // Upstream got the system prompt marked for caching.
+    let sent = &f.stub.requests()[0];
+    assert_eq!(sent["system"][0]["cache_control"]["type"], "ephemeral");
+    assert_eq!(sent["stream"], true);
+
+    // One usage record, and the metering pipeline counts the tokens once
+    // even when the queue delivers the events twice.
+    let history = usage_history(&f, &token).await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["request_id"], request_id.as_str());
+    assert_eq!(history[0]["outcome"], "complete");
+    assert_eq!(history[0]["usage"], usage);
+
+    let pump = pump(&f.stack).await;
+    assert_eq!(drain(&pump).await, 1);
+    let total = [
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ]
+    .iter()
+    .map(|k| usage[k].as_u64().unwrap())
+    .sum::<u64>();
+    let current = usage_current(&f, &token).await;
+    assert_eq!(current["quota"]["used"], total);
+    assert_eq!(current["requests"], 1);
+    assert_eq!(current["tokens"]["output"], 5);
+    assert_eq!(current["tier"], "free");
+
+    // Replay the same metering message (SQS at-least-once): still once.
+    let tenant = shared::chat::user_tenant(&subject);
+    let events = shared::chat::metering::usage_events(
+        &request_id,
+        "claude-sonnet-4-5",
+        &serde_json::from_value(usage.clone()).unwrap(),
+        Utc::now(),
+    );
+    let queue = shared::aws::queue::EventQueue::new(
+        aws_sdk_sqs::Client::new(&support::aws().await),
+        &f.stack
+            .env("chat-stream")
+            .required("EVENTS_QUEUE_URL")
+            .unwrap(),
+    );
+    queue
+        .send(&shared::metering::ingest::pack(&tenant, &events))
+        .await
+        .unwrap();
+    assert_eq!(drain(&pump).await, 1);
+    assert_eq!(usage_current(&f, &token).await["quota"]["used"], total);
+}
+
+#[tokio::test]
+async fn the_first_delta_reaches_the_client_before_upstream_sends_the_last() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    let response = f
+        .post(&token, &json!({"message": "[gated] one two three"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = Events::new(response.into_body());
+    loop {
+        let event = events.next().await.expect("a delta before the end");
+        if event.name == "content_delta" {
+            break;
+        }
+    }
+    assert!(!f.stub.sent_last(), "the stub has not finished yet");
+    f.stub.open_gate();
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        last = Some(event.name);
+    }
+    assert_eq!(last.as_deref(), Some("stream_complete"));
+    assert!(f.stub.sent_last());
+}
+
+#[tokio::test]
+async fn silence_upstream_is_filled_with_keep_alive_comments() {
+    let f = fixture_with(&[("CHAT_KEEP_ALIVE_MS", "100")]).await;
+    let (_, token) = f.user();
+    let response = f.post(&token, &json!({"message": "[gated] wait"})).await;
+    let mut events = Events::new(response.into_body());
+    while events
+        .next()
+        .await
+        .is_some_and(|e| e.name != "content_delta")
+    {}
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    f.stub.open_gate();
+    while events.next().await.is_some() {}
+    assert!(events.raw.contains(": keep-alive\n\n"), "{}", events.raw);
+}
+
+#[tokio::test]
+async fn a_client_disconnect_cancels_the_upstream_request_and_keeps_its_usage() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    let response = f
+        .post(&token, &json!({"message": "[slow] talk for a while"}))
+        .await;
+    let mut events = Events::new(response.into_body());
+    while events
+        .next()
+        .await
+        .is_some_and(|e| e.name != "content_delta")
+    {}
+    drop(events);
+
+    let started = std::time::Instant::now();
+    while f.stub.cancelled() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "upstream was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.stub.completed(), 0);
+
+    let mut history = Vec::new();
+    while history.is_empty() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        history = usage_history(&f, &token).await;
+    }
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["outcome"], "disconnected");
+    assert!(history[0]["usage"]["input_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn an_upstream_error_mid_stream_becomes_stream_error_and_partial_usage_is_recorded() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    let (status, events) = f.chat_all(&token, &json!({"message": "[error] go"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        names(&events),
+        [
+            "stream_start",
+            "message_start",
+            "content_delta",
+            "stream_error"
+        ]
+    );
+    let error = &events.last().unwrap().data;
+    assert_eq!(error["code"], "upstream_overloaded");
+    let history = usage_history(&f, &token).await;
+    assert_eq!(history[0]["outcome"], "error");
+    assert_eq!(history[0]["usage"]["output_tokens"], 2);
+}
+
+#[tokio::test]
+async fn an_overloaded_upstream_is_retried_then_reported_before_any_stream() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    let (status, headers, body) = send(
+        &f.chat,
+        support::request(
+            "POST",
+            "/api/v1/chat/stream",
+            Some(&token),
+            Some(&json!({"message": "[overloaded]"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(body["code"], "upstream_overloaded");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(f.stub.attempts(), 3, "one try and two retries");
+    assert!(usage_history(&f, &token).await.is_empty());
+
+    let (status, events) = f
+        .chat_all(&token, &json!({"message": "[overloaded-once] hi"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(events.last().unwrap().name, "stream_complete");
+    assert_eq!(f.stub.attempts(), 5);
+}
+
+#[tokio::test]
+async fn the_eleventh_request_in_a_minute_is_refused_and_recorded() {
+    let f = fixture().await;
+    let (subject, token) = f.user();
+    away_from_minute_end().await;
+    for i in 0..10 {
+        let (status, events) = f
+            .chat_all(&token, &json!({"message": format!("n{i}")}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+        assert_eq!(events.last().unwrap().name, "stream_complete");
+    }
+    let (status, headers, body) = send(
+        &f.chat,
+        support::request(
+            "POST",
+            "/api/v1/chat/stream",
+            Some(&token),
+            Some(&json!({"message": "n10"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(headers["x-ratelimit-limit"], "10");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(
+        f.stub.attempts(),
+        10,
+        "the refused request never went upstream"
+    );
+    assert_eq!(chat_store(&f).await.refusals(&subject).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_exceed_the_limit() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    away_from_minute_end().await;
+    let results = join_all((0..20).map(|i| {
+        let f = &f;
+        let token = &token;
+        async move {
+            f.chat_all(token, &json!({"message": format!("c{i}")}))
+                .await
+                .0
+        }
+    }))
+    .await;
+    let ok = results.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = results
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((ok, refused), (10, 10));
+}
+
+#[tokio::test]
+async fn minute_and_hour_windows_allow_exactly_their_limits() {
+    let aws = support::aws().await;
+    let f = fixture().await;
+    let limiter = RateLimiter::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        &f.stack
+            .env("chat-stream")
+            .required("RATE_LIMIT_TABLE")
+            .unwrap(),
+    );
+    let windows = [
+        Window {
+            name: "minute",
+            length: TimeDelta::minutes(1),
+            limit: 10,
+        },
+        Window {
+            name: "hour",
+            length: TimeDelta::hours(1),
+            limit: 50,
+        },
+    ];
+    let hour = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+    let mut allowed = 0;
+    // 11 tries a minute for 6 minutes: the minute window stops the 11th each
+    // minute (without using up the hour), and the hour stops everything
+    // after the 50th.
+    for minute in 0..6 {
+        let mut this_minute = 0;
+        for attempt in 0..11 {
+            let at = hour + TimeDelta::minutes(minute) + TimeDelta::seconds(5);
+            let verdict = limiter
+                .hit_windows("chat#boundaries", &windows, at)
+                .await
+                .unwrap()
+                .unwrap();
+            if verdict.binding.allowed {
+                allowed += 1;
+                this_minute += 1;
+            } else if attempt == 10 {
+                // The minute window is counted first (hour refusals use it up too).
+                assert_eq!(verdict.window, "minute");
+            } else {
+                assert_eq!(verdict.window, "hour");
+                assert_eq!(verdict.binding.reset, hour + TimeDelta::hours(1));
+            }
+        }
+        assert_eq!(this_minute, if minute < 5 { 10 } else { 0 });
+    }
+    assert_eq!(allowed, 50);
+    // A new hour starts afresh.
+    let next = limiter
+        .hit_windows("chat#boundaries", &windows, hour + TimeDelta::hours(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(next.binding.allowed);
+}
+
+#[tokio::test]
+async fn a_user_over_the_monthly_quota_is_refused_before_any_upstream_call() {
+    let tiers = r#"{"free":{"per_minute":10,"per_hour":50,"monthly_tokens":100},
+                   "pro":{"per_minute":30,"per_hour":300,"monthly_tokens":1000},
+                   "enterprise":{"per_minute":60,"per_hour":null,"monthly_tokens":5000}}"#;
+    let f = fixture_with(&[("CHAT_TIERS", tiers)]).await;
+    let (_, token) = f.user();
+    let (status, _) = f.chat_all(&token, &json!({"message": "use it all"})).await;
+    assert_eq!(status, StatusCode::OK);
+    drain(&pump(&f.stack).await).await;
+
+    let (status, headers, body) = send(
+        &f.chat,
+        support::request(
+            "POST",
+            "/api/v1/chat/stream",
+            Some(&token),
+            Some(&json!({"message": "more"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["code"], "quota_exceeded");
+    assert_eq!(body["quota"], 100);
+    assert!(body["resets_at"].as_str().unwrap().ends_with("+00:00"));
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(f.stub.attempts(), 1);
+    let current = usage_current(&f, &token).await;
+    assert_eq!(current["quota"]["remaining"], 0);
+}
+
+#[tokio::test]
+async fn the_next_request_sends_the_conversation_so_far_to_its_owner_only() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    let first = json!({"message": "my goal is savings", "conversation_id": "conv-a"});
+    assert_eq!(f.chat_all(&token, &first).await.0, StatusCode::OK);
+    let second = json!({"message": "what next", "conversation_id": "conv-a"});
+    let (_, events) = f.chat_all(&token, &second).await;
+    assert_eq!(events[0].data["conversation_id"], "conv-a");
+
+    let sent = f.stub.requests();
+    let messages = sent[1]["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[0]["content"], "my goal is savings");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["content"], "You said: my goal is savings");
+    // The repeat request read the system prompt from the cache.
+    let complete = &events.last().unwrap().data;
+    assert!(
+        complete["usage"]["cache_read_input_tokens"]
+            .as_u64()
+            .unwrap()
+            > 1000
+    );
+
+    // Another user naming the same conversation starts from nothing.
+    let (_, other) = f.user();
+    f.chat_all(
+        &other,
+        &json!({"message": "hi", "conversation_id": "conv-a"}),
+    )
+    .await;
+    assert_eq!(
+        f.stub.requests()[2]["messages"].as_array().unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_anything_streams_or_counts() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    let bad = [
+        json!({}),
+        json!({"message": ""}),
+        json!({"message": "hi", "model": "gpt-4"}),
+        json!({"message": "hi", "images": [{"media_type": "image/bmp", "data": "AAAA"}]}),
+        json!({"message": "hi", "conversation_id": "../etc"}),
+    ];
+    for body in &bad {
+        let (status, headers, problem) = send(
+            &f.chat,
+            support::request("POST", "/api/v1/chat/stream", Some(&token), Some(body)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(problem["code"], "invalid_request");
+        assert!(problem["request_id"].is_string());
+    }
+    assert_eq!(f.stub.attempts(), 0);
+    let (status, _) = f.chat_all(&token, &json!({"message": "fine"})).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn chat_refuses_requests_without_a_valid_token() {
+    let f = fixture().await;
+    let body = json!({"message": "hi"});
+    let (status, _, problem) = send(
+        &f.chat,
+        support::request("POST", "/api/v1/chat/stream", None, Some(&body)),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("missing_credentials"))
+    );
+    let (status, _, problem) = send(
+        &f.chat,
+        support::request(
+            "POST",
+            "/api/v1/chat/stream",
+            Some("not.a.jwt"),
+            Some(&body),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_token"))
+    );
+    let (status, _) = call(&f.usage, "GET", "/api/v1/usage/current", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(f.stub.attempts(), 0);
+}
+
+#[tokio::test]
+async fn first_sign_in_creates_a_free_user_with_nothing_used() {
+    let f = fixture().await;
+    let (subject, token) = f.user();
+    let current = usage_current(&f, &token).await;
+    assert_eq!(current["tier"], "free");
+    assert_eq!(current["quota"]["limit"], 100_000);
+    assert_eq!(current["quota"]["used"], 0);
+    assert_eq!(current["requests"], 0);
+    assert_eq!(current["rate_limits"]["per_minute"], 10);
+    let profile = chat_store(&f).await.user(&subject).await.unwrap().unwrap();
+    assert_eq!(profile.created_at, profile.last_active_at);
+    // Signing in again within the minute leaves last_active_at alone.
+    assert!(
+        !chat_store(&f)
+            .await
+            .touch(&subject, Utc::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        chat_store(&f)
+            .await
+            .touch(&subject, Utc::now() + TimeDelta::seconds(61))
+            .await
+            .unwrap()
+    );
+
+    let (status, body) = call(
+        &f.usage,
+        "GET",
+        "/api/v1/usage/history?limit=0",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_limit"))
+    );
+}
+
+#[tokio::test]
+async fn usage_history_pages_with_a_cursor() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    for i in 0..3 {
+        f.chat_all(&token, &json!({"message": format!("m{i}")}))
+            .await;
+    }
+    let (status, page) = call(
+        &f.usage,
+        "GET",
+        "/api/v1/usage/history?limit=2",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["requests"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = call(
+        &f.usage,
+        "GET",
+        &format!("/api/v1/usage/history?limit=2&cursor={cursor}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let rest = rest["requests"].as_array().unwrap();
+    assert_eq!(rest.len(), 1);
+    let (status, problem) = call(
+        &f.usage,
+        "GET",
+        "/api/v1/usage/history?cursor=bogus",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_cursor"))
+    );
+}
+
+#[tokio::test]
+async fn status_reports_each_dependency() {
+    let f = fixture().await;
+    let (status, body) = call(&f.usage, "GET", "/api/v1/status", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok", "{body}");
+    for dependency in [
+        "chat_table",
+        "usage_table",
+        "tenants_table",
+        "rate_limit_table",
+        "events_queue",
+        "anthropic_api_key_secret",
+        "sign_in_keys",
+    ] {
+        assert_eq!(body["dependencies"][dependency], "ok", "{dependency}");
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_store_outage_fails_open_or_closed_as_configured() {
+    let open = fixture_with(&[("RATE_LIMIT_TABLE", "no-such-table")]).await;
+    let (_, token) = open.user();
+    let response = open.post(&token, &json!({"message": "hi"})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.headers().contains_key("x-ratelimit-limit"));
+
+    let closed = fixture_with(&[
+        ("RATE_LIMIT_TABLE", "no-such-table"),
+        ("RATE_LIMIT_FAIL_CLOSED", "true"),
+    ])
+    .await;
+    let (_, token) = closed.user();
+    let (status, headers, problem) = send(
+        &closed.chat,
+        support::request(
+            "POST",
+            "/api/v1/chat/stream",
+            Some(&token),
+            Some(&json!({"message": "hi"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem["code"], "dependency_unavailable");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(closed.stub.attempts(), 0);
+}
+
+/// The verifier against the fixture's JWKS: each way a token can be wrong.
+#[tokio::test]
+async fn sign_in_accepts_only_valid_tokens_from_the_issuer() {
+    let f = fixture().await;
+    let verifier = Verifier::new(
+        JwtSettings {
+            jwks_url: f.jwks_url.clone(),
+            issuer: ISSUER.to_owned(),
+            audiences: vec![AUDIENCE.to_owned()],
+        },
+        reqwest::Client::new(),
+    );
+    let now = Utc::now().timestamp();
+    let claims = |patch: Value| {
+        let mut claims = f.issuer.claims("user_1", Duration::from_secs(300));
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        claims
+    };
+    let es = |patch: Value| f.issuer.sign(Algorithm::ES256, None, &claims(patch));
+
+    assert_eq!(verifier.verify(&es(json!({}))).await.unwrap().0, "user_1");
+    let rs = f.issuer.sign(Algorithm::RS256, None, &claims(json!({})));
+    assert_eq!(verifier.verify(&rs).await.unwrap().0, "user_1");
+    // `aud` (string or list) is accepted in place of `azp`.
+    assert!(
+        verifier
+            .verify(&es(json!({"azp": null, "aud": [AUDIENCE, "x"]})))
+            .await
+            .is_ok()
+    );
+    // Within the 60 s leeway.
+    assert!(verifier.verify(&es(json!({"exp": now - 30}))).await.is_ok());
+
+    let cases = [
+        (es(json!({"exp": now - 120})), VerifyError::Expired),
+        (es(json!({"nbf": now + 120})), VerifyError::NotYetValid),
+        (es(json!({"iss": "https://evil.test"})), VerifyError::Issuer),
+        (
+            es(json!({"azp": "https://evil.test"})),
+            VerifyError::Audience,
+        ),
+        (es(json!({"azp": null})), VerifyError::Audience),
+        ("garbage".to_owned(), VerifyError::Malformed),
+    ];
+    for (token, expected) in cases {
+        assert_eq!(verifier.verify(&token).await.unwrap_err(), expected);
+    }
+    // A tampered signature.
+    let good = es(json!({}));
+    let tampered = format!("{}AAAA", &good[..good.len() - 4]);
+    assert!(verifier.verify(&tampered).await.is_err());
+    // HS256 signed with anything: refused on its algorithm.
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims(json!({})),
+        &jsonwebtoken::EncodingKey::from_secret(b"public key bytes"),
+    )
+    .unwrap();
+    assert_eq!(
+        verifier.verify(&hs).await.unwrap_err(),
+        VerifyError::Algorithm
+    );
+    // An RS256 key used as ES256: refused.
+    let kid = f.issuer.sign(Algorithm::RS256, None, &claims(json!({})));
+    let rs_kid = jsonwebtoken::decode_header(&kid).unwrap().kid.unwrap();
+    let mismatched = f
+        .issuer
+        .sign(Algorithm::ES256, Some(&rs_kid), &claims(json!({})));
+    assert!(verifier.verify(&mismatched).await.is_err());
+}
+
+#[tokio::test]
+async fn an_unknown_key_id_refreshes_the_jwks_at_most_once_per_interval() {
+    let f = fixture().await;
+    let verifier = Verifier::new(
+        JwtSettings {
+            jwks_url: f.jwks_url.clone(),
+            issuer: ISSUER.to_owned(),
+            audiences: vec![AUDIENCE.to_owned()],
+        },
+        reqwest::Client::new(),
+    );
+    let claims = f.issuer.claims("user_1", Duration::from_secs(300));
+    verifier
+        .verify(&f.issuer.token("user_1", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(f.issuer.fetches(), 1, "first use fetches the keys");
+    for _ in 0..5 {
+        let forged = f
+            .issuer
+            .sign(Algorithm::ES256, Some("rotated-away"), &claims);
+        assert_eq!(
+            verifier.verify(&forged).await.unwrap_err(),
+            VerifyError::UnknownKey
+        );
+    }
+    assert_eq!(f.issuer.fetches(), 1, "refreshes are rate-limited");
+
+    let unreachable = Verifier::new(
+        JwtSettings {
+            jwks_url: "http://127.0.0.1:9/jwks.json".to_owned(),
+            issuer: ISSUER.to_owned(),
+            audiences: vec![AUDIENCE.to_owned()],
+        },
+        reqwest::Client::new(),
+    );
+    assert!(matches!(
+        unreachable
+            .verify(&f.issuer.token("u", Duration::from_secs(60)))
+            .await,
+        Err(VerifyError::KeysUnavailable(_))
+    ));
+}
