@@ -647,18 +647,23 @@ async fn a_rate_limit_store_outage_fails_open_or_closed_as_configured() {
     assert_eq!(closed.stub.attempts(), 0);
 }
 
-/// The verifier against the fixture's JWKS: each way a token can be wrong.
-#[tokio::test]
-async fn sign_in_accepts_only_valid_tokens_from_the_issuer() {
-    let f = fixture().await;
-    let verifier = Verifier::new(
+/// A verifier for the fixture's issuer, reading its keys from `jwks_url`.
+fn verifier_for(jwks_url: &str) -> Verifier {
+    Verifier::new(
         JwtSettings {
-            jwks_url: f.jwks_url.clone(),
+            jwks_url: jwks_url.to_owned(),
             issuer: ISSUER.to_owned(),
             audiences: vec![AUDIENCE.to_owned()],
         },
         reqwest::Client::new(),
-    );
+    )
+}
+
+/// The verifier against the fixture's JWKS: each way a token can be wrong.
+#[tokio::test]
+async fn sign_in_accepts_only_valid_tokens_from_the_issuer() {
+    let f = fixture().await;
+    let verifier = verifier_for(&f.jwks_url);
     let now = Utc::now().timestamp();
     let claims = |patch: Value| {
         let mut claims = f.issuer.claims("user_1", Duration::from_secs(300));
@@ -723,14 +728,7 @@ async fn sign_in_accepts_only_valid_tokens_from_the_issuer() {
 #[tokio::test]
 async fn an_unknown_key_id_refreshes_the_jwks_at_most_once_per_interval() {
     let f = fixture().await;
-    let verifier = Verifier::new(
-        JwtSettings {
-            jwks_url: f.jwks_url.clone(),
-            issuer: ISSUER.to_owned(),
-            audiences: vec![AUDIENCE.to_owned()],
-        },
-        reqwest::Client::new(),
-    );
+    let verifier = verifier_for(&f.jwks_url);
     let claims = f.issuer.claims("user_1", Duration::from_secs(300));
     verifier
         .verify(&f.issuer.token("user_1", Duration::from_secs(60)))
@@ -748,14 +746,7 @@ async fn an_unknown_key_id_refreshes_the_jwks_at_most_once_per_interval() {
     }
     assert_eq!(f.issuer.fetches(), 1, "refreshes are rate-limited");
 
-    let unreachable = Verifier::new(
-        JwtSettings {
-            jwks_url: "http://127.0.0.1:9/jwks.json".to_owned(),
-            issuer: ISSUER.to_owned(),
-            audiences: vec![AUDIENCE.to_owned()],
-        },
-        reqwest::Client::new(),
-    );
+    let unreachable = verifier_for("http://127.0.0.1:9/jwks.json");
     assert!(matches!(
         unreachable
             .verify(&f.issuer.token("u", Duration::from_secs(60)))

@@ -36,11 +36,22 @@ struct RunState {
     handed_at: Option<Instant>,
 }
 
+/// One answer of a function to the Runtime API.
+struct Answer {
+    handed: Option<Instant>,
+    /// When the first bytes of the response arrived (for a streamed one, its
+    /// prelude: status and headers).
+    first_byte: Option<Instant>,
+    /// When a streamed body first carried a chat `content_delta`.
+    first_delta: Option<Instant>,
+    at: Instant,
+    ok: bool,
+}
+
 #[derive(Clone)]
 struct RuntimeApi {
     state: Arc<Mutex<RunState>>,
-    /// `(handed out, answered, succeeded)` per invocation.
-    responses: mpsc::UnboundedSender<(Option<Instant>, Instant, bool)>,
+    responses: mpsc::UnboundedSender<Answer>,
 }
 
 async fn next(State(api): State<RuntimeApi>) -> axum::response::Response {
@@ -81,21 +92,44 @@ async fn next(State(api): State<RuntimeApi>) -> axum::response::Response {
     (headers, event.to_string()).into_response()
 }
 
+/// Reads the response as it arrives: a streaming function (response mode
+/// `streaming`) sends it chunk by chunk, and the first chat delta is timed.
 async fn respond(
     State(api): State<RuntimeApi>,
     UrlPath((_, outcome)): UrlPath<(String, String)>,
-    _body: Bytes,
+    body: axum::body::Body,
 ) -> StatusCode {
     // Read before the runtime can poll for (and be handed) the next event.
     let handed = api.state.lock().expect("bench state").handed_at;
-    let _ = api
-        .responses
-        .send((handed, Instant::now(), outcome == "response"));
+    let mut stream = body.into_data_stream();
+    let (mut seen, mut first_byte, mut first_delta) = (Vec::new(), None, None);
+    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+        first_byte.get_or_insert_with(Instant::now);
+        if first_delta.is_none() {
+            seen.extend_from_slice(&chunk);
+            if seen.windows(13).any(|w| w == b"content_delta") {
+                first_delta = Some(Instant::now());
+            }
+        }
+    }
+    let _ = api.responses.send(Answer {
+        handed,
+        first_byte,
+        first_delta,
+        at: Instant::now(),
+        ok: outcome == "response",
+    });
     StatusCode::ACCEPTED
 }
 
 async fn init_error(State(api): State<RuntimeApi>, _body: Bytes) -> StatusCode {
-    let _ = api.responses.send((None, Instant::now(), false));
+    let _ = api.responses.send(Answer {
+        handed: None,
+        first_byte: None,
+        first_delta: None,
+        at: Instant::now(),
+        ok: false,
+    });
     StatusCode::ACCEPTED
 }
 
@@ -136,7 +170,7 @@ pub fn median(values: &[f64]) -> f64 {
 /// A local Runtime API and the processes it serves.
 pub struct Harness {
     api: RuntimeApi,
-    responses: mpsc::UnboundedReceiver<(Option<Instant>, Instant, bool)>,
+    responses: mpsc::UnboundedReceiver<Answer>,
     address: String,
 }
 
@@ -198,15 +232,15 @@ impl Harness {
             .map_err(|e| format!("{}: {e}", binary.display()))
     }
 
-    /// The next answer: `(handed out, answered)`, or why there was none.
-    async fn answer(&mut self, name: &str) -> Result<(Option<Instant>, Instant), String> {
-        let (handed, at, ok) = tokio::time::timeout(Duration::from_secs(20), self.responses.recv())
+    /// The next answer, or why there was none.
+    async fn answer(&mut self, name: &str) -> Result<Answer, String> {
+        let answer = tokio::time::timeout(Duration::from_secs(20), self.responses.recv())
             .await
             .ok()
             .flatten()
             .ok_or_else(|| format!("{name} did not answer its event"))?;
-        if ok {
-            Ok((handed, at))
+        if answer.ok {
+            Ok(answer)
         } else {
             Err(format!("{name} returned an error for its sample event"))
         }
@@ -225,7 +259,7 @@ impl Harness {
         let answered = self.answer(name).await;
         let rss = child.id().and_then(peak_rss_kib);
         let _ = child.kill().await;
-        let (_, at) = answered?;
+        let at = answered?.at;
         let first_poll = self
             .api
             .state
@@ -236,8 +270,9 @@ impl Harness {
         Ok((ms(first_poll - started), ms(at - first_poll), rss))
     }
 
-    /// Latencies of `count` warm invocations with `event`, each from handing
-    /// it out to the answer (the first, cold one is left out).
+    /// `count` warm invocations with `event` (the first, cold one is left
+    /// out): per invocation `(first byte, first chat delta, answer)`, in ms
+    /// from handing the event out.
     pub async fn warm(
         &mut self,
         binary: &Path,
@@ -245,14 +280,20 @@ impl Harness {
         env: &[(String, String)],
         event: &Value,
         count: usize,
-    ) -> Result<Vec<f64>, String> {
+    ) -> Result<Vec<(Option<f64>, Option<f64>, f64)>, String> {
         let events = std::iter::repeat_n(event.clone(), count + 1).collect();
         let mut child = self.spawn(binary, name, env, events)?;
         let mut latencies = Vec::with_capacity(count);
         for i in 0..=count {
-            let (handed, at) = self.answer(name).await?;
+            let answer = self.answer(name).await?;
             if i > 0 {
-                latencies.push(ms(at - handed.ok_or("no event handed")?));
+                let handed = answer.handed.ok_or("no event handed")?;
+                let since = |t: Instant| ms(t - handed);
+                latencies.push((
+                    answer.first_byte.map(since),
+                    answer.first_delta.map(since),
+                    since(answer.at),
+                ));
             }
         }
         let _ = child.kill().await;
@@ -492,22 +533,19 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let event = sample_event(root, "prices-gold")?;
     let binary = release_dir(root).join("prices");
-    let mut from_memory = harness
+    let from_memory = harness
         .warm(&binary, "prices", &prices_env, &event, 200)
         .await?;
     prices_env.push(("MEMORY_CACHE_SECONDS".into(), "0".into()));
-    let mut from_dynamodb = harness
+    let from_dynamodb = harness
         .warm(&binary, "prices", &prices_env, &event, 50)
         .await?;
-    let warm = |name: &str, sample: &mut Vec<f64>| {
-        sample.sort_by(f64::total_cmp);
-        let at = |p: f64| sample[((sample.len() - 1) as f64 * p).round() as usize];
+    let warm = |name: &str, answers: &[(Option<f64>, Option<f64>, f64)]| {
+        let mut sample: Vec<f64> = answers.iter().map(|(_, _, end)| *end).collect();
+        let [p50, p95, p99] = percentiles(&mut sample);
         format!(
-            "| {name} | {} | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+            "| {name} | {} | {p50:.2} ms | {p95:.2} ms | {p99:.2} ms |\n",
             sample.len(),
-            at(0.5),
-            at(0.95),
-            at(0.99)
         )
     };
 
@@ -521,15 +559,147 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         machine(),
         std::env::consts::ARCH,
         table(&figures),
-        warm("memory (60 s cache)", &mut from_memory),
-        warm("DynamoDB (memory cache off)", &mut from_dynamodb),
+        warm("memory (60 s cache)", &from_memory),
+        warm("DynamoDB (memory cache off)", &from_dynamodb),
     );
     println!("{body}");
+    let chat_spec = template
+        .functions()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|f| f.binary == "chat-stream")
+        .ok_or("no chat-stream function in the template")?;
+    let chat = chat_ttfb(&mut harness, root, &aws, env_of(&chat_spec)?, 50).await?;
+    println!("{chat}");
     let path = root.join("docs/perf.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Performance\n".to_owned());
-    std::fs::write(&path, replace_section(&doc, "functions", &body)).map_err(|e| e.to_string())?;
+    let doc = replace_section(&doc, "functions", &body);
+    std::fs::write(&path, replace_section(&doc, "chat", &chat)).map_err(|e| e.to_string())?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// p50 / p95 / p99 of a sample, in ms.
+fn percentiles(sample: &mut [f64]) -> [f64; 3] {
+    sample.sort_by(f64::total_cmp);
+    [0.5, 0.95, 0.99].map(|p| sample[((sample.len() - 1) as f64 * p).round() as usize])
+}
+
+/// Time to first byte the chat proxy adds: the release `chat-stream`
+/// binary streaming through the Runtime API (event handed out → first
+/// `content_delta`), against the same Anthropic stub called directly
+/// (request → first `content_block_delta`).
+async fn chat_ttfb(
+    harness: &mut Harness,
+    root: &Path,
+    aws: &aws_config::SdkConfig,
+    mut env: Vec<(String, String)>,
+    count: usize,
+) -> Result<String, String> {
+    use crate::stubs::{AnthropicStub, Issuer, serve};
+    let issuer = Arc::new(Issuer::generate("https://bench.local", "bench"));
+    let jwks = serve(issuer.router()).await.map_err(|e| e.to_string())?;
+    let stub = AnthropicStub::new();
+    let anthropic = serve(stub.router()).await.map_err(|e| e.to_string())?;
+    let unlimited = r#"{"per_minute":1000000,"per_hour":null,"monthly_tokens":1000000000000}"#;
+    env.extend(
+        [
+            ("JWKS_URL", format!("{jwks}/.well-known/jwks.json")),
+            ("JWT_ISSUER", issuer.issuer.clone()),
+            ("JWT_AUDIENCES", issuer.audience.clone()),
+            ("ANTHROPIC_BASE_URL", anthropic.clone()),
+            (
+                "CHAT_TIERS",
+                format!(r#"{{"free":{unlimited},"pro":{unlimited},"enterprise":{unlimited}}}"#),
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let secret = env
+        .iter()
+        .find(|(k, _)| k == "ANTHROPIC_API_KEY_SECRET")
+        .map(|(_, v)| v.clone())
+        .ok_or("chat-stream has no ANTHROPIC_API_KEY_SECRET")?;
+    aws_sdk_secretsmanager::Client::new(aws)
+        .put_secret_value()
+        .secret_id(secret)
+        .secret_string(r#"{"api_key": "sk-ant-bench"}"#)
+        .send()
+        .await
+        .map_err(|e| format!("PutSecretValue: {e}"))?;
+    let mut event = sample_event(root, "chat-stream-chat")?;
+    event["headers"]["authorization"] = Value::String(format!(
+        "Bearer {}",
+        issuer.token("bench-user", Duration::from_secs(3600))
+    ));
+    let answers = harness
+        .warm(
+            &release_dir(root).join("chat-stream"),
+            "chat-stream",
+            &env,
+            &event,
+            count,
+        )
+        .await?;
+    let mut prelude: Vec<f64> = answers.iter().filter_map(|(byte, _, _)| *byte).collect();
+    let mut proxied: Vec<f64> = answers.iter().filter_map(|(_, delta, _)| *delta).collect();
+    let mut whole: Vec<f64> = answers.iter().map(|(_, _, end)| *end).collect();
+    if proxied.len() != count {
+        return Err("chat-stream answered without a content_delta".to_owned());
+    }
+
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": true,
+        "system": [{"type": "text", "text": "You are a coach.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": [{"type": "text",
+            "text": "What is a good first step toward saving three months of expenses?"}]}],
+    });
+    let mut direct = Vec::with_capacity(count);
+    for _ in 0..=count {
+        let started = Instant::now();
+        let response = http
+            .post(format!("{anthropic}/v1/messages"))
+            .header("x-api-key", "sk-ant-bench")
+            .header("anthropic-version", shared::chat::anthropic::API_VERSION)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = response.bytes_stream();
+        let (mut seen, mut first) = (Vec::new(), None);
+        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+            seen.extend_from_slice(&chunk);
+            if first.is_none() && seen.windows(19).any(|w| w == b"content_block_delta") {
+                first = Some(ms(started.elapsed()));
+            }
+        }
+        direct.push(first.ok_or("the stub sent no delta")?);
+    }
+    direct.remove(0); // the first opened the connection
+    let [p50, p95, p99] = percentiles(&mut proxied);
+    let [d50, d95, d99] = percentiles(&mut direct);
+    let [w50, w95, w99] = percentiles(&mut whole);
+    let [b50, b95, b99] = percentiles(&mut prelude);
+    Ok(format!(
+        "Chat time to first byte, {count} warm requests of one release `chat-stream` \
+         instance streaming through the Runtime API (as on Lambda), against a local \
+         Anthropic stub speaking the real event sequence; DynamoDB and SQS are the local \
+         emulator:\n\n\
+         | | p50 | p95 | p99 |\n|---|---:|---:|---:|\n\
+         | stub alone: request → first `content_block_delta` | {d50:.2} ms | {d95:.2} ms | {d99:.2} ms |\n\
+         | through the proxy: event → first byte (the response prelude) | {b50:.2} ms | {b95:.2} ms | {b99:.2} ms |\n\
+         | through the proxy: event → first `content_delta` | {p50:.2} ms | {p95:.2} ms | {p99:.2} ms |\n\
+         | through the proxy: event → end of stream | {w50:.2} ms | {w95:.2} ms | {w99:.2} ms |\n\n\
+         **Added by the proxy before its first byte: {:.2} ms** (p50): sign-in (keys, user \
+         and secret cached per instance), three emulator calls (two rate-limit `UpdateItem`s, \
+         one quota `GetItem`) and opening the upstream stream. The first delta then trails \
+         the prelude: lambda_runtime's Runtime API client does not set `TCP_NODELAY`, so \
+         after the prelude each small chunk waits for the previous one's (delayed) ACK. \
+         By then the usage writes that precede `stream_complete` (usage record, history, \
+         metering events) have finished, and the rest of the stream goes out at once.\n",
+        b50 - d50
+    ))
 }
 
 #[cfg(test)]

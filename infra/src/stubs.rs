@@ -32,10 +32,16 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
-/// Serves `router` on an ephemeral local port; returns its base URL.
+/// Serves `router` on an ephemeral local port; returns its base URL. Each
+/// event is written as it is produced (`TCP_NODELAY`), as a real streaming
+/// API does, rather than held back by Nagle's algorithm.
 pub async fn serve(router: Router) -> std::io::Result<String> {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let address = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, router).await });
     Ok(format!("http://{address}"))
 }

@@ -1,7 +1,9 @@
 //! `make dev` end to end: the runner brings up the emulator, every function
 //! and the SQS event source on free ports, each HTTP function answers its
-//! health check, a queued message reaches `rollup`, and a Ctrl-C (SIGINT)
-//! stops everything and frees the ports.
+//! health check, a chat reply streams through cargo-lambda as it is
+//! generated (the local issuer's token, the Anthropic stub), a queued message
+//! reaches `rollup`, and a Ctrl-C (SIGINT) stops everything and frees the
+//! ports.
 //!
 //! The runner builds the functions with cargo while this test runs under
 //! cargo, so it gets its own target directory (outside the checkout, kept
@@ -67,6 +69,35 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
         let status = http.get(&url).send().await.map(|r| r.status().as_u16());
         assert_eq!(status.ok(), Some(200), "{function}");
     }
+
+    // Chat streams: the stub sends 50 deltas 100 ms apart, and the first
+    // reaches us long before the last (what `curl -N` shows).
+    let token = std::fs::read_to_string(state.join("dev-token")).expect("make dev wrote a token");
+    let started = std::time::Instant::now();
+    let response = http
+        .post(format!(
+            "http://127.0.0.1:{lambda_port}/lambda-url/chat-stream/api/v1/chat/stream"
+        ))
+        .bearer_auth(token.trim())
+        .body(r#"{"message": "[slow] stream please"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut body = response.bytes_stream();
+    let (mut text, mut first_delta) = (String::new(), None);
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        if first_delta.is_none() && text.contains("event: content_delta") {
+            first_delta = Some(started.elapsed());
+        }
+    }
+    let (first, all) = (first_delta.expect("a delta"), started.elapsed());
+    assert!(text.contains("event: stream_complete"), "{text}");
+    assert!(
+        all - first > Duration::from_secs(3),
+        "first delta at {first:?}, end at {all:?}"
+    );
 
     // A message on the queue is delivered to rollup by the event source.
     let aws =

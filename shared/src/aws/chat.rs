@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::tenants::DynamoTenants;
-use super::{StoreError, decode_cursor, encode_cursor, n, s};
+use super::{StoreError, decode_cursor, encode_cursor, n, put_item, s};
 use crate::chat::history::Turn;
 use crate::chat::settings::{Tiers, Usage};
 use crate::chat::user_tenant;
@@ -279,14 +279,7 @@ impl DynamoChat {
             expires_at: Some((record.created_at + RECORD_RETENTION).timestamp()),
             value: record,
         })?;
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| StoreError::aws("PutItem", &e))?;
-        Ok(())
+        put_item(&self.client, &self.table, item).await
     }
 
     /// Usage records of a user, newest first.

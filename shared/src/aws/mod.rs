@@ -100,6 +100,22 @@ pub(crate) fn decode_cursor(
     ]))
 }
 
+/// Writes `item` as is (no condition).
+pub(crate) async fn put_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    item: std::collections::HashMap<String, AttributeValue>,
+) -> Result<(), StoreError> {
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .map_err(|e| StoreError::aws("PutItem", &e))?;
+    Ok(())
+}
+
 /// A string attribute.
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{StoreError, n, query_all, s};
+use super::{StoreError, n, put_item, query_all, s};
 use crate::prices::failover::{Breaker, BreakerStore};
 use crate::prices::providers::ProviderId;
 use crate::prices::types::{Currency, Metal, Quote};
@@ -57,13 +57,7 @@ impl DynamoPrices {
         point.extend(key(pk, history_sk(quote.ts)));
         point.insert("expires_at".into(), n((quote.ts + retention).timestamp()));
         for item in [point, latest] {
-            self.client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .send()
-                .await
-                .map_err(|e| StoreError::aws("PutItem", &e))?;
+            put_item(&self.client, &self.table, item).await?;
         }
         Ok(())
     }
