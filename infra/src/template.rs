@@ -148,6 +148,11 @@ impl Template {
         Ok(Self { root })
     }
 
+    /// The whole template, for checks beyond what the local cloud creates.
+    pub fn root(&self) -> &Value {
+        &self.root
+    }
+
     /// A resolver for a stack named `stack` with these parameter overrides;
     /// parameters not overridden take their `Default`.
     pub fn resolver(

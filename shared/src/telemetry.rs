@@ -21,8 +21,20 @@ pub fn init() {
         .init();
 }
 
-/// The CloudWatch namespace every Ingot metric lives in.
-pub const NAMESPACE: &str = "Ingot";
+/// The namespace when `METRICS_NAMESPACE` is unset (tests, tools).
+pub const DEFAULT_NAMESPACE: &str = "Ingot";
+
+/// `METRICS_NAMESPACE` (the template sets `Ingot/<stack>`, so stages never
+/// mix their metrics), read once.
+pub fn namespace() -> &'static str {
+    static NAMESPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAMESPACE.get_or_init(|| {
+        std::env::var("METRICS_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -84,7 +96,7 @@ impl Metrics {
             json!({
                 "Timestamp": timestamp_ms,
                 "CloudWatchMetrics": [{
-                    "Namespace": NAMESPACE,
+                    "Namespace": namespace(),
                     "Dimensions": [dimension_names],
                     "Metrics": metrics,
                 }],
