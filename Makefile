@@ -10,7 +10,14 @@ PYTHON ?= python3
 # The venv's tools (moto_server, cargo-lambda, cfn-lint) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv browser dev trigger test lint unit template-check bench loadtest clean
+.PHONY: help venv browser dev trigger test lint unit template-check bench loadtest deploy destroy redrive branch clean
+
+# Stage for deploy/destroy/redrive: dev, staging, prod (samconfig.toml), or
+# an ephemeral one such as pr-123. `local` is make dev's stack, in the emulator.
+STAGE ?= local
+# The stages with their own samconfig.toml environment; any other stage
+# deploys with the `ephemeral` environment as stack ingot-<stage>.
+NAMED_STAGES := dev staging prod
 
 help:
 	@echo "make dev      run the whole system locally (emulated AWS, all functions, event sources)"
@@ -18,6 +25,10 @@ help:
 	@echo "make trigger FUNCTION=price-fetch   fire a scheduled function now (while make dev runs)"
 	@echo "make bench    binary sizes, cold init, peak RSS -> docs/perf.md"
 	@echo "make loadtest load against a running make dev, exact-count check -> docs/perf.md"
+	@echo "make deploy STAGE=pr-123    sam build + deploy a stage (needs the SAM CLI and AWS credentials)"
+	@echo "make destroy STAGE=pr-123   delete a stage's stack (never prod)"
+	@echo "make redrive [STAGE=local]  move dead-lettered usage events back onto the queue"
+	@echo "make branch FROM=prod TO=pr-123 [AT=2026-11-22T10:00:00Z]   restore one stage's tables into another's"
 
 venv: $(VENV)/.installed
 
@@ -62,6 +73,31 @@ bench: venv
 # LOADTEST_SECONDS, LOADTEST_TENANTS, LOADTEST_EVENTS_PER_REQUEST.
 loadtest:
 	cargo run --quiet --locked -p ingot-local -- loadtest
+
+deploy: venv
+	@command -v sam >/dev/null || { echo "deploying needs the AWS SAM CLI (pip install aws-sam-cli) and AWS credentials"; exit 1; }
+	@[ "$(STAGE)" != local ] || { echo "set STAGE (dev, staging, prod, or e.g. pr-123)"; exit 1; }
+	sam build
+	if [[ " $(NAMED_STAGES) " == *" $(STAGE) "* ]]; then \
+	  sam deploy --config-env $(STAGE); \
+	else \
+	  sam deploy --config-env ephemeral --stack-name ingot-$(STAGE) --s3-prefix ingot-$(STAGE) \
+	    --parameter-overrides Stage=$(STAGE) LogLevel=debug LogRetentionDays=7; \
+	fi
+
+# Prod's tables survive a stack deletion (DeletionPolicy Retain), but prod is
+# not deleted from here at all.
+destroy:
+	@command -v sam >/dev/null || { echo "needs the AWS SAM CLI (pip install aws-sam-cli) and AWS credentials"; exit 1; }
+	@[ "$(STAGE)" != local ] && [ "$(STAGE)" != prod ] || { echo "refusing to destroy stage '$(STAGE)'"; exit 1; }
+	sam delete --stack-name ingot-$(STAGE) --no-prompts
+
+redrive:
+	cargo run --quiet --locked -p ingot-local -- redrive $(STAGE)
+
+branch:
+	@[ -n "$(FROM)" ] && [ -n "$(TO)" ] || { echo "usage: make branch FROM=<stage> TO=<stage> [AT=<RFC 3339 time>]"; exit 1; }
+	cargo run --quiet --locked -p ingot-local -- branch $(FROM) $(TO) $(AT)
 
 clean:
 	rm -rf .local $(VENV)

@@ -12,7 +12,9 @@
 //! - [`dev`]: runs all of it together and stops it cleanly;
 //! - [`bench`]: measures the functions' release binaries (`make bench`);
 //! - [`loadtest`]: load against `make dev`, then an exact count check (`make loadtest`);
-//! - [`stubs`]: a local sign-in issuer and Anthropic stub for chat.
+//! - [`stubs`]: a local sign-in issuer and Anthropic stub for chat;
+//! - [`ops`]: `make redrive` (DLQ back to the queue) and `make branch`
+//!   (one stage's tables into another's, at a point in time).
 
 pub mod bench;
 pub mod bootstrap;
@@ -20,6 +22,7 @@ pub mod dev;
 pub mod emulator;
 pub mod invoke;
 pub mod loadtest;
+pub mod ops;
 pub mod pump;
 pub mod schedule;
 pub mod stubs;

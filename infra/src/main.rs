@@ -3,7 +3,10 @@
 //! - `ingot-local dev`: everything, until Ctrl-C (`make dev`);
 //! - `ingot-local trigger <function>`: fire a scheduled function now;
 //! - `ingot-local bench`: size, cold start and memory of each function (`make bench`);
-//! - `ingot-local loadtest`: load against a running `make dev` (`make loadtest`).
+//! - `ingot-local loadtest`: load against a running `make dev` (`make loadtest`);
+//! - `ingot-local redrive <stage>`: DLQ back onto the queue (`make redrive`);
+//! - `ingot-local branch <from> <to> [<RFC 3339 time>]`: tables of one stage
+//!   into another's at a point in time (`make branch`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +17,7 @@ use local::invoke::LambdaInvoker;
 use local::schedule;
 use local::template::{Template, Trigger};
 
-const USAGE: &str = "usage: ingot-local dev | ingot-local trigger <function> | ingot-local bench | ingot-local loadtest";
+const USAGE: &str = "usage: ingot-local dev | trigger <function> | bench | loadtest | redrive <stage> | branch <from> <to> [<time>]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -69,12 +72,50 @@ async fn main() -> ExitCode {
                 .unwrap_or(20);
             local::bench::run(&root, runs).await
         }
+        ["redrive", stage] => match load_template(&root) {
+            Ok(template) => {
+                local::ops::redrive_stage(
+                    &template,
+                    stage,
+                    &options.moto_endpoint(),
+                    &options.region,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        ["branch", from, to, rest @ ..] if rest.len() <= 1 => {
+            let at = match rest.first().filter(|t| !t.is_empty()) {
+                None => Ok(None),
+                Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| Some(t.to_utc()))
+                    .map_err(|e| format!("AT={t:?} is not an RFC 3339 time: {e}")),
+            };
+            match (load_template(&root), at) {
+                (Ok(template), Ok(at)) => {
+                    local::ops::branch(
+                        &template,
+                        from,
+                        to,
+                        at,
+                        &options.moto_endpoint(),
+                        &options.region,
+                    )
+                    .await
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
         _ => Err(USAGE.to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+fn load_template(root: &std::path::Path) -> Result<Template, String> {
+    Template::load(&root.join("template.yaml").to_string_lossy()).map_err(|e| e.to_string())
 }
 
 fn fail(message: &str) -> ExitCode {
