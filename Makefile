@@ -10,7 +10,7 @@ PYTHON ?= python3
 # The venv's tools (moto_server, cargo-lambda, cfn-lint) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv browser dev trigger test lint unit template-check bench loadtest deploy destroy redrive branch clean
+.PHONY: help venv browser dev trigger test lint unit template-check bench loadtest fuzz deploy destroy redrive branch clean
 
 # Stage for deploy/destroy/redrive: dev, staging, prod (samconfig.toml), or
 # an ephemeral one such as pr-123. `local` is make dev's stack, in the emulator.
@@ -25,6 +25,7 @@ help:
 	@echo "make trigger FUNCTION=price-fetch   fire a scheduled function now (while make dev runs)"
 	@echo "make bench    binary sizes, cold init, peak RSS -> docs/perf.md"
 	@echo "make loadtest load against a running make dev, exact-count check -> docs/perf.md"
+	@echo "make fuzz     schemathesis against a running make dev, from docs/openapi.yaml -> docs/reliability.md"
 	@echo "make deploy STAGE=pr-123    sam build + deploy a stage (needs the SAM CLI and AWS credentials)"
 	@echo "make destroy STAGE=pr-123   delete a stage's stack (never prod)"
 	@echo "make redrive [STAGE=local]  move dead-lettered usage events back onto the queue"
@@ -74,6 +75,16 @@ bench: venv
 loadtest:
 	cargo run --quiet --locked -p ingot-local -- loadtest
 
+# Needs `make dev` running. FUZZ_EXAMPLES (20) per operation and phase, FUZZ_SEED (1).
+FUZZ_VENV := .venv-fuzz
+$(FUZZ_VENV)/.installed: infra/fuzz-requirements.txt infra/fuzz-constraints.txt
+	$(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/fuzz-requirements.txt -c infra/fuzz-constraints.txt
+	touch $@
+
+fuzz: $(FUZZ_VENV)/.installed
+	$(FUZZ_VENV)/bin/python infra/fuzz.py
+
 deploy: venv
 	@command -v sam >/dev/null || { echo "deploying needs the AWS SAM CLI (pip install aws-sam-cli) and AWS credentials"; exit 1; }
 	@[ "$(STAGE)" != local ] || { echo "set STAGE (dev, staging, prod, or e.g. pr-123)"; exit 1; }
@@ -100,4 +111,4 @@ branch:
 	cargo run --quiet --locked -p ingot-local -- branch $(FROM) $(TO) $(AT)
 
 clean:
-	rm -rf .local $(VENV)
+	rm -rf .local $(VENV) $(FUZZ_VENV)

@@ -133,19 +133,6 @@ async fn init_error(State(api): State<RuntimeApi>, _body: Bytes) -> StatusCode {
     StatusCode::ACCEPTED
 }
 
-/// gold-api.com's `GET /price/{symbol}/{currency}`, answered locally.
-async fn gold_api_com(uri: axum::http::Uri) -> String {
-    let mut parts = uri.path().trim_start_matches("/price/").split('/');
-    let symbol = parts.next().unwrap_or("XAU");
-    let currency = parts.next().unwrap_or("USD");
-    serde_json::json!({
-        "currency": currency, "currencySymbol": "$", "exchangeRate": 1, "name": symbol,
-        "price": 2650.0, "symbol": symbol, "updatedAt": chrono::Utc::now().to_rfc3339(),
-        "updatedAtReadable": "a few seconds ago",
-    })
-    .to_string()
-}
-
 /// One function's figures.
 #[derive(Debug, Clone)]
 pub struct Figures {
@@ -481,11 +468,9 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     // price-fetch's sample run asks a provider: a local stand-in for
     // gold-api.com (keyless) answering in its real format.
-    let stub = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let stub_url = crate::stubs::serve(crate::stubs::gold_api_com())
         .await
         .map_err(|e| e.to_string())?;
-    let stub_url = format!("http://{}", stub.local_addr().map_err(|e| e.to_string())?);
-    tokio::spawn(async move { axum::serve(stub, Router::new().fallback(gold_api_com)).await });
     let env_of = |function: &FunctionSpec| {
         let mut env = crate::bootstrap::environment_of(function, &resolver, &endpoint, region)
             .map_err(|e| e.to_string())?;

@@ -317,6 +317,21 @@ async fn start(
         env.retain(|(n, _)| n != name);
         env.push((name.to_owned(), value.to_owned()));
     }
+    // Prices from a local gold-api.com unless the real providers are wanted
+    // (they need the network, and keys for all but gold-api.com).
+    let live_providers = std::env::var("INGOT_LIVE_PROVIDERS").as_deref() == Ok("1");
+    if !live_providers {
+        let stub = crate::stubs::serve(crate::stubs::gold_api_com())
+            .await
+            .map_err(|e| format!("price stub: {e}"))?;
+        for (name, value) in [
+            ("GOLD_API_COM_BASE_URL", stub.as_str()),
+            ("PROVIDER_ORDER", "gold-api.com"),
+        ] {
+            env.retain(|(n, _)| n != name);
+            env.push((name.to_owned(), value.to_owned()));
+        }
+    }
     if let Some((_, secret)) = env.iter().find(|(n, _)| n == "ANTHROPIC_API_KEY_SECRET") {
         aws_sdk_secretsmanager::Client::new(&aws)
             .put_secret_value()
@@ -462,8 +477,13 @@ async fn start(
         ));
     }
     summary.push_str(&format!(
-        "  chat         {} ({}); sign-in token for dev-user in {}:\n\
+        "  prices       {}\n  chat         {} ({}); sign-in token for dev-user in {}:\n\
          \x20              curl -N -H \"Authorization: Bearer $(cat {})\" -d '{{\"message\":\"hello\"}}' {}/lambda-url/chat-stream/api/v1/chat/stream\n",
+        if live_providers {
+            "live providers (INGOT_LIVE_PROVIDERS=1)"
+        } else {
+            "gold-api.com stub (INGOT_LIVE_PROVIDERS=1 for the real providers)"
+        },
         if upstreams.stubbed { "Anthropic stub" } else { "Anthropic" },
         upstreams.anthropic_url,
         token_file.display(),

@@ -3,6 +3,10 @@
 //! tokens) and Anthropic's streaming Messages API. `make dev` runs both
 //! unless real ones are configured; the integration tests drive them.
 //!
+//! A third stands in for gold-api.com (the keyless price provider), so
+//! `make dev` has prices without a network; `INGOT_LIVE_PROVIDERS=1` uses the
+//! real providers instead.
+//!
 //! The Anthropic stub picks its behaviour from markers in the last user
 //! message, so a test (or `curl`) chooses a scenario without a side channel:
 //! - `[overloaded]`: HTTP 529 before any stream, every time;
@@ -44,6 +48,28 @@ pub async fn serve(router: Router) -> std::io::Result<String> {
     });
     tokio::spawn(async move { axum::serve(listener, router).await });
     Ok(format!("http://{address}"))
+}
+
+/// gold-api.com's `GET /price/{symbol}/{currency}`, in its real format, at
+/// steady prices.
+pub fn gold_api_com() -> Router {
+    async fn price(uri: axum::http::Uri) -> axum::Json<Value> {
+        let mut parts = uri.path().trim_start_matches("/price/").split('/');
+        let symbol = parts.next().unwrap_or("XAU").to_owned();
+        let currency = parts.next().unwrap_or("USD");
+        let price = match symbol.as_str() {
+            "XAG" => 31.2,
+            "XPT" => 962.5,
+            "XPD" => 1004.0,
+            _ => 2650.0,
+        };
+        axum::Json(json!({
+            "currency": currency, "currencySymbol": "$", "exchangeRate": 1, "name": symbol,
+            "price": price, "symbol": symbol, "updatedAt": chrono::Utc::now().to_rfc3339(),
+            "updatedAtReadable": "a few seconds ago",
+        }))
+    }
+    Router::new().fallback(price)
 }
 
 /// Chat's upstreams for `make dev`: the local issuer always, and the

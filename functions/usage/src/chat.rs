@@ -19,7 +19,7 @@ use shared::error::ApiError;
 use shared::metering::period::BillingPeriod;
 use shared::metering::usage::quota_percent;
 
-use super::{App, page_limit, store_unavailable};
+use super::{App, cursor, page_limit, store_unavailable};
 
 pub(crate) async fn current(
     State(app): State<App>,
@@ -83,7 +83,7 @@ pub(crate) async fn history(
     let page = app
         .chat
         .store
-        .usage_records(&subject.0, limit, query.get("cursor").map(String::as_str))
+        .usage_records(&subject.0, limit, cursor(&query))
         .await
         .map_err(store_unavailable)?;
     Ok(Json(json!({

@@ -190,13 +190,24 @@ fn page_limit(query: &HashMap<String, String>, default: i32) -> Result<i32, ApiE
 }
 
 fn store_unavailable(error: StoreError) -> ApiError {
-    tracing::error!(%error, "tenants or usage table failed");
     match error {
+        // The client's mistake, not the store's: no error log.
         StoreError::BadCursor => {
             ApiError::bad_request("invalid_cursor", "the cursor is not one this API returned")
         }
-        _ => ApiError::unavailable("usage store", 5),
+        error => {
+            tracing::error!(%error, "tenants or usage table failed");
+            ApiError::unavailable("usage store", 5)
+        }
     }
+}
+
+/// `?cursor=`, where an empty value means the first page.
+fn cursor(query: &HashMap<String, String>) -> Option<&str> {
+    query
+        .get("cursor")
+        .map(String::as_str)
+        .filter(|c| !c.is_empty())
 }
 
 fn tenant_id(raw: String) -> Result<TenantId, ApiError> {
@@ -252,7 +263,7 @@ async fn list_tenants(
     let limit = page_limit(&query, 50)?;
     let page = app
         .tenants
-        .list(limit, query.get("cursor").map(String::as_str))
+        .list(limit, cursor(&query))
         .await
         .map_err(store_unavailable)?;
     Ok(Json(json!({

@@ -31,11 +31,22 @@ impl TryFrom<String> for WebhookUrl {
             .strip_prefix("https://")
             .or_else(|| value.strip_prefix("http://"))
             .ok_or_else(|| Invalid(format!("webhook {value:?} must be an http(s) URL")))?;
-        if rest.is_empty()
-            || rest.starts_with('/')
-            || value.len() > 2048
-            || value.contains(char::is_whitespace)
-        {
+        // A host name or address, an optional port, then anything printable.
+        let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (host, port) = match rest[..host_end].rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (&rest[..host_end], None),
+        };
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            && !host.starts_with(['.', '-']);
+        let port_ok = port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        let printable = value.bytes().all(|b| b.is_ascii_graphic());
+        if !host_ok || !port_ok || !printable || value.len() > 2048 {
             return Err(Invalid(format!("webhook {value:?} is not a valid URL")));
         }
         Ok(Self(value))
@@ -243,6 +254,30 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_urls_are_printable_ascii_with_a_real_host() {
+        for good in [
+            "https://hooks.example.com/ingot",
+            "http://127.0.0.1:8080/x?y=1",
+            "https://a.test",
+        ] {
+            assert!(WebhookUrl::try_from(good.to_owned()).is_ok(), "{good}");
+        }
+        for bad in [
+            "ftp://example.com",
+            "https://",
+            "https:///path",
+            "https://\u{ff}\u{fa}\u{12}",
+            "https://exa mple.com",
+            "https://example.com/\u{e9}",
+            "https://example.com:80a/",
+            "https://.example.com",
+            "https://user@example.com",
+        ] {
+            assert!(WebhookUrl::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn api_keys_round_trip_and_hash_stably() {
