@@ -65,6 +65,22 @@ async fn admin_routes_require_the_admin_token() {
         assert_eq!(headers["content-type"], "application/problem+json");
         assert_eq!(body["code"], code);
     }
+    // The token is checked before the body is read.
+    let bad_body = json!({"name": 7});
+    for (method, path) in [
+        ("POST", "/admin/tenants".to_owned()),
+        (
+            "PATCH",
+            "/admin/tenants/ten_00000000000000000000000000000000".to_owned(),
+        ),
+    ] {
+        let (status, _, body) = send(&f.usage, request(method, &path, None, Some(&bad_body))).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("missing_credentials")),
+            "{method}"
+        );
+    }
 }
 
 #[tokio::test]

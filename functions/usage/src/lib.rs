@@ -233,12 +233,27 @@ fn view(tenant: &Tenant) -> Value {
     })
 }
 
+/// The admin token, checked as an extractor so that it runs before the
+/// body is read: an unauthenticated caller learns nothing about validation.
+struct Admin;
+
+impl axum::extract::FromRequestParts<App> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &App,
+    ) -> Result<Self, ApiError> {
+        require_admin(&parts.headers, &app.admin_token).await?;
+        Ok(Admin)
+    }
+}
+
 async fn create_tenant(
     State(app): State<App>,
-    headers: HeaderMap,
+    _: Admin,
     JsonBody(new): JsonBody<NewTenant>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&headers, &app.admin_token).await?;
     let tenant = new
         .into_tenant(Utc::now())
         .map_err(|e| ApiError::bad_request("invalid_tenant", e.0))?;
@@ -287,11 +302,10 @@ async fn get_tenant(
 
 async fn patch_tenant(
     State(app): State<App>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
     JsonBody(patch): JsonBody<TenantPatch>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&headers, &app.admin_token).await?;
     let id = tenant_id(id)?;
     patch
         .validate()
