@@ -29,14 +29,19 @@ async fn chat_store(f: &ChatFixture) -> DynamoChat {
     DynamoChat::new(aws_sdk_dynamodb::Client::new(&support::aws().await), &table)
 }
 
+/// `GET path` on `usage` as the user of `token`.
+async fn usage_get(f: &ChatFixture, token: &str, path: &str) -> (StatusCode, Value) {
+    call(&f.usage, "GET", path, Some(token), None).await
+}
+
 async fn usage_current(f: &ChatFixture, token: &str) -> Value {
-    let (status, body) = call(&f.usage, "GET", "/api/v1/usage/current", Some(token), None).await;
+    let (status, body) = usage_get(f, token, "/api/v1/usage/current").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
 
 async fn usage_history(f: &ChatFixture, token: &str) -> Vec<Value> {
-    let (status, body) = call(&f.usage, "GET", "/api/v1/usage/history", Some(token), None).await;
+    let (status, body) = usage_get(f, token, "/api/v1/usage/history").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["requests"].as_array().unwrap().clone()
 }
@@ -541,14 +546,7 @@ async fn first_sign_in_creates_a_free_user_with_nothing_used() {
             .unwrap()
     );
 
-    let (status, body) = call(
-        &f.usage,
-        "GET",
-        "/api/v1/usage/history?limit=0",
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, body) = usage_get(&f, &token, "/api/v1/usage/history?limit=0").await;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_limit"))
@@ -563,35 +561,19 @@ async fn usage_history_pages_with_a_cursor() {
         f.chat_all(&token, &json!({"message": format!("m{i}")}))
             .await;
     }
-    let (status, page) = call(
-        &f.usage,
-        "GET",
-        "/api/v1/usage/history?limit=2",
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, page) = usage_get(&f, &token, "/api/v1/usage/history?limit=2").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["requests"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, rest) = call(
-        &f.usage,
-        "GET",
+    let (_, rest) = usage_get(
+        &f,
+        &token,
         &format!("/api/v1/usage/history?limit=2&cursor={cursor}"),
-        Some(&token),
-        None,
     )
     .await;
     let rest = rest["requests"].as_array().unwrap();
     assert_eq!(rest.len(), 1);
-    let (status, problem) = call(
-        &f.usage,
-        "GET",
-        "/api/v1/usage/history?cursor=bogus",
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, problem) = usage_get(&f, &token, "/api/v1/usage/history?cursor=bogus").await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_cursor"))
