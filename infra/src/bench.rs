@@ -679,8 +679,9 @@ async fn chat_ttfb(
          **Added by the proxy before its first byte: {:.2} ms** (p50): sign-in (keys, user \
          and secret cached per instance), three emulator calls (two rate-limit `UpdateItem`s, \
          one quota `GetItem`) and opening the upstream stream. The first delta then trails \
-         the prelude: lambda_runtime's Runtime API client does not set `TCP_NODELAY`, so \
-         after the prelude each small chunk waits for the previous one's (delayed) ACK. \
+         the prelude by about 40 ms, Linux's delayed-ACK time: lambda_runtime's Runtime API \
+         client (hyper's `HttpConnector`) does not set `TCP_NODELAY`, so after the prelude \
+         each small chunk waits for the previous one's delayed ACK. \
          By then the usage writes that precede `stream_complete` (usage record, history, \
          metering events) have finished, and the rest of the stream goes out at once.\n",
         b50 - d50
