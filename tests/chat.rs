@@ -103,8 +103,10 @@ async fn streams_the_events_in_order_and_records_usage_exactly_once() {
     assert_eq!(history[0]["outcome"], "complete");
     assert_eq!(history[0]["usage"], usage);
 
+    // Two messages: the prompt's tokens, queued at `message_start`, and the
+    // full set at the end, which repeats their ids.
     let pump = pump(&f.stack).await;
-    assert_eq!(drain(&pump).await, 1);
+    assert_eq!(drain(&pump).await, 2);
     let total = [
         "input_tokens",
         "output_tokens",
@@ -381,6 +383,18 @@ async fn minute_and_hour_windows_allow_exactly_their_limits() {
         assert_eq!(this_minute, if minute < 5 { 10 } else { 0 });
     }
     assert_eq!(allowed, 50);
+    // A window of 0 refuses from the first request.
+    let closed = [Window {
+        name: "minute",
+        length: TimeDelta::minutes(1),
+        limit: 0,
+    }];
+    let verdict = limiter
+        .hit_windows("chat#closed", &closed, hour)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!verdict.binding.allowed);
     // A new hour starts afresh.
     let next = limiter
         .hit_windows("chat#boundaries", &windows, hour + TimeDelta::hours(1))
@@ -573,6 +587,18 @@ async fn usage_history_pages_with_a_cursor() {
     .await;
     let rest = rest["requests"].as_array().unwrap();
     assert_eq!(rest.len(), 1);
+    // One user's cursor is not another's.
+    let (_, other) = f.user();
+    let (status, problem) = usage_get(
+        &f,
+        &other,
+        &format!("/api/v1/usage/history?cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_cursor"))
+    );
     let (status, problem) = usage_get(&f, &token, "/api/v1/usage/history?cursor=bogus").await;
     assert_eq!(
         (status, problem["code"].as_str()),

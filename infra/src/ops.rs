@@ -16,6 +16,7 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequest
 use chrono::{DateTime, Utc};
 
 use shared::aws::describe;
+use shared::metering::ingest::send_batches;
 
 use crate::bootstrap::{ACCOUNT_ID, emulator_config};
 use crate::template::{QueueSpec, TableSpec, Template};
@@ -99,49 +100,59 @@ pub async fn redrive(
         if messages.is_empty() {
             return Ok(moved);
         }
-        let entries = messages
+        let bodies: Vec<String> = messages
             .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(m.body().unwrap_or_default())
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let sent = sqs
-            .send_message_batch()
-            .queue_url(queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| format!("SendMessageBatch: {}", describe(&e)))?;
-        let deletes = sent
-            .successful
-            .iter()
-            .filter_map(|ok| ok.id.parse::<usize>().ok())
-            .filter_map(|i| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(messages[i].receipt_handle()?)
-                    .build()
-                    .ok()
-            })
-            .collect::<Vec<_>>();
-        moved += deletes.len();
-        if !deletes.is_empty() {
-            sqs.delete_message_batch()
-                .queue_url(dead_letter_url)
-                .set_entries(Some(deletes))
+            .map(|m| m.body().unwrap_or_default().to_owned())
+            .collect();
+        // Batches within SQS's count and size limits (messages can be 256 KB).
+        let mut offset = 0;
+        let mut failed = 0;
+        for batch in send_batches(&bodies) {
+            let entries = batch
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id((offset + i).to_string())
+                        .message_body(body)
+                        .build()
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            offset += batch.len();
+            let sent = sqs
+                .send_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| format!("DeleteMessageBatch: {}", describe(&e)))?;
+                .map_err(|e| format!("SendMessageBatch: {}", describe(&e)))?;
+            failed += sent.failed.len();
+            let deletes = sent
+                .successful
+                .iter()
+                .filter_map(|ok| ok.id.parse::<usize>().ok())
+                .filter_map(|i| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(messages[i].receipt_handle()?)
+                        .build()
+                        .ok()
+                })
+                .collect::<Vec<_>>();
+            moved += deletes.len();
+            if !deletes.is_empty() {
+                sqs.delete_message_batch()
+                    .queue_url(dead_letter_url)
+                    .set_entries(Some(deletes))
+                    .send()
+                    .await
+                    .map_err(|e| format!("DeleteMessageBatch: {}", describe(&e)))?;
+            }
         }
-        if !sent.failed.is_empty() {
+        if failed > 0 {
             return Err(format!(
-                "{} messages could not be sent back; they stay in the DLQ",
-                sent.failed.len()
+                "{failed} messages could not be sent back; they stay in the DLQ"
             ));
         }
     }
@@ -178,10 +189,22 @@ pub async fn branch_table(
         copy(dynamodb, &scratch, target).await
     }
     .await;
-    let dropped = dynamodb.delete_table().table_name(&scratch).send().await;
-    let copied = copied?;
-    dropped.map_err(|e| format!("DeleteTable {scratch}: {}", describe(&e)))?;
-    Ok(copied)
+    match copied {
+        Ok(copied) => {
+            dynamodb
+                .delete_table()
+                .table_name(&scratch)
+                .send()
+                .await
+                .map_err(|e| format!("DeleteTable {scratch}: {}", describe(&e)))?;
+            Ok(copied)
+        }
+        // The scratch table is kept: it holds the restored data, so the copy
+        // can be finished from it (or it can be deleted by hand).
+        Err(error) => Err(format!(
+            "{error}; {target} may be partly copied; the restored data is kept in {scratch}"
+        )),
+    }
 }
 
 /// Restores take minutes on AWS (and are instant in the emulator).

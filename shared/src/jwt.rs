@@ -107,7 +107,8 @@ pub enum VerifyError {
 
 struct Keys {
     set: JwkSet,
-    fetched: Option<Instant>,
+    /// The last fetch attempt, successful or not: failures are rate-limited too.
+    attempted: Option<Instant>,
 }
 
 /// Verifies bearer tokens; one per cold start.
@@ -133,7 +134,7 @@ impl Verifier {
             http,
             keys: RwLock::new(Keys {
                 set: JwkSet { keys: Vec::new() },
-                fetched: None,
+                attempted: None,
             }),
             refresh: tokio::sync::Mutex::new(()),
         }
@@ -215,21 +216,32 @@ impl Verifier {
     /// rate-limited). Cold instances fetch on first use.
     async fn refresh_keys(&self) -> Result<(), VerifyError> {
         let _guard = self.refresh.lock().await;
-        let recent = self
-            .keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .fetched
-            .is_some_and(|at| at.elapsed() < REFRESH_INTERVAL);
+        let (recent, have_keys) = {
+            let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            (
+                keys.attempted
+                    .is_some_and(|at| at.elapsed() < REFRESH_INTERVAL),
+                !keys.set.keys.is_empty(),
+            )
+        };
         if recent {
-            return Ok(());
+            // Within the interval: answer from what we have (or say the
+            // keys are unavailable if we never got any).
+            return if have_keys {
+                Ok(())
+            } else {
+                Err(VerifyError::KeysUnavailable(
+                    "the last JWKS fetch failed; retrying shortly".to_owned(),
+                ))
+            };
         }
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .attempted = Some(Instant::now());
         match self.fetch().await {
             Ok(set) => {
-                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Keys {
-                    set,
-                    fetched: Some(Instant::now()),
-                };
+                self.keys.write().unwrap_or_else(|e| e.into_inner()).set = set;
                 Ok(())
             }
             Err(reason) => {

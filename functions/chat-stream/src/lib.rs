@@ -161,13 +161,25 @@ fn store_failed(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     }
 }
 
+/// Time kept back from the invocation's deadline to record usage and end
+/// the stream cleanly.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
+
 async fn chat_stream(
     State(app): State<Arc<App>>,
+    context: Option<axum::Extension<lambda_http::Context>>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
     let started = Instant::now();
-    match admit(&app, &headers, &body, Utc::now()).await {
+    let deadline = context.and_then(|axum::Extension(context)| {
+        let left = context
+            .deadline()
+            .duration_since(std::time::SystemTime::now())
+            .ok()?;
+        Some(started + left.saturating_sub(DEADLINE_MARGIN))
+    });
+    match admit(&app, &headers, &body, Utc::now(), deadline).await {
         Ok(admitted) => match connect(&app, &admitted).await {
             Ok(upstream) => relay::respond(app, admitted, upstream, started),
             Err(error) => error.into_response(),
@@ -185,6 +197,9 @@ pub(crate) struct Admitted {
     body: serde_json::Value,
     limits: Option<Verdict>,
     at: DateTime<Utc>,
+    /// When the stream must end to leave time for recording its usage
+    /// (the invocation's deadline less a margin); `None` outside Lambda.
+    deadline: Option<Instant>,
 }
 
 /// Sign-in, body, rate limits, quota, history: every refusal happens here,
@@ -194,6 +209,7 @@ async fn admit(
     headers: &HeaderMap,
     body: &[u8],
     now: DateTime<Utc>,
+    deadline: Option<Instant>,
 ) -> Result<Admitted, Response> {
     let request_id = current_request_id().unwrap_or_default();
     let subject = require_user(headers, app.verifier.as_ref())
@@ -265,6 +281,7 @@ async fn admit(
         body,
         limits,
         at: now,
+        deadline,
     })
 }
 
@@ -413,7 +430,10 @@ async fn connect(app: &App, admitted: &Admitted) -> Result<reqwest::Response, Ap
                 }
             }
         };
-        if attempt >= UPSTREAM_RETRIES {
+        let out_of_time = admitted
+            .deadline
+            .is_some_and(|d| Instant::now() + UPSTREAM_HEADERS_TIMEOUT > d);
+        if attempt >= UPSTREAM_RETRIES || out_of_time {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 retryable.code,

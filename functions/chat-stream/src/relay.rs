@@ -22,7 +22,9 @@ use shared::chat::anthropic::{SseParser, UpstreamEvent};
 use shared::chat::history::{Role, Turn};
 use shared::chat::metering::usage_events;
 use shared::chat::relay::{ClientEvent, Ending, KEEP_ALIVE, Relay};
+use shared::chat::settings::Usage;
 use shared::metering::ingest::pack;
+use shared::metering::types::TenantId;
 use shared::telemetry::{Metrics, Unit};
 use tokio::sync::mpsc;
 
@@ -65,6 +67,32 @@ pub(crate) fn respond(
     response
 }
 
+/// Resolves at `deadline`, or never.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Queues the prompt's usage (input and cache tokens, final once
+/// `message_start` reports them) at once, in the background, so it is on
+/// the queue even if the invocation ends before the stream does.
+fn queue_prompt(app: &Arc<App>, meter: &Meter, mut usage: Usage) -> tokio::task::JoinHandle<()> {
+    usage.output_tokens = 0; // counted once, at the end
+    let (app, meter) = (Arc::clone(app), meter.clone());
+    tokio::spawn(async move { queue_usage(&app, &meter, &usage).await })
+}
+
+/// Who and what the metering events of one request are for.
+#[derive(Clone)]
+struct Meter {
+    request_id: String,
+    model: String,
+    tenant: TenantId,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
 async fn send(tx: &mpsc::Sender<Bytes>, text: String) -> bool {
     tx.send(Bytes::from(text)).await.is_ok()
 }
@@ -92,12 +120,26 @@ async fn run(
 
     let mut body = upstream.bytes_stream();
     let mut silent = Duration::ZERO;
+    let mut prompt_queued = None;
+    let meter = Meter {
+        request_id: admitted.request_id.clone(),
+        model: admitted.request.model.clone(),
+        tenant: admitted.tenant.id.clone(),
+        at: admitted.at,
+    };
+    let deadline = admitted.deadline.map(tokio::time::Instant::from_std);
     while relay.ending().is_none() {
         let mut out: Vec<ClientEvent> = Vec::new();
         tokio::select! {
             biased;
             () = tx.closed() => {
                 relay.cut_short(Ending::Disconnected);
+            }
+            () = until(deadline) => {
+                out.extend(relay.cut_short(Ending::Failed(
+                    "deadline".to_owned(),
+                    "the reply ran out of time".to_owned(),
+                )));
             }
             next = tokio::time::timeout(config.keep_alive, body.next()) => match next {
                 Err(_) => {
@@ -128,7 +170,13 @@ async fn run(
                     silent = Duration::ZERO;
                     for frame in parser.push(&bytes) {
                         match UpstreamEvent::parse(&frame) {
-                            Some(event) => out.extend(relay.on(event)),
+                            Some(event) => {
+                                let was_started = relay.started();
+                                out.extend(relay.on(event));
+                                if !was_started && relay.started() {
+                                    prompt_queued = Some(queue_prompt(&app, &meter, relay.usage()));
+                                }
+                            }
                             None => tracing::debug!(event = ?frame.event, "skipped an unreadable upstream event"),
                         }
                     }
@@ -164,6 +212,10 @@ async fn run(
         Ending::Disconnected => "disconnected",
     };
 
+    if let Some(prompt) = prompt_queued {
+        // Finish the early send first: the final one repeats its ids.
+        let _ = prompt.await;
+    }
     if relay.started() {
         let record = UsageRecord {
             request_id: admitted.request_id.clone(),
@@ -188,7 +240,6 @@ async fn run(
                         &admitted.subject,
                         admitted.request.conversation_id.as_str(),
                         exchange,
-                        !admitted.request.continues,
                         admitted.at,
                     )
                     .await
@@ -197,7 +248,7 @@ async fn run(
                 }
             }
         };
-        tokio::join!(record_usage(&app, &admitted, &record), remember);
+        tokio::join!(record_usage(&app, &admitted, &meter, &record), remember);
     }
 
     let mut metrics = Metrics::new()
@@ -254,44 +305,45 @@ async fn run(
 }
 
 /// The usage record (history) and the metering events (quota, rollups).
-/// Event ids come from the request id, so a resend is counted once; if the
-/// queue stays down, the events are logged whole so they can be replayed.
-async fn record_usage(app: &App, admitted: &Admitted, record: &UsageRecord) {
-    let stored = app.chat.record_usage(&admitted.subject, record);
-    let events = usage_events(
-        &admitted.request_id,
-        &record.model,
-        &record.usage,
-        admitted.at,
+async fn record_usage(app: &App, admitted: &Admitted, meter: &Meter, record: &UsageRecord) {
+    let (stored, ()) = tokio::join!(
+        app.chat.record_usage(&admitted.subject, record),
+        queue_usage(app, meter, &record.usage),
     );
-    let bodies = pack(&admitted.tenant.id, &events);
-    let queued = async {
-        let mut attempt = 0;
-        loop {
-            match app.queue.send(&bodies).await {
-                Ok(_) => return Ok(()),
-                Err(error) if attempt + 1 >= QUEUE_ATTEMPTS => return Err(error),
-                Err(_) => {
-                    tokio::time::sleep(jittered(Duration::from_millis(100), attempt)).await;
-                    attempt += 1;
-                }
-            }
-        }
-    };
-    let (stored, queued) = tokio::join!(stored, queued);
     if let Err(error) = stored {
         tracing::error!(%error, request_id = record.request_id, "could not store the usage record");
     }
-    if let Err(error) = queued {
-        tracing::error!(
-            %error,
-            request_id = record.request_id,
-            messages = ?bodies,
-            "could not queue the chat usage events; replay these messages"
-        );
-        Metrics::new()
-            .dimension("Function", FUNCTION)
-            .value("ChatUsageUnqueued", Unit::Count, events.len() as f64)
-            .emit();
+}
+
+/// Queues the metering events of `usage`. Event ids come from the request
+/// id, so sending a kind again (the prompt's kinds are sent as soon as
+/// `message_start` says them) counts it once; if the queue stays down, the
+/// messages are logged whole so they can be replayed.
+async fn queue_usage(app: &App, meter: &Meter, usage: &Usage) {
+    let events = usage_events(&meter.request_id, &meter.model, usage, meter.at);
+    if events.is_empty() {
+        return;
     }
+    let bodies = pack(&meter.tenant, &events);
+    let mut attempt = 0;
+    let error = loop {
+        match app.queue.send(&bodies).await {
+            Ok(_) => return,
+            Err(error) if attempt + 1 >= QUEUE_ATTEMPTS => break error,
+            Err(_) => {
+                tokio::time::sleep(jittered(Duration::from_millis(100), attempt)).await;
+                attempt += 1;
+            }
+        }
+    };
+    tracing::error!(
+        %error,
+        request_id = meter.request_id,
+        messages = ?bodies,
+        "could not queue the chat usage events; replay these messages"
+    );
+    Metrics::new()
+        .dimension("Function", FUNCTION)
+        .value("ChatUsageUnqueued", Unit::Count, events.len() as f64)
+        .emit();
 }

@@ -197,13 +197,13 @@ impl DynamoChat {
         Ok(turns)
     }
 
-    /// Appends one exchange; a new conversation is also listed under its user.
+    /// Appends one exchange, and lists the conversation under its user
+    /// (title and creation time from its first exchange).
     pub async fn append(
         &self,
         subject: &str,
         conversation: &str,
         exchange: [&Turn; 2],
-        new: bool,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let stamp = at.format("%Y-%m-%dT%H:%M:%S%.6fZ");
@@ -216,23 +216,21 @@ impl DynamoChat {
                 value: turn,
             })?);
         }
-        if new {
-            #[derive(Serialize)]
-            struct Conversation<'a> {
-                title: String,
-                created_at: &'a DateTime<Utc>,
-            }
-            let title: String = exchange[0].text.chars().take(80).collect();
-            items.push(to_item(&Item {
-                pk: user_pk(subject),
-                sk: format!("CONV#{conversation}"),
-                expires_at: None,
-                value: Conversation {
-                    title,
-                    created_at: &at,
-                },
-            })?);
-        }
+        let title: String = exchange[0].text.chars().take(80).collect();
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(user_pk(subject)))
+            .key("sk", s(format!("CONV#{conversation}")))
+            .update_expression(
+                "SET title = if_not_exists(title, :title), \
+                 created_at = if_not_exists(created_at, :at), updated_at = :at",
+            )
+            .expression_attribute_values(":title", s(title))
+            .expression_attribute_values(":at", s(at.to_rfc3339()))
+            .send()
+            .await
+            .map_err(|e| StoreError::aws("UpdateItem", &e))?;
         let writes = items
             .into_iter()
             .map(|item| {
@@ -289,7 +287,19 @@ impl DynamoChat {
         limit: i32,
         cursor: Option<&str>,
     ) -> Result<UsagePage, StoreError> {
+        // Only a key of this user's records is a cursor; anything else would
+        // reach DynamoDB as an invalid start key.
         let start = cursor.map(decode_cursor).transpose()?;
+        let own = |key: &HashMap<String, AttributeValue>| {
+            key.get("pk").and_then(|v| v.as_s().ok()) == Some(&user_pk(subject))
+                && key
+                    .get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .is_some_and(|sk| sk.starts_with("REQ#"))
+        };
+        if start.as_ref().is_some_and(|key| !own(key)) {
+            return Err(StoreError::BadCursor);
+        }
         let page = self
             .client
             .query()
@@ -390,11 +400,21 @@ impl ChatUsers {
             .unwrap_or_else(|e| e.into_inner())
             .get(subject)
             .cloned();
-        let (tenant, touched_at) = match remembered {
-            Some(seen) if seen.read_at.elapsed() < TENANT_TTL => (seen.tenant, seen.touched_at),
-            Some(seen) => (self.tenant(subject, now).await?, seen.touched_at),
+        let (tenant, read_at, touched_at) = match remembered {
+            Some(seen) if seen.read_at.elapsed() < TENANT_TTL => {
+                (seen.tenant, seen.read_at, seen.touched_at)
+            }
+            Some(seen) => (
+                self.tenant(subject, now).await?,
+                Instant::now(),
+                seen.touched_at,
+            ),
             None => match self.chat.user(subject).await? {
-                Some(profile) => (self.tenant(subject, now).await?, profile.last_active_at),
+                Some(profile) => (
+                    self.tenant(subject, now).await?,
+                    Instant::now(),
+                    profile.last_active_at,
+                ),
                 None => {
                     let tenant = self.tenant(subject, now).await?;
                     self.chat
@@ -404,7 +424,7 @@ impl ChatUsers {
                             last_active_at: now,
                         })
                         .await?;
-                    (tenant, now)
+                    (tenant, Instant::now(), now)
                 }
             },
         };
@@ -418,10 +438,6 @@ impl ChatUsers {
         if seen.len() >= MAX_REMEMBERED_USERS {
             seen.clear();
         }
-        let read_at = seen
-            .get(subject)
-            .filter(|s| s.tenant == tenant)
-            .map_or_else(Instant::now, |s| s.read_at);
         seen.insert(
             subject.to_owned(),
             Seen {

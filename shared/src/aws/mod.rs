@@ -93,7 +93,10 @@ pub(crate) fn decode_cursor(
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or(StoreError::BadCursor)?;
-    let (pk, sk) = text.split_once('\n').ok_or(StoreError::BadCursor)?;
+    let (pk, sk) = text
+        .split_once('\n')
+        .filter(|(pk, sk)| !pk.is_empty() && !sk.is_empty())
+        .ok_or(StoreError::BadCursor)?;
     Ok(std::collections::HashMap::from([
         ("pk".to_owned(), s(pk)),
         ("sk".to_owned(), s(sk)),

@@ -124,6 +124,15 @@ impl RateLimiter {
         let secs = window.num_seconds().max(1);
         let start = now.timestamp() - now.timestamp().rem_euclid(secs);
         let reset = DateTime::from_timestamp(start + secs, 0).unwrap_or(now);
+        if limit == 0 {
+            // `attribute_not_exists` would let a first request through.
+            return Ok(Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset,
+            });
+        }
         let key = HashMap::from([
             ("pk".to_owned(), s(subject)),
             ("sk".to_owned(), s(start.to_string())),

@@ -73,6 +73,8 @@ pub enum Ending {
 #[derive(Debug, Default)]
 pub struct Relay {
     usage: Usage,
+    /// Whether a `message_delta` has reported output tokens.
+    output_reported: bool,
     started: bool,
     stop_reason: Option<String>,
     text: String,
@@ -96,6 +98,7 @@ impl Relay {
                 Some(ClientEvent::ContentDelta { text })
             }
             UpstreamEvent::MessageDelta { stop_reason, usage } => {
+                self.output_reported |= usage.output_tokens.is_some();
                 usage.apply(&mut self.usage);
                 if stop_reason.is_some() {
                     self.stop_reason = stop_reason;
@@ -143,8 +146,17 @@ impl Relay {
         self.started
     }
 
+    /// What the request used. A stream cut short before any `message_delta`
+    /// reported output has its output estimated from the text it streamed
+    /// (about four characters per token), so a reply the client received is
+    /// never nearly free.
     pub fn usage(&self) -> Usage {
-        self.usage
+        let mut usage = self.usage;
+        if !self.output_reported && self.ending != Some(Ending::Complete) {
+            let estimate = self.text.chars().count().div_ceil(4) as u64;
+            usage.output_tokens = usage.output_tokens.max(estimate);
+        }
+        usage
     }
 
     pub fn stop_reason(&self) -> Option<&str> {
@@ -241,6 +253,22 @@ mod tests {
         let mut relay = Relay::default();
         assert_eq!(relay.cut_short(Ending::Disconnected), None);
         assert!(!relay.started());
+    }
+
+    #[test]
+    fn a_stream_cut_before_any_output_report_estimates_the_output() {
+        let mut relay = Relay::default();
+        relay.on(start(5));
+        relay.on(UpstreamEvent::TextDelta("x".repeat(400)));
+        relay.cut_short(Ending::Disconnected);
+        assert_eq!(relay.usage().output_tokens, 100);
+
+        let mut relay = Relay::default();
+        relay.on(start(5));
+        relay.on(UpstreamEvent::TextDelta("x".repeat(400)));
+        relay.on(delta(120, None));
+        relay.cut_short(Ending::Disconnected);
+        assert_eq!(relay.usage().output_tokens, 120, "a reported count wins");
     }
 
     #[test]
