@@ -1,8 +1,8 @@
 """`make fuzz`: schemathesis against a running `make dev`, from docs/openapi.yaml.
 
 Creates what the fuzzer needs to get past authentication (a tenant and its API
-key through the admin API; the admin token and the local sign-in token that
-`make dev` wrote), then runs schemathesis once per function with a bounded
+key through the admin API; the admin token, and the sign-in token `make dev`
+wrote for its own user, fuzz-user, so dev-user's rate limits stay untouched), then runs schemathesis once per function with a bounded
 number of examples per operation. It fails on any 5xx, any response that
 does not match the spec (status, content type, headers, body), or any
 ERROR logged by the functions while it ran. Figures go to docs/reliability.md.
@@ -71,7 +71,7 @@ def main():
     except OSError as e:
         sys.exit(f"make dev is not answering at {BASE} ({e}); start it first")
     admin = admin_token()
-    user = open(os.path.join(STATE, "dev-token"), encoding="utf-8").read().strip()
+    user = open(os.path.join(STATE, "fuzz-token"), encoding="utf-8").read().strip()
     tenant = http(
         "POST",
         f"{BASE}/usage/admin/tenants",
