@@ -16,7 +16,7 @@ use support::chat::{
     AUDIENCE, ChatFixture, Event, Events, ISSUER, away_from_minute_end, fixture, fixture_with,
 };
 use support::metering::{drain, pump};
-use support::{call, send};
+use support::call;
 
 fn names(events: &[Event]) -> Vec<&str> {
     let mut names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
@@ -248,16 +248,9 @@ async fn an_upstream_error_mid_stream_becomes_stream_error_and_partial_usage_is_
 async fn an_overloaded_upstream_is_retried_then_reported_before_any_stream() {
     let f = fixture().await;
     let (_, token) = f.user();
-    let (status, headers, body) = send(
-        &f.chat,
-        support::request(
-            "POST",
-            "/api/v1/chat/stream",
-            Some(&token),
-            Some(&json!({"message": "[overloaded]"})),
-        ),
-    )
-    .await;
+    let (status, headers, body) = f
+        .send_chat(Some(&token), &json!({"message": "[overloaded]"}))
+        .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["content-type"], "application/problem+json");
     assert_eq!(body["code"], "upstream_overloaded");
@@ -285,16 +278,7 @@ async fn the_eleventh_request_in_a_minute_is_refused_and_recorded() {
         assert_eq!(status, StatusCode::OK, "request {i}");
         assert_eq!(events.last().unwrap().name, "stream_complete");
     }
-    let (status, headers, body) = send(
-        &f.chat,
-        support::request(
-            "POST",
-            "/api/v1/chat/stream",
-            Some(&token),
-            Some(&json!({"message": "n10"})),
-        ),
-    )
-    .await;
+    let (status, headers, body) = f.send_chat(Some(&token), &json!({"message": "n10"})).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["code"], "rate_limited");
     assert_eq!(headers["x-ratelimit-limit"], "10");
@@ -415,16 +399,7 @@ async fn a_user_over_the_monthly_quota_is_refused_before_any_upstream_call() {
     assert_eq!(status, StatusCode::OK);
     drain(&pump(&f.stack).await).await;
 
-    let (status, headers, body) = send(
-        &f.chat,
-        support::request(
-            "POST",
-            "/api/v1/chat/stream",
-            Some(&token),
-            Some(&json!({"message": "more"})),
-        ),
-    )
-    .await;
+    let (status, headers, body) = f.send_chat(Some(&token), &json!({"message": "more"})).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["code"], "quota_exceeded");
     assert_eq!(body["quota"], 100);
@@ -485,11 +460,7 @@ async fn bad_requests_are_refused_before_anything_streams_or_counts() {
         json!({"message": "hi", "conversation_id": "../etc"}),
     ];
     for body in &bad {
-        let (status, headers, problem) = send(
-            &f.chat,
-            support::request("POST", "/api/v1/chat/stream", Some(&token), Some(body)),
-        )
-        .await;
+        let (status, headers, problem) = f.send_chat(Some(&token), body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(headers["content-type"], "application/problem+json");
         assert_eq!(problem["code"], "invalid_request");
@@ -504,25 +475,12 @@ async fn bad_requests_are_refused_before_anything_streams_or_counts() {
 async fn chat_refuses_requests_without_a_valid_token() {
     let f = fixture().await;
     let body = json!({"message": "hi"});
-    let (status, _, problem) = send(
-        &f.chat,
-        support::request("POST", "/api/v1/chat/stream", None, Some(&body)),
-    )
-    .await;
+    let (status, _, problem) = f.send_chat(None, &body).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("missing_credentials"))
     );
-    let (status, _, problem) = send(
-        &f.chat,
-        support::request(
-            "POST",
-            "/api/v1/chat/stream",
-            Some("not.a.jwt"),
-            Some(&body),
-        ),
-    )
-    .await;
+    let (status, _, problem) = f.send_chat(Some("not.a.jwt"), &body).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_token"))
@@ -639,16 +597,9 @@ async fn a_rate_limit_store_outage_fails_open_or_closed_as_configured() {
     ])
     .await;
     let (_, token) = closed.user();
-    let (status, headers, problem) = send(
-        &closed.chat,
-        support::request(
-            "POST",
-            "/api/v1/chat/stream",
-            Some(&token),
-            Some(&json!({"message": "hi"})),
-        ),
-    )
-    .await;
+    let (status, headers, problem) = closed
+        .send_chat(Some(&token), &json!({"message": "hi"}))
+        .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(problem["code"], "dependency_unavailable");
     assert!(headers.contains_key("retry-after"));

@@ -197,6 +197,12 @@ fn forward<R: AsyncRead + Unpin + Send + 'static>(name: &'static str, stream: Op
     });
 }
 
+/// Sets `name` in the functions' environment, replacing the template's value.
+fn override_var(env: &mut Vec<(String, String)>, name: &str, value: &str) {
+    env.retain(|(n, _)| n != name);
+    env.push((name.to_owned(), value.to_owned()));
+}
+
 /// Runs everything until Ctrl-C or SIGTERM.
 pub async fn run(options: DevOptions, log: Log) -> Result<(), String> {
     let template = Template::load(&options.root.join("template.yaml").to_string_lossy())
@@ -314,8 +320,7 @@ async fn start(
         ("JWT_AUDIENCES", crate::stubs::DEV_AUDIENCE),
         ("ANTHROPIC_BASE_URL", upstreams.anthropic_url.as_str()),
     ] {
-        env.retain(|(n, _)| n != name);
-        env.push((name.to_owned(), value.to_owned()));
+        override_var(&mut env, name, value);
     }
     // Prices from a local gold-api.com unless the real providers are wanted
     // (they need the network, and keys for all but gold-api.com).
@@ -328,8 +333,7 @@ async fn start(
             ("GOLD_API_COM_BASE_URL", stub.as_str()),
             ("PROVIDER_ORDER", "gold-api.com"),
         ] {
-            env.retain(|(n, _)| n != name);
-            env.push((name.to_owned(), value.to_owned()));
+            override_var(&mut env, name, value);
         }
     }
     if let Some((_, secret)) = env.iter().find(|(n, _)| n == "ANTHROPIC_API_KEY_SECRET") {

@@ -140,11 +140,6 @@ impl Verifier {
         }
     }
 
-    /// Whether the JWKS answers: for `/api/v1/status`.
-    pub async fn probe(&self) -> Result<(), String> {
-        self.fetch().await.map(|_| ())
-    }
-
     pub async fn verify(&self, token: &str) -> Result<Subject, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {

@@ -105,6 +105,20 @@ impl ChatFixture {
             .expect("infallible router")
     }
 
+    /// `POST /api/v1/chat/stream` read whole, for answers that do not stream
+    /// (refusals): status, headers and the JSON body.
+    pub async fn send_chat(
+        &self,
+        token: Option<&str>,
+        body: &Value,
+    ) -> (http::StatusCode, http::HeaderMap, Value) {
+        crate::send(
+            &self.chat,
+            crate::request("POST", "/api/v1/chat/stream", token, Some(body)),
+        )
+        .await
+    }
+
     /// A whole chat exchange: status and every event.
     pub async fn chat_all(&self, token: &str, body: &Value) -> (http::StatusCode, Vec<Event>) {
         let response = self.post(token, body).await;

@@ -24,13 +24,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, Utc};
 use shared::auth::require_user;
+use shared::aws::SdkConfig;
 use shared::aws::chat::{ChatUsers, DynamoChat};
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::queue::EventQueue;
 use shared::aws::ratelimit::{RateLimiter, Verdict, Window};
 use shared::aws::secrets::CachedSecret;
 use shared::aws::tenants::DynamoTenants;
-use shared::aws::{SdkConfig, StoreError};
 use shared::chat::anthropic::{self, API_VERSION};
 use shared::chat::history::trim;
 use shared::chat::request::ChatRequest;
@@ -154,13 +154,6 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     finish(routes, &config.cors)
 }
 
-fn store_failed(what: &'static str) -> impl Fn(StoreError) -> ApiError {
-    move |error| {
-        tracing::error!(%error, what, "store failed");
-        ApiError::unavailable(what, 5)
-    }
-}
-
 /// Time kept back from the invocation's deadline to record usage and end
 /// the stream cleanly.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
@@ -222,7 +215,7 @@ async fn admit(
         .users
         .sign_in(&subject, now)
         .await
-        .map_err(|e| store_failed("user store")(e).into_response())?;
+        .map_err(|e| e.into_api("user store").into_response())?;
     if !tenant.enabled {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -239,7 +232,7 @@ async fn admit(
         .ledger
         .period_total(&tenant.id, &period.key())
         .await
-        .map_err(|e| store_failed("usage store")(e).into_response())?;
+        .map_err(|e| e.into_api("usage store").into_response())?;
     if used >= tenant.monthly_quota {
         let retry = (period.end - now).num_seconds().max(1) as u64;
         let mut refusal = ApiError::new(
@@ -267,7 +260,7 @@ async fn admit(
             .chat
             .history(&subject, request.conversation_id.as_str())
             .await
-            .map_err(|e| store_failed("conversation store")(e).into_response())?;
+            .map_err(|e| e.into_api("conversation store").into_response())?;
         trim(&turns, app.config.chat.history_budget_tokens)
     } else {
         Vec::new()

@@ -190,16 +190,7 @@ fn page_limit(query: &HashMap<String, String>, default: i32) -> Result<i32, ApiE
 }
 
 fn store_unavailable(error: StoreError) -> ApiError {
-    match error {
-        // The client's mistake, not the store's: no error log.
-        StoreError::BadCursor => {
-            ApiError::bad_request("invalid_cursor", "the cursor is not one this API returned")
-        }
-        error => {
-            tracing::error!(%error, "tenants or usage table failed");
-            ApiError::unavailable("usage store", 5)
-        }
-    }
+    error.into_api("usage store")
 }
 
 /// `?cursor=`, where an empty value means the first page.

@@ -34,6 +34,22 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The HTTP answer to a store failure: a cursor this API never issued is
+    /// the client's mistake (400, not logged as an error); anything else
+    /// makes `what` unavailable (503 with Retry-After, logged).
+    pub fn into_api(self, what: &'static str) -> crate::error::ApiError {
+        match self {
+            StoreError::BadCursor => crate::error::ApiError::bad_request(
+                "invalid_cursor",
+                "the cursor is not one this API returned",
+            ),
+            error => {
+                tracing::error!(%error, what, "store failed");
+                crate::error::ApiError::unavailable(what, 5)
+            }
+        }
+    }
+
     pub fn aws<E, R>(
         operation: &'static str,
         error: &aws_sdk_dynamodb::error::SdkError<E, R>,
