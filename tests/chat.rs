@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use shared::aws::chat::DynamoChat;
 use shared::aws::ratelimit::{RateLimiter, Window};
 use shared::jwt::{JwtSettings, Verifier, VerifyError};
+use support::call;
 use support::chat::{
     AUDIENCE, ChatFixture, Event, Events, ISSUER, away_from_minute_end, fixture, fixture_with,
 };
 use support::metering::{drain, pump};
-use support::call;
 
 fn names(events: &[Event]) -> Vec<&str> {
     let mut names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
