@@ -79,6 +79,7 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
             "http://127.0.0.1:{lambda_port}/lambda-url/chat-stream/api/v1/chat/stream"
         ))
         .bearer_auth(token.trim())
+        .timeout(Duration::from_secs(120))
         .body(r#"{"message": "[slow] stream please"}"#)
         .send()
         .await
