@@ -7,8 +7,13 @@ SHELL := bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ingot/target
 VENV := .venv
 PYTHON ?= python3
-# The venv's tools (moto_server, cargo-lambda, cfn-lint) come first on PATH.
+# The venv's tools (cargo-lambda, cfn-lint) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The AWS emulator under make dev, the tests and the benchmarks: ministack
+# (the default, chosen by tests/conformance.rs and the load test; see
+# docs/local-cloud.md) or moto. Each has its own venv: their botocore pins clash.
+EMULATOR ?= ministack
+export INGOT_EMULATOR := $(EMULATOR)
 
 .PHONY: help venv browser dev trigger test lint unit template-check bench loadtest fuzz deploy destroy redrive branch clean
 
@@ -31,11 +36,17 @@ help:
 	@echo "make redrive [STAGE=local]  move dead-lettered usage events back onto the queue"
 	@echo "make branch FROM=prod TO=pr-123 [AT=2026-11-22T10:00:00Z]   restore one stage's tables into another's"
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed .venv-$(EMULATOR)/.installed
 
 $(VENV)/.installed: infra/requirements.txt infra/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements.txt -c infra/constraints.txt
+	touch $@
+
+# Every package pinned (a pip freeze), so an emulator upgrade is a reviewed change.
+.venv-%/.installed: infra/emulator-%.txt
+	$(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/pip install --quiet --disable-pip-version-check --no-deps -r $<
 	touch $@
 
 # RELEASE=1 serves optimised builds (slower first build; what loadtest should measure).
@@ -111,4 +122,4 @@ branch:
 	cargo run --quiet --locked -p ingot-local -- branch $(FROM) $(TO) $(AT)
 
 clean:
-	rm -rf .local $(VENV) $(FUZZ_VENV)
+	rm -rf .local $(VENV) $(FUZZ_VENV) .venv-ministack .venv-moto

@@ -89,6 +89,7 @@ Resources:
                 batch_size,
                 max_batching_window_secs: window_secs,
                 report_batch_item_failures: true,
+                max_concurrency: None,
             },
             function: "test".into(),
             invoker,

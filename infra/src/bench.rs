@@ -445,13 +445,14 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
 
     // A private emulator on a free port, so `make dev` can keep running.
     let port = emulator::free_port().map_err(|e| e.to_string())?;
-    let _moto = tokio::process::Command::from(emulator::command(root, port))
+    let kind = emulator::Emulator::from_env()?;
+    let _emulator = tokio::process::Command::from(kind.command(root, port))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("moto_server: {e} (run `make venv`)"))?;
-    emulator::wait_for_port(port, Duration::from_secs(30), "moto_server").await?;
+        .map_err(|e| format!("{}: {e} (run `make venv`)", kind.name()))?;
+    emulator::wait_for_port(port, Duration::from_secs(30), kind.name()).await?;
     let endpoint = format!("http://127.0.0.1:{port}");
     let region = "us-east-1";
     let aws = crate::bootstrap::emulator_config(&endpoint, region).await;

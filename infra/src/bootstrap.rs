@@ -15,7 +15,7 @@ use shared::aws::describe;
 
 use crate::template::{FunctionSpec, Resolver, SecretValue, TableSpec, Template, TemplateError};
 
-/// The emulator's fixed account id (moto's default).
+/// The emulator's fixed account id (moto's default; ministack is told it).
 pub const ACCOUNT_ID: &str = "123456789012";
 
 #[derive(Debug, thiserror::Error)]

@@ -18,9 +18,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::bootstrap::{ACCOUNT_ID, bootstrap, emulator_config, merged_environment, queue_arn};
-use crate::emulator::{self, port_open, wait_for_port};
+use crate::emulator::{Emulator, port_open, wait_for_port};
 use crate::invoke::LambdaInvoker;
 use crate::pump::Pump;
+use crate::sandbox::{Limits, SETTINGS_VAR, Settings};
 use crate::schedule;
 use crate::template::{Template, Trigger};
 
@@ -28,27 +29,39 @@ use crate::template::{Template, Trigger};
 #[derive(Debug, Clone)]
 pub struct DevOptions {
     pub root: PathBuf,
-    pub moto_port: u16,
+    pub emulator_port: u16,
     pub lambda_port: u16,
     pub stack: String,
     pub region: String,
     /// Serve optimised builds (`INGOT_RELEASE=1`).
     pub release: bool,
+    /// Instances per function at most (`INGOT_CONCURRENCY`, default 4): Lambda
+    /// scales out under load, and so does `make dev`, up to this.
+    pub concurrency: u64,
     /// Where the log and the functions' env file go (`INGOT_STATE_DIR`,
     /// default `.local`).
     pub state_dir: PathBuf,
 }
 
 impl DevOptions {
-    /// From `INGOT_MOTO_PORT` (4566) and `INGOT_LAMBDA_PORT` (9000).
+    /// From `INGOT_EMULATOR_PORT` (4566) and `INGOT_LAMBDA_PORT` (9000).
     pub fn from_env(root: PathBuf) -> Result<Self, String> {
         let port = |name: &str, default: u16| match std::env::var(name) {
             Ok(v) => v.parse().map_err(|_| format!("{name}={v:?} is not a port")),
             Err(_) => Ok(default),
         };
+        let concurrency = match std::env::var("INGOT_CONCURRENCY") {
+            Ok(v) => v
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("INGOT_CONCURRENCY={v:?} is not a count ≥ 1"))?,
+            Err(_) => 4,
+        };
         Ok(Self {
-            moto_port: port("INGOT_MOTO_PORT", 4566)?,
+            emulator_port: port("INGOT_EMULATOR_PORT", 4566)?,
             lambda_port: port("INGOT_LAMBDA_PORT", 9000)?,
+            concurrency,
             stack: "ingot-local".to_owned(),
             region: "us-east-1".to_owned(),
             release: std::env::var("INGOT_RELEASE").is_ok_and(|v| v == "1"),
@@ -58,8 +71,8 @@ impl DevOptions {
         })
     }
 
-    pub fn moto_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.moto_port)
+    pub fn emulator_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.emulator_port)
     }
 
     pub fn lambda_endpoint(&self) -> String {
@@ -189,7 +202,7 @@ fn forward<R: AsyncRead + Unpin + Send + 'static>(name: &'static str, stream: Op
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             // moto logs every request; the pump alone polls once a second.
-            let access_ok = name == "moto" && line.contains("HTTP/1.1\" 2");
+            let access_ok = name == Emulator::Moto.name() && line.contains("HTTP/1.1\" 2");
             if !access_ok {
                 log.line(name, &line);
             }
@@ -274,22 +287,23 @@ async fn start(
     components: &mut Vec<Component>,
 ) -> Result<(), String> {
     // 1. The emulator: reuse a running one, so its data survives a rerun.
-    if port_open(options.moto_port) {
+    if port_open(options.emulator_port) {
         log.line(
             "dev",
-            &format!("reusing the emulator on port {}", options.moto_port),
+            &format!("reusing the emulator on port {}", options.emulator_port),
         );
     } else {
+        let kind = Emulator::from_env()?;
         components.push(Component::spawn(
-            "moto",
-            &mut Command::from(emulator::command(&options.root, options.moto_port)),
+            kind.name(),
+            &mut Command::from(kind.command(&options.root, options.emulator_port)),
             log,
         )?);
-        wait_for_port(options.moto_port, Duration::from_secs(30), "moto_server").await?;
+        wait_for_port(options.emulator_port, Duration::from_secs(30), kind.name()).await?;
     }
 
     // 2. The template's resources, and the functions' environment.
-    let aws = emulator_config(&options.moto_endpoint(), &options.region).await;
+    let aws = emulator_config(&options.emulator_endpoint(), &options.region).await;
     let mut resolver = template
         .resolver(
             &options.stack,
@@ -304,7 +318,7 @@ async fn start(
     let mut env = merged_environment(
         template,
         &resolver,
-        &options.moto_endpoint(),
+        &options.emulator_endpoint(),
         &options.region,
     )
     .map_err(|e| e.to_string())?;
@@ -357,6 +371,23 @@ async fn start(
         .token("fuzz-user", Duration::from_secs(24 * 3600));
     let fuzz_file = options.state_dir.join("fuzz-token");
     std::fs::write(&fuzz_file, fuzz_token).map_err(|e| format!("{}: {e}", fuzz_file.display()))?;
+    let sandbox_file = options.state_dir.join("sandbox.json");
+    let sandbox = Settings {
+        functions: functions
+            .iter()
+            .map(|f| {
+                let limits = Limits {
+                    timeout_secs: f.timeout_secs,
+                    memory_mb: f.memory_mb,
+                    reserved_concurrency: f.reserved_concurrency,
+                };
+                (f.binary.clone(), limits)
+            })
+            .collect(),
+        slots: options.state_dir.join("slots"),
+    };
+    let body = serde_json::to_vec_pretty(&sandbox).map_err(|e| e.to_string())?;
+    std::fs::write(&sandbox_file, body).map_err(|e| format!("{}: {e}", sandbox_file.display()))?;
     let env_file = options.state_dir.join("functions.env");
     let body: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     std::fs::write(&env_file, body).map_err(|e| format!("{}: {e}", env_file.display()))?;
@@ -389,7 +420,10 @@ async fn start(
         }
     }
 
-    // 4. The functions.
+    // 4. The functions, each instance in a sandbox that keeps the
+    //    template's limits (cargo runs it around every function binary).
+    let this = std::env::current_exe().map_err(|e| format!("ingot-local's path: {e}"))?;
+    let (runner, sandboxed) = Settings::runner(&this);
     components.push(Component::spawn(
         "lambda",
         Command::new("cargo")
@@ -403,9 +437,13 @@ async fn start(
                 "-P",
             ])
             .arg(options.lambda_port.to_string())
+            .arg("--concurrency")
+            .arg(options.concurrency.to_string())
             .args(profile)
             .arg("--env-file")
             .arg(&env_file)
+            .env(runner, sandboxed)
+            .env(SETTINGS_VAR, &sandbox_file)
             .current_dir(&options.root),
         log,
     )?);
@@ -454,7 +492,13 @@ async fn start(
                         function: function.binary.clone(),
                         invoker: invoker.clone(),
                     };
-                    tokio::spawn(async move { pump.run().await });
+                    // Lambda polls with several batches in flight (5 to
+                    // start, or ScalingConfig.MaximumConcurrency).
+                    let pollers = source.max_concurrency.unwrap_or(5).min(options.concurrency);
+                    for _ in 0..pollers {
+                        let pump = pump.clone();
+                        tokio::spawn(async move { pump.run().await });
+                    }
                     urls.push(format!("  {:<12} ← SQS {queue_url}", function.binary));
                 }
                 Trigger::Schedule(source) => {
@@ -479,7 +523,7 @@ async fn start(
     summary.push_str(&urls.join("\n"));
     summary.push_str(&format!(
         "\n  emulator     {} (AWS_ENDPOINT_URL)\n",
-        options.moto_endpoint()
+        options.emulator_endpoint()
     ));
     for secret in &generated {
         summary.push_str(&format!(

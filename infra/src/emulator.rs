@@ -1,39 +1,94 @@
-//! Starting the AWS emulator (moto) — one way, used by `make dev`, the
-//! integration tests and the benchmark.
+//! Starting the AWS emulator — one way, used by `make dev`, the integration
+//! tests and the benchmarks.
+//!
+//! Two emulators speak the DynamoDB, SQS and Secrets Manager APIs Ingot uses;
+//! `INGOT_EMULATOR` picks one. ministack is the default: it passes the
+//! conformance suite (`tests/conformance.rs`) and carries the load test,
+//! where moto copies a whole table per transaction item and falls over
+//! (docs/local-cloud.md has the figures). Each lives in its own venv
+//! (`.venv-<name>`, pinned by `make venv`) because their botocore pins clash.
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The moto binary: `$MOTO_SERVER`, else the project's `.venv`, else `PATH`.
-pub fn moto_server(root: &Path) -> PathBuf {
-    if let Some(path) = std::env::var_os("MOTO_SERVER") {
-        return PathBuf::from(path);
-    }
-    let venv = root.join(".venv/bin/moto_server");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("moto_server")
-    }
+/// The emulators the local cloud can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emulator {
+    Ministack,
+    Moto,
 }
 
-/// The command that serves the emulator on `127.0.0.1:port`. The child is
-/// killed by the kernel if the thread that spawned it dies, so an aborted
-/// run never leaves an emulator holding the port.
-pub fn command(root: &Path, port: u16) -> std::process::Command {
-    let mut command = std::process::Command::new(moto_server(root));
-    command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-    // SAFETY: prctl is async-signal-safe and only sets this child's
-    // parent-death signal.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
+impl Emulator {
+    /// `INGOT_EMULATOR` (`ministack`, the default, or `moto`).
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("INGOT_EMULATOR").as_deref() {
+            Err(_) | Ok("" | "ministack") => Ok(Self::Ministack),
+            Ok("moto") => Ok(Self::Moto),
+            Ok(other) => Err(format!(
+                "INGOT_EMULATOR={other:?}: expected ministack or moto"
+            )),
+        }
     }
-    command
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ministack => "ministack",
+            Self::Moto => "moto",
+        }
+    }
+
+    /// The server binary: `$INGOT_EMULATOR_BIN`, else the emulator's venv
+    /// under `root`, else `PATH`.
+    fn binary(self, root: &Path) -> PathBuf {
+        if let Some(path) = std::env::var_os("INGOT_EMULATOR_BIN") {
+            return PathBuf::from(path);
+        }
+        let file = match self {
+            Self::Ministack => "ministack",
+            Self::Moto => "moto_server",
+        };
+        let venv = root.join(format!(".venv-{}/bin/{file}", self.name()));
+        if venv.exists() {
+            venv
+        } else {
+            PathBuf::from(file)
+        }
+    }
+
+    /// The command that serves this emulator on `127.0.0.1:port` only, with
+    /// only the services Ingot uses. The child is killed by the kernel if the
+    /// thread that spawned it dies, so an aborted run never leaves an
+    /// emulator holding the port.
+    pub fn command(self, root: &Path, port: u16) -> std::process::Command {
+        let mut command = std::process::Command::new(self.binary(root));
+        match self {
+            Self::Ministack => {
+                command
+                    .env("GATEWAY_PORT", port.to_string())
+                    .env("BIND_HOST", "127.0.0.1")
+                    .env("SERVICES", "dynamodb,sqs,secretsmanager")
+                    // Its IoT listener would otherwise open 0.0.0.0:8883.
+                    .env("IOT_MTLS_ENABLED", "0")
+                    .env("PERSIST_STATE", "0")
+                    .env("LOG_LEVEL", "WARNING")
+                    .env("MINISTACK_ACCOUNT_ID", crate::bootstrap::ACCOUNT_ID);
+            }
+            Self::Moto => {
+                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            }
+        }
+        // SAFETY: prctl is async-signal-safe and only sets this child's
+        // parent-death signal.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        command
+    }
 }
 
 /// A port nothing listens on right now.

@@ -4,11 +4,13 @@
 //! functions, not event sources) can run Ingot here on their own, so this
 //! crate supplies what is missing, all read from `template.yaml`:
 //! - [`template`]: the resources and functions the template declares;
-//! - [`emulator`]: starts the AWS emulator (moto);
+//! - [`emulator`]: starts the AWS emulator (ministack, or moto);
 //! - [`bootstrap`]: creates the template's resources in it;
 //! - [`pump`]: Lambda's SQS event source mapping (batches, partial failures);
 //! - [`schedule`]: EventBridge Scheduler's `rate(...)` schedules;
 //! - [`invoke`]: calls a function through cargo-lambda's Invoke API;
+//! - [`sandbox`]: each function instance's Lambda limits (deadline, memory,
+//!   reserved concurrency), which cargo-lambda does not keep;
 //! - [`dev`]: runs all of it together and stops it cleanly;
 //! - [`bench`]: measures the functions' release binaries (`make bench`);
 //! - [`loadtest`]: load against `make dev`, then an exact count check (`make loadtest`);
@@ -24,6 +26,30 @@ pub mod invoke;
 pub mod loadtest;
 pub mod ops;
 pub mod pump;
+pub mod sandbox;
 pub mod schedule;
 pub mod stubs;
 pub mod template;
+
+use std::path::{Path, PathBuf};
+
+/// The checkout to serve: the nearest directory at or above the current one
+/// that holds `template.yaml` beside a `Cargo.toml`. Found at run time, never
+/// baked in at compile time: clones that share one target directory share
+/// this binary, and each must still serve its own code.
+pub fn workspace_root() -> Result<PathBuf, String> {
+    let here = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+    here.ancestors()
+        .find(|dir| is_workspace(dir))
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            format!(
+                "{} is not inside an Ingot checkout (no template.yaml beside a Cargo.toml)",
+                here.display()
+            )
+        })
+}
+
+fn is_workspace(dir: &Path) -> bool {
+    dir.join("template.yaml").is_file() && dir.join("Cargo.toml").is_file()
+}

@@ -24,7 +24,7 @@ use crate::bootstrap::emulator_config;
 pub struct LoadOptions {
     pub root: PathBuf,
     pub lambda: String,
-    pub moto: String,
+    pub emulator: String,
     pub region: String,
     pub stack: String,
     pub rate: u32,
@@ -129,7 +129,7 @@ fn metrics_since(log: &Path, offset: u64) -> HashMap<(String, String), f64> {
 }
 
 async fn admin_token(options: &LoadOptions) -> Result<String, String> {
-    let aws = emulator_config(&options.moto, &options.region).await;
+    let aws = emulator_config(&options.emulator, &options.region).await;
     aws_sdk_secretsmanager::Client::new(&aws)
         .get_secret_value()
         .secret_id(format!("{}/admin-token", options.stack))
@@ -195,7 +195,7 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
     }
 
     // Warm both functions so their processes exist, then take baselines.
-    let aws = emulator_config(&options.moto, &options.region).await;
+    let aws = emulator_config(&options.emulator, &options.region).await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let queue_url = sqs
         .get_queue_url()

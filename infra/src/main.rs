@@ -1,6 +1,8 @@
 //! `ingot-local`: the local cloud's command line (see the crate docs).
 //!
 //! - `ingot-local dev`: everything, until Ctrl-C (`make dev`);
+//! - `ingot-local sandbox <program>`: one function instance with its Lambda
+//!   limits (cargo's runner under `make dev`);
 //! - `ingot-local trigger <function>`: fire a scheduled function now;
 //! - `ingot-local bench`: size, cold start and memory of each function (`make bench`);
 //! - `ingot-local loadtest`: load against a running `make dev` (`make loadtest`);
@@ -8,7 +10,6 @@
 //! - `ingot-local branch <from> <to> [<RFC 3339 time>]`: tables of one stage
 //!   into another's at a point in time (`make branch`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,8 +22,21 @@ const USAGE: &str = "usage: ingot-local dev | trigger <function> | bench | loadt
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // cargo's runner under `make dev`: before anything that needs a checkout.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if raw.first().is_some_and(|a| a == "sandbox") {
+        return match raw.get(1) {
+            Some(program) => local::sandbox::run(program.clone(), raw[2..].to_vec())
+                .await
+                .unwrap_or_else(|e| fail(&e)),
+            None => fail("usage: ingot-local sandbox <program> [args...]"),
+        };
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = workspace_root();
+    let root = match local::workspace_root() {
+        Ok(root) => root,
+        Err(e) => return fail(&e),
+    };
     let options = match DevOptions::from_env(root.clone()) {
         Ok(o) => o,
         Err(e) => return fail(&e),
@@ -55,7 +69,7 @@ async fn main() -> ExitCode {
             local::loadtest::run(local::loadtest::LoadOptions {
                 root: root.clone(),
                 lambda: options.lambda_endpoint(),
-                moto: options.moto_endpoint(),
+                emulator: options.emulator_endpoint(),
                 region: options.region.clone(),
                 stack: options.stack.clone(),
                 rate: number("LOADTEST_RATE", 8) as u32,
@@ -77,7 +91,7 @@ async fn main() -> ExitCode {
                 local::ops::redrive_stage(
                     &template,
                     stage,
-                    &options.moto_endpoint(),
+                    &options.emulator_endpoint(),
                     &options.region,
                 )
                 .await
@@ -98,7 +112,7 @@ async fn main() -> ExitCode {
                         from,
                         to,
                         at,
-                        &options.moto_endpoint(),
+                        &options.emulator_endpoint(),
                         &options.region,
                     )
                     .await
@@ -121,14 +135,6 @@ fn load_template(root: &std::path::Path) -> Result<Template, String> {
 fn fail(message: &str) -> ExitCode {
     eprintln!("ingot-local: {message}");
     ExitCode::FAILURE
-}
-
-/// The workspace root: this crate's parent directory.
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
 }
 
 async fn trigger(

@@ -24,11 +24,11 @@ use crate::template::{QueueSpec, TableSpec, Template};
 /// The emulator, or AWS with the caller's credentials and region.
 pub async fn aws_config(
     emulated: bool,
-    moto_endpoint: &str,
+    emulator_endpoint: &str,
     region: &str,
 ) -> aws_config::SdkConfig {
     if emulated {
-        emulator_config(moto_endpoint, region).await
+        emulator_config(emulator_endpoint, region).await
     } else {
         aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
     }
@@ -327,7 +327,7 @@ pub async fn branch(
     from: &str,
     to: &str,
     at: Option<DateTime<Utc>>,
-    moto_endpoint: &str,
+    emulator_endpoint: &str,
     region: &str,
 ) -> Result<(), String> {
     if to == "prod" {
@@ -336,7 +336,7 @@ pub async fn branch(
     // Branching from or to `local` happens in the emulator, where the other
     // stage's tables are created if missing (on AWS, deploy it first).
     let emulated = from == "local" || to == "local";
-    let aws = aws_config(emulated, moto_endpoint, region).await;
+    let aws = aws_config(emulated, emulator_endpoint, region).await;
     if emulated {
         let mut resolver = resolver(template, &stack_of(to), region)?;
         crate::bootstrap::bootstrap(template, &mut resolver, &aws)
@@ -357,11 +357,11 @@ pub async fn branch(
 pub async fn redrive_stage(
     template: &Template,
     stage: &str,
-    moto_endpoint: &str,
+    emulator_endpoint: &str,
     region: &str,
 ) -> Result<(), String> {
     let (queue_name, dead_name) = dead_letter_pair(template, &stack_of(stage), region)?;
-    let aws = aws_config(stage == "local", moto_endpoint, region).await;
+    let aws = aws_config(stage == "local", emulator_endpoint, region).await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let url = |name: String| {
         let sqs = sqs.clone();

@@ -104,6 +104,10 @@ pub struct FunctionSpec {
     pub environment: Vec<(String, Value)>,
     /// `Timeout`, the function's own or the global one (Lambda's default: 3 s).
     pub timeout_secs: u64,
+    /// `MemorySize` in MB, the function's own or the global one (Lambda's default: 128).
+    pub memory_mb: u64,
+    /// `ReservedConcurrentExecutions`: at most this many instances at once.
+    pub reserved_concurrency: Option<u64>,
     pub triggers: Vec<Trigger>,
 }
 
@@ -123,6 +127,8 @@ pub struct SqsSource {
     pub batch_size: usize,
     pub max_batching_window_secs: u64,
     pub report_batch_item_failures: bool,
+    /// `ScalingConfig.MaximumConcurrency`: batches in flight at once.
+    pub max_concurrency: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,12 +332,16 @@ impl Template {
                     environment.retain(|(n, _)| n != name);
                     environment.push((name.to_owned(), value.clone()));
                 }
-                let timeout_secs = props
-                    .get("Timeout")
-                    .or_else(|| global_function.and_then(|g| g.get("Timeout")))
-                    .map(|t| number(t, id))
-                    .transpose()?
-                    .unwrap_or(3);
+                let setting = |name: &str| {
+                    props
+                        .get(name)
+                        .or_else(|| global_function.and_then(|g| g.get(name)))
+                        .map(|v| number(v, id))
+                        .transpose()
+                };
+                let timeout_secs = setting("Timeout")?.unwrap_or(3);
+                let memory_mb = setting("MemorySize")?.unwrap_or(128);
+                let reserved_concurrency = setting("ReservedConcurrentExecutions")?;
                 let mut triggers = Vec::new();
                 if let Some(url) = props.get("FunctionUrlConfig") {
                     triggers.push(Trigger::Http {
@@ -363,6 +373,11 @@ impl Template {
                                 eprops.get("FunctionResponseTypes"),
                             )
                             .any(|t| t.as_str() == Some("ReportBatchItemFailures")),
+                            max_concurrency: eprops
+                                .get("ScalingConfig")
+                                .and_then(|c| c.get("MaximumConcurrency"))
+                                .map(|v| number(v, &at))
+                                .transpose()?,
                         })),
                         Some("ScheduleV2" | "Schedule") => {
                             triggers.push(Trigger::Schedule(ScheduleSource {
@@ -386,6 +401,8 @@ impl Template {
                     binary,
                     environment,
                     timeout_secs,
+                    memory_mb,
+                    reserved_concurrency,
                     triggers,
                 })
             })
@@ -730,6 +747,7 @@ Resources:
                     batch_size: 25,
                     max_batching_window_secs: 2,
                     report_batch_item_failures: true,
+                    max_concurrency: None,
                 }),
                 Trigger::Schedule(ScheduleSource {
                     expression: "rate(5 minutes)".into(),

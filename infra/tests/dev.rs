@@ -17,11 +17,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    let (moto_port, lambda_port) = (free_port().unwrap(), free_port().unwrap());
+    let root = local::workspace_root().unwrap();
+    let (emulator_port, lambda_port) = (free_port().unwrap(), free_port().unwrap());
     let state =
         std::env::temp_dir().join(format!("ingot-dev-test-{}", uuid::Uuid::new_v4().simple()));
     let target = std::env::var_os("HOME")
@@ -32,7 +29,7 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
     let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingot-local"))
         .arg("dev")
         .current_dir(&root)
-        .env("INGOT_MOTO_PORT", moto_port.to_string())
+        .env("INGOT_EMULATOR_PORT", emulator_port.to_string())
         .env("INGOT_LAMBDA_PORT", lambda_port.to_string())
         .env("INGOT_STATE_DIR", &state)
         .env("CARGO_TARGET_DIR", &target)
@@ -101,9 +98,11 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
     );
 
     // A message on the queue is delivered to rollup by the event source.
-    let aws =
-        local::bootstrap::emulator_config(&format!("http://127.0.0.1:{moto_port}"), "us-east-1")
-            .await;
+    let aws = local::bootstrap::emulator_config(
+        &format!("http://127.0.0.1:{emulator_port}"),
+        "us-east-1",
+    )
+    .await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let queue = sqs
         .get_queue_url()
@@ -138,6 +137,9 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!port_open(lambda_port), "cargo lambda still holds its port");
-    assert!(!port_open(moto_port), "the emulator still holds its port");
+    assert!(
+        !port_open(emulator_port),
+        "the emulator still holds its port"
+    );
     let _ = std::fs::remove_dir_all(state);
 }

@@ -128,6 +128,7 @@ pub async fn pump_with(stack: &Stack, config: rollup::Config) -> Pump<RealRollup
             batch_size: 10,
             max_batching_window_secs: 0,
             report_batch_item_failures: true,
+            max_concurrency: None,
         },
         function: "rollup".into(),
         invoker: RealRollup(rollup::Rollup::new(&config, &aws)),

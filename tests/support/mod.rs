@@ -1,4 +1,5 @@
-//! Shared fixtures for the integration tests: one AWS emulator (moto) per
+//! Shared fixtures for the integration tests: one AWS emulator (ministack, or
+//! whichever `INGOT_EMULATOR` names) per
 //! test binary on a free port, and unique names so tests never share state.
 
 pub mod chat;
@@ -15,12 +16,10 @@ use shared::config::Env;
 
 pub const REGION: &str = "us-east-1";
 
-/// The workspace root.
+/// The workspace root of the checkout under test (found at run time, so a
+/// test binary shared between clones tests the clone that runs it).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
+    local::workspace_root().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The emulator's endpoint, starting it on first use. It lives as long as
@@ -31,26 +30,30 @@ pub fn emulator() -> &'static str {
     ENDPOINT.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let started = local::emulator::free_port().and_then(|port| {
-                local::emulator::command(&root(), port)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map(|_| port)
+            let started = local::emulator::Emulator::from_env().and_then(|kind| {
+                local::emulator::free_port()
+                    .and_then(|port| {
+                        kind.command(&root(), port)
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .map(|_| port)
+                    })
+                    .map_err(|e| format!("{}: {e}", kind.name()))
             });
-            let _ = tx.send(started.map_err(|e| e.to_string()));
+            let _ = tx.send(started);
             loop {
                 std::thread::park();
             }
         });
         let port = rx.recv().expect("emulator thread").unwrap_or_else(|e| {
-            panic!("cannot start moto_server ({e}); run `make venv` or set MOTO_SERVER")
+            panic!("cannot start the emulator ({e}); run `make venv` or set INGOT_EMULATOR_BIN")
         });
         let started = Instant::now();
         while !local::emulator::port_open(port) {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "moto_server did not start"
+                "the emulator did not start"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
