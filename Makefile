@@ -49,10 +49,12 @@ $(VENV)/.installed: infra/requirements.txt infra/constraints.txt
 	.venv-$*/bin/pip install --quiet --disable-pip-version-check --no-deps -r $<
 	touch $@
 
-# RELEASE=1 serves optimised builds (slower first build; what loadtest should measure).
+# RELEASE=1 serves optimised builds, the local cloud's own processes (poller,
+# sandboxes) included (slower first build; what loadtest should measure).
+LOCAL_PROFILE := $(if $(RELEASE),release,debug)
 dev: venv
-	cargo build --quiet -p ingot-local
-	INGOT_RELEASE=$(RELEASE) $(CARGO_TARGET_DIR)/debug/ingot-local dev
+	cargo build --quiet $(if $(RELEASE),--release) -p ingot-local
+	INGOT_RELEASE=$(RELEASE) $(CARGO_TARGET_DIR)/$(LOCAL_PROFILE)/ingot-local dev
 
 trigger:
 	cargo run --quiet -p ingot-local -- trigger $(FUNCTION)
@@ -81,10 +83,12 @@ bench: venv
 	cargo run --quiet --locked -p ingot-local -- bench
 
 # Needs `make dev` running (ideally `make dev RELEASE=1`, so CPU figures are
-# of optimised code). Rate, duration and tenants: LOADTEST_RATE,
-# LOADTEST_SECONDS, LOADTEST_TENANTS, LOADTEST_EVENTS_PER_REQUEST.
+# of optimised code), or a deployed stage (LOADTEST_INGEST_URL,
+# LOADTEST_USAGE_URL, LOADTEST_ADMIN_TOKEN). LOADTEST_RATE (330 req/s),
+# LOADTEST_SECONDS (60), LOADTEST_EVENTS_PER_REQUEST (1), LOADTEST_MIX
+# (seed | ingest), LOADTEST_TENANTS (20). The generator is an optimised build.
 loadtest:
-	cargo run --quiet --locked -p ingot-local -- loadtest
+	cargo run --quiet --locked --release -p ingot-local -- loadtest
 
 # Needs `make dev` running. FUZZ_EXAMPLES (20) per operation and phase, FUZZ_SEED (1).
 FUZZ_VENV := .venv-fuzz

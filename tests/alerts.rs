@@ -3,111 +3,17 @@
 //! the Standard Webhooks signature itself) sees each threshold once — through
 //! resends, failures, retries and concurrent raisers.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
-use sha2::Sha256;
+use axum::http::StatusCode;
+use local::stubs::WebhookReceiver;
+use serde_json::json;
 use shared::aws::alerts::DynamoAlerts;
 use shared::metering::alerts::{self, AlertStore};
 use shared::metering::period::BillingPeriod;
 use shared::metering::tenants::NewTenant;
 use shared::webhook::{RetryPolicy, WebhookSender};
 use support::metering::{Fixture, drain, fixture, post_events, pump_with};
-
-/// What the receiver saw of one request.
-#[derive(Debug, Clone)]
-struct Delivery {
-    id: String,
-    signature_valid: bool,
-    answered: StatusCode,
-    body: Value,
-}
-
-#[derive(Clone)]
-struct Receiver {
-    secret: Arc<Mutex<String>>,
-    deliveries: Arc<Mutex<Vec<Delivery>>>,
-    /// Answer 500 to this many requests first.
-    fail_first: Arc<AtomicUsize>,
-}
-
-impl Receiver {
-    async fn start(fail_first: usize) -> (Self, String) {
-        let receiver = Self {
-            secret: Arc::default(),
-            deliveries: Arc::default(),
-            fail_first: Arc::new(AtomicUsize::new(fail_first)),
-        };
-        let app = Router::new()
-            .route("/hook", post(receive))
-            .with_state(receiver.clone());
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (receiver, url)
-    }
-
-    fn deliveries(&self) -> Vec<Delivery> {
-        self.deliveries.lock().unwrap().clone()
-    }
-
-    fn accepted(&self) -> Vec<Delivery> {
-        self.deliveries()
-            .into_iter()
-            .filter(|d| d.answered.is_success())
-            .collect()
-    }
-}
-
-/// Verifies the signature as a receiver would, from the spec, not from Ingot's code.
-fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    };
-    let key = STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
-    mac.update(body);
-    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
-    header("webhook-signature")
-        .split(' ')
-        .any(|s| s == expected)
-}
-
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let answered = if r.fail_first.load(Ordering::SeqCst) > 0 {
-        r.fail_first.fetch_sub(1, Ordering::SeqCst);
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::NO_CONTENT
-    };
-    let secret = r.secret.lock().unwrap().clone();
-    r.deliveries.lock().unwrap().push(Delivery {
-        id: headers["webhook-id"].to_str().unwrap().to_owned(),
-        signature_valid: verify(&secret, &headers, &body),
-        answered,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    });
-    answered
-}
 
 /// Webhook retries fast enough for a test.
 fn quick_policy() -> RetryPolicy {
@@ -119,12 +25,12 @@ fn quick_policy() -> RetryPolicy {
 }
 
 /// A tenant with `quota` whose one webhook is a fresh receiver.
-async fn watched_tenant(f: &Fixture, quota: u64, fail_first: usize) -> (Receiver, String) {
-    let (receiver, url) = Receiver::start(fail_first).await;
+async fn watched_tenant(f: &Fixture, quota: u64, fail_first: usize) -> (WebhookReceiver, String) {
+    let (receiver, url) = WebhookReceiver::start(fail_first).await;
     let body = json!({"name": "Acme", "monthly_quota": quota, "billing_day": 1, "tier": "pro", "webhooks": [url]});
     let (status, created) = f.as_admin("POST", "/admin/tenants", Some(&body)).await;
     assert_eq!(status, StatusCode::CREATED);
-    *receiver.secret.lock().unwrap() = created["signing_secret"].as_str().unwrap().to_owned();
+    receiver.set_secret(created["signing_secret"].as_str().unwrap());
     (receiver, created["api_key"].as_str().unwrap().to_owned())
 }
 
@@ -215,14 +121,14 @@ async fn an_alert_whose_retries_run_out_is_delivered_by_a_later_batch() {
 #[tokio::test]
 async fn concurrent_raisers_deliver_an_alert_once() {
     let f = fixture().await;
-    let (receiver, url) = Receiver::start(0).await;
+    let (receiver, url) = WebhookReceiver::start(0).await;
     let tenant = serde_json::from_value::<NewTenant>(json!({
         "name": "Acme", "monthly_quota": 10, "billing_day": 1, "tier": "pro", "webhooks": [url]
     }))
     .unwrap()
     .into_tenant(chrono::Utc::now())
     .unwrap();
-    *receiver.secret.lock().unwrap() = tenant.signing_secret.clone();
+    receiver.set_secret(&tenant.signing_secret);
     let store = DynamoAlerts::new(
         aws_sdk_dynamodb::Client::new(&support::aws().await),
         &f.stack.env("rollup").required("USAGE_TABLE").unwrap(),

@@ -402,6 +402,7 @@ async fn start(
     // 3. Build each function the way `cargo lambda watch` will run it (one
     //    binary at a time, so cargo's feature resolution matches), so the
     //    first request does not wait for a compile.
+    crate::claim_target_dir(&options.root)?;
     let profile: &[&str] = if options.release { &["--release"] } else { &[] };
     for function in functions {
         log.line(

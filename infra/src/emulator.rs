@@ -41,7 +41,7 @@ impl Emulator {
 
     /// The server binary: `$INGOT_EMULATOR_BIN`, else the emulator's venv
     /// under `root`, else `PATH`.
-    fn binary(self, root: &Path) -> PathBuf {
+    pub fn binary(self, root: &Path) -> PathBuf {
         if let Some(path) = std::env::var_os("INGOT_EMULATOR_BIN") {
             return PathBuf::from(path);
         }

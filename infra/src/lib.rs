@@ -53,3 +53,42 @@ pub fn workspace_root() -> Result<PathBuf, String> {
 fn is_workspace(dir: &Path) -> bool {
     dir.join("template.yaml").is_file() && dir.join("Cargo.toml").is_file()
 }
+
+/// Clones may share one target directory (a cache, `CARGO_TARGET_DIR`).
+/// cargo judges a workspace crate fresh by file times, so once another clone
+/// has built there, this clone's older files look built and cargo would run
+/// the other clone's binaries. When the last checkout to build here was
+/// another one, this touches the checkout's tracked files, so cargo rebuilds
+/// its crates (dependencies stay cached), and records the checkout.
+pub fn claim_target_dir(root: &Path) -> Result<(), String> {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let mark = target.join(".ingot-checkout");
+    let this = root.to_string_lossy();
+    if std::fs::read_to_string(&mark).is_ok_and(|last| last == this) {
+        return Ok(());
+    }
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("git ls-files: {e}"))?;
+    if !listed.status.success() {
+        return Err(format!(
+            "git ls-files in {}: {}",
+            root.display(),
+            String::from_utf8_lossy(&listed.stderr).trim()
+        ));
+    }
+    let now = std::time::SystemTime::now();
+    for file in listed.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let path = root.join(String::from_utf8_lossy(file).as_ref());
+        // A tracked file deleted in the work tree has nothing to touch.
+        if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+            file.set_modified(now)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+    std::fs::write(&mark, this.as_bytes()).map_err(|e| format!("{}: {e}", mark.display()))
+}

@@ -1,17 +1,23 @@
-//! `make loadtest`: drives a running `make dev` like a fleet of tenants would,
-//! then proves nothing was lost or counted twice.
+//! `make loadtest`: drives `make dev` (or a deployed stage) as the seed
+//! prototype's users did, then proves nothing was lost or counted twice.
 //!
-//! At a fixed request rate for a fixed time: 80% `POST /events` (10% of those
-//! re-sent with the same event ids, as a client retrying would), 20% `GET
-//! /usage/{tenant}`. When the queue has drained, every tenant's period total
-//! must equal the tokens of its distinct accepted events. Locally the
-//! emulator bounds throughput, so the figures that describe Ingot itself are
-//! CPU time per event in the ingest and rollup processes, SQS requests per
-//! event and DynamoDB write units per event (from the functions' own EMF
-//! metrics); they go to docs/perf.md.
+//! Open loop: requests leave at a fixed rate whatever the answers, so a slow
+//! service shows up as latency and a lower achieved rate, never as a politely
+//! slower client. The seed's mix is 80% `POST /events` (one event per request,
+//! or a batch) with 10% of those re-sent with the same ids, as a retrying
+//! client would, and 20% `GET /usage/{tenant}`; `LOADTEST_MIX=ingest` sends
+//! only the POSTs. After the load, once the queue has drained, every tenant's
+//! usage is checked per feature against the distinct events it accepted, in
+//! both directions (lost and double-counted are reported apart, so opposite
+//! errors never cancel).
+//!
+//! Against `make dev` it also reports where the CPU went, by process (the
+//! functions, the emulator, cargo-lambda, the sandboxes, the poller and this
+//! load generator), and Ingot's own cost per event from the functions' EMF
+//! metrics; figures go to docs/perf.md.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,17 +26,103 @@ use serde_json::{Value, json};
 use crate::bench::replace_section;
 use crate::bootstrap::emulator_config;
 
+/// Where the load goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A running `make dev`: its queue, logs and processes are on this machine.
+    Local {
+        root: PathBuf,
+        lambda: String,
+        emulator: String,
+        region: String,
+        stack: String,
+    },
+    /// A deployed stage: base URLs of its ingest and usage APIs, and its admin token.
+    Deployed {
+        ingest: String,
+        usage: String,
+        admin_token: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// 80% POST /events (10% of them resends), 20% GET /usage.
+    Seed,
+    /// POST /events only (10% of them resends).
+    Ingest,
+}
+
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    pub root: PathBuf,
-    pub lambda: String,
-    pub emulator: String,
-    pub region: String,
-    pub stack: String,
+    pub target: Target,
     pub rate: u32,
     pub duration: Duration,
+    /// At the same rate before the measured window, so every function has
+    /// scaled out; counted in the exactness check, not in the figures.
+    pub warmup: Duration,
     pub tenants: usize,
     pub events_per_request: usize,
+    pub mix: Mix,
+}
+
+impl LoadOptions {
+    /// From `LOADTEST_*`; `local` is used unless `LOADTEST_INGEST_URL`,
+    /// `LOADTEST_USAGE_URL` and `LOADTEST_ADMIN_TOKEN` name a deployed stage.
+    pub fn from_env(local: Target) -> Result<Self, String> {
+        let number = |name: &str, default: u64| match std::env::var(name) {
+            Ok(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name}={v:?} is not a positive number")),
+            Err(_) => Ok(default),
+        };
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let target = match (
+            var("LOADTEST_INGEST_URL"),
+            var("LOADTEST_USAGE_URL"),
+            var("LOADTEST_ADMIN_TOKEN"),
+        ) {
+            (None, None, None) => local,
+            (Some(ingest), Some(usage), Some(admin_token)) => Target::Deployed {
+                ingest: ingest.trim_end_matches('/').to_owned(),
+                usage: usage.trim_end_matches('/').to_owned(),
+                admin_token,
+            },
+            _ => {
+                return Err(
+                    "a deployed target needs LOADTEST_INGEST_URL, LOADTEST_USAGE_URL \
+                     and LOADTEST_ADMIN_TOKEN together"
+                        .to_owned(),
+                );
+            }
+        };
+        let mix = match var("LOADTEST_MIX").as_deref() {
+            None | Some("seed") => Mix::Seed,
+            Some("ingest") => Mix::Ingest,
+            Some(other) => return Err(format!("LOADTEST_MIX={other:?}: seed or ingest")),
+        };
+        Ok(Self {
+            target,
+            rate: u32::try_from(number("LOADTEST_RATE", 330)?).map_err(|e| e.to_string())?,
+            duration: Duration::from_secs(number("LOADTEST_SECONDS", 60)?),
+            warmup: Duration::from_secs(number("LOADTEST_WARMUP_SECONDS", 5)?),
+            tenants: number("LOADTEST_TENANTS", 20)? as usize,
+            events_per_request: number("LOADTEST_EVENTS_PER_REQUEST", 1)? as usize,
+            mix,
+        })
+    }
+
+    fn url(&self, function: &str, path: &str) -> String {
+        match &self.target {
+            Target::Local { lambda, .. } => format!("{lambda}/lambda-url/{function}{path}"),
+            Target::Deployed { ingest, usage, .. } => {
+                let base = if function == "ingest" { ingest } else { usage };
+                format!("{base}{path}")
+            }
+        }
+    }
 }
 
 /// A tiny xorshift generator: the mix of requests, not cryptography.
@@ -60,18 +152,27 @@ enum Kind {
     Usage,
 }
 
+/// One event as sent: what the usage must show for it once counted.
+#[derive(Debug, Clone)]
+struct Sent {
+    id: String,
+    feature: String,
+    tokens: u64,
+}
+
 #[derive(Default)]
 struct Record {
     latencies: HashMap<Kind, Vec<f64>>,
     errors: Vec<String>,
-    /// tenant → event id → tokens, of accepted events.
-    accepted: HashMap<String, HashMap<String, u64>>,
+    /// tenant → event id → event, of accepted events.
+    accepted: HashMap<String, HashMap<String, Sent>>,
 }
 
 struct Tenant {
     id: String,
     key: String,
-    sent: Mutex<Vec<Value>>,
+    /// Bodies sent, for resends.
+    sent: Mutex<Vec<(Value, Vec<Sent>)>>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -82,30 +183,80 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// CPU time (user + system) of the running process whose executable is
-/// `.../<name>`, in milliseconds, and whether it is a release build.
-fn process_cpu_ms(name: &str) -> Option<(f64, bool)> {
-    let ticks_per_sec = 100.0; // USER_HZ on Linux
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
+/// What each kind of process on this machine has used, in CPU milliseconds.
+type CpuSplit = HashMap<&'static str, f64>;
+
+/// The process kinds of `make dev`, by executable and command line.
+fn process_kind(exe: &str, cmdline: &[String], own: bool) -> Option<&'static str> {
+    const FUNCTIONS: [&str; 6] = [
+        "prices",
+        "price-fetch",
+        "chat-stream",
+        "ingest",
+        "rollup",
+        "usage",
+    ];
+    if own {
+        return Some("load generator");
+    }
+    if let Some(function) = FUNCTIONS.iter().find(|f| **f == exe) {
+        return Some(function);
+    }
+    let args = cmdline.join(" ");
+    match exe {
+        "ingot-local" if cmdline.get(1).is_some_and(|a| a == "sandbox") => Some("sandboxes"),
+        "ingot-local" => Some("ingot-local dev (SQS poller, schedule)"),
+        "cargo-lambda" => Some("cargo-lambda"),
+        "cargo" => Some("cargo (instance launchers)"),
+        _ if args.contains("ministack") || args.contains("moto_server") => Some("emulator"),
+        _ => None,
+    }
+}
+
+/// CPU time (user + system) so far of every `make dev` process, by kind.
+fn cpu_split() -> CpuSplit {
+    let ticks_per_ms = 100.0 / 1000.0; // USER_HZ on Linux
+    let own = std::process::id().to_string();
+    let mut split = CpuSplit::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return split;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(exe) = std::fs::read_link(path.join("exe")) else {
             continue;
         };
-        if exe.file_name().and_then(|f| f.to_str()) != Some(name) {
+        let exe = exe
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cmdline: Vec<String> = std::fs::read(path.join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let own = entry.file_name().to_string_lossy() == own;
+        let Some(kind) = process_kind(&exe, &cmdline, own) else {
             continue;
-        }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        };
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
         // Fields after the parenthesised command name; utime and stime are 14th and 15th.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        let release = exe.to_string_lossy().contains("/release/");
-        return Some((ticks / ticks_per_sec * 1000.0, release));
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+            *split.entry(kind).or_default() += (user + system) / ticks_per_ms;
+        }
     }
-    None
+    split
 }
 
 /// Sums the EMF metrics the functions logged to `.local/dev.log` after `offset`.
-fn metrics_since(log: &Path, offset: u64) -> HashMap<(String, String), f64> {
+fn metrics_since(log: &std::path::Path, offset: u64) -> HashMap<(String, String), f64> {
     let text = std::fs::read(log).unwrap_or_default();
     let text = String::from_utf8_lossy(&text[(offset as usize).min(text.len())..]).into_owned();
     let mut sums = HashMap::new();
@@ -128,59 +279,207 @@ fn metrics_since(log: &Path, offset: u64) -> HashMap<(String, String), f64> {
     sums
 }
 
-async fn admin_token(options: &LoadOptions) -> Result<String, String> {
-    let aws = emulator_config(&options.emulator, &options.region).await;
-    aws_sdk_secretsmanager::Client::new(&aws)
-        .get_secret_value()
-        .secret_id(format!("{}/admin-token", options.stack))
-        .send()
-        .await
-        .map_err(|e| format!("admin token: {e} (is `make dev` running?)"))?
-        .secret_string()
-        .map(str::to_owned)
-        .ok_or_else(|| "admin token is empty".to_owned())
+/// What `make dev` lets the load test see beside the HTTP APIs.
+struct Local {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    log: PathBuf,
 }
 
-async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<u64, String> {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let attrs = out.attributes().cloned().unwrap_or_default();
-    let get = |a: A| {
-        attrs
-            .get(&a)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok(get(A::ApproximateNumberOfMessages) + get(A::ApproximateNumberOfMessagesNotVisible))
+impl Local {
+    async fn connect(
+        emulator: &str,
+        region: &str,
+        stack: &str,
+        root: &std::path::Path,
+    ) -> Result<(Self, String), String> {
+        let aws = emulator_config(emulator, region).await;
+        let admin = aws_sdk_secretsmanager::Client::new(&aws)
+            .get_secret_value()
+            .secret_id(format!("{stack}/admin-token"))
+            .send()
+            .await
+            .map_err(|e| format!("admin token: {e} (is `make dev` running?)"))?
+            .secret_string()
+            .map(str::to_owned)
+            .ok_or("the admin token is empty")?;
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let queue_url = sqs
+            .get_queue_url()
+            .queue_name(format!("{stack}-events"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        let log = std::env::var_os("INGOT_STATE_DIR")
+            .map_or_else(|| root.join(".local"), PathBuf::from)
+            .join("dev.log");
+        Ok((
+            Self {
+                sqs,
+                queue_url,
+                log,
+            },
+            admin,
+        ))
+    }
+
+    async fn queue_depth(&self) -> Result<u64, String> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let attrs = out.attributes().cloned().unwrap_or_default();
+        let get = |a: A| {
+            attrs
+                .get(&a)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(get(A::ApproximateNumberOfMessages) + get(A::ApproximateNumberOfMessagesNotVisible))
+    }
+
+    /// Waits until the events queue stays empty for three seconds; returns
+    /// when it first became empty.
+    async fn drained(&self) -> Result<Instant, String> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut empty_since: Option<Instant> = None;
+        loop {
+            if Instant::now() > deadline {
+                return Err("the events queue did not drain within 10 minutes".to_owned());
+            }
+            if self.queue_depth().await? == 0 {
+                let since = *empty_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_secs(3) {
+                    return Ok(since);
+                }
+            } else {
+                empty_since = None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Per (tenant, feature): tokens and events expected and counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    tokens: u64,
+    events: u64,
+}
+
+/// How far counted usage is from the accepted events, each direction apart.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Discrepancy {
+    pub lost_tokens: u64,
+    pub lost_events: u64,
+    pub extra_tokens: u64,
+    pub extra_events: u64,
+}
+
+impl Discrepancy {
+    fn add(&mut self, expected: Tally, counted: Tally) {
+        self.lost_tokens += expected.tokens.saturating_sub(counted.tokens);
+        self.lost_events += expected.events.saturating_sub(counted.events);
+        self.extra_tokens += counted.tokens.saturating_sub(expected.tokens);
+        self.extra_events += counted.events.saturating_sub(expected.events);
+    }
+
+    fn exact(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Expected per feature, from the accepted events of one tenant.
+fn expected_by_feature(events: &HashMap<String, Sent>) -> HashMap<String, Tally> {
+    let mut tally: HashMap<String, Tally> = HashMap::new();
+    for event in events.values() {
+        let t = tally.entry(event.feature.clone()).or_default();
+        t.tokens += event.tokens;
+        t.events += 1;
+    }
+    tally
+}
+
+/// Counted per feature, from a `GET /usage/{tenant}` answer.
+fn counted_by_feature(usage: &Value) -> HashMap<String, Tally> {
+    usage["features"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            (
+                f["feature"].as_str().unwrap_or_default().to_owned(),
+                Tally {
+                    tokens: f["tokens"].as_u64().unwrap_or(0),
+                    events: f["events"].as_u64().unwrap_or(0),
+                },
+            )
+        })
+        .collect()
+}
+
+fn compare(
+    expected: &HashMap<String, Tally>,
+    counted: &HashMap<String, Tally>,
+) -> (Discrepancy, Vec<String>) {
+    let mut discrepancy = Discrepancy::default();
+    let mut notes = Vec::new();
+    let mut features: Vec<&String> = expected.keys().chain(counted.keys()).collect();
+    features.sort();
+    features.dedup();
+    for feature in features {
+        let (e, c) = (
+            expected.get(feature).copied().unwrap_or_default(),
+            counted.get(feature).copied().unwrap_or_default(),
+        );
+        if e != c {
+            notes.push(format!("{feature}: counted {c:?}, expected {e:?}"));
+        }
+        discrepancy.add(e, c);
+    }
+    (discrepancy, notes)
 }
 
 pub async fn run(options: LoadOptions) -> Result<(), String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
         .build()
         .map_err(|e| e.to_string())?;
-    let admin = admin_token(&options).await?;
-    let url =
-        |function: &str, path: &str| format!("{}/lambda-url/{function}{path}", options.lambda);
+    let (local, admin) = match &options.target {
+        Target::Local {
+            root,
+            emulator,
+            region,
+            stack,
+            ..
+        } => {
+            let (local, admin) = Local::connect(emulator, region, stack, root).await?;
+            (Some(local), admin)
+        }
+        Target::Deployed { admin_token, .. } => (None, admin_token.clone()),
+    };
 
     // Tenants, each with its own key. Quotas are out of reach: this measures counting.
     let mut tenants = Vec::new();
     for i in 0..options.tenants {
         let body = json!({"name": format!("load-{i:03}"), "monthly_quota": 1_000_000_000_000_u64, "billing_day": 1 + (i % 28), "tier": "pro"});
         let created: Value = http
-            .post(url("usage", "/admin/tenants"))
+            .post(options.url("usage", "/admin/tenants"))
             .bearer_auth(&admin)
             .json(&body)
             .send()
             .await
-            .map_err(|e| format!("creating tenants: {e} (is `make dev` running?)"))?
+            .map_err(|e| format!("creating tenants: {e} (is the target up?)"))?
             .json()
             .await
             .map_err(|e| e.to_string())?;
@@ -194,206 +493,52 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
         }));
     }
 
-    // Warm both functions so their processes exist, then take baselines.
-    let aws = emulator_config(&options.emulator, &options.region).await;
-    let sqs = aws_sdk_sqs::Client::new(&aws);
-    let queue_url = sqs
-        .get_queue_url()
-        .queue_name(format!("{}-events", options.stack))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .queue_url()
-        .unwrap_or_default()
-        .to_owned();
-    let warm = json!({"id": "warm-up", "feature": "warm-up", "tokens": 1});
-    http.post(url("ingest", "/events"))
-        .bearer_auth(&tenants[0].key)
-        .json(&warm)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
     let record = Arc::new(Mutex::new(Record::default()));
-    record
-        .lock()
-        .expect("record")
-        .accepted
-        .entry(tenants[0].id.clone())
-        .or_default()
-        .insert("warm-up".into(), 1);
-    wait_for_drain(&sqs, &queue_url).await?;
-    let log = options.root.join(".local/dev.log");
-    let log_offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    let cpu_before = (process_cpu_ms("ingest"), process_cpu_ms("rollup"));
-
-    // The load, at a fixed rate.
-    let total = (options.rate as f64 * options.duration.as_secs_f64()) as u64;
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(options.rate)));
     let mut rng = Rng::new();
-    let mut inflight = Vec::new();
-    let started = Instant::now();
-    for _ in 0..total {
-        ticks.tick().await;
-        let tenant = Arc::clone(&tenants[rng.below(tenants.len() as u64) as usize]);
-        let roll = rng.below(100);
-        // `body` is kept to record what the service accepted.
-        let (kind, request, body) = if roll < 20 {
-            let request = http.get(url("usage", &format!("/usage/{}", tenant.id)));
-            (Kind::Usage, request.bearer_auth(&tenant.key), None)
-        } else {
-            let previous = {
-                let sent = tenant.sent.lock().expect("sent");
-                (roll < 28 && !sent.is_empty())
-                    .then(|| sent[rng.below(sent.len() as u64) as usize].clone())
-            };
-            let (kind, body) = match previous {
-                Some(body) => (Kind::Resend, body),
-                None => {
-                    let events: Vec<Value> = (0..options.events_per_request)
-                        .map(|_| {
-                            json!({
-                                "id": format!("lt-{}", uuid::Uuid::new_v4().simple()),
-                                "feature": format!("f{}", rng.below(5)),
-                                "tokens": 1 + rng.below(1000),
-                            })
-                        })
-                        .collect();
-                    let body = json!({"events": events});
-                    tenant.sent.lock().expect("sent").push(body.clone());
-                    (Kind::Ingest, body)
-                }
-            };
-            let request = http
-                .post(url("ingest", "/events"))
-                .bearer_auth(&tenant.key)
-                .json(&body);
-            (kind, request, Some(body))
-        };
-        let record = Arc::clone(&record);
-        let tenant = Arc::clone(&tenant);
-        inflight.push(tokio::spawn(async move {
-            let at = Instant::now();
-            let result = request.send().await;
-            let ms = at.elapsed().as_secs_f64() * 1000.0;
-            let mut r = record.lock().expect("record");
-            r.latencies.entry(kind).or_default().push(ms);
-            match result {
-                Ok(response) if response.status().is_success() => {
-                    let counted = r.accepted.entry(tenant.id.clone()).or_default();
-                    for e in body.iter().flat_map(|b| b["events"].as_array()).flatten() {
-                        let id = e["id"].as_str().unwrap_or_default().to_owned();
-                        counted.insert(id, e["tokens"].as_u64().unwrap_or(0));
-                    }
-                }
-                Ok(response) => r.errors.push(format!("{kind:?}: {}", response.status())),
-                Err(e) => r.errors.push(format!("{kind:?}: {e}")),
-            }
-        }));
+    let warmup = Phase::run(&options, &http, &tenants, &record, &mut rng, options.warmup).await;
+    if let Some(local) = &local {
+        local.drained().await?;
     }
-    for task in inflight {
-        let _ = task.await;
-    }
-    let elapsed = started.elapsed();
+    let log_offset = local
+        .as_ref()
+        .and_then(|l| std::fs::metadata(&l.log).ok())
+        .map_or(0, |m| m.len());
+    record.lock().expect("record").latencies.clear();
+    let cpu_before = cpu_split();
+    let measured = Phase::run(
+        &options,
+        &http,
+        &tenants,
+        &record,
+        &mut rng,
+        options.duration,
+    )
+    .await;
+    let load_end = Instant::now();
+    let drained = match &local {
+        Some(local) => Some(local.drained().await?.saturating_duration_since(load_end)),
+        None => None,
+    };
+    let cpu_after = cpu_split();
+    let window = cpu_window(&cpu_before, &cpu_after);
 
-    // Drain, then check every tenant's total.
-    wait_for_drain(&sqs, &queue_url).await?;
-    let cpu_after = (process_cpu_ms("ingest"), process_cpu_ms("rollup"));
     let record = Arc::try_unwrap(record)
         .map_err(|_| "requests still running")?
         .into_inner()
         .map_err(|e| e.to_string())?;
-    let mut difference: i128 = 0;
-    let mut events_accepted = 0;
-    for tenant in &tenants {
-        let expected: u64 = record
-            .accepted
-            .get(&tenant.id)
-            .map_or(0, |m| m.values().sum());
-        events_accepted += record.accepted.get(&tenant.id).map_or(0, HashMap::len);
-        let usage: Value = http
-            .get(url("usage", &format!("/usage/{}", tenant.id)))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let counted = usage["totalTokens"].as_u64().unwrap_or(0);
-        if counted != expected {
-            println!("  {}: counted {counted}, expected {expected}", tenant.id);
-        }
-        difference += i128::from(counted) - i128::from(expected);
+    let (discrepancy, notes, events_accepted) = check(&options, &http, &admin, &tenants, &record)
+        .await
+        .map_err(|e| format!("checking the counts: {e}"))?;
+    for note in &notes {
+        println!("  {note}");
     }
 
-    let metrics = metrics_since(&log, log_offset);
-    let metric = |f: &str, n: &str| {
-        metrics
-            .get(&(f.to_owned(), n.to_owned()))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    let accepted_in_window = metric("ingest", "EventsAccepted").max(1.0);
-    let counted_in_window = metric("rollup", "EventsCounted").max(1.0);
-    let cpu =
-        |before: Option<(f64, bool)>, after: Option<(f64, bool)>, per: f64| match (before, after) {
-            (Some((b, _)), Some((a, release))) => format!(
-                "{:.0} µs ({})",
-                (a - b) * 1000.0 / per,
-                if release { "release" } else { "debug build" }
-            ),
-            _ => "n/a (process not found)".to_owned(),
-        };
-
-    let requests: usize = record.latencies.values().map(Vec::len).sum();
-    let mut report = format!(
-        "`make loadtest` on {}: {} tenants, {} req/s for {:.0} s, {} events per POST. \
-         Latencies are the local emulator's and cargo-lambda's (one instance per function, \
-         requests queue behind it), not Lambda's; the achieved rate counts until the last answer.\n\n\
-         | requests | achieved rate | errors | events accepted | resent requests | total − distinct accepted |\n\
-         |---:|---:|---:|---:|---:|---:|\n\
-         | {requests} | {:.1} req/s | {} | {events_accepted} | {} | **{difference}** |\n\n\
-         | request | count | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n",
-        chrono::Utc::now().format("%Y-%m-%d"),
-        options.tenants,
-        options.rate,
-        options.duration.as_secs_f64(),
-        options.events_per_request,
-        requests as f64 / elapsed.as_secs_f64(),
-        record.errors.len(),
-        record.latencies.get(&Kind::Resend).map_or(0, Vec::len),
-    );
-    for (kind, name) in [
-        (Kind::Ingest, "POST /events"),
-        (Kind::Resend, "POST /events (resend)"),
-        (Kind::Usage, "GET /usage"),
-    ] {
-        let mut l = record.latencies.get(&kind).cloned().unwrap_or_default();
-        l.sort_by(f64::total_cmp);
-        report.push_str(&format!(
-            "| {name} | {} | {:.0} ms | {:.0} ms | {:.0} ms |\n",
-            l.len(),
-            percentile(&l, 50.0),
-            percentile(&l, 95.0),
-            percentile(&l, 99.0)
-        ));
+    let mut report = summary(&options, &record, &measured, &warmup, drained, &discrepancy);
+    report.push_str(&format!("\nEvents accepted in all: {events_accepted}.\n"));
+    if let Some(local) = &local {
+        let metrics = metrics_since(&local.log, log_offset);
+        report.push_str(&costs(&metrics, &window, measured.requests));
     }
-    report.push_str(&format!(
-        "\nPer event (Ingot's own cost; the emulator bounds the rate above):\n\n\
-         | figure | value |\n|---|---:|\n\
-         | ingest CPU per accepted event | {} |\n\
-         | rollup CPU per counted event | {} |\n\
-         | SQS SendMessageBatch requests per event | {:.3} |\n\
-         | SQS messages per event | {:.3} |\n\
-         | DynamoDB transaction items per counted event | {:.2} |\n\
-         | DynamoDB write units per counted event (2 per transactional item) | {:.2} |\n",
-        cpu(cpu_before.0, cpu_after.0, accepted_in_window),
-        cpu(cpu_before.1, cpu_after.1, counted_in_window),
-        metric("ingest", "SqsRequests") / accepted_in_window,
-        metric("ingest", "QueueMessages") / accepted_in_window,
-        metric("rollup", "TransactionItems") / counted_in_window,
-        2.0 * metric("rollup", "TransactionItems") / counted_in_window,
-    ));
     if !record.errors.is_empty() {
         report.push_str(&format!(
             "\nFirst errors: {:?}\n",
@@ -401,34 +546,298 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
         ));
     }
     println!("{report}");
-    let perf = options.root.join("docs/perf.md");
-    let doc = std::fs::read_to_string(&perf).unwrap_or_else(|_| "# Performance\n".to_owned());
-    std::fs::write(&perf, replace_section(&doc, "loadtest", &report)).map_err(|e| e.to_string())?;
-    println!("wrote {}", perf.display());
-    if difference != 0 {
+    if let Target::Local { root, .. } = &options.target {
+        let section = format!(
+            "loadtest-{}-{}",
+            match options.mix {
+                Mix::Seed => "seed",
+                Mix::Ingest => "ingest",
+            },
+            if options.events_per_request == 1 {
+                "single".to_owned()
+            } else {
+                format!("batch{}", options.events_per_request)
+            }
+        );
+        let perf = root.join("docs/perf.md");
+        let doc = std::fs::read_to_string(&perf).unwrap_or_else(|_| "# Performance\n".to_owned());
+        std::fs::write(&perf, replace_section(&doc, &section, &report))
+            .map_err(|e| e.to_string())?;
+        println!("wrote {} (section {section})", perf.display());
+    }
+    if !discrepancy.exact() {
         return Err(format!(
-            "period totals differ from accepted events by {difference} tokens"
+            "usage differs from the accepted events: {discrepancy:?}"
         ));
     }
     Ok(())
 }
 
-/// Waits until the events queue is empty for three consecutive seconds.
-async fn wait_for_drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut empty_for = 0;
-    while empty_for < 3 {
-        if Instant::now() > deadline {
-            return Err("the events queue did not drain within 10 minutes".to_owned());
+/// One stretch of open-loop load.
+struct Phase {
+    requests: u64,
+    /// First request sent → last answer received.
+    elapsed: Duration,
+    /// How late the last request left against its schedule (the generator's own lag).
+    send_lag: Duration,
+}
+
+impl Phase {
+    async fn run(
+        options: &LoadOptions,
+        http: &reqwest::Client,
+        tenants: &[Arc<Tenant>],
+        record: &Arc<Mutex<Record>>,
+        rng: &mut Rng,
+        length: Duration,
+    ) -> Self {
+        let total = (f64::from(options.rate) * length.as_secs_f64()) as u64;
+        let period = Duration::from_secs_f64(1.0 / f64::from(options.rate));
+        let started = Instant::now();
+        let mut send_lag = Duration::ZERO;
+        let mut inflight = Vec::with_capacity(total as usize);
+        for n in 0..total {
+            let due = started + period * n as u32;
+            tokio::time::sleep_until(due.into()).await;
+            send_lag = due.elapsed();
+            let tenant = Arc::clone(&tenants[rng.below(tenants.len() as u64) as usize]);
+            let (kind, request, events) = next_request(options, http, &tenant, rng);
+            let record = Arc::clone(record);
+            inflight.push(tokio::spawn(async move {
+                let at = Instant::now();
+                let result = request.send().await;
+                let ms = at.elapsed().as_secs_f64() * 1000.0;
+                let mut r = record.lock().expect("record");
+                r.latencies.entry(kind).or_default().push(ms);
+                match result {
+                    Ok(response) if response.status().is_success() => {
+                        let accepted = r.accepted.entry(tenant.id.clone()).or_default();
+                        for event in events {
+                            accepted.insert(event.id.clone(), event);
+                        }
+                    }
+                    Ok(response) => r.errors.push(format!("{kind:?}: {}", response.status())),
+                    Err(e) => r.errors.push(format!("{kind:?}: {e}")),
+                }
+            }));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        empty_for = if queue_depth(sqs, url).await? == 0 {
-            empty_for + 1
-        } else {
-            0
-        };
+        for task in inflight {
+            let _ = task.await;
+        }
+        Self {
+            requests: total,
+            elapsed: started.elapsed(),
+            send_lag,
+        }
     }
-    Ok(())
+}
+
+/// The next request of the mix, and the events it carries.
+fn next_request(
+    options: &LoadOptions,
+    http: &reqwest::Client,
+    tenant: &Tenant,
+    rng: &mut Rng,
+) -> (Kind, reqwest::RequestBuilder, Vec<Sent>) {
+    let roll = rng.below(100);
+    if options.mix == Mix::Seed && roll < 20 {
+        let request = http.get(options.url("usage", &format!("/usage/{}", tenant.id)));
+        return (Kind::Usage, request.bearer_auth(&tenant.key), Vec::new());
+    }
+    // 10% of the POSTs re-send an earlier body with the same ids.
+    let resend = {
+        let sent = tenant.sent.lock().expect("sent");
+        (rng.below(10) == 0 && !sent.is_empty())
+            .then(|| sent[rng.below(sent.len() as u64) as usize].clone())
+    };
+    let (kind, (body, events)) = match resend {
+        Some(previous) => (Kind::Resend, previous),
+        None => {
+            let events: Vec<Sent> = (0..options.events_per_request)
+                .map(|_| Sent {
+                    id: format!("lt-{}", uuid::Uuid::new_v4().simple()),
+                    feature: format!("f{}", rng.below(5)),
+                    tokens: 1 + rng.below(1000),
+                })
+                .collect();
+            let as_json = |e: &Sent| json!({"id": e.id, "feature": e.feature, "tokens": e.tokens});
+            let body = match events.as_slice() {
+                [one] => as_json(one),
+                many => json!({"events": many.iter().map(as_json).collect::<Vec<_>>()}),
+            };
+            tenant
+                .sent
+                .lock()
+                .expect("sent")
+                .push((body.clone(), events.clone()));
+            (Kind::Ingest, (body, events))
+        }
+    };
+    let request = http
+        .post(options.url("ingest", "/events"))
+        .bearer_auth(&tenant.key)
+        .json(&body);
+    (kind, request, events)
+}
+
+/// Every tenant's usage per feature against its accepted events.
+async fn check(
+    options: &LoadOptions,
+    http: &reqwest::Client,
+    admin: &str,
+    tenants: &[Arc<Tenant>],
+    record: &Record,
+) -> Result<(Discrepancy, Vec<String>, usize), String> {
+    let mut discrepancy = Discrepancy::default();
+    let mut notes = Vec::new();
+    let mut events_accepted = 0;
+    let none = HashMap::new();
+    for tenant in tenants {
+        let accepted = record.accepted.get(&tenant.id).unwrap_or(&none);
+        events_accepted += accepted.len();
+        let usage: Value = http
+            .get(options.url("usage", &format!("/usage/{}", tenant.id)))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (d, n) = compare(&expected_by_feature(accepted), &counted_by_feature(&usage));
+        discrepancy.lost_tokens += d.lost_tokens;
+        discrepancy.lost_events += d.lost_events;
+        discrepancy.extra_tokens += d.extra_tokens;
+        discrepancy.extra_events += d.extra_events;
+        notes.extend(n.into_iter().map(|n| format!("{}: {n}", tenant.id)));
+    }
+    Ok((discrepancy, notes, events_accepted))
+}
+
+/// CPU per process kind over the measured window, busiest first.
+fn cpu_window(before: &CpuSplit, after: &CpuSplit) -> Vec<(&'static str, f64)> {
+    let mut used: Vec<(&'static str, f64)> = after
+        .iter()
+        .map(|(kind, ms)| (*kind, ms - before.get(kind).copied().unwrap_or(0.0)))
+        .filter(|(_, ms)| *ms > 0.0)
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used
+}
+
+fn summary(
+    options: &LoadOptions,
+    record: &Record,
+    measured: &Phase,
+    warmup: &Phase,
+    drained: Option<Duration>,
+    discrepancy: &Discrepancy,
+) -> String {
+    let answered: usize = record.latencies.values().map(Vec::len).sum();
+    let mut report = format!(
+        "`make loadtest` on {} ({}): {} mix, {} event(s) per POST, {} tenants, open loop at {} req/s \
+         for {:.0} s after a {:.0} s warm-up.\n\n\
+         | requests | achieved rate | generator lag | errors | drained after the load | lost (events / tokens) | double-counted (events / tokens) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n\
+         | {} | {:.1} req/s | {:.0} ms | {} | {} | **{} / {}** | **{} / {}** |\n\n\
+         | request | count | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        crate::bench::machine(),
+        match options.mix {
+            Mix::Seed => "the seed's (80% POST /events, 10% of them resends; 20% GET /usage)",
+            Mix::Ingest => "an ingest-only (POST /events, 10% resends)",
+        },
+        options.events_per_request,
+        options.tenants,
+        options.rate,
+        options.duration.as_secs_f64(),
+        options.warmup.as_secs_f64(),
+        answered,
+        measured.requests as f64 / measured.elapsed.as_secs_f64(),
+        measured.send_lag.max(warmup.send_lag).as_secs_f64() * 1000.0,
+        record.errors.len(),
+        drained.map_or("n/a (deployed)".to_owned(), |d| format!(
+            "{:.1} s",
+            d.as_secs_f64()
+        )),
+        discrepancy.lost_events,
+        discrepancy.lost_tokens,
+        discrepancy.extra_events,
+        discrepancy.extra_tokens,
+    );
+    for (kind, name) in [
+        (Kind::Ingest, "POST /events"),
+        (Kind::Resend, "POST /events (resend)"),
+        (Kind::Usage, "GET /usage"),
+    ] {
+        let mut l = record.latencies.get(&kind).cloned().unwrap_or_default();
+        if l.is_empty() {
+            continue;
+        }
+        l.sort_by(f64::total_cmp);
+        report.push_str(&format!(
+            "| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+            l.len(),
+            percentile(&l, 50.0),
+            percentile(&l, 95.0),
+            percentile(&l, 99.0)
+        ));
+    }
+    report
+}
+
+/// Where the CPU went, and Ingot's own cost per event.
+fn costs(
+    metrics: &HashMap<(String, String), f64>,
+    window: &[(&'static str, f64)],
+    requests: u64,
+) -> String {
+    let metric = |f: &str, n: &str| {
+        metrics
+            .get(&(f.to_owned(), n.to_owned()))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let cpu = |kind: &str| {
+        window
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0.0, |(_, ms)| *ms)
+    };
+    let accepted = metric("ingest", "EventsAccepted").max(1.0);
+    let counted = metric("rollup", "EventsCounted").max(1.0);
+    let total: f64 = window.iter().map(|(_, ms)| ms).sum();
+    let mut report = String::from(
+        "\nCPU by process over the measured window (2 cores = 200%):\n\n\
+         | process | CPU | share | per request |\n|---|---:|---:|---:|\n",
+    );
+    for (kind, ms) in window {
+        report.push_str(&format!(
+            "| {kind} | {:.1} s | {:.0}% | {:.0} µs |\n",
+            ms / 1000.0,
+            100.0 * ms / total.max(1.0),
+            ms * 1000.0 / requests.max(1) as f64,
+        ));
+    }
+    report.push_str(&format!(
+        "\nPer event, from the functions' own metrics:\n\n\
+         | figure | value |\n|---|---:|\n\
+         | ingest CPU per accepted event | {:.0} µs |\n\
+         | rollup CPU per counted event | {:.0} µs |\n\
+         | emulator CPU per accepted event | {:.0} µs |\n\
+         | SQS send requests per event (ingest) | {:.3} |\n\
+         | SQS messages per event | {:.3} |\n\
+         | DynamoDB transaction items per counted event | {:.2} |\n\
+         | DynamoDB write units per counted event (2 per transactional item) | {:.2} |\n",
+        cpu("ingest") * 1000.0 / accepted,
+        cpu("rollup") * 1000.0 / counted,
+        cpu("emulator") * 1000.0 / accepted,
+        metric("ingest", "SqsRequests") / accepted,
+        metric("ingest", "QueueMessages") / accepted,
+        metric("rollup", "TransactionItems") / counted,
+        2.0 * metric("rollup", "TransactionItems") / counted,
+    ));
+    report
 }
 
 #[cfg(test)]
@@ -461,5 +870,74 @@ mod tests {
             8.0
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tally(pairs: &[(&str, u64, u64)]) -> HashMap<String, Tally> {
+        pairs
+            .iter()
+            .map(|(f, tokens, events)| {
+                (
+                    (*f).to_owned(),
+                    Tally {
+                        tokens: *tokens,
+                        events: *events,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn opposite_errors_in_two_features_do_not_cancel() {
+        let expected = tally(&[("a", 100, 2), ("b", 50, 1)]);
+        let counted = tally(&[("a", 150, 3), ("b", 0, 0)]);
+        let (d, notes) = compare(&expected, &counted);
+        assert_eq!(
+            d,
+            Discrepancy {
+                lost_tokens: 50,
+                lost_events: 1,
+                extra_tokens: 50,
+                extra_events: 1
+            }
+        );
+        assert_eq!(notes.len(), 2);
+        assert!(!d.exact());
+    }
+
+    #[test]
+    fn a_feature_counted_but_never_sent_is_double_counting() {
+        let (d, _) = compare(&tally(&[]), &tally(&[("ghost", 7, 1)]));
+        assert_eq!((d.extra_tokens, d.extra_events, d.lost_tokens), (7, 1, 0));
+    }
+
+    #[test]
+    fn exact_usage_has_no_discrepancy() {
+        let t = tally(&[("a", 10, 1)]);
+        assert!(compare(&t, &t).0.exact());
+    }
+
+    #[test]
+    fn processes_are_told_apart_by_executable_and_arguments() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(process_kind("ingest", &[], false), Some("ingest"));
+        assert_eq!(
+            process_kind(
+                "ingot-local",
+                &args(&["ingot-local", "sandbox", "x"]),
+                false
+            ),
+            Some("sandboxes")
+        );
+        assert_eq!(
+            process_kind(
+                "python3.11",
+                &args(&["python", ".venv-ministack/bin/ministack"]),
+                false
+            ),
+            Some("emulator")
+        );
+        assert_eq!(process_kind("bash", &[], true), Some("load generator"));
+        assert_eq!(process_kind("bash", &[], false), None);
     }
 }

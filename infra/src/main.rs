@@ -60,24 +60,17 @@ async fn main() -> ExitCode {
         }
         ["trigger", function] => trigger(&root, &options, function).await,
         ["loadtest"] => {
-            let number = |name: &str, default: u64| {
-                std::env::var(name)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(default)
-            };
-            local::loadtest::run(local::loadtest::LoadOptions {
+            let local = local::loadtest::Target::Local {
                 root: root.clone(),
                 lambda: options.lambda_endpoint(),
                 emulator: options.emulator_endpoint(),
                 region: options.region.clone(),
                 stack: options.stack.clone(),
-                rate: number("LOADTEST_RATE", 8) as u32,
-                duration: Duration::from_secs(number("LOADTEST_SECONDS", 60)),
-                tenants: number("LOADTEST_TENANTS", 20) as usize,
-                events_per_request: number("LOADTEST_EVENTS_PER_REQUEST", 5) as usize,
-            })
-            .await
+            };
+            match local::loadtest::LoadOptions::from_env(local) {
+                Ok(load) => local::loadtest::run(load).await,
+                Err(e) => Err(e),
+            }
         }
         ["bench"] => {
             let runs = std::env::var("INGOT_BENCH_RUNS")

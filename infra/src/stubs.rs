@@ -5,7 +5,8 @@
 //!
 //! A third stands in for gold-api.com (the keyless price provider), so
 //! `make dev` has prices without a network; `INGOT_LIVE_PROVIDERS=1` uses the
-//! real providers instead.
+//! real providers instead. A fourth, [`WebhookReceiver`], is a tenant's
+//! webhook endpoint for the quota-alert tests.
 //!
 //! The Anthropic stub picks its behaviour from markers in the last user
 //! message, so a test (or `curl`) chooses a scenario without a side channel:
@@ -508,4 +509,109 @@ mod tests {
             assert_eq!(data.claims["sub"], "user_1");
         }
     }
+}
+
+/// What a [`WebhookReceiver`] saw of one request.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    /// The Standard Webhooks signature verified against the receiver's secret.
+    pub signature_valid: bool,
+    pub answered: StatusCode,
+    pub body: Value,
+}
+
+/// A tenant's webhook endpoint, standing in for Slack or a customer's
+/// server: it records every delivery and verifies its signature from the
+/// Standard Webhooks spec (not from Ingot's sender), so a test sees what a
+/// receiver would.
+#[derive(Clone, Default)]
+pub struct WebhookReceiver {
+    secret: Arc<Mutex<String>>,
+    deliveries: Arc<Mutex<Vec<Delivery>>>,
+    /// Answer 500 to this many requests first.
+    fail_first: Arc<AtomicUsize>,
+}
+
+impl WebhookReceiver {
+    /// Serves on a local port; returns the receiver and its URL.
+    pub async fn start(fail_first: usize) -> (Self, String) {
+        let receiver = Self {
+            fail_first: Arc::new(AtomicUsize::new(fail_first)),
+            ..Self::default()
+        };
+        let router = Router::new()
+            .route("/hook", post(receive_webhook))
+            .with_state(receiver.clone());
+        let base = serve(router).await.expect("a local port for the receiver");
+        (receiver, format!("{base}/hook"))
+    }
+
+    /// The tenant's signing secret (`whsec_…`), known once it is created.
+    pub fn set_secret(&self, secret: &str) {
+        *self.secret.lock().expect("secret") = secret.to_owned();
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.deliveries.lock().expect("deliveries").clone()
+    }
+
+    /// The deliveries answered with a 2xx.
+    pub fn accepted(&self) -> Vec<Delivery> {
+        self.deliveries()
+            .into_iter()
+            .filter(|d| d.answered.is_success())
+            .collect()
+    }
+}
+
+/// Whether any of the `webhook-signature`'s signatures is `v1,` + base64
+/// HMAC-SHA256 of `{id}.{timestamp}.{body}` under the secret.
+fn signature_valid(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    let Ok(key) = STANDARD.decode(secret.trim_start_matches("whsec_")) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(&key) else {
+        return false;
+    };
+    mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    header("webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
+}
+
+async fn receive_webhook(
+    State(r): State<WebhookReceiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let answered = if r.fail_first.load(Ordering::SeqCst) > 0 {
+        r.fail_first.fetch_sub(1, Ordering::SeqCst);
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    let secret = r.secret.lock().expect("secret").clone();
+    r.deliveries.lock().expect("deliveries").push(Delivery {
+        id: headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        signature_valid: signature_valid(&secret, &headers, &body),
+        answered,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    });
+    answered
 }

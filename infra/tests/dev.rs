@@ -1,80 +1,162 @@
-//! `make dev` end to end: the runner brings up the emulator, every function
-//! and the SQS event source on free ports, each HTTP function answers its
-//! health check, a chat reply streams through cargo-lambda as it is
-//! generated (the local issuer's token, the Anthropic stub), a queued message
-//! reaches `rollup`, and a Ctrl-C (SIGINT) stops everything and frees the
-//! ports.
+//! `make dev` end to end, driven as a user would: the runner brings up the
+//! emulator, every function and the SQS event source on free ports; each
+//! HTTP function answers its health check; a chat reply streams through
+//! cargo-lambda as it is generated; a tenant crossing 80% and then 100% of
+//! its quota gets both signed alerts (which only happens if the local cloud
+//! gives the rollup the template's invocation deadline); a queued message
+//! reaches `rollup`; a Ctrl-C (SIGINT) stops everything and frees the ports.
+//! And two clones sharing one target directory each serve their own code.
 //!
 //! The runner builds the functions with cargo while this test runs under
 //! cargo, so it gets its own target directory (outside the checkout, kept
-//! between runs) instead of waiting on the one `cargo test` holds.
+//! between runs) instead of waiting on the one `cargo test` holds. The tests
+//! here share it, so they take turns.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use local::emulator::{free_port, port_open};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use local::emulator::{Emulator, free_port, port_open};
+use local::stubs::WebhookReceiver;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+/// The tests share one target directory: one `make dev` at a time.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/ingot/dev-test-target")
+}
+
+/// A running `ingot-local dev`.
+struct Dev {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    seen: Vec<String>,
+    lambda_port: u16,
+    emulator_port: u16,
+    state: PathBuf,
+}
+
+impl Dev {
+    /// Starts `make dev`'s runner in `root` and waits until it is up.
+    async fn start(root: &Path) -> Self {
+        let (emulator_port, lambda_port) = (free_port().unwrap(), free_port().unwrap());
+        let state =
+            std::env::temp_dir().join(format!("ingot-dev-test-{}", uuid::Uuid::new_v4().simple()));
+        // A clone has no venv of its own: it uses this checkout's emulator.
+        let emulator = Emulator::from_env()
+            .unwrap()
+            .binary(&local::workspace_root().unwrap());
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingot-local"))
+            .arg("dev")
+            .current_dir(root)
+            .env("INGOT_EMULATOR_PORT", emulator_port.to_string())
+            .env("INGOT_LAMBDA_PORT", lambda_port.to_string())
+            .env("INGOT_STATE_DIR", &state)
+            .env("INGOT_EMULATOR_BIN", emulator)
+            .env("CARGO_TARGET_DIR", target_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("ingot-local dev starts");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut dev = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            lambda_port,
+            emulator_port,
+            state,
+        };
+        // A first run compiles every function: allow for it.
+        let up = dev
+            .wait_for_line("Ingot is up.", Duration::from_secs(1500))
+            .await;
+        assert!(up, "make dev did not come up:\n{}", dev.seen.join("\n"));
+        dev
+    }
+
+    fn url(&self, function: &str, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/lambda-url/{function}{path}",
+            self.lambda_port
+        )
+    }
+
+    /// Reads the runner's output until a line holds `needle`.
+    async fn wait_for_line(&mut self, needle: &str, within: Duration) -> bool {
+        let found = tokio::time::timeout(within, async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                let found = line.contains(needle);
+                self.seen.push(line);
+                if found {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        found == Ok(true)
+    }
+
+    async fn aws(&self) -> aws_config::SdkConfig {
+        local::bootstrap::emulator_config(
+            &format!("http://127.0.0.1:{}", self.emulator_port),
+            "us-east-1",
+        )
+        .await
+    }
+
+    /// Ctrl-C: everything stops and both ports are free again.
+    async fn stop(mut self) {
+        // SAFETY: signalling the child we spawned.
+        unsafe { libc::kill(self.child.id().unwrap() as i32, libc::SIGINT) };
+        let exited = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        assert!(
+            matches!(exited, Ok(Ok(_))),
+            "make dev did not stop on Ctrl-C"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !port_open(self.lambda_port),
+            "cargo lambda still holds its port"
+        );
+        assert!(
+            !port_open(self.emulator_port),
+            "the emulator still holds its port"
+        );
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
-    let root = local::workspace_root().unwrap();
-    let (emulator_port, lambda_port) = (free_port().unwrap(), free_port().unwrap());
-    let state =
-        std::env::temp_dir().join(format!("ingot-dev-test-{}", uuid::Uuid::new_v4().simple()));
-    let target = std::env::var_os("HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".cache/ingot/dev-test-target");
-
-    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingot-local"))
-        .arg("dev")
-        .current_dir(&root)
-        .env("INGOT_EMULATOR_PORT", emulator_port.to_string())
-        .env("INGOT_LAMBDA_PORT", lambda_port.to_string())
-        .env("INGOT_STATE_DIR", &state)
-        .env("CARGO_TARGET_DIR", &target)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("ingot-local dev starts");
-    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-
-    // A first run compiles every function: allow for it.
-    let up = tokio::time::timeout(Duration::from_secs(1500), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let done = line.contains("Ingot is up.");
-            seen.push(line);
-            if done {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
-        up,
-        Ok(true),
-        "make dev did not come up:\n{}",
-        seen.join("\n")
-    );
+    let _turn = TURN.lock().await;
+    let mut dev = Dev::start(&local::workspace_root().unwrap()).await;
 
     let http = reqwest::Client::new();
     for function in ["prices", "ingest", "usage", "chat-stream"] {
-        let url = format!("http://127.0.0.1:{lambda_port}/lambda-url/{function}/health");
-        let status = http.get(&url).send().await.map(|r| r.status().as_u16());
+        let status = http
+            .get(dev.url(function, "/health"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
         assert_eq!(status.ok(), Some(200), "{function}");
     }
 
     // Chat streams: the stub sends 50 deltas 100 ms apart, and the first
     // reaches us long before the last (what `curl -N` shows).
-    let token = std::fs::read_to_string(state.join("dev-token")).expect("make dev wrote a token");
+    let token =
+        std::fs::read_to_string(dev.state.join("dev-token")).expect("make dev wrote a token");
     let started = std::time::Instant::now();
     let response = http
-        .post(format!(
-            "http://127.0.0.1:{lambda_port}/lambda-url/chat-stream/api/v1/chat/stream"
-        ))
+        .post(dev.url("chat-stream", "/api/v1/chat/stream"))
         .bearer_auth(token.trim())
         .timeout(Duration::from_secs(120))
         .body(r#"{"message": "[slow] stream please"}"#)
@@ -97,13 +179,10 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
         "first delta at {first:?}, end at {all:?}"
     );
 
+    quota_alerts_arrive_signed_once_each(&dev, &http).await;
+
     // A message on the queue is delivered to rollup by the event source.
-    let aws = local::bootstrap::emulator_config(
-        &format!("http://127.0.0.1:{emulator_port}"),
-        "us-east-1",
-    )
-    .await;
-    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let sqs = aws_sdk_sqs::Client::new(&dev.aws().await);
     let queue = sqs
         .get_queue_url()
         .queue_name("ingot-local-events")
@@ -116,30 +195,121 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
         .send()
         .await
         .unwrap();
-    let delivered = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("batch delivered") && line.contains("rollup") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(delivered, Ok(true), "the message never reached rollup");
+    let delivered = dev
+        .wait_for_line("batch delivered", Duration::from_secs(120))
+        .await;
+    assert!(delivered, "the message never reached rollup");
 
-    // Ctrl-C: everything stops and both ports are free again.
-    // SAFETY: signalling the child we spawned.
-    unsafe { libc::kill(dev.id().unwrap() as i32, libc::SIGINT) };
-    let exited = tokio::time::timeout(Duration::from_secs(60), dev.wait()).await;
-    assert!(
-        matches!(exited, Ok(Ok(_))),
-        "make dev did not stop on Ctrl-C"
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!port_open(lambda_port), "cargo lambda still holds its port");
-    assert!(
-        !port_open(emulator_port),
-        "the emulator still holds its port"
-    );
-    let _ = std::fs::remove_dir_all(state);
+    dev.stop().await;
+}
+
+/// A tenant with a quota of 100 tokens uses 85, then 20 more, through the
+/// public ingest API; its webhook gets the 80% and then the 100% alert,
+/// each signed with its secret, each once, with no traffic after.
+async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client) {
+    let admin = aws_sdk_secretsmanager::Client::new(&dev.aws().await)
+        .get_secret_value()
+        .secret_id("ingot-local/admin-token")
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_owned();
+    let (receiver, hook) = WebhookReceiver::start(0).await;
+    let tenant: Value = http
+        .post(dev.url("usage", "/admin/tenants"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Alerted", "monthly_quota": 100, "billing_day": 1, "tier": "pro", "webhooks": [hook]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    receiver.set_secret(tenant["signing_secret"].as_str().unwrap());
+    let key = tenant["api_key"].as_str().unwrap();
+
+    for (tokens, threshold) in [(85, 80), (20, 100)] {
+        let status = http
+            .post(dev.url("ingest", "/events"))
+            .bearer_auth(key)
+            .json(&json!({"feature": "chat", "tokens": tokens}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 202);
+        let arrived = tokio::time::timeout(Duration::from_secs(60), async {
+            while !receiver
+                .accepted()
+                .iter()
+                .any(|d| d.body["threshold"] == threshold)
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        assert!(
+            arrived.is_ok(),
+            "no {threshold}% alert: {:?}",
+            receiver.deliveries()
+        );
+    }
+    // Nothing more arrives: one alert per threshold.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alerts = receiver.accepted();
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert!(alerts.iter().all(|a| a.signature_valid), "{alerts:?}");
+    assert_ne!(alerts[0].id, alerts[1].id);
+    assert_eq!(alerts[1].body["used"], 105);
+}
+
+/// Two clones with different code (ingest reports a different version)
+/// share one target directory; each `make dev` serves its own clone, also
+/// when the first runs again after the second has built (its files are then
+/// older than the other clone's build).
+#[tokio::test(flavor = "multi_thread")]
+async fn clones_sharing_a_target_directory_each_serve_their_own_code() {
+    let _turn = TURN.lock().await;
+    let root = local::workspace_root().unwrap();
+    let clones =
+        std::env::temp_dir().join(format!("ingot-clones-{}", uuid::Uuid::new_v4().simple()));
+    for n in [1, 2] {
+        let clone = clones.join(n.to_string());
+        let status = std::process::Command::new("git")
+            .args(["clone", "--quiet"])
+            .arg(&root)
+            .arg(&clone)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git clone");
+        let ingest = clone.join("functions/ingest/src/lib.rs");
+        let code = std::fs::read_to_string(&ingest).unwrap();
+        let marked = code.replace(
+            r#"HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))"#,
+            &format!(r#"HealthChecks::new(FUNCTION, "clone-{n}")"#),
+        );
+        assert_ne!(
+            code, marked,
+            "ingest's health version is where this test expects"
+        );
+        std::fs::write(&ingest, marked).unwrap();
+    }
+
+    let http = reqwest::Client::new();
+    for n in [1, 2, 1] {
+        let dev = Dev::start(&clones.join(n.to_string())).await;
+        let health: Value = http
+            .get(dev.url("ingest", "/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["version"], format!("clone-{n}"), "{health}");
+        dev.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(clones);
 }
