@@ -180,24 +180,16 @@ async fn query_pages(
     }
 }
 
-/// Every item of `table`, following pagination, as `make branch` reads it.
+/// Every item of `table`, read page by page as `make branch` reads it.
 async fn scan_all(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Vec<Item> {
     let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let out = dynamodb
-            .scan()
-            .table_name(table)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .expect("Scan");
-        items.extend(out.items.unwrap_or_default());
-        start = out.last_evaluated_key;
-        if start.is_none() {
-            return items;
-        }
-    }
+    local::ops::scan_pages(dynamodb, table, async |page| {
+        items.extend(page);
+        Ok(())
+    })
+    .await
+    .expect("Scan");
+    items
 }
 
 /// The `sk` of each item, in order.

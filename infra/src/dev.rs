@@ -422,9 +422,14 @@ async fn start(
     }
 
     // 4. The functions, each instance in a sandbox that keeps the
-    //    template's limits (cargo runs it around every function binary).
+    //    template's limits (cargo runs it around every function binary),
+    //    behind the front door on the Lambda port.
     let this = std::env::current_exe().map_err(|e| format!("ingot-local's path: {e}"))?;
     let (runner, sandboxed) = Settings::runner(&this);
+    let front = tokio::net::TcpListener::bind(("127.0.0.1", options.lambda_port))
+        .await
+        .map_err(|e| format!("port {}: {e}", options.lambda_port))?;
+    let private_port = crate::emulator::free_port().map_err(|e| e.to_string())?;
     components.push(Component::spawn(
         "lambda",
         Command::new("cargo")
@@ -437,7 +442,7 @@ async fn start(
                 "127.0.0.1",
                 "-P",
             ])
-            .arg(options.lambda_port.to_string())
+            .arg(private_port.to_string())
             .arg("--concurrency")
             .arg(options.concurrency.to_string())
             .args(profile)
@@ -448,12 +453,10 @@ async fn start(
             .current_dir(&options.root),
         log,
     )?);
-    wait_for_port(
-        options.lambda_port,
-        Duration::from_secs(60),
-        "cargo lambda watch",
-    )
-    .await?;
+    wait_for_port(private_port, Duration::from_secs(60), "cargo lambda watch").await?;
+    tokio::spawn(async move {
+        crate::front::serve(front, &format!("http://127.0.0.1:{private_port}")).await;
+    });
 
     // 5. The event sources.
     let longest = functions.iter().map(|f| f.timeout_secs).max().unwrap_or(3);

@@ -8,6 +8,9 @@
 //! - [`bootstrap`]: creates the template's resources in it;
 //! - [`pump`]: Lambda's SQS event source mapping (batches, partial failures);
 //! - [`schedule`]: EventBridge Scheduler's `rate(...)` schedules;
+//! - [`front`]: the Lambda port, in front of cargo-lambda (which deadlocks
+//!   past 100 queued requests of one function);
+//! - [`proxy`]: the HTTP pass-through the front door and sandboxes use;
 //! - [`invoke`]: calls a function through cargo-lambda's Invoke API;
 //! - [`sandbox`]: each function instance's Lambda limits (deadline, memory,
 //!   reserved concurrency), which cargo-lambda does not keep;
@@ -22,9 +25,11 @@ pub mod bench;
 pub mod bootstrap;
 pub mod dev;
 pub mod emulator;
+pub mod front;
 pub mod invoke;
 pub mod loadtest;
 pub mod ops;
+pub mod proxy;
 pub mod pump;
 pub mod sandbox;
 pub mod schedule;

@@ -227,7 +227,7 @@ async fn wait_active(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Result
 }
 
 /// Every item of `table`, page by page.
-async fn scan_pages(
+pub async fn scan_pages(
     dynamodb: &aws_sdk_dynamodb::Client,
     table: &str,
     mut page: impl AsyncFnMut(Vec<HashMap<String, AttributeValue>>) -> Result<(), String>,

@@ -22,13 +22,12 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+use crate::proxy::{self, Body, Forwarder};
 
 /// The variable naming the settings file, set for cargo-lambda by `make dev`.
 pub const SETTINGS_VAR: &str = "INGOT_SANDBOX";
@@ -63,12 +62,9 @@ impl Settings {
     }
 }
 
-type Body = BoxBody<Bytes, hyper::Error>;
-
 /// The Runtime API between one instance and cargo-lambda.
 struct Proxy {
-    upstream: String,
-    client: Client<HttpConnector, Body>,
+    upstream: Forwarder,
     timeout: Duration,
     /// Invocations handed out and not yet answered, by request id.
     inflight: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
@@ -102,20 +98,17 @@ pub async fn run(program: OsString, args: Vec<OsString>) -> Result<ExitCode, Str
         .map_err(|e| format!("sandbox listener: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let (timed_out, mut timeouts) = mpsc::unbounded_channel();
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
     let proxy = Arc::new(Proxy {
-        upstream: if upstream.starts_with("http") {
-            upstream
-        } else {
-            format!("http://{upstream}")
-        },
-        client: Client::builder(TokioExecutor::new()).build(connector),
+        upstream: Forwarder::new(&upstream),
         timeout: Duration::from_secs(limits.timeout_secs),
         inflight: Mutex::new(HashMap::new()),
         timed_out,
     });
-    tokio::spawn(serve(listener, proxy.clone()));
+    let handler = proxy.clone();
+    tokio::spawn(proxy::serve(listener, move |request| {
+        let proxy = handler.clone();
+        async move { proxy.forward(request).await }
+    }));
 
     loop {
         let mut command = tokio::process::Command::new(&program);
@@ -154,49 +147,13 @@ pub async fn run(program: OsString, args: Vec<OsString>) -> Result<ExitCode, Str
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { proxy.forward(request).await }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 impl Proxy {
     /// Passes one Runtime API call through, setting the deadline of each
     /// invocation handed out and settling it once answered.
-    async fn forward(
-        self: &Arc<Self>,
-        request: Request<Incoming>,
-    ) -> Result<Response<Body>, hyper::Error> {
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+    async fn forward(self: &Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        let path = request.uri().path().to_owned();
         let answered = answered_request_id(&path);
-        let url = format!("{}{path}", self.upstream);
-        let (mut parts, body) = request.into_parts();
-        parts.uri = match url.parse() {
-            Ok(uri) => uri,
-            Err(_) => return Ok(status(502, "bad upstream URL")),
-        };
-        let response = match self
-            .client
-            .request(Request::from_parts(parts, body.boxed()))
-            .await
-        {
-            Ok(response) => response,
-            Err(error) => return Ok(status(502, &error.to_string())),
-        };
+        let response = self.upstream.forward(request).await;
         if let Some(request_id) = answered {
             self.settle(&request_id);
         }
@@ -216,7 +173,7 @@ impl Proxy {
             parts.headers.insert(DEADLINE_HEADER, millis.into());
             self.watch(request_id);
         }
-        Ok(Response::from_parts(parts, body.boxed()))
+        Response::from_parts(parts, body)
     }
 
     /// Starts the clock on an invocation.
@@ -255,19 +212,19 @@ impl Proxy {
         let body = serde_json::json!({"errorType": "Sandbox.Timedout", "errorMessage": message});
         let request = Request::post(format!(
             "{}/2018-06-01/runtime/invocation/{request_id}/error",
-            self.upstream
+            self.upstream.upstream()
         ))
         .header("lambda-runtime-function-error-type", "Sandbox.Timedout")
         .header("content-type", "application/json")
-        .body(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        if let Ok(request) = request
-            && let Err(error) = self.client.request(request).await
-        {
-            eprintln!("cannot report the timeout of {request_id}: {error}");
+        .body(proxy::full(body.to_string()));
+        if let Ok(request) = request {
+            let answer = self.upstream.send(request).await;
+            if !answer.status().is_success() {
+                eprintln!(
+                    "cannot report the timeout of {request_id}: {}",
+                    answer.status()
+                );
+            }
         }
     }
 }
@@ -277,16 +234,6 @@ fn answered_request_id(path: &str) -> Option<String> {
     let rest = path.split("/invocation/").nth(1)?;
     let (id, verb) = rest.split_once('/')?;
     matches!(verb, "response" | "error").then(|| id.to_owned())
-}
-
-fn status(code: u16, message: &str) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(message.to_owned()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or_default();
-    response
 }
 
 /// One of a function's reserved-concurrency slots, held (an exclusive

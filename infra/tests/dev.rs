@@ -135,6 +135,11 @@ impl Dev {
     }
 }
 
+/// The JSON answer to `request`.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
     let _turn = TURN.lock().await;
@@ -217,16 +222,12 @@ async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client)
         .unwrap()
         .to_owned();
     let (receiver, hook) = WebhookReceiver::start(0).await;
-    let tenant: Value = http
-        .post(dev.url("usage", "/admin/tenants"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "Alerted", "monthly_quota": 100, "billing_day": 1, "tier": "pro", "webhooks": [hook]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenant = json_of(
+        http.post(dev.url("usage", "/admin/tenants"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "Alerted", "monthly_quota": 100, "billing_day": 1, "tier": "pro", "webhooks": [hook]})),
+    )
+    .await;
     receiver.set_secret(tenant["signing_secret"].as_str().unwrap());
     let key = tenant["api_key"].as_str().unwrap();
 
@@ -300,14 +301,7 @@ async fn clones_sharing_a_target_directory_each_serve_their_own_code() {
     let http = reqwest::Client::new();
     for n in [1, 2, 1] {
         let dev = Dev::start(&clones.join(n.to_string())).await;
-        let health: Value = http
-            .get(dev.url("ingest", "/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health = json_of(http.get(dev.url("ingest", "/health"))).await;
         assert_eq!(health["version"], format!("clone-{n}"), "{health}");
         dev.stop().await;
     }
