@@ -149,11 +149,14 @@ impl<I: Invoke> Pump<I> {
         let mut deadline: Option<Instant> = None;
         while batch.len() < self.source.batch_size {
             // Long-poll a second at most, and never past the batching window.
+            // SQS waits in whole seconds: with less than one left, deliver
+            // now (a zero wait would spin on empty receives until the window
+            // closed, hammering the queue).
             let wait_secs = match deadline {
                 None => 1,
                 Some(d) => match d.saturating_duration_since(Instant::now()) {
-                    left if left.is_zero() => break,
-                    left => left.as_secs().min(1) as i32,
+                    left if left < Duration::from_secs(1) => break,
+                    _ => 1,
                 },
             };
             let wanted = (self.source.batch_size - batch.len()).min(RECEIVE_MAX);
