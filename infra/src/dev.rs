@@ -11,7 +11,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -80,10 +79,19 @@ impl DevOptions {
     }
 }
 
-/// Terminal + `.local/dev.log`, shared by every component.
+/// Terminal + `.local/dev.log`, shared by every component. One thread
+/// writes, in batches at most every 20 ms: under load the functions log about
+/// a thousand lines a second, and a write per line (each also waking
+/// cargo-lambda's watcher of this directory) cost more CPU than they did.
 #[derive(Clone)]
 pub struct Log {
-    file: Arc<Mutex<std::fs::File>>,
+    lines: std::sync::mpsc::Sender<Entry>,
+}
+
+enum Entry {
+    Line(Vec<u8>),
+    /// Everything before this is written: then answer.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 impl Log {
@@ -91,18 +99,44 @@ impl Log {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
-        Ok(Self {
-            file: Arc::new(Mutex::new(file)),
-        })
+        let (lines, entries) = std::sync::mpsc::channel::<Entry>();
+        std::thread::spawn(move || {
+            while let Ok(first) = entries.recv() {
+                std::thread::sleep(Duration::from_millis(20));
+                let mut batch = Vec::new();
+                let mut flushed = Vec::new();
+                for entry in std::iter::once(first).chain(entries.try_iter()) {
+                    match entry {
+                        Entry::Line(line) => batch.extend(line),
+                        Entry::Flush(done) => flushed.push(done),
+                    }
+                }
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(&batch).and_then(|()| stdout.flush());
+                let _ = file.write_all(&batch);
+                for done in flushed {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Ok(Self { lines })
     }
 
     pub fn line(&self, component: &str, text: &str) {
         let line = format!("[{component:>6}] {text}\n");
-        let _ = self.clone().write_all(line.as_bytes());
+        let _ = self.lines.send(Entry::Line(line.into_bytes()));
+    }
+
+    /// Waits until every line so far is written.
+    pub fn sync(&self) {
+        let (done, written) = std::sync::mpsc::channel();
+        if self.lines.send(Entry::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(Duration::from_secs(5));
+        }
     }
 
     /// A writer for the runner's own tracing output, prefixed like the rest.
@@ -119,26 +153,12 @@ impl Write for Prefixed {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut line = b"[   dev] ".to_vec();
         line.extend_from_slice(buf);
-        self.0.write_all(&line)?;
+        let _ = self.0.lines.send(Entry::Line(line));
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl Write for Log {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        std::io::stdout().write_all(buf)?;
-        if let Ok(mut file) = self.file.lock() {
-            file.write_all(buf)?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
+        Ok(())
     }
 }
 
@@ -248,6 +268,7 @@ pub async fn run(options: DevOptions, log: Log) -> Result<(), String> {
     for component in components.into_iter().rev() {
         component.stop(&log).await;
     }
+    log.sync();
     result
 }
 
