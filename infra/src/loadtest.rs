@@ -9,7 +9,10 @@
 //! only the POSTs. After the load, once the queue has drained, every tenant's
 //! usage is checked per feature against the distinct events it accepted, in
 //! both directions (lost and double-counted are reported apart, so opposite
-//! errors never cancel).
+//! errors never cancel). A POST that failed may still have been taken (a 503
+//! after the queue did get it, a timeout), so it is re-sent with the same ids
+//! once the load ends, as a retrying client would; latency is measured from
+//! when each request was due, so a generator running late cannot hide it.
 //!
 //! Against `make dev` it also reports where the CPU went, by process (the
 //! functions, the emulator, cargo-lambda, the sandboxes, the poller and this
@@ -166,6 +169,15 @@ struct Record {
     errors: Vec<String>,
     /// tenant → event id → event, of accepted events.
     accepted: HashMap<String, HashMap<String, Sent>>,
+    /// POSTs that failed: the service may or may not have taken them, so
+    /// they are re-sent with the same ids afterwards, as a client retries.
+    in_doubt: Vec<InDoubt>,
+}
+
+struct InDoubt {
+    tenant: Arc<Tenant>,
+    body: Value,
+    events: Vec<Sent>,
 }
 
 struct Tenant {
@@ -496,6 +508,7 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
     let record = Arc::new(Mutex::new(Record::default()));
     let mut rng = Rng::new();
     let warmup = Phase::run(&options, &http, &tenants, &record, &mut rng, options.warmup).await;
+    let (mut retried, mut unresolved) = retry_in_doubt(&options, &http, &record).await;
     if let Some(local) = &local {
         local.drained().await?;
     }
@@ -515,6 +528,9 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
     )
     .await;
     let load_end = Instant::now();
+    let (more_retried, more_unresolved) = retry_in_doubt(&options, &http, &record).await;
+    retried += more_retried;
+    unresolved += more_unresolved;
     let drained = match &local {
         Some(local) => Some(local.drained().await?.saturating_duration_since(load_end)),
         None => None,
@@ -534,7 +550,10 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
     }
 
     let mut report = summary(&options, &record, &measured, &warmup, drained, &discrepancy);
-    report.push_str(&format!("\nEvents accepted in all: {events_accepted}.\n"));
+    report.push_str(&format!(
+        "\nEvents accepted in all: {events_accepted}. POSTs that failed and were re-sent \
+         afterwards with the same ids, as a client retries: {retried} ({unresolved} never taken).\n"
+    ));
     if let Some(local) = &local {
         let metrics = metrics_since(&local.log, log_offset);
         report.push_str(&costs(&metrics, &window, measured.requests));
@@ -564,6 +583,11 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
         std::fs::write(&perf, replace_section(&doc, &section, &report))
             .map_err(|e| e.to_string())?;
         println!("wrote {} (section {section})", perf.display());
+    }
+    if unresolved > 0 {
+        return Err(format!(
+            "{unresolved} failed POSTs were never taken on retry: the count check is inconclusive"
+        ));
     }
     if !discrepancy.exact() {
         return Err(format!(
@@ -601,23 +625,31 @@ impl Phase {
             tokio::time::sleep_until(due.into()).await;
             send_lag = due.elapsed();
             let tenant = Arc::clone(&tenants[rng.below(tenants.len() as u64) as usize]);
-            let (kind, request, events) = next_request(options, http, &tenant, rng);
+            let (kind, request, sent) = next_request(options, http, &tenant, rng);
             let record = Arc::clone(record);
             inflight.push(tokio::spawn(async move {
-                let at = Instant::now();
                 let result = request.send().await;
-                let ms = at.elapsed().as_secs_f64() * 1000.0;
+                // From when it was due, so a late send counts as waiting.
+                let ms = due.elapsed().as_secs_f64() * 1000.0;
                 let mut r = record.lock().expect("record");
                 r.latencies.entry(kind).or_default().push(ms);
-                match result {
+                let failure = match result {
                     Ok(response) if response.status().is_success() => {
-                        let accepted = r.accepted.entry(tenant.id.clone()).or_default();
-                        for event in events {
-                            accepted.insert(event.id.clone(), event);
+                        if let Some((_, events)) = sent {
+                            r.accept(&tenant, events);
                         }
+                        return;
                     }
-                    Ok(response) => r.errors.push(format!("{kind:?}: {}", response.status())),
-                    Err(e) => r.errors.push(format!("{kind:?}: {e}")),
+                    Ok(response) => format!("{kind:?}: {}", response.status()),
+                    Err(e) => format!("{kind:?}: {e}"),
+                };
+                r.errors.push(failure);
+                if let Some((body, events)) = sent {
+                    r.in_doubt.push(InDoubt {
+                        tenant,
+                        body,
+                        events,
+                    });
                 }
             }));
         }
@@ -632,17 +664,17 @@ impl Phase {
     }
 }
 
-/// The next request of the mix, and the events it carries.
+/// The next request of the mix, and for a POST its body and events.
 fn next_request(
     options: &LoadOptions,
     http: &reqwest::Client,
     tenant: &Tenant,
     rng: &mut Rng,
-) -> (Kind, reqwest::RequestBuilder, Vec<Sent>) {
+) -> (Kind, reqwest::RequestBuilder, Option<(Value, Vec<Sent>)>) {
     let roll = rng.below(100);
     if options.mix == Mix::Seed && roll < 20 {
         let request = http.get(options.url("usage", &format!("/usage/{}", tenant.id)));
-        return (Kind::Usage, request.bearer_auth(&tenant.key), Vec::new());
+        return (Kind::Usage, request.bearer_auth(&tenant.key), None);
     }
     // 10% of the POSTs re-send an earlier body with the same ids.
     let resend = {
@@ -673,11 +705,64 @@ fn next_request(
             (Kind::Ingest, (body, events))
         }
     };
-    let request = http
-        .post(options.url("ingest", "/events"))
+    (
+        kind,
+        post(options, http, tenant, &body),
+        Some((body, events)),
+    )
+}
+
+fn post(
+    options: &LoadOptions,
+    http: &reqwest::Client,
+    tenant: &Tenant,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    http.post(options.url("ingest", "/events"))
         .bearer_auth(&tenant.key)
-        .json(&body);
-    (kind, request, events)
+        .json(body)
+}
+
+impl Record {
+    fn accept(&mut self, tenant: &Tenant, events: Vec<Sent>) {
+        let accepted = self.accepted.entry(tenant.id.clone()).or_default();
+        for event in events {
+            accepted.insert(event.id.clone(), event);
+        }
+    }
+}
+
+/// Re-sends every POST that failed, with the same ids, until it is taken
+/// (five tries, a second apart); returns how many were re-sent and how many
+/// never were taken.
+async fn retry_in_doubt(
+    options: &LoadOptions,
+    http: &reqwest::Client,
+    record: &Mutex<Record>,
+) -> (usize, usize) {
+    let in_doubt = std::mem::take(&mut record.lock().expect("record").in_doubt);
+    let retried = in_doubt.len();
+    let mut unresolved = 0;
+    for doubt in in_doubt {
+        let mut taken = false;
+        for _ in 0..5 {
+            let answer = post(options, http, &doubt.tenant, &doubt.body).send().await;
+            if answer.is_ok_and(|a| a.status().is_success()) {
+                taken = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if taken {
+            record
+                .lock()
+                .expect("record")
+                .accept(&doubt.tenant, doubt.events);
+        } else {
+            unresolved += 1;
+        }
+    }
+    (retried, unresolved)
 }
 
 /// Every tenant's usage per feature against its accepted events.

@@ -20,7 +20,9 @@ use local::template::{Template, Trigger};
 
 const USAGE: &str = "usage: ingot-local dev | trigger <function> | bench | loadtest | redrive <stage> | branch <from> <to> [<time>]";
 
-#[tokio::main]
+// One thread: the local cloud's hops are small, and cross-thread wake-ups cost
+// more than they do (each sandbox is its own process).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     // cargo's runner under `make dev`: before anything that needs a checkout.
     let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
