@@ -35,14 +35,21 @@ pub async fn serve(listener: tokio::net::TcpListener, upstream: &str) {
                 .or_insert_with(|| Arc::new(Semaphore::new(IN_FLIGHT)))
                 .clone()
         });
-        async move {
-            // Held until the answer's head arrives: by then cargo-lambda has
-            // handed the invocation to an instance (a stream may go on).
+        // Its own task, holding the permit until the answer's head arrives
+        // (by then cargo-lambda has handed the invocation to an instance; a
+        // stream may go on), even if the client hangs up first: cargo-lambda
+        // keeps a request it has queued whether or not anyone still waits.
+        let forwarding = tokio::spawn(async move {
             let _permit = match gate {
                 Some(gate) => Some(gate.acquire_owned().await),
                 None => None,
             };
             forwarder.forward(request).await
+        });
+        async move {
+            forwarding
+                .await
+                .unwrap_or_else(|e| proxy::status(502, &format!("front door: {e}")))
         }
     })
     .await;
