@@ -20,7 +20,7 @@ use crate::bootstrap::{ACCOUNT_ID, bootstrap, emulator_config, merged_environmen
 use crate::emulator::{Emulator, port_open, wait_for_port};
 use crate::invoke::LambdaInvoker;
 use crate::pump::Pump;
-use crate::sandbox::{Limits, SETTINGS_VAR, Settings};
+use crate::sandbox::{SETTINGS_VAR, Settings};
 use crate::schedule;
 use crate::template::{Template, Trigger};
 
@@ -393,20 +393,7 @@ async fn start(
     let fuzz_file = options.state_dir.join("fuzz-token");
     std::fs::write(&fuzz_file, fuzz_token).map_err(|e| format!("{}: {e}", fuzz_file.display()))?;
     let sandbox_file = options.state_dir.join("sandbox.json");
-    let sandbox = Settings {
-        functions: functions
-            .iter()
-            .map(|f| {
-                let limits = Limits {
-                    timeout_secs: f.timeout_secs,
-                    memory_mb: f.memory_mb,
-                    reserved_concurrency: f.reserved_concurrency,
-                };
-                (f.binary.clone(), limits)
-            })
-            .collect(),
-        slots: options.state_dir.join("slots"),
-    };
+    let sandbox = Settings::of(functions, options.state_dir.join("slots"));
     let body = serde_json::to_vec_pretty(&sandbox).map_err(|e| e.to_string())?;
     std::fs::write(&sandbox_file, body).map_err(|e| format!("{}: {e}", sandbox_file.display()))?;
     let env_file = options.state_dir.join("functions.env");

@@ -39,6 +39,10 @@ pub enum Target {
         emulator: String,
         region: String,
         stack: String,
+        /// `make dev`'s log, where the functions' metrics are.
+        log: PathBuf,
+        /// The functions' binaries, whose processes' CPU is reported.
+        functions: Vec<String>,
     },
     /// A deployed stage: base URLs of its ingest and usage APIs, and its admin token.
     Deployed {
@@ -196,23 +200,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// What each kind of process on this machine has used, in CPU milliseconds.
-type CpuSplit = HashMap<&'static str, f64>;
+type CpuSplit = HashMap<String, f64>;
 
-/// The process kinds of `make dev`, by executable and command line.
-fn process_kind(exe: &str, cmdline: &[String], own: bool) -> Option<&'static str> {
-    const FUNCTIONS: [&str; 6] = [
-        "prices",
-        "price-fetch",
-        "chat-stream",
-        "ingest",
-        "rollup",
-        "usage",
-    ];
+/// The process kinds of `make dev`, by executable and command line; a
+/// function's processes go by its binary (`functions`, from the template).
+fn process_kind<'a>(
+    exe: &'a str,
+    cmdline: &[String],
+    own: bool,
+    functions: &[String],
+) -> Option<&'a str> {
     if own {
         return Some("load generator");
     }
-    if let Some(function) = FUNCTIONS.iter().find(|f| **f == exe) {
-        return Some(function);
+    if functions.iter().any(|f| f == exe) {
+        return Some(exe);
     }
     let args = cmdline.join(" ");
     match exe {
@@ -226,8 +228,7 @@ fn process_kind(exe: &str, cmdline: &[String], own: bool) -> Option<&'static str
 }
 
 /// CPU time (user + system) so far of every `make dev` process, by kind.
-fn cpu_split() -> CpuSplit {
-    let ticks_per_ms = 100.0 / 1000.0; // USER_HZ on Linux
+fn cpu_split(functions: &[String]) -> CpuSplit {
     let own = std::process::id().to_string();
     let mut split = CpuSplit::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -248,7 +249,7 @@ fn cpu_split() -> CpuSplit {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         let own = entry.file_name().to_string_lossy() == own;
-        let Some(kind) = process_kind(&exe, &cmdline, own) else {
+        let Some(kind) = process_kind(&exe, &cmdline, own, functions) else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
@@ -261,7 +262,8 @@ fn cpu_split() -> CpuSplit {
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
         if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
-            *split.entry(kind).or_default() += (user + system) / ticks_per_ms;
+            // A tick is 10 ms (USER_HZ is 100 on Linux).
+            *split.entry(kind.to_owned()).or_default() += (user + system) * 10.0;
         }
     }
     split
@@ -296,6 +298,7 @@ struct Local {
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
     log: PathBuf,
+    functions: Vec<String>,
 }
 
 impl Local {
@@ -303,7 +306,8 @@ impl Local {
         emulator: &str,
         region: &str,
         stack: &str,
-        root: &std::path::Path,
+        log: PathBuf,
+        functions: Vec<String>,
     ) -> Result<(Self, String), String> {
         let aws = emulator_config(emulator, region).await;
         let admin = aws_sdk_secretsmanager::Client::new(&aws)
@@ -325,14 +329,12 @@ impl Local {
             .queue_url()
             .unwrap_or_default()
             .to_owned();
-        let log = std::env::var_os("INGOT_STATE_DIR")
-            .map_or_else(|| root.join(".local"), PathBuf::from)
-            .join("dev.log");
         Ok((
             Self {
                 sqs,
                 queue_url,
                 log,
+                functions,
             },
             admin,
         ))
@@ -395,6 +397,15 @@ pub struct Discrepancy {
     pub lost_events: u64,
     pub extra_tokens: u64,
     pub extra_events: u64,
+}
+
+impl std::ops::AddAssign for Discrepancy {
+    fn add_assign(&mut self, other: Self) {
+        self.lost_tokens += other.lost_tokens;
+        self.lost_events += other.lost_events;
+        self.extra_tokens += other.extra_tokens;
+        self.extra_events += other.extra_events;
+    }
 }
 
 impl Discrepancy {
@@ -469,13 +480,15 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (local, admin) = match &options.target {
         Target::Local {
-            root,
             emulator,
             region,
             stack,
+            log,
+            functions,
             ..
         } => {
-            let (local, admin) = Local::connect(emulator, region, stack, root).await?;
+            let (local, admin) =
+                Local::connect(emulator, region, stack, log.clone(), functions.clone()).await?;
             (Some(local), admin)
         }
         Target::Deployed { admin_token, .. } => (None, admin_token.clone()),
@@ -517,7 +530,8 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
         .and_then(|l| std::fs::metadata(&l.log).ok())
         .map_or(0, |m| m.len());
     record.lock().expect("record").latencies.clear();
-    let cpu_before = cpu_split();
+    let functions = local.as_ref().map_or(&[][..], |l| &l.functions[..]);
+    let cpu_before = cpu_split(functions);
     let measured = Phase::run(
         &options,
         &http,
@@ -535,7 +549,7 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
         Some(local) => Some(local.drained().await?.saturating_duration_since(load_end)),
         None => None,
     };
-    let cpu_after = cpu_split();
+    let cpu_after = cpu_split(functions);
     let window = cpu_window(&cpu_before, &cpu_after);
 
     let record = Arc::try_unwrap(record)
@@ -790,20 +804,17 @@ async fn check(
             .await
             .map_err(|e| e.to_string())?;
         let (d, n) = compare(&expected_by_feature(accepted), &counted_by_feature(&usage));
-        discrepancy.lost_tokens += d.lost_tokens;
-        discrepancy.lost_events += d.lost_events;
-        discrepancy.extra_tokens += d.extra_tokens;
-        discrepancy.extra_events += d.extra_events;
+        discrepancy += d;
         notes.extend(n.into_iter().map(|n| format!("{}: {n}", tenant.id)));
     }
     Ok((discrepancy, notes, events_accepted))
 }
 
 /// CPU per process kind over the measured window, busiest first.
-fn cpu_window(before: &CpuSplit, after: &CpuSplit) -> Vec<(&'static str, f64)> {
-    let mut used: Vec<(&'static str, f64)> = after
+fn cpu_window(before: &CpuSplit, after: &CpuSplit) -> Vec<(String, f64)> {
+    let mut used: Vec<(String, f64)> = after
         .iter()
-        .map(|(kind, ms)| (*kind, ms - before.get(kind).copied().unwrap_or(0.0)))
+        .map(|(kind, ms)| (kind.clone(), ms - before.get(kind).copied().unwrap_or(0.0)))
         .filter(|(_, ms)| *ms > 0.0)
         .collect();
     used.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -874,7 +885,7 @@ fn summary(
 /// Where the CPU went, and Ingot's own cost per event.
 fn costs(
     metrics: &HashMap<(String, String), f64>,
-    window: &[(&'static str, f64)],
+    window: &[(String, f64)],
     requests: u64,
 ) -> String {
     let metric = |f: &str, n: &str| {
@@ -1005,12 +1016,17 @@ mod tests {
     #[test]
     fn processes_are_told_apart_by_executable_and_arguments() {
         let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(process_kind("ingest", &[], false), Some("ingest"));
+        let functions = args(&["ingest", "rollup"]);
+        assert_eq!(
+            process_kind("ingest", &[], false, &functions),
+            Some("ingest")
+        );
         assert_eq!(
             process_kind(
                 "ingot-local",
                 &args(&["ingot-local", "sandbox", "x"]),
-                false
+                false,
+                &functions
             ),
             Some("sandboxes")
         );
@@ -1018,11 +1034,15 @@ mod tests {
             process_kind(
                 "python3.11",
                 &args(&["python", ".venv-ministack/bin/ministack"]),
-                false
+                false,
+                &functions
             ),
             Some("emulator")
         );
-        assert_eq!(process_kind("bash", &[], true), Some("load generator"));
-        assert_eq!(process_kind("bash", &[], false), None);
+        assert_eq!(
+            process_kind("bash", &[], true, &functions),
+            Some("load generator")
+        );
+        assert_eq!(process_kind("bash", &[], false, &functions), None);
     }
 }

@@ -62,14 +62,21 @@ async fn main() -> ExitCode {
         }
         ["trigger", function] => trigger(&root, &options, function).await,
         ["loadtest"] => {
-            let local = local::loadtest::Target::Local {
+            let functions = load_template(&root).and_then(|t| {
+                t.functions()
+                    .map(|f| f.into_iter().map(|f| f.binary).collect())
+                    .map_err(|e| e.to_string())
+            });
+            let local = functions.map(|functions| local::loadtest::Target::Local {
                 root: root.clone(),
                 lambda: options.lambda_endpoint(),
                 emulator: options.emulator_endpoint(),
                 region: options.region.clone(),
                 stack: options.stack.clone(),
-            };
-            match local::loadtest::LoadOptions::from_env(local) {
+                log: options.state_dir.join("dev.log"),
+                functions,
+            });
+            match local.and_then(local::loadtest::LoadOptions::from_env) {
                 Ok(load) => local::loadtest::run(load).await,
                 Err(e) => Err(e),
             }

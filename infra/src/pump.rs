@@ -148,24 +148,20 @@ impl<I: Invoke> Pump<I> {
         let mut batch: Vec<Message> = Vec::new();
         let mut deadline: Option<Instant> = None;
         while batch.len() < self.source.batch_size {
-            // Long-poll a second at most, and never past the batching window.
+            // Long-poll a second at a time, never past the batching window.
             // SQS waits in whole seconds: with less than one left, deliver
             // now (a zero wait would spin on empty receives until the window
             // closed, hammering the queue).
-            let wait_secs = match deadline {
-                None => 1,
-                Some(d) => match d.saturating_duration_since(Instant::now()) {
-                    left if left < Duration::from_secs(1) => break,
-                    _ => 1,
-                },
-            };
+            if deadline.is_some_and(|d| d < Instant::now() + Duration::from_secs(1)) {
+                break;
+            }
             let wanted = (self.source.batch_size - batch.len()).min(RECEIVE_MAX);
             let received = self
                 .sqs
                 .receive_message()
                 .queue_url(&self.queue_url)
                 .max_number_of_messages(wanted as i32)
-                .wait_time_seconds(wait_secs)
+                .wait_time_seconds(1)
                 .message_system_attribute_names(MessageSystemAttributeName::All)
                 .message_attribute_names("All")
                 .send()

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::proxy::{self, Body, Forwarder};
+use crate::template::FunctionSpec;
 
 /// The variable naming the settings file, set for cargo-lambda by `make dev`.
 pub const SETTINGS_VAR: &str = "INGOT_SANDBOX";
@@ -51,6 +52,22 @@ pub struct Limits {
 }
 
 impl Settings {
+    /// Each function's limits as the template sets them; slots under `slots`.
+    pub fn of(functions: &[FunctionSpec], slots: PathBuf) -> Self {
+        let limits = |f: &FunctionSpec| Limits {
+            timeout_secs: f.timeout_secs,
+            memory_mb: f.memory_mb,
+            reserved_concurrency: f.reserved_concurrency,
+        };
+        Self {
+            functions: functions
+                .iter()
+                .map(|f| (f.binary.clone(), limits(f)))
+                .collect(),
+            slots,
+        }
+    }
+
     /// The cargo runner variable that puts `sandbox` (this binary's
     /// `sandbox` subcommand) around every `cargo run` of the host target.
     pub fn runner(sandbox: &Path) -> (String, String) {
@@ -182,7 +199,7 @@ impl Proxy {
         let id = request_id.clone();
         let timer = tokio::spawn(async move {
             tokio::time::sleep(proxy.timeout).await;
-            if proxy.take(&id) {
+            if proxy.take(&id).is_some() {
                 let _ = proxy.timed_out.send(id);
             }
         });
@@ -193,17 +210,14 @@ impl Proxy {
 
     /// The function answered in time: stop its clock.
     fn settle(&self, request_id: &str) {
-        if let Ok(mut inflight) = self.inflight.lock()
-            && let Some(timer) = inflight.remove(request_id)
-        {
+        if let Some(timer) = self.take(request_id) {
             timer.abort();
         }
     }
 
-    fn take(&self, request_id: &str) -> bool {
-        self.inflight
-            .lock()
-            .is_ok_and(|mut inflight| inflight.remove(request_id).is_some())
+    /// The clock of an invocation still in flight, which is then no longer.
+    fn take(&self, request_id: &str) -> Option<tokio::task::JoinHandle<()>> {
+        self.inflight.lock().ok()?.remove(request_id)
     }
 
     /// Answers a timed-out invocation for the killed instance, as Lambda does.
