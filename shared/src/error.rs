@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use crate::http::current_request_id;
+use crate::store::StoreError;
+use crate::telemetry::current_request_id;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -118,6 +119,21 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// A store failure, answered once for every handler: a cursor this API
+/// never issued is the client's mistake (400, not logged as an error);
+/// anything else makes that store unavailable (503 with Retry-After, logged).
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error.store() {
+            None => ApiError::bad_request("invalid_cursor", error.to_string()),
+            Some(store) => {
+                tracing::error!(%error, "store failed");
+                ApiError::unavailable(store, 5)
+            }
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! Pieces every HTTP function puts around its router.
 //!
 //! - [`observe`]: gives each request an id (Lambda's request id, so a client's
-//!   `request_id` leads straight to the function's logs), scopes it for
-//!   [`crate::error::ApiError`], echoes it as `x-request-id`, and writes the one
+//!   `request_id` leads straight to the function's logs), scopes it (see
+//!   [`crate::telemetry::current_request_id`]), echoes it as `x-request-id`, and writes the one
 //!   log line per request (route, status, latency).
 //! - [`finish`]: all of the above around a function's routes, plus security
 //!   headers, CORS, and problem+json instead of axum's empty 404/405 bodies.
@@ -20,17 +20,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{ConfigError, Env};
 use crate::error::ApiError;
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
+use crate::telemetry;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of the request being handled, if called inside [`observe`].
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
 
 /// Middleware: request id, `x-request-id`, and one structured log line per request.
 pub async fn observe(request: Request, next: Next) -> Response {
@@ -45,9 +37,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let started = Instant::now();
 
-    let mut response = REQUEST_ID
-        .scope(request_id.clone(), next.run(request))
-        .await;
+    let mut response = telemetry::with_request_id(request_id.clone(), next.run(request)).await;
 
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     if let Ok(value) = HeaderValue::from_str(&request_id) {

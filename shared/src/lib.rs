@@ -11,6 +11,7 @@
 //! - [`prices`]: metals, units, the price providers, failover and breakers;
 //! - [`aws`]: the AWS adapters: SDK configuration (the endpoint is the only
 //!   local/AWS difference), tables, queue and secrets;
+//! - [`store`]: the error every store edge returns;
 //! - [`telemetry`]: JSON logs and CloudWatch embedded metrics;
 //! - [`webhook`]: signed webhook delivery with retries.
 
@@ -25,5 +26,6 @@ pub mod http;
 pub mod jwt;
 pub mod metering;
 pub mod prices;
+pub mod store;
 pub mod telemetry;
 pub mod webhook;

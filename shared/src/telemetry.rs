@@ -8,6 +8,21 @@
 use serde_json::{Map, Value, json};
 use tracing_subscriber::EnvFilter;
 
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `work` as the handling of request `id`, so problems and log lines
+/// inside it can name the request.
+pub async fn with_request_id<F: Future>(id: String, work: F) -> F::Output {
+    REQUEST_ID.scope(id, work).await
+}
+
+/// The id of the request being handled, inside [`with_request_id`].
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
 /// Installs the JSON log subscriber; level from `RUST_LOG` (default `info`).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -38,10 +38,11 @@ use shared::chat::settings::ChatSettings;
 use shared::config::{ConfigError, Env, Upstream};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, RawBody, current_request_id, finish};
+use shared::http::{CorsOrigins, RawBody, finish};
 use shared::jwt::{JwtSettings, Verifier};
 use shared::metering::period::BillingPeriod;
 use shared::metering::tenants::Tenant;
+use shared::telemetry::current_request_id;
 use shared::telemetry::{Metrics, Unit};
 
 pub const FUNCTION: &str = "chat-stream";
@@ -215,7 +216,7 @@ async fn admit(
         .users
         .sign_in(&subject, now)
         .await
-        .map_err(|e| e.into_api("user store").into_response())?;
+        .map_err(|e| ApiError::from(e).into_response())?;
     if !tenant.enabled {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -232,7 +233,7 @@ async fn admit(
         .ledger
         .period_total(&tenant.id, &period.key())
         .await
-        .map_err(|e| e.into_api("usage store").into_response())?;
+        .map_err(|e| ApiError::from(e).into_response())?;
     if used >= tenant.monthly_quota {
         let retry = (period.end - now).num_seconds().max(1) as u64;
         let mut refusal = ApiError::new(
@@ -260,7 +261,7 @@ async fn admit(
             .chat
             .history(&subject, request.conversation_id.as_str())
             .await
-            .map_err(|e| e.into_api("conversation store").into_response())?;
+            .map_err(|e| ApiError::from(e).into_response())?;
         trim(&turns, app.config.chat.history_budget_tokens)
     } else {
         Vec::new()

@@ -94,7 +94,7 @@ pub enum FetchError {
     #[error("provider keys: {0}")]
     Keys(String),
     #[error("prices table: {0}")]
-    Store(#[from] shared::aws::StoreError),
+    Store(#[from] shared::store::StoreError),
     #[error("every provider failed: {0}")]
     AllProvidersFailed(String),
 }

@@ -19,7 +19,7 @@ use shared::error::ApiError;
 use shared::metering::period::BillingPeriod;
 use shared::metering::usage::quota_percent;
 
-use super::{App, cursor, page_limit, store_unavailable};
+use super::{App, cursor, page_limit};
 
 pub(crate) async fn current(
     State(app): State<App>,
@@ -27,18 +27,9 @@ pub(crate) async fn current(
 ) -> Result<Json<Value>, ApiError> {
     let subject = require_user(&headers, app.chat.verifier.as_deref()).await?;
     let now = Utc::now();
-    let tenant = app
-        .chat
-        .users
-        .sign_in(&subject.0, now)
-        .await
-        .map_err(store_unavailable)?;
+    let tenant = app.chat.users.sign_in(&subject.0, now).await?;
     let period = BillingPeriod::containing(now, tenant.billing_day);
-    let usage = app
-        .ledger
-        .period_usage(&tenant.id, &period.key())
-        .await
-        .map_err(store_unavailable)?;
+    let usage = app.ledger.period_usage(&tenant.id, &period.key()).await?;
     let chat = totals(&usage.features, &app.chat.settings.models);
     let limits = app.chat.settings.tiers.limits(tenant.tier);
     Ok(Json(json!({
@@ -75,17 +66,12 @@ pub(crate) async fn history(
 ) -> Result<Json<Value>, ApiError> {
     let subject = require_user(&headers, app.chat.verifier.as_deref()).await?;
     let limit = page_limit(&query, 30)?;
-    app.chat
-        .users
-        .sign_in(&subject.0, Utc::now())
-        .await
-        .map_err(store_unavailable)?;
+    app.chat.users.sign_in(&subject.0, Utc::now()).await?;
     let page = app
         .chat
         .store
         .usage_records(&subject.0, limit, cursor(&query))
-        .await
-        .map_err(store_unavailable)?;
+        .await?;
     Ok(Json(json!({
         "requests": page.records,
         "next_cursor": page.next,

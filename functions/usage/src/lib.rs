@@ -23,7 +23,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use shared::auth::{is_admin, require_admin, require_tenant};
 use shared::aws::SdkConfig;
-use shared::aws::StoreError;
+
 use shared::aws::chat::{ChatUsers, DynamoChat};
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::secrets::CachedSecret;
@@ -189,10 +189,6 @@ fn page_limit(query: &HashMap<String, String>, default: i32) -> Result<i32, ApiE
     }
 }
 
-fn store_unavailable(error: StoreError) -> ApiError {
-    error.into_api("usage store")
-}
-
 /// `?cursor=`, where an empty value means the first page.
 fn cursor(query: &HashMap<String, String>) -> Option<&str> {
     query
@@ -249,10 +245,7 @@ async fn create_tenant(
         .into_tenant(Utc::now())
         .map_err(|e| ApiError::bad_request("invalid_tenant", e.0))?;
     let key = ApiKey::generate();
-    app.tenants
-        .create(&tenant, &key.hash())
-        .await
-        .map_err(store_unavailable)?;
+    app.tenants.create(&tenant, &key.hash()).await?;
     tracing::info!(tenant = %tenant.id, "tenant created");
     let mut body = view(&tenant);
     body["api_key"] = json!(key.expose());
@@ -267,11 +260,7 @@ async fn list_tenants(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&headers, &app.admin_token).await?;
     let limit = page_limit(&query, 50)?;
-    let page = app
-        .tenants
-        .list(limit, cursor(&query))
-        .await
-        .map_err(store_unavailable)?;
+    let page = app.tenants.list(limit, cursor(&query)).await?;
     Ok(Json(json!({
         "tenants": page.tenants.iter().map(view).collect::<Vec<_>>(),
         "next_cursor": page.next,
@@ -285,7 +274,7 @@ async fn get_tenant(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&headers, &app.admin_token).await?;
     let id = tenant_id(id)?;
-    let tenant = app.tenants.get(&id).await.map_err(store_unavailable)?;
+    let tenant = app.tenants.get(&id).await?;
     tenant
         .map(|t| Json(view(&t)))
         .ok_or_else(|| no_such_tenant(&id))
@@ -301,11 +290,7 @@ async fn patch_tenant(
     patch
         .validate()
         .map_err(|e| ApiError::bad_request("invalid_tenant", e.0))?;
-    let tenant = app
-        .tenants
-        .update(&id, &patch)
-        .await
-        .map_err(store_unavailable)?;
+    let tenant = app.tenants.update(&id, &patch).await?;
     tenant
         .map(|t| Json(view(&t)))
         .ok_or_else(|| no_such_tenant(&id))
@@ -322,8 +307,7 @@ async fn rotate_key(
     let grace_until = Utc::now() + app.key_grace;
     app.tenants
         .rotate_key(&id, &key.hash(), grace_until)
-        .await
-        .map_err(store_unavailable)?
+        .await?
         .ok_or_else(|| no_such_tenant(&id))?;
     tracing::info!(tenant = %id, "api key rotated");
     Ok((
@@ -347,8 +331,7 @@ async fn usage(
     let tenant = if is_admin(&headers, &app.admin_token).await? {
         app.tenants
             .get(&id)
-            .await
-            .map_err(store_unavailable)?
+            .await?
             .ok_or_else(|| no_such_tenant(&id))?
     } else {
         let caller = require_tenant(&headers, &app.keys).await?;
@@ -381,8 +364,7 @@ async fn usage(
     let (totals, minutes) = tokio::try_join!(
         app.ledger.period_usage(&tenant.id, &period_key),
         app.ledger.minutes(&tenant.id, from, to),
-    )
-    .map_err(store_unavailable)?;
+    )?;
 
     Ok(Json(json!({
         "tenant": tenant.id,
@@ -414,11 +396,7 @@ async fn all_usage(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
     let mut tenants = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = app
-            .tenants
-            .list(100, cursor.as_deref())
-            .await
-            .map_err(store_unavailable)?;
+        let page = app.tenants.list(100, cursor.as_deref()).await?;
         tenants.extend(page.tenants);
         cursor = page.next;
         if cursor.is_none() || tenants.len() >= DASHBOARD_TENANTS {
@@ -431,7 +409,7 @@ async fn all_usage(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         async move {
             let period = BillingPeriod::containing(now, tenant.billing_day);
             let used = ledger.period_total(&tenant.id, &period.key()).await?;
-            Ok::<_, StoreError>(json!({
+            Ok::<_, shared::store::StoreError>(json!({
                 "tenant": tenant.id,
                 "tenantName": tenant.name,
                 "totalTokens": used,
@@ -444,11 +422,7 @@ async fn all_usage(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         }
     }));
     // A few reads in flight at a time: fast, without a burst per tenant.
-    let mut rows: Vec<Value> = reads
-        .buffered(8)
-        .try_collect()
-        .await
-        .map_err(store_unavailable)?;
+    let mut rows: Vec<Value> = reads.buffered(8).try_collect().await?;
     rows.sort_by(|a, b| a["tenantName"].as_str().cmp(&b["tenantName"].as_str()));
     Ok(Json(json!({ "tenants": rows })))
 }

@@ -11,8 +11,12 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
-use super::{StoreError, n, query_all, s};
+use super::{failed, n, query_all, s};
 use crate::metering::alerts::{Alert, AlertStore};
+use crate::store::StoreError;
+
+/// Names this store in errors and 503s.
+const STORE: &str = "alert store";
 
 const PENDING: &str = "ALERTS#PENDING";
 
@@ -42,11 +46,11 @@ fn pending_key(alert: &Alert) -> HashMap<String, AttributeValue> {
 fn encode(alert: &Alert) -> Result<AttributeValue, StoreError> {
     serde_json::to_string(alert)
         .map(s)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
+        .map_err(|e| StoreError::corrupt(STORE, e))
 }
 
 fn build(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+    StoreError::corrupt(STORE, e)
 }
 
 impl DynamoAlerts {
@@ -94,7 +98,7 @@ impl AlertStore for DynamoAlerts {
                 {
                     Ok(false)
                 }
-                _ => Err(StoreError::aws("TransactWriteItems", &e)),
+                _ => Err(failed(STORE, "TransactWriteItems", &e)),
             },
         }
     }
@@ -108,7 +112,7 @@ impl AlertStore for DynamoAlerts {
             .filter_expression("lease_until < :now")
             .expression_attribute_values(":pk", s(PENDING))
             .expression_attribute_values(":now", n(now.timestamp()));
-        query_all(request)
+        query_all(STORE, request)
             .await?
             .iter()
             .map(|item| {
@@ -116,7 +120,7 @@ impl AlertStore for DynamoAlerts {
                     .get("alert")
                     .and_then(|v| v.as_s().ok())
                     .map_or("", String::as_str);
-                serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+                serde_json::from_str(json).map_err(|e| StoreError::corrupt(STORE, e))
             })
             .collect()
     }
@@ -147,7 +151,7 @@ impl AlertStore for DynamoAlerts {
             {
                 Ok(false)
             }
-            Err(e) => Err(StoreError::aws("UpdateItem", &e)),
+            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
         }
     }
 
@@ -178,7 +182,7 @@ impl AlertStore for DynamoAlerts {
                 .transact_items(TransactWriteItem::builder().delete(remove).build())
                 .send()
                 .await
-                .map_err(|e| StoreError::aws("TransactWriteItems", &e))?;
+                .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
         } else {
             let left = Alert {
                 pending: remaining,
@@ -193,7 +197,7 @@ impl AlertStore for DynamoAlerts {
                 .expression_attribute_values(":zero", n(0))
                 .send()
                 .await
-                .map_err(|e| StoreError::aws("UpdateItem", &e))?;
+                .map_err(|e| failed(STORE, "UpdateItem", &e))?;
         }
         Ok(())
     }

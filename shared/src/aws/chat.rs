@@ -11,12 +11,16 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::tenants::DynamoTenants;
-use super::{StoreError, decode_cursor, encode_cursor, n, put_item, s};
+use super::{decode_cursor, encode_cursor, failed, is_condition_failure, n, put_item, s};
 use crate::chat::history::Turn;
 use crate::chat::settings::{Tiers, Usage};
 use crate::chat::user_tenant;
 use crate::metering::tenants::{ApiKey, Tenant, Tier, signing_secret};
 use crate::metering::types::BillingDay;
+use crate::store::StoreError;
+
+/// Names this store in errors and 503s.
+const STORE: &str = "chat store";
 
 /// Per-request usage records are kept this long (then expire by TTL).
 const RECORD_RETENTION: TimeDelta = TimeDelta::days(400);
@@ -79,19 +83,14 @@ fn conversation_pk(subject: &str, conversation: &str) -> String {
 }
 
 fn to_item<T: Serialize>(value: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
-    serde_dynamo::to_item(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+    super::to_item(STORE, value)
 }
 
+/// The value of an item written by [`to_item`] from an [`Item`].
 fn from_item<T: for<'de> Deserialize<'de>>(
     item: HashMap<String, AttributeValue>,
 ) -> Result<T, StoreError> {
-    serde_dynamo::from_item::<_, Item<T>>(item)
-        .map(|i| i.value)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(error: &E) -> bool {
-    error.code() == Some("ConditionalCheckFailedException")
+    super::from_item::<Item<T>>(STORE, item).map(|i| i.value)
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +115,7 @@ impl DynamoChat {
             .key("sk", s("PROFILE"))
             .send()
             .await
-            .map_err(|e| StoreError::aws("GetItem", &e))?
+            .map_err(|e| failed(STORE, "GetItem", &e))?
             .item
             .map(from_item)
             .transpose()
@@ -140,8 +139,8 @@ impl DynamoChat {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(is_condition_failure) => Ok(()),
-            Err(e) => Err(StoreError::aws("PutItem", &e)),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(failed(STORE, "PutItem", &e)),
         }
     }
 
@@ -163,8 +162,8 @@ impl DynamoChat {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(is_condition_failure) => Ok(false),
-            Err(e) => Err(StoreError::aws("UpdateItem", &e)),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
         }
     }
 
@@ -186,7 +185,7 @@ impl DynamoChat {
             .limit(HISTORY_TURNS)
             .send()
             .await
-            .map_err(|e| StoreError::aws("Query", &e))?;
+            .map_err(|e| failed(STORE, "Query", &e))?;
         let mut turns = page
             .items
             .unwrap_or_default()
@@ -230,7 +229,7 @@ impl DynamoChat {
             .expression_attribute_values(":at", s(at.to_rfc3339()))
             .send()
             .await
-            .map_err(|e| StoreError::aws("UpdateItem", &e))?;
+            .map_err(|e| failed(STORE, "UpdateItem", &e))?;
         let writes = items
             .into_iter()
             .map(|item| {
@@ -238,7 +237,7 @@ impl DynamoChat {
                     .set_item(Some(item))
                     .build()
                     .map(|p| WriteRequest::builder().put_request(p).build())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+                    .map_err(|e| StoreError::corrupt(STORE, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut pending = HashMap::from([(self.table.clone(), writes)]);
@@ -249,14 +248,15 @@ impl DynamoChat {
                 .set_request_items(Some(pending))
                 .send()
                 .await
-                .map_err(|e| StoreError::aws("BatchWriteItem", &e))?;
+                .map_err(|e| failed(STORE, "BatchWriteItem", &e))?;
             pending = out.unprocessed_items.unwrap_or_default();
             if pending.values().all(Vec::is_empty) {
                 return Ok(());
             }
             tokio::time::sleep(crate::backoff::jittered(Duration::from_millis(50), attempt)).await;
         }
-        Err(StoreError::Aws {
+        Err(StoreError::Unavailable {
+            store: STORE,
             operation: "BatchWriteItem",
             message: "items left unprocessed after retries".to_owned(),
         })
@@ -277,7 +277,7 @@ impl DynamoChat {
             expires_at: Some((record.created_at + RECORD_RETENTION).timestamp()),
             value: record,
         })?;
-        put_item(&self.client, &self.table, item).await
+        put_item(STORE, &self.client, &self.table, item).await
     }
 
     /// Usage records of a user, newest first.
@@ -312,7 +312,7 @@ impl DynamoChat {
             .set_exclusive_start_key(start)
             .send()
             .await
-            .map_err(|e| StoreError::aws("Query", &e))?;
+            .map_err(|e| failed(STORE, "Query", &e))?;
         Ok(UsagePage {
             records: page
                 .items
@@ -343,7 +343,7 @@ impl DynamoChat {
             .item("expires_at", n((at + REFUSAL_RETENTION).timestamp()))
             .send()
             .await
-            .map_err(|e| StoreError::aws("PutItem", &e))?;
+            .map_err(|e| failed(STORE, "PutItem", &e))?;
         Ok(())
     }
 
@@ -359,7 +359,7 @@ impl DynamoChat {
             .select(aws_sdk_dynamodb::types::Select::Count)
             .send()
             .await
-            .map_err(|e| StoreError::aws("Query", &e))?;
+            .map_err(|e| failed(STORE, "Query", &e))?;
         Ok(out.count as usize)
     }
 }

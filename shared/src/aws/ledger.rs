@@ -9,11 +9,15 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{StoreError, n, query_all, s};
+use super::{failed, n, query_all, s};
 use crate::backoff::jittered;
 use crate::metering::rollup::{Chunk, Commit, Counter, Ledger};
 use crate::metering::types::TenantId;
 use crate::metering::usage::MinuteUsage;
+use crate::store::StoreError;
+
+/// Names this store in errors and 503s.
+const STORE: &str = "usage store";
 
 /// Dedup records outlive the 35 days an event may be back-dated, with margin.
 const DEDUP_RETENTION: TimeDelta = TimeDelta::days(40);
@@ -87,7 +91,7 @@ impl DynamoLedger {
         chunk: &Chunk<'_>,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let now = Utc::now();
-        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Corrupt(e.to_string());
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::corrupt(STORE, e);
         let mut items = Vec::with_capacity(chunk.items());
         for event in &chunk.events {
             let put = Put::builder()
@@ -145,7 +149,7 @@ impl DynamoLedger {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError::aws("GetItem", &e))?
+            .map_err(|e| failed(STORE, "GetItem", &e))?
             .item;
         Ok(item.as_ref().map_or(0, |i| number(i, "tokens")))
     }
@@ -234,7 +238,7 @@ impl DynamoLedger {
         for (name, value) in values {
             request = request.expression_attribute_values(name, value);
         }
-        query_all(request).await
+        query_all(STORE, request).await
     }
 }
 
@@ -258,7 +262,7 @@ impl Ledger for DynamoLedger {
             let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
                 error.as_service_error()
             else {
-                return Err(StoreError::aws("TransactWriteItems", &error));
+                return Err(failed(STORE, "TransactWriteItems", &error));
             };
             // Reasons line up with the items: the first `events.len()` are
             // the dedup records, whose condition fails for a counted event.
@@ -275,7 +279,7 @@ impl Ledger for DynamoLedger {
             }
             attempt += 1;
             if attempt > CONFLICT_RETRIES {
-                return Err(StoreError::aws("TransactWriteItems", &error));
+                return Err(failed(STORE, "TransactWriteItems", &error));
             }
             tokio::time::sleep(jittered(Duration::from_millis(50), attempt)).await;
         }

@@ -14,61 +14,64 @@ pub mod ratelimit;
 pub mod secrets;
 pub mod tenants;
 
+use std::collections::HashMap;
+
 use aws_config::BehaviorVersion;
 pub use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 
-/// A store (table or queue) failed, or held something unreadable.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{operation}: {message}")]
-    Aws {
-        operation: &'static str,
-        message: String,
-    },
-    #[error("stored item is unreadable: {0}")]
-    Corrupt(String),
-    #[error("the cursor is not one this API returned")]
-    BadCursor,
+use crate::store::StoreError;
+
+/// A store call that failed, as the domain sees it.
+pub(crate) fn failed<E, R>(
+    store: &'static str,
+    operation: &'static str,
+    error: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> StoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    StoreError::Unavailable {
+        store,
+        operation,
+        message: describe(error),
+    }
 }
 
-impl StoreError {
-    /// The HTTP answer to a store failure: a cursor this API never issued is
-    /// the client's mistake (400, not logged as an error); anything else
-    /// makes `what` unavailable (503 with Retry-After, logged).
-    pub fn into_api(self, what: &'static str) -> crate::error::ApiError {
-        match self {
-            StoreError::BadCursor => crate::error::ApiError::bad_request(
-                "invalid_cursor",
-                "the cursor is not one this API returned",
-            ),
-            error => {
-                tracing::error!(%error, what, "store failed");
-                crate::error::ApiError::unavailable(what, 5)
-            }
-        }
-    }
+/// Whether a conditional write was refused because its condition failed
+/// (an expected outcome, not a failure).
+pub(crate) fn is_condition_failure<E, R>(error: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    error
+        .as_service_error()
+        .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException"))
+}
 
-    pub fn aws<E, R>(
-        operation: &'static str,
-        error: &aws_sdk_dynamodb::error::SdkError<E, R>,
-    ) -> Self
-    where
-        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
-    {
-        Self::Aws {
-            operation,
-            message: describe(error),
-        }
-    }
+/// A value as a DynamoDB item.
+pub(crate) fn to_item<T: serde::Serialize>(
+    store: &'static str,
+    value: &T,
+) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    serde_dynamo::to_item(value).map_err(|e| StoreError::corrupt(store, e))
+}
+
+/// A DynamoDB item as a value.
+pub(crate) fn from_item<T: serde::de::DeserializeOwned>(
+    store: &'static str,
+    item: HashMap<String, AttributeValue>,
+) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::corrupt(store, e))
 }
 
 /// Every item a query matches, following pagination.
 pub(crate) async fn query_all(
+    store: &'static str,
     request: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
-) -> Result<Vec<std::collections::HashMap<String, AttributeValue>>, StoreError> {
+) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
     let mut items = Vec::new();
     let mut start = None;
     loop {
@@ -77,7 +80,7 @@ pub(crate) async fn query_all(
             .set_exclusive_start_key(start)
             .send()
             .await
-            .map_err(|e| StoreError::aws("Query", &e))?;
+            .map_err(|e| failed(store, "Query", &e))?;
         items.extend(page.items.unwrap_or_default());
         start = page.last_evaluated_key;
         if start.is_none() {
@@ -87,7 +90,7 @@ pub(crate) async fn query_all(
 }
 
 /// Pages can end on any item, so the cursor carries both keys.
-pub(crate) fn encode_cursor(key: &std::collections::HashMap<String, AttributeValue>) -> String {
+pub(crate) fn encode_cursor(key: &HashMap<String, AttributeValue>) -> String {
     let part = |name: &str| {
         key.get(name)
             .and_then(|v| v.as_s().ok())
@@ -101,9 +104,7 @@ pub(crate) fn encode_cursor(key: &std::collections::HashMap<String, AttributeVal
     ))
 }
 
-pub(crate) fn decode_cursor(
-    cursor: &str,
-) -> Result<std::collections::HashMap<String, AttributeValue>, StoreError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<HashMap<String, AttributeValue>, StoreError> {
     let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()
@@ -113,7 +114,7 @@ pub(crate) fn decode_cursor(
         .split_once('\n')
         .filter(|(pk, sk)| !pk.is_empty() && !sk.is_empty())
         .ok_or(StoreError::BadCursor)?;
-    Ok(std::collections::HashMap::from([
+    Ok(HashMap::from([
         ("pk".to_owned(), s(pk)),
         ("sk".to_owned(), s(sk)),
     ]))
@@ -121,9 +122,10 @@ pub(crate) fn decode_cursor(
 
 /// Writes `item` as is (no condition).
 pub(crate) async fn put_item(
+    store: &'static str,
     client: &aws_sdk_dynamodb::Client,
     table: &str,
-    item: std::collections::HashMap<String, AttributeValue>,
+    item: HashMap<String, AttributeValue>,
 ) -> Result<(), StoreError> {
     client
         .put_item()
@@ -131,7 +133,7 @@ pub(crate) async fn put_item(
         .set_item(Some(item))
         .send()
         .await
-        .map_err(|e| StoreError::aws("PutItem", &e))?;
+        .map_err(|e| failed(store, "PutItem", &e))?;
     Ok(())
 }
 

@@ -6,10 +6,14 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{StoreError, n, put_item, query_all, s};
+use super::{failed, n, put_item, query_all, s};
 use crate::prices::failover::{Breaker, BreakerStore};
 use crate::prices::providers::ProviderId;
 use crate::prices::types::{Currency, Metal, Quote};
+use crate::store::StoreError;
+
+/// Names this store in errors and 503s.
+const STORE: &str = "price store";
 
 #[derive(Debug, Clone)]
 pub struct DynamoPrices {
@@ -31,7 +35,7 @@ fn key(pk: String, sk: impl Into<String>) -> HashMap<String, AttributeValue> {
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+    StoreError::corrupt(STORE, e)
 }
 
 fn quote_item(quote: &Quote) -> Result<HashMap<String, AttributeValue>, StoreError> {
@@ -57,7 +61,7 @@ impl DynamoPrices {
         point.extend(key(pk, history_sk(quote.ts)));
         point.insert("expires_at".into(), n((quote.ts + retention).timestamp()));
         for item in [point, latest] {
-            put_item(&self.client, &self.table, item).await?;
+            put_item(STORE, &self.client, &self.table, item).await?;
         }
         Ok(())
     }
@@ -74,7 +78,7 @@ impl DynamoPrices {
             .set_key(Some(key(series_pk(metal, currency), "LATEST")))
             .send()
             .await
-            .map_err(|e| StoreError::aws("GetItem", &e))?
+            .map_err(|e| failed(STORE, "GetItem", &e))?
             .item;
         item.map(|i| serde_dynamo::from_item(i).map_err(corrupt))
             .transpose()
@@ -96,7 +100,7 @@ impl DynamoPrices {
             .expression_attribute_values(":pk", s(series_pk(metal, currency)))
             .expression_attribute_values(":from", s(history_sk(from)))
             .expression_attribute_values(":to", s(history_sk(to)));
-        query_all(request)
+        query_all(STORE, request)
             .await?
             .into_iter()
             .map(|item| serde_dynamo::from_item(item).map_err(corrupt))
@@ -137,7 +141,7 @@ impl BreakerStore for DynamoPrices {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError::aws("GetItem", &e))?;
+            .map_err(|e| failed(STORE, "GetItem", &e))?;
         Ok(breaker_of(out.item.as_ref()))
     }
 
@@ -158,7 +162,7 @@ impl BreakerStore for DynamoPrices {
             .return_values(ReturnValue::AllNew)
             .send()
             .await
-            .map_err(|e| StoreError::aws("UpdateItem", &e))?;
+            .map_err(|e| failed(STORE, "UpdateItem", &e))?;
         let breaker = breaker_of(out.attributes.as_ref());
         if breaker.consecutive_failures < threshold {
             return Ok(breaker);
@@ -171,7 +175,7 @@ impl BreakerStore for DynamoPrices {
             .expression_attribute_values(":until", n(open_until.timestamp_millis()))
             .send()
             .await
-            .map_err(|e| StoreError::aws("UpdateItem", &e))?;
+            .map_err(|e| failed(STORE, "UpdateItem", &e))?;
         Ok(Breaker {
             open_until: Some(open_until),
             ..breaker
@@ -187,7 +191,7 @@ impl BreakerStore for DynamoPrices {
             .expression_attribute_values(":zero", n(0))
             .send()
             .await
-            .map_err(|e| StoreError::aws("UpdateItem", &e))?;
+            .map_err(|e| failed(STORE, "UpdateItem", &e))?;
         Ok(())
     }
 }

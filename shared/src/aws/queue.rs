@@ -2,8 +2,12 @@
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
-use super::{StoreError, describe};
+use super::describe;
 use crate::metering::ingest::send_batches;
+use crate::store::StoreError;
+
+/// Names this store in errors and 503s.
+const STORE: &str = "events queue";
 
 #[derive(Debug, Clone)]
 pub struct EventQueue {
@@ -38,7 +42,7 @@ impl EventQueue {
                             .build()
                     })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    .map_err(|e| StoreError::corrupt(STORE, e))?;
                 let out = self
                     .client
                     .send_message_batch()
@@ -47,7 +51,8 @@ impl EventQueue {
                     .send()
                     .await
                     .inspect(|_| requests += 1)
-                    .map_err(|e| StoreError::Aws {
+                    .map_err(|e| StoreError::Unavailable {
+                        store: STORE,
                         operation: "SendMessageBatch",
                         message: describe(&e),
                     })?;
@@ -58,7 +63,8 @@ impl EventQueue {
                 }
             }
             if !pending.is_empty() {
-                return Err(StoreError::Aws {
+                return Err(StoreError::Unavailable {
+                    store: STORE,
                     operation: "SendMessageBatch",
                     message: format!("{} entries failed twice", pending.len()),
                 });

@@ -10,8 +10,12 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Utc};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::{StoreError, n, s};
+use super::{failed, n, s};
 use crate::error::ApiError;
+use crate::store::StoreError;
+
+/// Names this store in errors and 503s.
+const STORE: &str = "rate-limit store";
 
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
@@ -178,7 +182,7 @@ impl RateLimiter {
                     reset,
                 })
             }
-            Err(e) => Err(StoreError::aws("UpdateItem", &e)),
+            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
         }
     }
 }

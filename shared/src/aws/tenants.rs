@@ -6,9 +6,13 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{StoreError, decode_cursor, encode_cursor, s};
+use super::{decode_cursor, encode_cursor, failed, is_condition_failure, s};
 use crate::metering::tenants::{KeyHash, Tenant, TenantPatch};
 use crate::metering::types::TenantId;
+use crate::store::StoreError;
+
+/// Names this store in errors and 503s.
+const STORE: &str = "tenant store";
 
 #[derive(Debug, Clone)]
 pub struct DynamoTenants {
@@ -52,13 +56,13 @@ fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
 }
 
 fn to_item<T: Serialize>(value: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
-    serde_dynamo::to_item(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+    super::to_item(STORE, value)
 }
 
 fn from_item<T: for<'de> Deserialize<'de>>(
     item: HashMap<String, AttributeValue>,
 ) -> Result<T, StoreError> {
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+    super::from_item(STORE, item)
 }
 
 /// Page of [`DynamoTenants::list`].
@@ -98,7 +102,7 @@ impl DynamoTenants {
                 .condition_expression("attribute_not_exists(pk)")
                 .build()
                 .map(|p| TransactWriteItem::builder().put(p).build())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))
+                .map_err(|e| StoreError::corrupt(STORE, e))
         };
         self.client
             .transact_write_items()
@@ -106,7 +110,7 @@ impl DynamoTenants {
             .transact_items(put(to_item(&key_item)?)?)
             .send()
             .await
-            .map_err(|e| StoreError::aws("TransactWriteItems", &e))?;
+            .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
         Ok(())
     }
 
@@ -124,7 +128,7 @@ impl DynamoTenants {
             .consistent_read(consistent)
             .send()
             .await
-            .map_err(|e| StoreError::aws("GetItem", &e))?
+            .map_err(|e| failed(STORE, "GetItem", &e))?
             .item)
     }
 
@@ -164,7 +168,7 @@ impl DynamoTenants {
             .set_exclusive_start_key(start)
             .send()
             .await
-            .map_err(|e| StoreError::aws("Scan", &e))?;
+            .map_err(|e| failed(STORE, "Scan", &e))?;
         let tenants = page
             .items
             .unwrap_or_default()
@@ -231,7 +235,7 @@ impl DynamoTenants {
                 .map(|i| from_item::<ProfileItem>(i).map(|p| p.tenant))
                 .transpose(),
             Err(e) if is_condition_failure(&e) => Ok(None),
-            Err(e) => Err(StoreError::aws("UpdateItem", &e)),
+            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
         }
     }
 
@@ -247,7 +251,7 @@ impl DynamoTenants {
             return Ok(None);
         };
         let profile: ProfileItem = from_item(item)?;
-        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Corrupt(e.to_string());
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::corrupt(STORE, e);
 
         let new_key = Put::builder()
             .table_name(&self.table)
@@ -287,24 +291,13 @@ impl DynamoTenants {
             .transact_items(TransactWriteItem::builder().update(point_profile).build())
             .send()
             .await
-            .map_err(|e| StoreError::aws("TransactWriteItems", &e))?;
+            .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
         Ok(Some(()))
     }
 }
 
 fn attribute<T: Serialize>(value: &T) -> Result<AttributeValue, StoreError> {
-    serde_dynamo::to_attribute_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn is_condition_failure<R>(
-    error: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::update_item::UpdateItemError,
-        R,
-    >,
-) -> bool {
-    error
-        .as_service_error()
-        .is_some_and(|e| e.is_conditional_check_failed_exception())
+    serde_dynamo::to_attribute_value(value).map_err(|e| StoreError::corrupt(STORE, e))
 }
 
 /// Tenants by API key, remembered per warm instance for `ttl`: ingest then
