@@ -10,8 +10,9 @@ use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use shared::aws::chat::DynamoChat;
-use shared::aws::ratelimit::{RateLimiter, Window};
+use shared::aws::ratelimit::DynamoRateCounter;
 use shared::jwt::{JwtSettings, Verifier, VerifyError};
+use shared::ratelimit::{RateLimiter, RateWindow};
 use support::call;
 use support::chat::{
     AUDIENCE, ChatFixture, Event, Events, ISSUER, away_from_minute_end, fixture, fixture_with,
@@ -320,20 +321,20 @@ async fn concurrent_requests_never_exceed_the_limit() {
 async fn minute_and_hour_windows_allow_exactly_their_limits() {
     let aws = support::aws().await;
     let f = fixture().await;
-    let limiter = RateLimiter::new(
+    let limiter = RateLimiter::new(std::sync::Arc::new(DynamoRateCounter::new(
         aws_sdk_dynamodb::Client::new(&aws),
         &f.stack
             .env("chat-stream")
             .required("RATE_LIMIT_TABLE")
             .unwrap(),
-    );
+    )));
     let windows = [
-        Window {
+        RateWindow {
             name: "minute",
             length: TimeDelta::minutes(1),
             limit: 10,
         },
-        Window {
+        RateWindow {
             name: "hour",
             length: TimeDelta::hours(1),
             limit: 50,
@@ -368,7 +369,7 @@ async fn minute_and_hour_windows_allow_exactly_their_limits() {
     }
     assert_eq!(allowed, 50);
     // A window of 0 refuses from the first request.
-    let closed = [Window {
+    let closed = [RateWindow {
         name: "minute",
         length: TimeDelta::minutes(1),
         limit: 0,

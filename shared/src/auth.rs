@@ -6,12 +6,12 @@ use http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::aws::secrets::CachedSecret;
 use crate::aws::tenants::CachedKeys;
 use crate::error::ApiError;
 use crate::http::bearer;
 use crate::jwt::{Subject, Verifier, VerifyError};
 use crate::metering::tenants::{ApiKey, Tenant};
+use crate::secrets::CachedSecret;
 
 fn unauthorized(code: &'static str, detail: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, detail)

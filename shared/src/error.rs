@@ -6,7 +6,7 @@
 //! find the request in the logs.
 
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use crate::store::StoreError;
@@ -22,6 +22,7 @@ pub struct ApiError {
     detail: String,
     retry_after_secs: Option<u64>,
     extensions: Map<String, Value>,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -32,6 +33,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after_secs: None,
             extensions: Map::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -83,6 +85,12 @@ impl ApiError {
         self
     }
 
+    /// Adds a response header (e.g. the rate-limit headers of a 429).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -117,6 +125,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.headers {
+            headers.insert(name, value);
         }
         response
     }

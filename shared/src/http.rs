@@ -13,16 +13,21 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use http::{HeaderName, HeaderValue, Method, header};
+use chrono::{DateTime, Utc};
+use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use lambda_http::RequestExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{ConfigError, Env};
 use crate::error::ApiError;
+use crate::ratelimit::Decision;
 use crate::telemetry;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Middleware: request id, `x-request-id`, and one structured log line per request.
 pub async fn observe(request: Request, next: Next) -> Response {
@@ -52,6 +57,29 @@ pub async fn observe(request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (epoch seconds) of a
+/// rate-limit decision, for allowed and refused requests alike.
+pub fn rate_limit_headers(decision: &Decision) -> [(HeaderName, HeaderValue); 3] {
+    [
+        (X_RATELIMIT_LIMIT, HeaderValue::from(decision.limit)),
+        (X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining)),
+        (
+            X_RATELIMIT_RESET,
+            HeaderValue::from(decision.reset.timestamp()),
+        ),
+    ]
+}
+
+/// The 429 for a request a rate limit refused: `Retry-After` until the
+/// window resets, and the limit headers.
+pub fn rate_limited(decision: &Decision, detail: String, now: DateTime<Utc>) -> ApiError {
+    rate_limit_headers(decision).into_iter().fold(
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+            .with_retry_after(decision.retry_after(now)),
+        |error, (name, value)| error.with_header(name, value),
+    )
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -179,9 +207,9 @@ where
             X_REQUEST_ID,
             header::ETAG,
             header::RETRY_AFTER,
-            HeaderName::from_static("x-ratelimit-limit"),
-            HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderName::from_static("x-ratelimit-reset"),
+            X_RATELIMIT_LIMIT,
+            X_RATELIMIT_REMAINING,
+            X_RATELIMIT_RESET,
         ])
         .max_age(std::time::Duration::from_secs(600));
     let set = |name: HeaderName, value: &'static str| {

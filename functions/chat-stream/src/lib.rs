@@ -28,8 +28,8 @@ use shared::aws::SdkConfig;
 use shared::aws::chat::{ChatUsers, DynamoChat};
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::queue::EventQueue;
-use shared::aws::ratelimit::{RateLimiter, Verdict, Window};
-use shared::aws::secrets::CachedSecret;
+use shared::aws::ratelimit::DynamoRateCounter;
+use shared::aws::secrets::SecretsManager;
 use shared::aws::tenants::DynamoTenants;
 use shared::chat::anthropic::{self, API_VERSION};
 use shared::chat::history::trim;
@@ -38,10 +38,12 @@ use shared::chat::settings::ChatSettings;
 use shared::config::{ConfigError, Env, Upstream};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, RawBody, finish};
+use shared::http::{CorsOrigins, RawBody, finish, rate_limit_headers, rate_limited};
 use shared::jwt::{JwtSettings, Verifier};
 use shared::metering::period::BillingPeriod;
 use shared::metering::tenants::Tenant;
+use shared::ratelimit::{RateLimiter, RateWindow, Verdict};
+use shared::secrets::CachedSecret;
 use shared::telemetry::current_request_id;
 use shared::telemetry::{Metrics, Unit};
 
@@ -125,11 +127,14 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             config.chat.tiers,
         ),
         chat,
-        limiter: RateLimiter::new(dynamodb.clone(), &config.rate_limit_table),
+        limiter: RateLimiter::new(Arc::new(DynamoRateCounter::new(
+            dynamodb.clone(),
+            &config.rate_limit_table,
+        ))),
         ledger: DynamoLedger::new(dynamodb.clone(), &config.usage_table),
         queue: EventQueue::new(sqs.clone(), &config.events_queue_url),
         api_key: CachedSecret::new(
-            secrets.clone(),
+            Arc::new(SecretsManager::new(secrets.clone())),
             &config.anthropic_api_key_secret,
             Duration::from_secs(300),
         ),
@@ -251,7 +256,9 @@ async fn admit(
         .with_extension("resets_at", period.end.to_rfc3339())
         .into_response();
         if let Some(limits) = &limits {
-            limits.binding.apply_headers(refusal.headers_mut());
+            refusal
+                .headers_mut()
+                .extend(rate_limit_headers(&limits.binding));
         }
         return Err(refusal);
     }
@@ -290,13 +297,13 @@ async fn rate_limit(
     now: DateTime<Utc>,
 ) -> Result<Option<Verdict>, Response> {
     let limits = app.config.chat.tiers.limits(tenant.tier);
-    let mut windows = vec![Window {
+    let mut windows = vec![RateWindow {
         name: "minute",
         length: chrono::TimeDelta::minutes(1),
         limit: limits.per_minute,
     }];
     if let Some(per_hour) = limits.per_hour {
-        windows.push(Window {
+        windows.push(RateWindow {
             name: "hour",
             length: chrono::TimeDelta::hours(1),
             limit: per_hour,
@@ -334,13 +341,15 @@ async fn rate_limit(
             {
                 tracing::warn!(%error, "could not record the rate-limit refusal");
             }
-            Err(v.binding.refusal(
+            Err(rate_limited(
+                &v.binding,
                 format!(
                     "at most {} chat requests per {} on the {:?} tier",
                     v.binding.limit, v.window, tenant.tier
                 ),
                 now,
-            ))
+            )
+            .into_response())
         }
         other => Ok(other),
     }

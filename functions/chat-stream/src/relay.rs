@@ -62,7 +62,7 @@ pub(crate) fn respond(
     );
     headers.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
     if let Some(limits) = limits {
-        limits.binding.apply_headers(headers);
+        headers.extend(shared::http::rate_limit_headers(&limits.binding));
     }
     response
 }

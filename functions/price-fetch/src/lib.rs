@@ -17,11 +17,12 @@ use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
 use shared::aws::SdkConfig;
 use shared::aws::prices::DynamoPrices;
-use shared::aws::secrets::CachedSecret;
+use shared::aws::secrets::SecretsManager;
 use shared::config::{ConfigError, Env};
 use shared::prices::failover::fetch_round;
 use shared::prices::providers::Provider;
 use shared::prices::settings::PriceSettings;
+use shared::secrets::CachedSecret;
 use shared::telemetry::{Metrics, Unit};
 
 pub const FUNCTION: &str = "price-fetch";
@@ -64,7 +65,9 @@ impl Fetcher {
             prices: DynamoPrices::new(aws_sdk_dynamodb::Client::new(aws), &config.prices_table),
             // Keys change rarely: read once per cold start, refreshed hourly.
             keys: Arc::new(CachedSecret::new(
-                aws_sdk_secretsmanager::Client::new(aws),
+                Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(
+                    aws,
+                ))),
                 &config.provider_keys_secret,
                 Duration::from_secs(3600),
             )),

@@ -27,16 +27,18 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shared::aws::SdkConfig;
 use shared::aws::prices::DynamoPrices;
-use shared::aws::ratelimit::RateLimiter;
-use shared::aws::secrets::CachedSecret;
+use shared::aws::ratelimit::DynamoRateCounter;
+use shared::aws::secrets::SecretsManager;
 use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, finish};
+use shared::http::{CorsOrigins, finish, rate_limit_headers, rate_limited};
 use shared::prices::failover::{BreakerStore, fetch_round};
 use shared::prices::providers::{Provider, ProviderId};
 use shared::prices::settings::PriceSettings;
 use shared::prices::types::{Currency, Metal, Quote, Unit, Unknown, Window};
+use shared::ratelimit::RateLimiter;
+use shared::secrets::CachedSecret;
 
 pub const FUNCTION: &str = "prices";
 
@@ -111,9 +113,12 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             .build()
             .unwrap_or_default(),
         prices: DynamoPrices::new(dynamodb.clone(), &config.prices_table),
-        limiter: RateLimiter::new(dynamodb, &config.rate_limit_table),
+        limiter: RateLimiter::new(Arc::new(DynamoRateCounter::new(
+            dynamodb,
+            &config.rate_limit_table,
+        ))),
         keys: Arc::new(CachedSecret::new(
-            secrets,
+            Arc::new(SecretsManager::new(secrets)),
             &config.provider_keys_secret,
             Duration::from_secs(3600),
         )),
@@ -429,7 +434,8 @@ async fn proxy(
         }
     };
     if let Some(d) = decision.filter(|d| !d.allowed) {
-        return Ok(d.refusal(
+        return Err(rate_limited(
+            &d,
             format!("at most {} proxy requests per minute", d.limit),
             Utc::now(),
         ));
@@ -484,7 +490,7 @@ async fn proxy(
         .ok_or_else(|| ApiError::unavailable(id.name(), 30))?;
     let mut response = Json(latest_json(&quote, false, Unit::Toz)).into_response();
     if let Some(d) = decision {
-        d.apply_headers(response.headers_mut());
+        response.headers_mut().extend(rate_limit_headers(&d));
     }
     Ok(response)
 }

@@ -26,7 +26,7 @@ use shared::aws::SdkConfig;
 
 use shared::aws::chat::{ChatUsers, DynamoChat};
 use shared::aws::ledger::DynamoLedger;
-use shared::aws::secrets::CachedSecret;
+use shared::aws::secrets::SecretsManager;
 use shared::aws::tenants::{CachedKeys, DynamoTenants};
 use shared::chat::settings::ChatSettings;
 use shared::config::{ConfigError, Env};
@@ -38,6 +38,7 @@ use shared::metering::period::BillingPeriod;
 use shared::metering::tenants::{ApiKey, NewTenant, Tenant, TenantPatch};
 use shared::metering::types::TenantId;
 use shared::metering::usage::{Resolution, Window, quota_percent, range, series};
+use shared::secrets::CachedSecret;
 
 pub const FUNCTION: &str = "usage";
 
@@ -108,7 +109,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         tenants,
         ledger: DynamoLedger::new(dynamodb.clone(), &config.usage_table),
         admin_token: Arc::new(CachedSecret::new(
-            secrets.clone(),
+            Arc::new(SecretsManager::new(secrets.clone())),
             &config.admin_token_secret,
             Duration::from_secs(300),
         )),
