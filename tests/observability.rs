@@ -80,7 +80,7 @@ fn emitted() -> HashMap<String, BTreeSet<String>> {
 #[test]
 fn dashboard_and_alarm_metrics_are_the_ones_the_functions_emit() {
     let template =
-        local::template::Template::load(&support::root().join("template.yaml").to_string_lossy())
+        infra::template::Template::load(&support::root().join("template.yaml").to_string_lossy())
             .unwrap();
     let used = template_metrics(template.root());
     assert!(used.len() >= 10, "{used:?}");
@@ -101,7 +101,7 @@ fn dashboard_and_alarm_metrics_are_the_ones_the_functions_emit() {
 #[test]
 fn every_function_has_retention_tracing_and_an_error_alarm() {
     let template =
-        local::template::Template::load(&support::root().join("template.yaml").to_string_lossy())
+        infra::template::Template::load(&support::root().join("template.yaml").to_string_lossy())
             .unwrap();
     let root = template.root();
     assert_eq!(

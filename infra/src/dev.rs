@@ -432,7 +432,7 @@ async fn start(
     // 4. The functions, each instance in a sandbox that keeps the
     //    template's limits (cargo runs it around every function binary),
     //    behind the front door on the Lambda port.
-    let this = std::env::current_exe().map_err(|e| format!("ingot-local's path: {e}"))?;
+    let this = std::env::current_exe().map_err(|e| format!("infra's path: {e}"))?;
     let (runner, sandboxed) = Settings::runner(&this);
     let front = tokio::net::TcpListener::bind(("127.0.0.1", options.lambda_port))
         .await

@@ -218,8 +218,8 @@ fn process_kind<'a>(
     }
     let args = cmdline.join(" ");
     match exe {
-        "ingot-local" if cmdline.get(1).is_some_and(|a| a == "sandbox") => Some("sandboxes"),
-        "ingot-local" => Some("ingot-local dev (SQS poller, schedule)"),
+        "infra" if cmdline.get(1).is_some_and(|a| a == "sandbox") => Some("sandboxes"),
+        "infra" => Some("infra dev (SQS poller, schedule)"),
         "cargo-lambda" => Some("cargo-lambda"),
         "cargo" => Some("cargo (instance launchers)"),
         _ if args.contains("ministack") || args.contains("moto_server") => Some("emulator"),
@@ -1023,8 +1023,8 @@ mod tests {
         );
         assert_eq!(
             process_kind(
-                "ingot-local",
-                &args(&["ingot-local", "sandbox", "x"]),
+                "infra",
+                &args(&["infra", "sandbox", "x"]),
                 false,
                 &functions
             ),
