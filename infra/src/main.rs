@@ -13,10 +13,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use infra::dev::{self, DevOptions, Log};
-use infra::invoke::LambdaInvoker;
-use infra::schedule;
-use infra::template::{Template, Trigger};
+use infra::cloud::dev::{self, DevOptions, Log};
+use infra::cloud::invoke::LambdaInvoker;
+use infra::cloud::schedule;
+use infra::cloud::template::{Template, Trigger};
 
 const USAGE: &str = "usage: infra dev | trigger <function> | bench | loadtest | redrive <stage> | branch <from> <to> [<time>]";
 
@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
     let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if raw.first().is_some_and(|a| a == "sandbox") {
         return match raw.get(1) {
-            Some(program) => infra::sandbox::run(program.clone(), raw[2..].to_vec())
+            Some(program) => infra::cloud::sandbox::run(program.clone(), raw[2..].to_vec())
                 .await
                 .unwrap_or_else(|e| fail(&e)),
             None => fail("usage: infra sandbox <program> [args...]"),
@@ -67,7 +67,7 @@ async fn main() -> ExitCode {
                     .map(|f| f.into_iter().map(|f| f.binary).collect())
                     .map_err(|e| e.to_string())
             });
-            let local = functions.map(|functions| infra::loadtest::Target::Local {
+            let local = functions.map(|functions| infra::tools::loadtest::Target::Local {
                 root: root.clone(),
                 lambda: options.lambda_endpoint(),
                 emulator: options.emulator_endpoint(),
@@ -76,8 +76,8 @@ async fn main() -> ExitCode {
                 log: options.state_dir.join("dev.log"),
                 functions,
             });
-            match local.and_then(infra::loadtest::LoadOptions::from_env) {
-                Ok(load) => infra::loadtest::run(load).await,
+            match local.and_then(infra::tools::loadtest::LoadOptions::from_env) {
+                Ok(load) => infra::tools::loadtest::run(load).await,
                 Err(e) => Err(e),
             }
         }
@@ -86,11 +86,11 @@ async fn main() -> ExitCode {
                 .ok()
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(20);
-            infra::bench::run(&root, runs).await
+            infra::tools::bench::run(&root, runs).await
         }
         ["redrive", stage] => match load_template(&root) {
             Ok(template) => {
-                infra::ops::redrive_stage(
+                infra::tools::ops::redrive_stage(
                     &template,
                     stage,
                     &options.emulator_endpoint(),
@@ -109,7 +109,7 @@ async fn main() -> ExitCode {
             };
             match (load_template(&root), at) {
                 (Ok(template), Ok(at)) => {
-                    infra::ops::branch(
+                    infra::tools::ops::branch(
                         &template,
                         from,
                         to,

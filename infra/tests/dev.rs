@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use infra::emulator::{Emulator, free_port, port_open};
-use infra::stubs::WebhookReceiver;
+use infra::cloud::emulator::{Emulator, free_port, port_open};
+use infra::cloud::stubs::WebhookReceiver;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -106,7 +106,7 @@ impl Dev {
     }
 
     async fn aws(&self) -> aws_config::SdkConfig {
-        infra::bootstrap::emulator_config(
+        infra::cloud::bootstrap::emulator_config(
             &format!("http://127.0.0.1:{}", self.emulator_port),
             "us-east-1",
         )

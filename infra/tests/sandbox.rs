@@ -23,7 +23,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use infra::sandbox::{Limits, SETTINGS_VAR, Settings};
+use infra::cloud::sandbox::{Limits, SETTINGS_VAR, Settings};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;

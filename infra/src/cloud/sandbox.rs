@@ -27,8 +27,8 @@ use hyper::{Request, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::proxy::{self, Body, Forwarder};
-use crate::template::FunctionSpec;
+use crate::cloud::proxy::{self, Body, Forwarder};
+use crate::cloud::template::FunctionSpec;
 
 /// The variable naming the settings file, set for cargo-lambda by `make dev`.
 pub const SETTINGS_VAR: &str = "INGOT_SANDBOX";
