@@ -54,11 +54,11 @@ $(VENV)/.installed: infra/requirements.txt infra/constraints.txt
 # sandboxes) included (slower first build; what loadtest should measure).
 LOCAL_PROFILE := $(if $(RELEASE),release,debug)
 dev: venv
-	cargo build --quiet $(if $(RELEASE),--release) -p ingot-local
-	INGOT_RELEASE=$(RELEASE) $(CARGO_TARGET_DIR)/$(LOCAL_PROFILE)/ingot-local dev
+	cargo build --quiet $(if $(RELEASE),--release) -p ingot-infra
+	INGOT_RELEASE=$(RELEASE) $(CARGO_TARGET_DIR)/$(LOCAL_PROFILE)/infra dev
 
 trigger:
-	cargo run --quiet -p ingot-local -- trigger $(FUNCTION)
+	cargo run --quiet -p ingot-infra -- trigger $(FUNCTION)
 
 test: venv browser lint unit template-check
 
@@ -81,7 +81,7 @@ template-check: venv
 FUNCTIONS := prices price-fetch chat-stream ingest rollup usage
 bench: venv
 	for f in $(FUNCTIONS); do cargo build --release --locked --quiet --bin $$f; done
-	cargo run --quiet --locked -p ingot-local -- bench
+	cargo run --quiet --locked -p ingot-infra -- bench
 
 # Needs `make dev` running (ideally `make dev RELEASE=1`, so CPU figures are
 # of optimised code), or a deployed stage (LOADTEST_INGEST_URL,
@@ -89,7 +89,7 @@ bench: venv
 # LOADTEST_SECONDS (60), LOADTEST_EVENTS_PER_REQUEST (1), LOADTEST_MIX
 # (seed | ingest), LOADTEST_TENANTS (20). The generator is an optimised build.
 loadtest:
-	cargo run --quiet --locked --release -p ingot-local -- loadtest
+	cargo run --quiet --locked --release -p ingot-infra -- loadtest
 
 # Needs `make dev` running. FUZZ_EXAMPLES (20) per operation and phase, FUZZ_SEED (1).
 FUZZ_VENV := .venv-fuzz
@@ -120,11 +120,11 @@ destroy:
 	sam delete --stack-name ingot-$(STAGE) --no-prompts
 
 redrive:
-	cargo run --quiet --locked -p ingot-local -- redrive $(STAGE)
+	cargo run --quiet --locked -p ingot-infra -- redrive $(STAGE)
 
 branch:
 	@[ -n "$(FROM)" ] && [ -n "$(TO)" ] || { echo "usage: make branch FROM=<stage> TO=<stage> [AT=<RFC 3339 time>]"; exit 1; }
-	cargo run --quiet --locked -p ingot-local -- branch $(FROM) $(TO) $(AT)
+	cargo run --quiet --locked -p ingot-infra -- branch $(FROM) $(TO) $(AT)
 
 clean:
 	rm -rf .local $(VENV) $(FUZZ_VENV) .venv-ministack .venv-moto

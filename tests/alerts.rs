@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use local::stubs::WebhookReceiver;
+use infra::cloud::stubs::WebhookReceiver;
 use serde_json::json;
 use shared::aws::alerts::DynamoAlerts;
 use shared::metering::alerts::{self, AlertStore};

@@ -2,7 +2,7 @@
 
 use aws_sdk_dynamodb::types::TimeToLiveStatus;
 use aws_sdk_sqs::types::QueueAttributeName;
-use local::template::Template;
+use infra::cloud::template::Template;
 
 #[tokio::test]
 async fn creates_every_declared_resource_with_its_settings() {
@@ -80,13 +80,13 @@ async fn rerunning_keeps_existing_resources_and_the_generated_token() {
     let mut first = template
         .resolver(&stack, support::REGION, "123456789012", &[])
         .unwrap();
-    let token_1 = local::bootstrap::bootstrap(&template, &mut first, &aws)
+    let token_1 = infra::cloud::bootstrap::bootstrap(&template, &mut first, &aws)
         .await
         .unwrap();
     let mut second = template
         .resolver(&stack, support::REGION, "123456789012", &[])
         .unwrap();
-    let token_2 = local::bootstrap::bootstrap(&template, &mut second, &aws)
+    let token_2 = infra::cloud::bootstrap::bootstrap(&template, &mut second, &aws)
         .await
         .unwrap();
 

@@ -24,7 +24,7 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
-use local::template::{IndexSpec, TableSpec, Template};
+use infra::cloud::template::{IndexSpec, TableSpec, Template};
 use support::unique;
 
 type Item = HashMap<String, AttributeValue>;
@@ -183,7 +183,7 @@ async fn query_pages(
 /// Every item of `table`, read page by page as `make branch` reads it.
 async fn scan_all(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Vec<Item> {
     let mut items = Vec::new();
-    local::ops::scan_pages(dynamodb, table, async |page| {
+    infra::tools::ops::scan_pages(dynamodb, table, async |page| {
         items.extend(page);
         Ok(())
     })
@@ -251,11 +251,11 @@ async fn bootstrap(template: &Template) -> Vec<TableSpec> {
         .resolver(
             &unique("conformance"),
             support::REGION,
-            local::bootstrap::ACCOUNT_ID,
+            infra::cloud::bootstrap::ACCOUNT_ID,
             &[],
         )
         .expect("resolver");
-    local::bootstrap::bootstrap(template, &mut resolver, &support::aws().await)
+    infra::cloud::bootstrap::bootstrap(template, &mut resolver, &support::aws().await)
         .await
         .expect("bootstrap");
     template.tables(&resolver).expect("tables")
@@ -895,7 +895,9 @@ async fn long_poll_returns_a_message_sent_during_the_wait() {
 async fn message_moves_to_the_dead_letter_queue_after_max_receive_count() {
     let sqs = sqs().await;
     let dead = create_queue(&sqs, &[]).await;
-    let dead_arn = local::bootstrap::queue_arn(&sqs, &dead).await.unwrap();
+    let dead_arn = infra::cloud::bootstrap::queue_arn(&sqs, &dead)
+        .await
+        .unwrap();
     let url = create_queue(&sqs, &[]).await;
     let max_receive_count = 2;
     // Set after creation, as the bootstrap does.

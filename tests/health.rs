@@ -93,7 +93,7 @@ async fn health_is_503_naming_the_dependency_that_failed() {
 async fn health_is_503_when_aws_cannot_be_reached() {
     let stack = support::stack().await;
     let closed_port =
-        local::bootstrap::emulator_config("http://127.0.0.1:9", support::REGION).await;
+        infra::cloud::bootstrap::emulator_config("http://127.0.0.1:9", support::REGION).await;
     let app = prices::app(
         &prices::Config::from_env(stack.env("prices")).unwrap(),
         &closed_port,

@@ -79,9 +79,10 @@ fn emitted() -> HashMap<String, BTreeSet<String>> {
 
 #[test]
 fn dashboard_and_alarm_metrics_are_the_ones_the_functions_emit() {
-    let template =
-        local::template::Template::load(&support::root().join("template.yaml").to_string_lossy())
-            .unwrap();
+    let template = infra::cloud::template::Template::load(
+        &support::root().join("template.yaml").to_string_lossy(),
+    )
+    .unwrap();
     let used = template_metrics(template.root());
     assert!(used.len() >= 10, "{used:?}");
     let emitted = emitted();
@@ -100,9 +101,10 @@ fn dashboard_and_alarm_metrics_are_the_ones_the_functions_emit() {
 
 #[test]
 fn every_function_has_retention_tracing_and_an_error_alarm() {
-    let template =
-        local::template::Template::load(&support::root().join("template.yaml").to_string_lossy())
-            .unwrap();
+    let template = infra::cloud::template::Template::load(
+        &support::root().join("template.yaml").to_string_lossy(),
+    )
+    .unwrap();
     let root = template.root();
     assert_eq!(
         root["Globals"]["Function"]["Tracing"].as_str(),

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use local::ops::{branch, branch_table, dead_letter_pair, redrive, tables_of};
-use local::template::Template;
+use infra::cloud::template::Template;
+use infra::tools::ops::{branch, branch_table, dead_letter_pair, redrive, tables_of};
 
 fn template() -> Template {
     Template::load(&support::root().join("template.yaml").to_string_lossy()).unwrap()

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::MessageAttributeValue;
-use local::invoke::{Invoke, InvokeError};
-use local::pump::Pump;
-use local::template::{SqsSource, Template};
+use infra::cloud::invoke::{Invoke, InvokeError};
+use infra::cloud::pump::Pump;
+use infra::cloud::template::{SqsSource, Template};
 use serde_json::{Value, json};
 
 /// Visibility timeout of the test queue: how long a failed message hides.
@@ -75,7 +75,7 @@ Resources:
             &[],
         )
         .unwrap();
-    local::bootstrap::bootstrap(&template, &mut resolver, &aws)
+    infra::cloud::bootstrap::bootstrap(&template, &mut resolver, &aws)
         .await
         .unwrap();
     TestQueue {

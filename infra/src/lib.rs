@@ -1,40 +1,30 @@
-//! The local cloud behind `make dev`, and the tools around it.
+//! The local cloud behind `make dev`, and the tools run against it.
 //!
 //! Neither SAM local (it needs a container runtime) nor cargo-lambda (it runs
-//! functions, not event sources) can run Ingot here on their own, so this
-//! crate supplies what is missing, all read from `template.yaml`:
-//! - [`template`]: the resources and functions the template declares;
-//! - [`emulator`]: starts the AWS emulator (ministack, or moto);
-//! - [`bootstrap`]: creates the template's resources in it;
-//! - [`pump`]: Lambda's SQS event source mapping (batches, partial failures);
-//! - [`schedule`]: EventBridge Scheduler's `rate(...)` schedules;
-//! - [`front`]: the Lambda port, in front of cargo-lambda (which deadlocks
-//!   past 100 queued requests of one function);
-//! - [`proxy`]: the HTTP pass-through the front door and sandboxes use;
-//! - [`invoke`]: calls a function through cargo-lambda's Invoke API;
-//! - [`sandbox`]: each function instance's Lambda limits (deadline, memory,
-//!   reserved concurrency), which cargo-lambda does not keep;
-//! - [`dev`]: runs all of it together and stops it cleanly;
-//! - [`bench`]: measures the functions' release binaries (`make bench`);
-//! - [`loadtest`]: load against `make dev`, then an exact count check (`make loadtest`);
-//! - [`stubs`]: a local sign-in issuer and Anthropic stub for chat;
-//! - [`ops`]: `make redrive` (DLQ back to the queue) and `make branch`
+//! functions, not event sources) can run Ingot here on their own, so
+//! [`cloud`] supplies what is missing, all read from `template.yaml`:
+//! - [`cloud::template`]: the resources and functions the template declares;
+//! - [`cloud::emulator`]: starts the AWS emulator (ministack, or moto);
+//! - [`cloud::bootstrap`]: creates the template's resources in it;
+//! - [`cloud::pump`]: Lambda's SQS event source mapping (batches, partial failures);
+//! - [`cloud::schedule`]: EventBridge Scheduler's `rate(...)` schedules;
+//! - [`cloud::front`]: the Lambda port, in front of cargo-lambda (which
+//!   deadlocks past 100 queued requests of one function);
+//! - [`cloud::proxy`]: the HTTP pass-through the front door and sandboxes use;
+//! - [`cloud::invoke`]: calls a function through cargo-lambda's Invoke API;
+//! - [`cloud::sandbox`]: each function instance's Lambda limits (deadline,
+//!   memory, reserved concurrency), which cargo-lambda does not keep;
+//! - [`cloud::stubs`]: a local sign-in issuer and Anthropic stub for chat;
+//! - [`cloud::dev`]: runs all of it together and stops it cleanly.
+//!
+//! [`tools`] measure and operate that cloud, or a deployed stage:
+//! - [`tools::bench`]: measures the functions' release binaries (`make bench`);
+//! - [`tools::loadtest`]: load, then an exact count check (`make loadtest`);
+//! - [`tools::ops`]: `make redrive` (DLQ back to the queue) and `make branch`
 //!   (one stage's tables into another's, at a point in time).
 
-pub mod bench;
-pub mod bootstrap;
-pub mod dev;
-pub mod emulator;
-pub mod front;
-pub mod invoke;
-pub mod loadtest;
-pub mod ops;
-pub mod proxy;
-pub mod pump;
-pub mod sandbox;
-pub mod schedule;
-pub mod stubs;
-pub mod template;
+pub mod cloud;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 

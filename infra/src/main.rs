@@ -1,24 +1,24 @@
-//! `ingot-local`: the local cloud's command line (see the crate docs).
+//! `infra`: the local cloud's command line (see the crate docs).
 //!
-//! - `ingot-local dev`: everything, until Ctrl-C (`make dev`);
-//! - `ingot-local sandbox <program>`: one function instance with its Lambda
+//! - `infra dev`: everything, until Ctrl-C (`make dev`);
+//! - `infra sandbox <program>`: one function instance with its Lambda
 //!   limits (cargo's runner under `make dev`);
-//! - `ingot-local trigger <function>`: fire a scheduled function now;
-//! - `ingot-local bench`: size, cold start and memory of each function (`make bench`);
-//! - `ingot-local loadtest`: load against a running `make dev` (`make loadtest`);
-//! - `ingot-local redrive <stage>`: DLQ back onto the queue (`make redrive`);
-//! - `ingot-local branch <from> <to> [<RFC 3339 time>]`: tables of one stage
+//! - `infra trigger <function>`: fire a scheduled function now;
+//! - `infra bench`: size, cold start and memory of each function (`make bench`);
+//! - `infra loadtest`: load against a running `make dev` (`make loadtest`);
+//! - `infra redrive <stage>`: DLQ back onto the queue (`make redrive`);
+//! - `infra branch <from> <to> [<RFC 3339 time>]`: tables of one stage
 //!   into another's at a point in time (`make branch`).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use local::dev::{self, DevOptions, Log};
-use local::invoke::LambdaInvoker;
-use local::schedule;
-use local::template::{Template, Trigger};
+use infra::cloud::dev::{self, DevOptions, Log};
+use infra::cloud::invoke::LambdaInvoker;
+use infra::cloud::schedule;
+use infra::cloud::template::{Template, Trigger};
 
-const USAGE: &str = "usage: ingot-local dev | trigger <function> | bench | loadtest | redrive <stage> | branch <from> <to> [<time>]";
+const USAGE: &str = "usage: infra dev | trigger <function> | bench | loadtest | redrive <stage> | branch <from> <to> [<time>]";
 
 // One thread: the local cloud's hops are small, and cross-thread wake-ups cost
 // more than they do (each sandbox is its own process).
@@ -28,14 +28,14 @@ async fn main() -> ExitCode {
     let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if raw.first().is_some_and(|a| a == "sandbox") {
         return match raw.get(1) {
-            Some(program) => local::sandbox::run(program.clone(), raw[2..].to_vec())
+            Some(program) => infra::cloud::sandbox::run(program.clone(), raw[2..].to_vec())
                 .await
                 .unwrap_or_else(|e| fail(&e)),
-            None => fail("usage: ingot-local sandbox <program> [args...]"),
+            None => fail("usage: infra sandbox <program> [args...]"),
         };
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = match local::workspace_root() {
+    let root = match infra::workspace_root() {
         Ok(root) => root,
         Err(e) => return fail(&e),
     };
@@ -67,7 +67,7 @@ async fn main() -> ExitCode {
                     .map(|f| f.into_iter().map(|f| f.binary).collect())
                     .map_err(|e| e.to_string())
             });
-            let local = functions.map(|functions| local::loadtest::Target::Local {
+            let local = functions.map(|functions| infra::tools::loadtest::Target::Local {
                 root: root.clone(),
                 lambda: options.lambda_endpoint(),
                 emulator: options.emulator_endpoint(),
@@ -76,8 +76,8 @@ async fn main() -> ExitCode {
                 log: options.state_dir.join("dev.log"),
                 functions,
             });
-            match local.and_then(local::loadtest::LoadOptions::from_env) {
-                Ok(load) => local::loadtest::run(load).await,
+            match local.and_then(infra::tools::loadtest::LoadOptions::from_env) {
+                Ok(load) => infra::tools::loadtest::run(load).await,
                 Err(e) => Err(e),
             }
         }
@@ -86,11 +86,11 @@ async fn main() -> ExitCode {
                 .ok()
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(20);
-            local::bench::run(&root, runs).await
+            infra::tools::bench::run(&root, runs).await
         }
         ["redrive", stage] => match load_template(&root) {
             Ok(template) => {
-                local::ops::redrive_stage(
+                infra::tools::ops::redrive_stage(
                     &template,
                     stage,
                     &options.emulator_endpoint(),
@@ -109,7 +109,7 @@ async fn main() -> ExitCode {
             };
             match (load_template(&root), at) {
                 (Ok(template), Ok(at)) => {
-                    local::ops::branch(
+                    infra::tools::ops::branch(
                         &template,
                         from,
                         to,
@@ -135,7 +135,7 @@ fn load_template(root: &std::path::Path) -> Result<Template, String> {
 }
 
 fn fail(message: &str) -> ExitCode {
-    eprintln!("ingot-local: {message}");
+    eprintln!("infra: {message}");
     ExitCode::FAILURE
 }
 

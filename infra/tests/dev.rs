@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use local::emulator::{Emulator, free_port, port_open};
-use local::stubs::WebhookReceiver;
+use infra::cloud::emulator::{Emulator, free_port, port_open};
+use infra::cloud::stubs::WebhookReceiver;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -32,7 +32,7 @@ fn target_dir() -> PathBuf {
         .join(".cache/ingot/dev-test-target")
 }
 
-/// A running `ingot-local dev`.
+/// A running `infra dev`.
 struct Dev {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
@@ -51,8 +51,8 @@ impl Dev {
         // A clone has no venv of its own: it uses this checkout's emulator.
         let emulator = Emulator::from_env()
             .unwrap()
-            .binary(&local::workspace_root().unwrap());
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingot-local"))
+            .binary(&infra::workspace_root().unwrap());
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_infra"))
             .arg("dev")
             .current_dir(root)
             .env("INGOT_EMULATOR_PORT", emulator_port.to_string())
@@ -64,7 +64,7 @@ impl Dev {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("ingot-local dev starts");
+            .expect("infra dev starts");
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut dev = Self {
             child,
@@ -106,7 +106,7 @@ impl Dev {
     }
 
     async fn aws(&self) -> aws_config::SdkConfig {
-        local::bootstrap::emulator_config(
+        infra::cloud::bootstrap::emulator_config(
             &format!("http://127.0.0.1:{}", self.emulator_port),
             "us-east-1",
         )
@@ -143,7 +143,7 @@ async fn json_of(request: reqwest::RequestBuilder) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
     let _turn = TURN.lock().await;
-    let mut dev = Dev::start(&local::workspace_root().unwrap()).await;
+    let mut dev = Dev::start(&infra::workspace_root().unwrap()).await;
 
     let http = reqwest::Client::new();
     for function in ["prices", "ingest", "usage", "chat-stream"] {
@@ -273,7 +273,7 @@ async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client)
 #[tokio::test(flavor = "multi_thread")]
 async fn clones_sharing_a_target_directory_each_serve_their_own_code() {
     let _turn = TURN.lock().await;
-    let root = local::workspace_root().unwrap();
+    let root = infra::workspace_root().unwrap();
     let clones =
         std::env::temp_dir().join(format!("ingot-clones-{}", uuid::Uuid::new_v4().simple()));
     for n in [1, 2] {

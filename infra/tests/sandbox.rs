@@ -1,4 +1,4 @@
-//! `ingot-local sandbox` keeps the template's Lambda limits around a real
+//! `infra sandbox` keeps the template's Lambda limits around a real
 //! function instance: its deadline, its memory size, its timeout and its
 //! reserved concurrency.
 //!
@@ -23,7 +23,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use local::sandbox::{Limits, SETTINGS_VAR, Settings};
+use infra::cloud::sandbox::{Limits, SETTINGS_VAR, Settings};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -165,7 +165,7 @@ impl Function {
     /// Starts one instance as cargo-lambda does, through the sandbox, polling
     /// `upstream` at the base of `runtime`.
     fn sandbox(&self, upstream: &Upstream, runtime: &str) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_ingot-local"))
+        Command::new(env!("CARGO_BIN_EXE_infra"))
             .args(["sandbox", "python3"])
             .arg(self.dir.join("function.py"))
             .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION)
@@ -177,7 +177,7 @@ impl Function {
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("ingot-local sandbox starts")
+            .expect("infra sandbox starts")
     }
 }
 

@@ -1,5 +1,5 @@
 //! Chat fixtures: a stack, a local sign-in issuer and Anthropic stub
-//! (`local::stubs`), and the real `chat-stream` and `usage` apps pointed at
+//! (`infra::cloud::stubs`), and the real `chat-stream` and `usage` apps pointed at
 //! them.
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use http_body_util::BodyExt;
-use local::stubs::{AnthropicStub, Issuer};
+use infra::cloud::stubs::{AnthropicStub, Issuer};
 use serde_json::Value;
 use shared::chat::anthropic::SseParser;
 use shared::config::Env;
@@ -39,10 +39,10 @@ pub async fn fixture_with(overrides: &[(&str, &str)]) -> ChatFixture {
     let issuer = Arc::new(Issuer::generate(ISSUER, AUDIENCE));
     let jwks_url = format!(
         "{}/.well-known/jwks.json",
-        local::stubs::serve(issuer.router()).await.unwrap()
+        infra::cloud::stubs::serve(issuer.router()).await.unwrap()
     );
     let stub = AnthropicStub::new();
-    let anthropic = local::stubs::serve(stub.router()).await.unwrap();
+    let anthropic = infra::cloud::stubs::serve(stub.router()).await.unwrap();
     aws_sdk_secretsmanager::Client::new(&aws)
         .put_secret_value()
         .secret_id(

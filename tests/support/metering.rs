@@ -4,9 +4,9 @@
 use aws_lambda_events::event::sqs::SqsEvent;
 use axum::Router;
 use http::StatusCode;
-use local::invoke::{Invoke, InvokeError};
-use local::pump::Pump;
-use local::template::SqsSource;
+use infra::cloud::invoke::{Invoke, InvokeError};
+use infra::cloud::pump::Pump;
+use infra::cloud::template::SqsSource;
 use serde_json::{Value, json};
 
 use crate::{Stack, call, request, send};
@@ -119,7 +119,9 @@ pub async fn pump_with(stack: &Stack, config: rollup::Config) -> Pump<RealRollup
     let queue_url = stack.env("ingest").required("EVENTS_QUEUE_URL").unwrap();
     let sqs = aws_sdk_sqs::Client::new(&aws);
     Pump {
-        queue_arn: local::bootstrap::queue_arn(&sqs, &queue_url).await.unwrap(),
+        queue_arn: infra::cloud::bootstrap::queue_arn(&sqs, &queue_url)
+            .await
+            .unwrap(),
         sqs,
         queue_url,
         region: crate::REGION.into(),

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use local::template::{Resolver, Template};
+use infra::cloud::template::{Resolver, Template};
 use shared::config::Env;
 
 pub const REGION: &str = "us-east-1";
@@ -19,7 +19,7 @@ pub const REGION: &str = "us-east-1";
 /// The workspace root of the checkout under test (found at run time, so a
 /// test binary shared between clones tests the clone that runs it).
 pub fn root() -> PathBuf {
-    local::workspace_root().unwrap_or_else(|e| panic!("{e}"))
+    infra::workspace_root().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The emulator's endpoint, starting it on first use. It lives as long as
@@ -30,8 +30,8 @@ pub fn emulator() -> &'static str {
     ENDPOINT.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let started = local::emulator::Emulator::from_env().and_then(|kind| {
-                local::emulator::free_port()
+            let started = infra::cloud::emulator::Emulator::from_env().and_then(|kind| {
+                infra::cloud::emulator::free_port()
                     .and_then(|port| {
                         kind.command(&root(), port)
                             .stdout(Stdio::null())
@@ -50,7 +50,7 @@ pub fn emulator() -> &'static str {
             panic!("cannot start the emulator ({e}); run `make venv` or set INGOT_EMULATOR_BIN")
         });
         let started = Instant::now();
-        while !local::emulator::port_open(port) {
+        while !infra::cloud::emulator::port_open(port) {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "the emulator did not start"
@@ -63,7 +63,7 @@ pub fn emulator() -> &'static str {
 
 /// SDK configuration for the emulator.
 pub async fn aws() -> aws_config::SdkConfig {
-    local::bootstrap::emulator_config(emulator(), REGION).await
+    infra::cloud::bootstrap::emulator_config(emulator(), REGION).await
 }
 
 /// A name no other test uses.
@@ -94,11 +94,11 @@ pub async fn stack() -> Stack {
         .resolver(
             &unique("ingot"),
             REGION,
-            local::bootstrap::ACCOUNT_ID,
+            infra::cloud::bootstrap::ACCOUNT_ID,
             &[("Stage", "test")],
         )
         .expect("resolver");
-    local::bootstrap::bootstrap(&template, &mut resolver, &aws().await)
+    infra::cloud::bootstrap::bootstrap(&template, &mut resolver, &aws().await)
         .await
         .expect("bootstrap");
     let envs = template
@@ -106,7 +106,7 @@ pub async fn stack() -> Stack {
         .expect("functions")
         .iter()
         .map(|f| {
-            let env = local::bootstrap::environment_of(f, &resolver, emulator(), REGION)
+            let env = infra::cloud::bootstrap::environment_of(f, &resolver, emulator(), REGION)
                 .expect("environment");
             let env = Env::from_pairs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             (f.binary.clone(), env)

@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use shared::aws::describe;
 use shared::metering::ingest::send_batches;
 
-use crate::bootstrap::{ACCOUNT_ID, emulator_config};
-use crate::template::{QueueSpec, TableSpec, Template};
+use crate::cloud::bootstrap::{ACCOUNT_ID, emulator_config};
+use crate::cloud::template::{QueueSpec, TableSpec, Template};
 
 /// The emulator, or AWS with the caller's credentials and region.
 pub async fn aws_config(
@@ -42,7 +42,7 @@ fn resolver(
     template: &Template,
     stack: &str,
     region: &str,
-) -> Result<crate::template::Resolver, String> {
+) -> Result<crate::cloud::template::Resolver, String> {
     template
         .resolver(stack, region, ACCOUNT_ID, &[])
         .map_err(|e| e.to_string())
@@ -339,7 +339,7 @@ pub async fn branch(
     let aws = aws_config(emulated, emulator_endpoint, region).await;
     if emulated {
         let mut resolver = resolver(template, &stack_of(to), region)?;
-        crate::bootstrap::bootstrap(template, &mut resolver, &aws)
+        crate::cloud::bootstrap::bootstrap(template, &mut resolver, &aws)
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -6,7 +6,7 @@
 //! cut-off) then sees none left, and no timeout ever fires, so a feature can
 //! pass its tests and never happen locally. cargo runs each function binary
 //! through this sandbox (`make dev` sets cargo's target runner to
-//! `ingot-local sandbox`), which keeps the template's promises as Lambda does:
+//! `infra sandbox`), which keeps the template's promises as Lambda does:
 //! - `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` is the function's `MemorySize`;
 //! - it proxies the Runtime API and gives each invocation a deadline of
 //!   now + `Timeout`;
@@ -27,8 +27,8 @@ use hyper::{Request, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::proxy::{self, Body, Forwarder};
-use crate::template::FunctionSpec;
+use crate::cloud::proxy::{self, Body, Forwarder};
+use crate::cloud::template::FunctionSpec;
 
 /// The variable naming the settings file, set for cargo-lambda by `make dev`.
 pub const SETTINGS_VAR: &str = "INGOT_SANDBOX";
@@ -305,8 +305,8 @@ mod tests {
 
     #[test]
     fn the_runner_variable_names_the_host_target() {
-        let (name, value) = Settings::runner(Path::new("/x/ingot-local"));
+        let (name, value) = Settings::runner(Path::new("/x/infra"));
         assert!(name.starts_with("CARGO_TARGET_") && name.ends_with("_UNKNOWN_LINUX_GNU_RUNNER"));
-        assert_eq!(value, "/x/ingot-local sandbox");
+        assert_eq!(value, "/x/infra sandbox");
     }
 }

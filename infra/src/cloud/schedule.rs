@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
-use crate::invoke::{Invoke, InvokeError};
-use crate::template::ScheduleSource;
+use crate::cloud::invoke::{Invoke, InvokeError};
+use crate::cloud::template::ScheduleSource;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
@@ -69,7 +69,7 @@ pub async fn fire<I: Invoke>(
 ) -> Result<Value, InvokeError> {
     let arn = format!(
         "arn:aws:scheduler:{region}:{}:schedule/default/{function}",
-        crate::bootstrap::ACCOUNT_ID
+        crate::cloud::bootstrap::ACCOUNT_ID
     );
     let payload = render_input(source, &arn, Utc::now())
         .map_err(|e| InvokeError::Transport(e.to_string()))?;

@@ -18,8 +18,8 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemA
 use serde_json::Value;
 use shared::aws::describe;
 
-use crate::invoke::Invoke;
-use crate::template::SqsSource;
+use crate::cloud::invoke::Invoke;
+use crate::cloud::template::SqsSource;
 
 /// SQS returns at most ten messages per receive.
 const RECEIVE_MAX: usize = 10;

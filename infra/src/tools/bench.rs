@@ -22,8 +22,8 @@ use axum::routing::{get, post};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::emulator;
-use crate::template::{FunctionSpec, Template};
+use crate::cloud::emulator;
+use crate::cloud::template::{FunctionSpec, Template};
 
 const RUNTIME_PREFIX: &str = "/2018-06-01/runtime";
 
@@ -455,26 +455,27 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
     emulator::wait_for_port(port, Duration::from_secs(30), kind.name()).await?;
     let endpoint = format!("http://127.0.0.1:{port}");
     let region = "us-east-1";
-    let aws = crate::bootstrap::emulator_config(&endpoint, region).await;
+    let aws = crate::cloud::bootstrap::emulator_config(&endpoint, region).await;
     let mut resolver = template
         .resolver(
             "ingot-bench",
             region,
-            crate::bootstrap::ACCOUNT_ID,
+            crate::cloud::bootstrap::ACCOUNT_ID,
             &[("Stage", "bench")],
         )
         .map_err(|e| e.to_string())?;
-    crate::bootstrap::bootstrap(&template, &mut resolver, &aws)
+    crate::cloud::bootstrap::bootstrap(&template, &mut resolver, &aws)
         .await
         .map_err(|e| e.to_string())?;
     // price-fetch's sample run asks a provider: a local stand-in for
     // gold-api.com (keyless) answering in its real format.
-    let stub_url = crate::stubs::serve(crate::stubs::gold_api_com())
+    let stub_url = crate::cloud::stubs::serve(crate::cloud::stubs::gold_api_com())
         .await
         .map_err(|e| e.to_string())?;
     let env_of = |function: &FunctionSpec| {
-        let mut env = crate::bootstrap::environment_of(function, &resolver, &endpoint, region)
-            .map_err(|e| e.to_string())?;
+        let mut env =
+            crate::cloud::bootstrap::environment_of(function, &resolver, &endpoint, region)
+                .map_err(|e| e.to_string())?;
         env.push(("PROVIDER_ORDER".into(), "gold-api.com".into()));
         env.push(("GOLD_API_COM_BASE_URL".into(), stub_url.clone()));
         Ok(env)
@@ -582,7 +583,7 @@ async fn chat_ttfb(
     mut env: Vec<(String, String)>,
     count: usize,
 ) -> Result<String, String> {
-    use crate::stubs::{AnthropicStub, Issuer, serve};
+    use crate::cloud::stubs::{AnthropicStub, Issuer, serve};
     let issuer = Arc::new(Issuer::generate("https://bench.local", "bench"));
     let jwks = serve(issuer.router()).await.map_err(|e| e.to_string())?;
     let stub = AnthropicStub::new();

@@ -16,13 +16,15 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::bootstrap::{ACCOUNT_ID, bootstrap, emulator_config, merged_environment, queue_arn};
-use crate::emulator::{Emulator, port_open, wait_for_port};
-use crate::invoke::LambdaInvoker;
-use crate::pump::Pump;
-use crate::sandbox::{SETTINGS_VAR, Settings};
-use crate::schedule;
-use crate::template::{Template, Trigger};
+use crate::cloud::bootstrap::{
+    ACCOUNT_ID, bootstrap, emulator_config, merged_environment, queue_arn,
+};
+use crate::cloud::emulator::{Emulator, port_open, wait_for_port};
+use crate::cloud::invoke::LambdaInvoker;
+use crate::cloud::pump::Pump;
+use crate::cloud::sandbox::{SETTINGS_VAR, Settings};
+use crate::cloud::schedule;
+use crate::cloud::template::{Template, Trigger};
 
 /// Where things run; every port overridable for a second checkout.
 #[derive(Debug, Clone)]
@@ -303,7 +305,7 @@ async fn first_exit(components: &mut [Component]) -> (&'static str, std::process
 async fn start(
     options: &DevOptions,
     template: &Template,
-    functions: &[crate::template::FunctionSpec],
+    functions: &[crate::cloud::template::FunctionSpec],
     log: &Log,
     components: &mut Vec<Component>,
 ) -> Result<(), String> {
@@ -346,13 +348,13 @@ async fn start(
 
     // 2b. Chat's upstreams: a local sign-in issuer (its token is printed
     //     below) and the Anthropic stub, unless ANTHROPIC_BASE_URL is set.
-    let upstreams = crate::stubs::dev_upstreams()
+    let upstreams = crate::cloud::stubs::dev_upstreams()
         .await
         .map_err(|e| format!("chat stubs: {e}"))?;
     for (name, value) in [
         ("JWKS_URL", upstreams.jwks_url.as_str()),
         ("JWT_ISSUER", upstreams.issuer.issuer.as_str()),
-        ("JWT_AUDIENCES", crate::stubs::DEV_AUDIENCE),
+        ("JWT_AUDIENCES", crate::cloud::stubs::DEV_AUDIENCE),
         ("ANTHROPIC_BASE_URL", upstreams.anthropic_url.as_str()),
     ] {
         override_var(&mut env, name, value);
@@ -361,7 +363,7 @@ async fn start(
     // (they need the network, and keys for all but gold-api.com).
     let live_providers = std::env::var("INGOT_LIVE_PROVIDERS").as_deref() == Ok("1");
     if !live_providers {
-        let stub = crate::stubs::serve(crate::stubs::gold_api_com())
+        let stub = crate::cloud::stubs::serve(crate::cloud::stubs::gold_api_com())
             .await
             .map_err(|e| format!("price stub: {e}"))?;
         for (name, value) in [
@@ -432,12 +434,12 @@ async fn start(
     // 4. The functions, each instance in a sandbox that keeps the
     //    template's limits (cargo runs it around every function binary),
     //    behind the front door on the Lambda port.
-    let this = std::env::current_exe().map_err(|e| format!("ingot-local's path: {e}"))?;
+    let this = std::env::current_exe().map_err(|e| format!("infra's path: {e}"))?;
     let (runner, sandboxed) = Settings::runner(&this);
     let front = tokio::net::TcpListener::bind(("127.0.0.1", options.lambda_port))
         .await
         .map_err(|e| format!("port {}: {e}", options.lambda_port))?;
-    let private_port = crate::emulator::free_port().map_err(|e| e.to_string())?;
+    let private_port = crate::cloud::emulator::free_port().map_err(|e| e.to_string())?;
     components.push(Component::spawn(
         "lambda",
         Command::new("cargo")
@@ -463,7 +465,7 @@ async fn start(
     )?);
     wait_for_port(private_port, Duration::from_secs(60), "cargo lambda watch").await?;
     tokio::spawn(async move {
-        crate::front::serve(front, &format!("http://127.0.0.1:{private_port}")).await;
+        crate::cloud::front::serve(front, &format!("http://127.0.0.1:{private_port}")).await;
     });
 
     // 5. The event sources.

@@ -13,7 +13,9 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use shared::aws::describe;
 
-use crate::template::{FunctionSpec, Resolver, SecretValue, TableSpec, Template, TemplateError};
+use crate::cloud::template::{
+    FunctionSpec, Resolver, SecretValue, TableSpec, Template, TemplateError,
+};
 
 /// The emulator's fixed account id (moto's default; ministack is told it).
 pub const ACCOUNT_ID: &str = "123456789012";
@@ -210,7 +212,7 @@ async fn ensure_table(
 
 async fn ensure_queue(
     client: &aws_sdk_sqs::Client,
-    queue: &crate::template::QueueSpec,
+    queue: &crate::cloud::template::QueueSpec,
 ) -> Result<(String, String), BootstrapError> {
     let url = match client.get_queue_url().queue_name(&queue.name).send().await {
         Ok(found) => found.queue_url().unwrap_or_default().to_owned(),

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::bench::replace_section;
-use crate::bootstrap::emulator_config;
+use crate::cloud::bootstrap::emulator_config;
+use crate::tools::bench::replace_section;
 
 /// Where the load goes.
 #[derive(Debug, Clone)]
@@ -218,8 +218,8 @@ fn process_kind<'a>(
     }
     let args = cmdline.join(" ");
     match exe {
-        "ingot-local" if cmdline.get(1).is_some_and(|a| a == "sandbox") => Some("sandboxes"),
-        "ingot-local" => Some("ingot-local dev (SQS poller, schedule)"),
+        "infra" if cmdline.get(1).is_some_and(|a| a == "sandbox") => Some("sandboxes"),
+        "infra" => Some("infra dev (SQS poller, schedule)"),
         "cargo-lambda" => Some("cargo-lambda"),
         "cargo" => Some("cargo (instance launchers)"),
         _ if args.contains("ministack") || args.contains("moto_server") => Some("emulator"),
@@ -838,7 +838,7 @@ fn summary(
          | {} | {:.1} req/s | {:.0} ms | {} | {} | **{} / {}** | **{} / {}** |\n\n\
          | request | count | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n",
         chrono::Utc::now().format("%Y-%m-%d"),
-        crate::bench::machine(),
+        crate::tools::bench::machine(),
         match options.mix {
             Mix::Seed => "the seed's (80% POST /events, 10% of them resends; 20% GET /usage)",
             Mix::Ingest => "an ingest-only (POST /events, 10% resends)",
@@ -1023,8 +1023,8 @@ mod tests {
         );
         assert_eq!(
             process_kind(
-                "ingot-local",
-                &args(&["ingot-local", "sandbox", "x"]),
+                "infra",
+                &args(&["infra", "sandbox", "x"]),
                 false,
                 &functions
             ),

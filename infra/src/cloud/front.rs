@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-use crate::proxy::{self, Forwarder};
+use crate::cloud::proxy::{self, Forwarder};
 
 /// Requests in flight per function, well under cargo-lambda's 100.
 pub const IN_FLIGHT: usize = 64;
