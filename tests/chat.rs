@@ -11,7 +11,10 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use shared::aws::chat::DynamoChat;
 use shared::aws::ratelimit::DynamoRateCounter;
+use shared::chat::store::ChatStore;
+use shared::jwt::TokenVerifier;
 use shared::jwt::{JwtSettings, Verifier, VerifyError};
+use shared::metering::ingest::EventSink;
 use shared::ratelimit::{RateLimiter, RateWindow};
 use support::call;
 use support::chat::{
@@ -507,14 +510,18 @@ async fn first_sign_in_creates_a_free_user_with_nothing_used() {
     assert!(
         !chat_store(&f)
             .await
-            .touch(&subject, Utc::now())
+            .touch(&subject, Utc::now(), Utc::now() - TimeDelta::minutes(1))
             .await
             .unwrap()
     );
     assert!(
         chat_store(&f)
             .await
-            .touch(&subject, Utc::now() + TimeDelta::seconds(61))
+            .touch(
+                &subject,
+                Utc::now() + TimeDelta::seconds(61),
+                Utc::now() + TimeDelta::seconds(1),
+            )
             .await
             .unwrap()
     );

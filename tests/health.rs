@@ -202,7 +202,8 @@ fn each_function_names_its_first_missing_variable() {
         [
             "missing required environment variable PRICES_TABLE",
             "missing required environment variable TENANTS_TABLE",
-            "missing required environment variable TENANTS_TABLE",
+            // usage reads chat's resources first (it serves /api/v1/status).
+            "missing required environment variable CHAT_TABLE",
             "missing required environment variable CHAT_TABLE",
             "missing required environment variable USAGE_TABLE",
         ]

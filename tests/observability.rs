@@ -55,22 +55,38 @@ fn is_ingot(namespace: &Value) -> bool {
     }
 }
 
-/// Metric names each function's sources emit with `.value("Name", ...)`.
+/// Domain modules whose metrics only one function emits (their rules run
+/// there): their sources count as that function's.
+const DOMAIN_OF: &[(&str, &str)] = &[("chat-stream", "shared/src/chat")];
+
+/// Metric names in the `.value("Name", ...)` calls of the `.rs` files under `dir`.
+fn metric_names(dir: &std::path::Path, names: &mut BTreeSet<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            metric_names(&path, names);
+            continue;
+        }
+        let source = std::fs::read_to_string(path).unwrap();
+        for part in source.split(".value(").skip(1) {
+            let quoted = part.trim_start().strip_prefix('"').unwrap_or_default();
+            if let Some((metric, _)) = quoted.split_once('"') {
+                names.insert(metric.to_owned());
+            }
+        }
+    }
+}
+
+/// Metric names each function emits, from its own sources and its domain's.
 fn emitted() -> HashMap<String, BTreeSet<String>> {
     let mut by_function = HashMap::new();
-    let functions = support::root().join("functions");
-    for entry in std::fs::read_dir(&functions).unwrap() {
+    for entry in std::fs::read_dir(support::root().join("functions")).unwrap() {
         let dir = entry.unwrap().path();
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let mut names = BTreeSet::new();
-        for file in std::fs::read_dir(dir.join("src")).unwrap() {
-            let source = std::fs::read_to_string(file.unwrap().path()).unwrap();
-            for part in source.split(".value(").skip(1) {
-                let quoted = part.trim_start().strip_prefix('"').unwrap_or_default();
-                if let Some((metric, _)) = quoted.split_once('"') {
-                    names.insert(metric.to_owned());
-                }
-            }
+        metric_names(&dir.join("src"), &mut names);
+        for (_, domain) in DOMAIN_OF.iter().filter(|(f, _)| *f == name) {
+            metric_names(&support::root().join(domain), &mut names);
         }
         by_function.insert(name, names);
     }

@@ -6,11 +6,10 @@ use http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::aws::tenants::CachedKeys;
 use crate::error::ApiError;
 use crate::http::bearer;
-use crate::jwt::{Subject, Verifier, VerifyError};
-use crate::metering::tenants::{ApiKey, Tenant};
+use crate::jwt::{Subject, TokenVerifier, VerifyError};
+use crate::metering::tenants::{ApiKey, CachedKeys, Tenant};
 use crate::secrets::CachedSecret;
 
 fn unauthorized(code: &'static str, detail: &str) -> ApiError {
@@ -82,7 +81,7 @@ pub async fn require_tenant(headers: &HeaderMap, keys: &CachedKeys) -> Result<Te
 /// Requires a signed-in user: a JWT the issuer's keys verify.
 pub async fn require_user(
     headers: &HeaderMap,
-    verifier: Option<&Verifier>,
+    verifier: Option<&dyn TokenVerifier>,
 ) -> Result<Subject, ApiError> {
     let token = bearer(headers).ok_or_else(missing)?;
     let Some(verifier) = verifier else {

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use crate::metering::usage::ReportError;
 use crate::store::StoreError;
 use crate::telemetry::current_request_id;
 
@@ -144,6 +145,18 @@ impl From<StoreError> for ApiError {
                 tracing::error!(%error, "store failed");
                 ApiError::unavailable(store, 5)
             }
+        }
+    }
+}
+
+/// A usage report that could not be made.
+impl From<ReportError> for ApiError {
+    fn from(error: ReportError) -> Self {
+        match error {
+            ReportError::TooManyPoints(invalid) => {
+                ApiError::bad_request("invalid_resolution", invalid.0)
+            }
+            ReportError::Store(error) => error.into(),
         }
     }
 }

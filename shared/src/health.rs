@@ -17,6 +17,7 @@ use futures_util::future::join_all;
 use serde_json::{Map, Value, json};
 
 use crate::aws::{probe_queue, probe_secret, probe_table};
+use crate::chat::settings::ChatResources;
 use crate::error::ApiError;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -99,6 +100,26 @@ impl HealthChecks {
         self.probes
             .push((label, Probe::Url(client.clone(), url.to_owned())));
         self
+    }
+
+    /// Every AWS resource a chat request touches: `chat-stream`'s
+    /// `/health` and the public `/api/v1/status` check the same list.
+    pub fn chat(self, aws: &crate::aws::SdkConfig, resources: &ChatResources) -> Self {
+        let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+        self.table("chat_table", &dynamodb, &resources.chat_table)
+            .table("usage_table", &dynamodb, &resources.usage_table)
+            .table("tenants_table", &dynamodb, &resources.tenants_table)
+            .table("rate_limit_table", &dynamodb, &resources.rate_limit_table)
+            .queue(
+                "events_queue",
+                &aws_sdk_sqs::Client::new(aws),
+                &resources.events_queue_url,
+            )
+            .secret(
+                "anthropic_api_key_secret",
+                &aws_sdk_secretsmanager::Client::new(aws),
+                &resources.anthropic_api_key_secret,
+            )
     }
 
     /// A router serving `GET /health` with these checks.

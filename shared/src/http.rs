@@ -19,6 +19,8 @@ use lambda_http::RequestExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::chat::admission::Refusal;
+use crate::chat::upstream::UpstreamError;
 use crate::config::{ConfigError, Env};
 use crate::error::ApiError;
 use crate::ratelimit::Decision;
@@ -80,6 +82,59 @@ pub fn rate_limited(decision: &Decision, detail: String, now: DateTime<Utc>) -> 
             .with_retry_after(decision.retry_after(now)),
         |error, (name, value)| error.with_header(name, value),
     )
+}
+
+/// A chat request refused before it went upstream.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        let detail = refusal.to_string();
+        match refusal {
+            Refusal::Disabled => ApiError::new(StatusCode::FORBIDDEN, "account_disabled", detail),
+            Refusal::RateLimited { verdict, at, .. } => rate_limited(&verdict.binding, detail, at),
+            Refusal::QuotaExceeded {
+                quota,
+                used,
+                resets_at,
+                limits,
+                at,
+            } => {
+                let problem =
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", detail)
+                        .with_retry_after((resets_at - at).num_seconds().max(1) as u64)
+                        .with_extension("quota", quota)
+                        .with_extension("used", used)
+                        .with_extension("resets_at", resets_at.to_rfc3339());
+                limits
+                    .into_iter()
+                    .flat_map(|l| rate_limit_headers(&l.binding))
+                    .fold(problem, |p, (name, value)| p.with_header(name, value))
+            }
+            Refusal::RateLimitsUnavailable(_) => ApiError::unavailable("rate-limit store", 5),
+            Refusal::Store(error) => error.into(),
+        }
+    }
+}
+
+/// The model's stream could not be opened.
+impl From<UpstreamError> for ApiError {
+    fn from(error: UpstreamError) -> Self {
+        match error {
+            UpstreamError::KeyUnavailable => ApiError::unavailable("Anthropic API key secret", 5),
+            UpstreamError::KeyNotSet => ApiError::unavailable("Anthropic API key (not set)", 60),
+            UpstreamError::Rejected(_) => {
+                ApiError::bad_request("upstream_rejected", error.to_string())
+            }
+            UpstreamError::Refused => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", error.to_string())
+            }
+            UpstreamError::Busy { code, retry_after } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                "the model API is busy or unavailable; retry shortly",
+            )
+            .with_retry_after(retry_after),
+        }
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

@@ -105,6 +105,35 @@ pub enum VerifyError {
     KeysUnavailable(String),
 }
 
+/// Checks a bearer token and says whose it is: the sign-in edge
+/// ([`Verifier`] against the issuer's JWKS in production).
+#[async_trait::async_trait]
+pub trait TokenVerifier: Send + Sync {
+    async fn verify(&self, token: &str) -> Result<Subject, VerifyError>;
+}
+
+/// Tokens known in advance, each standing for a subject: the double for
+/// handler tests. Any other token is `Invalid`.
+#[derive(Debug, Default)]
+pub struct MemoryTokens(std::collections::HashMap<String, String>);
+
+impl MemoryTokens {
+    pub fn with(mut self, token: &str, subject: &str) -> Self {
+        self.0.insert(token.to_owned(), subject.to_owned());
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenVerifier for MemoryTokens {
+    async fn verify(&self, token: &str) -> Result<Subject, VerifyError> {
+        self.0
+            .get(token)
+            .map(|s| Subject(s.clone()))
+            .ok_or(VerifyError::Invalid)
+    }
+}
+
 struct Keys {
     set: JwkSet,
     /// The last fetch attempt, successful or not: failures are rate-limited too.
@@ -139,8 +168,11 @@ impl Verifier {
             refresh: tokio::sync::Mutex::new(()),
         }
     }
+}
 
-    pub async fn verify(&self, token: &str) -> Result<Subject, VerifyError> {
+#[async_trait::async_trait]
+impl TokenVerifier for Verifier {
+    async fn verify(&self, token: &str) -> Result<Subject, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(VerifyError::Algorithm);
@@ -190,7 +222,9 @@ impl Verifier {
         }
         Ok(Subject(claims.sub))
     }
+}
 
+impl Verifier {
     /// The key for `kid`, if known; an error if it does not fit `alg`.
     fn key(&self, kid: &str, alg: Algorithm) -> Result<Option<DecodingKey>, VerifyError> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());

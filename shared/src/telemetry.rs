@@ -52,19 +52,19 @@ pub fn namespace() -> &'static str {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
+pub enum MetricUnit {
     Count,
     Milliseconds,
     /// A plain number, e.g. a cost in USD.
     None,
 }
 
-impl Unit {
+impl MetricUnit {
     fn as_str(self) -> &'static str {
         match self {
-            Unit::Count => "Count",
-            Unit::Milliseconds => "Milliseconds",
-            Unit::None => "None",
+            MetricUnit::Count => "Count",
+            MetricUnit::Milliseconds => "Milliseconds",
+            MetricUnit::None => "None",
         }
     }
 }
@@ -73,7 +73,7 @@ impl Unit {
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     dimensions: Vec<(&'static str, String)>,
-    values: Vec<(&'static str, Unit, f64)>,
+    values: Vec<(&'static str, MetricUnit, f64)>,
 }
 
 impl Metrics {
@@ -86,7 +86,7 @@ impl Metrics {
         self
     }
 
-    pub fn value(mut self, name: &'static str, unit: Unit, value: f64) -> Self {
+    pub fn value(mut self, name: &'static str, unit: MetricUnit, value: f64) -> Self {
         self.values.push((name, unit, value));
         self
     }
@@ -137,8 +137,8 @@ mod tests {
     fn renders_embedded_metric_format() {
         let doc = Metrics::new()
             .dimension("Function", "rollup")
-            .value("MessagesReceived", Unit::Count, 3.0)
-            .value("BatchLatency", Unit::Milliseconds, 12.5)
+            .value("MessagesReceived", MetricUnit::Count, 3.0)
+            .value("BatchLatency", MetricUnit::Milliseconds, 12.5)
             .render(1_700_000_000_000);
         assert_eq!(
             doc,

@@ -18,13 +18,14 @@ use serde_json::{Value, json};
 use shared::auth::require_tenant;
 use shared::aws::SdkConfig;
 use shared::aws::queue::EventQueue;
-use shared::aws::tenants::{CachedKeys, DynamoTenants};
+use shared::aws::tenants::DynamoTenants;
 use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, RawBody, finish};
-use shared::metering::ingest::{IngestError, MAX_BODY_BYTES, pack, parse_events};
-use shared::telemetry::{Metrics, Unit};
+use shared::metering::ingest::{EventSink, IngestError, MAX_BODY_BYTES, pack, parse_events};
+use shared::metering::tenants::CachedKeys;
+use shared::telemetry::{MetricUnit, Metrics};
 
 pub const FUNCTION: &str = "ingest";
 
@@ -71,7 +72,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     );
     let app = App {
         keys: Arc::new(CachedKeys::new(
-            DynamoTenants::new(dynamodb.clone(), &config.tenants_table),
+            Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
             config.key_cache,
         )),
         queue: EventQueue::new(sqs.clone(), &config.events_queue_url),
@@ -120,9 +121,9 @@ async fn post_events(
     tracing::info!(tenant = %tenant.id, events = events.len(), messages = bodies.len(), "events accepted");
     Metrics::new()
         .dimension("Function", FUNCTION)
-        .value("EventsAccepted", Unit::Count, events.len() as f64)
-        .value("QueueMessages", Unit::Count, bodies.len() as f64)
-        .value("SqsRequests", Unit::Count, requests as f64)
+        .value("EventsAccepted", MetricUnit::Count, events.len() as f64)
+        .value("QueueMessages", MetricUnit::Count, bodies.len() as f64)
+        .value("SqsRequests", MetricUnit::Count, requests as f64)
         .emit();
     Ok((
         StatusCode::ACCEPTED,

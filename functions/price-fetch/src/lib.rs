@@ -23,7 +23,7 @@ use shared::prices::failover::fetch_round;
 use shared::prices::providers::Provider;
 use shared::prices::settings::PriceSettings;
 use shared::secrets::CachedSecret;
-use shared::telemetry::{Metrics, Unit};
+use shared::telemetry::{MetricUnit, Metrics};
 
 pub const FUNCTION: &str = "price-fetch";
 
@@ -168,11 +168,15 @@ pub async fn handle(
             }
             Metrics::new()
                 .dimension("Provider", attempt.provider.name())
-                .value("ProviderAttempts", Unit::Count, 1.0)
-                .value("ProviderFailures", Unit::Count, f64::from(u8::from(failed)))
+                .value("ProviderAttempts", MetricUnit::Count, 1.0)
+                .value(
+                    "ProviderFailures",
+                    MetricUnit::Count,
+                    f64::from(u8::from(failed)),
+                )
                 .value(
                     "ProviderLatency",
-                    Unit::Milliseconds,
+                    MetricUnit::Milliseconds,
                     attempt.latency.as_secs_f64() * 1000.0,
                 )
                 .emit();
@@ -194,7 +198,11 @@ pub async fn handle(
     }
     Metrics::new()
         .dimension("Function", FUNCTION)
-        .value("QuotesWritten", Unit::Count, report.written.len() as f64)
+        .value(
+            "QuotesWritten",
+            MetricUnit::Count,
+            report.written.len() as f64,
+        )
         .emit();
     if report.written.is_empty() {
         let reason = if failures.is_empty() {

@@ -26,9 +26,10 @@ use shared::config::{ConfigError, Env};
 use shared::metering::alerts;
 use shared::metering::period::BillingPeriod;
 use shared::metering::rollup::{count, unique_by_id};
-use shared::metering::tenants::Tenant;
+use shared::metering::tenants::{Tenant, TenantStore};
 use shared::metering::types::{EventBatch, TenantId, UsageEvent};
-use shared::telemetry::{Metrics, Unit};
+use shared::metering::usage::UsageReader;
+use shared::telemetry::{MetricUnit, Metrics};
 use shared::webhook::{RetryPolicy, WebhookSender};
 
 pub const FUNCTION: &str = "rollup";
@@ -174,15 +175,15 @@ pub async fn handle(
 
     Metrics::new()
         .dimension("Function", FUNCTION)
-        .value("MessagesReceived", Unit::Count, records.len() as f64)
+        .value("MessagesReceived", MetricUnit::Count, records.len() as f64)
         .value(
             "MessagesFailed",
-            Unit::Count,
+            MetricUnit::Count,
             response.batch_item_failures.len() as f64,
         )
-        .value("EventsCounted", Unit::Count, counted as f64)
-        .value("EventsDuplicate", Unit::Count, duplicates as f64)
-        .value("TransactionItems", Unit::Count, items_written as f64)
+        .value("EventsCounted", MetricUnit::Count, counted as f64)
+        .value("EventsDuplicate", MetricUnit::Count, duplicates as f64)
+        .value("TransactionItems", MetricUnit::Count, items_written as f64)
         .emit();
     Ok(response)
 }

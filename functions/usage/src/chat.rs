@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use chrono::Utc;
 use serde_json::{Value, json};
 use shared::auth::require_user;
 use shared::chat::metering::totals;
@@ -26,10 +25,10 @@ pub(crate) async fn current(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let subject = require_user(&headers, app.chat.verifier.as_deref()).await?;
-    let now = Utc::now();
+    let now = app.clock.now();
     let tenant = app.chat.users.sign_in(&subject.0, now).await?;
     let period = BillingPeriod::containing(now, tenant.billing_day);
-    let usage = app.ledger.period_usage(&tenant.id, &period.key()).await?;
+    let usage = app.usage.period_usage(&tenant.id, &period.key()).await?;
     let chat = totals(&usage.features, &app.chat.settings.models);
     let limits = app.chat.settings.tiers.limits(tenant.tier);
     Ok(Json(json!({
@@ -66,7 +65,7 @@ pub(crate) async fn history(
 ) -> Result<Json<Value>, ApiError> {
     let subject = require_user(&headers, app.chat.verifier.as_deref()).await?;
     let limit = page_limit(&query, 30)?;
-    app.chat.users.sign_in(&subject.0, Utc::now()).await?;
+    app.chat.users.sign_in(&subject.0, app.clock.now()).await?;
     let page = app
         .chat
         .store

@@ -18,44 +18,41 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{TimeDelta, Utc};
-use futures_util::{StreamExt, TryStreamExt};
+use chrono::TimeDelta;
 use serde_json::{Value, json};
 use shared::auth::{is_admin, require_admin, require_tenant};
 use shared::aws::SdkConfig;
-
-use shared::aws::chat::{ChatUsers, DynamoChat};
+use shared::aws::chat::DynamoChat;
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::secrets::SecretsManager;
-use shared::aws::tenants::{CachedKeys, DynamoTenants};
-use shared::chat::settings::ChatSettings;
+use shared::aws::tenants::DynamoTenants;
+use shared::chat::settings::{ChatResources, ChatSettings};
+use shared::chat::store::ChatStore;
+use shared::chat::users::Users;
+use shared::clock::{Clock, SystemClock};
 use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, JsonBody, finish};
-use shared::jwt::{JwtSettings, Verifier};
-use shared::metering::period::BillingPeriod;
-use shared::metering::tenants::{ApiKey, NewTenant, Tenant, TenantPatch};
+use shared::jwt::{JwtSettings, TokenVerifier, Verifier};
+use shared::metering::tenants::{ApiKey, CachedKeys, NewTenant, Tenant, TenantPatch, TenantStore};
 use shared::metering::types::TenantId;
-use shared::metering::usage::{Resolution, Window, quota_percent, range, series};
-use shared::secrets::CachedSecret;
+use shared::metering::usage::{
+    Resolution, UsageReader, UsageWindow, period_totals, quota_percent, report,
+};
+use shared::secrets::{CachedSecret, SecretSource};
 
 pub const FUNCTION: &str = "usage";
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub tenants_table: String,
-    pub usage_table: String,
-    pub chat_table: String,
+    /// Its own tables, and chat's resources for `/api/v1/status`.
+    pub resources: ChatResources,
     pub admin_token_secret: String,
     /// How long a rotated-out API key keeps working (`KEY_GRACE_SECONDS`).
     pub key_grace: TimeDelta,
     /// How long a tenant key lookup is remembered (`KEY_CACHE_SECONDS`).
     pub key_cache: Duration,
-    /// Chat's dependencies, for `/api/v1/status`.
-    pub rate_limit_table: String,
-    pub events_queue_url: String,
-    pub anthropic_api_key_secret: String,
     /// Sign-in for the chat routes; they answer 503 while it is unset.
     pub jwt: Option<JwtSettings>,
     pub chat: ChatSettings,
@@ -65,15 +62,10 @@ pub struct Config {
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            tenants_table: env.required("TENANTS_TABLE")?,
-            usage_table: env.required("USAGE_TABLE")?,
-            chat_table: env.required("CHAT_TABLE")?,
+            resources: ChatResources::from_env(env)?,
             admin_token_secret: env.required("ADMIN_TOKEN_SECRET")?,
             key_grace: TimeDelta::seconds(env.parse_or("KEY_GRACE_SECONDS", 86_400)?),
             key_cache: Duration::from_secs(env.parse_or("KEY_CACHE_SECONDS", 30)?),
-            rate_limit_table: env.required("RATE_LIMIT_TABLE")?,
-            events_queue_url: env.required("EVENTS_QUEUE_URL")?,
-            anthropic_api_key_secret: env.required("ANTHROPIC_API_KEY_SECRET")?,
             jwt: JwtSettings::from_env(env)?,
             chat: ChatSettings::from_env(env)?,
             cors: CorsOrigins::from_env(env)?,
@@ -81,46 +73,92 @@ impl Config {
     }
 }
 
+/// Every edge `usage` touches: AWS in [`app`], memory doubles in tests.
+pub struct Edges {
+    pub tenants: Arc<dyn TenantStore>,
+    pub usage: Arc<dyn UsageReader>,
+    pub chat: Arc<dyn ChatStore>,
+    pub secrets: Arc<dyn SecretSource>,
+    /// `None` while sign-in is not configured.
+    pub verifier: Option<Arc<dyn TokenVerifier>>,
+    pub clock: Arc<dyn Clock>,
+}
+
 #[derive(Clone)]
 struct App {
-    tenants: DynamoTenants,
+    tenants: Arc<dyn TenantStore>,
     keys: Arc<CachedKeys>,
-    ledger: DynamoLedger,
+    usage: Arc<dyn UsageReader>,
     admin_token: Arc<CachedSecret>,
     key_grace: TimeDelta,
+    clock: Arc<dyn Clock>,
     chat: Arc<Chat>,
 }
 
 /// What the chat routes need.
 struct Chat {
-    verifier: Option<Arc<Verifier>>,
-    users: ChatUsers,
-    store: DynamoChat,
+    verifier: Option<Arc<dyn TokenVerifier>>,
+    users: Users,
+    store: Arc<dyn ChatStore>,
     settings: ChatSettings,
     status: HealthChecks,
 }
 
+/// The function's router on AWS: the edges built from the SDK config.
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
     let secrets = aws_sdk_secretsmanager::Client::new(aws);
-    let tenants = DynamoTenants::new(dynamodb.clone(), &config.tenants_table);
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("the HTTP client builds with static settings");
+    let r = &config.resources;
+    let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
+        .table("tenants_table", &dynamodb, &r.tenants_table)
+        .table("usage_table", &dynamodb, &r.usage_table)
+        .table("chat_table", &dynamodb, &r.chat_table)
+        .secret("admin_token_secret", &secrets, &config.admin_token_secret);
+    let mut status = HealthChecks::new("chat", env!("CARGO_PKG_VERSION")).chat(aws, r);
+    if let Some(jwt) = &config.jwt {
+        status = status.url("sign_in_keys", &http, &jwt.jwks_url);
+    }
+    let edges = Edges {
+        tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &r.tenants_table)),
+        usage: Arc::new(DynamoLedger::new(dynamodb.clone(), &r.usage_table)),
+        chat: Arc::new(DynamoChat::new(dynamodb, &r.chat_table)),
+        secrets: Arc::new(SecretsManager::new(secrets)),
+        verifier: config
+            .jwt
+            .clone()
+            .map(|jwt| Arc::new(Verifier::new(jwt, http)) as Arc<dyn TokenVerifier>),
+        clock: Arc::new(SystemClock),
+    };
+    router(config, edges, health, status)
+}
+
+/// The function's router over any edges: `/health` answers from `health`,
+/// `/api/v1/status` from `status`.
+pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: HealthChecks) -> Router {
     let app = App {
-        keys: Arc::new(CachedKeys::new(tenants.clone(), config.key_cache)),
-        tenants,
-        ledger: DynamoLedger::new(dynamodb.clone(), &config.usage_table),
+        keys: Arc::new(CachedKeys::new(edges.tenants.clone(), config.key_cache)),
+        tenants: edges.tenants.clone(),
+        usage: edges.usage,
         admin_token: Arc::new(CachedSecret::new(
-            Arc::new(SecretsManager::new(secrets.clone())),
+            edges.secrets,
             &config.admin_token_secret,
             Duration::from_secs(300),
         )),
         key_grace: config.key_grace,
-        chat: Arc::new(chat_routes(config, aws)),
+        clock: edges.clock,
+        chat: Arc::new(Chat {
+            verifier: edges.verifier,
+            users: Users::new(edges.chat.clone(), edges.tenants, config.chat.tiers),
+            store: edges.chat,
+            settings: config.chat.clone(),
+            status,
+        }),
     };
-    let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
-        .table("tenants_table", &dynamodb, &config.tenants_table)
-        .table("usage_table", &dynamodb, &config.usage_table)
-        .table("chat_table", &dynamodb, &config.chat_table)
-        .secret("admin_token_secret", &secrets, &config.admin_token_secret);
     let routes = Router::new()
         .route("/admin/tenants", post(create_tenant).get(list_tenants))
         .route("/admin/tenants/{id}", get(get_tenant).patch(patch_tenant))
@@ -136,54 +174,12 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     finish(routes, &config.cors)
 }
 
-fn chat_routes(config: &Config, aws: &SdkConfig) -> Chat {
-    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("the HTTP client builds with static settings");
-    let store = DynamoChat::new(dynamodb.clone(), &config.chat_table);
-    let mut status = HealthChecks::new("chat", env!("CARGO_PKG_VERSION"))
-        .table("chat_table", &dynamodb, &config.chat_table)
-        .table("usage_table", &dynamodb, &config.usage_table)
-        .table("tenants_table", &dynamodb, &config.tenants_table)
-        .table("rate_limit_table", &dynamodb, &config.rate_limit_table)
-        .queue(
-            "events_queue",
-            &aws_sdk_sqs::Client::new(aws),
-            &config.events_queue_url,
-        )
-        .secret(
-            "anthropic_api_key_secret",
-            &aws_sdk_secretsmanager::Client::new(aws),
-            &config.anthropic_api_key_secret,
-        );
-    if let Some(jwt) = &config.jwt {
-        status = status.url("sign_in_keys", &http, &jwt.jwks_url);
-    }
-    Chat {
-        verifier: config
-            .jwt
-            .clone()
-            .map(|jwt| Arc::new(Verifier::new(jwt, http))),
-        users: ChatUsers::new(
-            store.clone(),
-            DynamoTenants::new(dynamodb, &config.tenants_table),
-            config.chat.tiers,
-        ),
-        store,
-        settings: config.chat.clone(),
-        status,
-    }
-}
-
 /// `?limit=` of a paginated list: 1 to 100.
-fn page_limit(query: &HashMap<String, String>, default: i32) -> Result<i32, ApiError> {
+fn page_limit(query: &HashMap<String, String>, default: usize) -> Result<usize, ApiError> {
     match query.get("limit") {
         None => Ok(default),
         Some(raw) => raw
-            .parse::<i32>()
+            .parse::<usize>()
             .ok()
             .filter(|l| (1..=100).contains(l))
             .ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be from 1 to 100")),
@@ -243,7 +239,7 @@ async fn create_tenant(
     JsonBody(new): JsonBody<NewTenant>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = new
-        .into_tenant(Utc::now())
+        .into_tenant(app.clock.now())
         .map_err(|e| ApiError::bad_request("invalid_tenant", e.0))?;
     let key = ApiKey::generate();
     app.tenants.create(&tenant, &key.hash()).await?;
@@ -305,7 +301,7 @@ async fn rotate_key(
     require_admin(&headers, &app.admin_token).await?;
     let id = tenant_id(id)?;
     let key = ApiKey::generate();
-    let grace_until = Utc::now() + app.key_grace;
+    let grace_until = app.clock.now() + app.key_grace;
     app.tenants
         .rotate_key(&id, &key.hash(), grace_until)
         .await?
@@ -347,25 +343,25 @@ async fn usage(
     };
 
     let window = match query.get("window") {
-        None => Window::Day,
-        Some(w) => Window::parse(w).map_err(|e| ApiError::bad_request("invalid_window", e.0))?,
-    };
-    let resolution = match query.get("resolution") {
-        None => window.default_resolution(),
-        Some(r) => {
-            Resolution::parse(r).map_err(|e| ApiError::bad_request("invalid_resolution", e.0))?
+        None => UsageWindow::Day,
+        Some(w) => {
+            UsageWindow::parse(w).map_err(|e| ApiError::bad_request("invalid_window", e.0))?
         }
     };
-    let now = Utc::now();
-    let period = BillingPeriod::containing(now, tenant.billing_day);
-    let (from, to) = range(window, resolution, now, &period)
+    let resolution = query
+        .get("resolution")
+        .map(|r| Resolution::parse(r))
+        .transpose()
         .map_err(|e| ApiError::bad_request("invalid_resolution", e.0))?;
-
-    let period_key = period.key();
-    let (totals, minutes) = tokio::try_join!(
-        app.ledger.period_usage(&tenant.id, &period_key),
-        app.ledger.minutes(&tenant.id, from, to),
-    )?;
+    let report = report(
+        app.usage.as_ref(),
+        &tenant,
+        window,
+        resolution,
+        app.clock.now(),
+    )
+    .await?;
+    let (period, totals) = (&report.period, &report.totals);
 
     Ok(Json(json!({
         "tenant": tenant.id,
@@ -381,49 +377,31 @@ async fn usage(
             json!({"feature": feature, "tokens": tokens, "events": events})
         }).collect::<Vec<_>>(),
         "series": {
-            "window": window,
-            "resolution": resolution,
-            "points": series(&minutes, from, to, resolution),
+            "window": report.window,
+            "resolution": report.resolution,
+            "points": report.series,
         },
     })))
 }
 
-/// Tenants listed for the dashboard, at most (pages of 100).
-const DASHBOARD_TENANTS: usize = 1000;
-
 /// `GET /admin/usage`: every tenant's usage this period, by name.
 async fn all_usage(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require_admin(&headers, &app.admin_token).await?;
-    let mut tenants = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = app.tenants.list(100, cursor.as_deref()).await?;
-        tenants.extend(page.tenants);
-        cursor = page.next;
-        if cursor.is_none() || tenants.len() >= DASHBOARD_TENANTS {
-            break;
-        }
-    }
-    let now = Utc::now();
-    let reads = futures_util::stream::iter(tenants.into_iter().map(|tenant| {
-        let ledger = app.ledger.clone();
-        async move {
-            let period = BillingPeriod::containing(now, tenant.billing_day);
-            let used = ledger.period_total(&tenant.id, &period.key()).await?;
-            Ok::<_, shared::store::StoreError>(json!({
-                "tenant": tenant.id,
-                "tenantName": tenant.name,
-                "totalTokens": used,
-                "monthlyQuota": tenant.monthly_quota,
-                "quotaPercent": quota_percent(used, tenant.monthly_quota),
-                "enabled": tenant.enabled,
-                "periodStart": period.start,
-                "periodEnd": period.end,
-            }))
-        }
-    }));
-    // A few reads in flight at a time: fast, without a burst per tenant.
-    let mut rows: Vec<Value> = reads.buffered(8).try_collect().await?;
-    rows.sort_by(|a, b| a["tenantName"].as_str().cmp(&b["tenantName"].as_str()));
+    let rows = period_totals(app.tenants.as_ref(), app.usage.as_ref(), app.clock.now()).await?;
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "tenant": row.tenant.id,
+                "tenantName": row.tenant.name,
+                "totalTokens": row.tokens,
+                "monthlyQuota": row.tenant.monthly_quota,
+                "quotaPercent": quota_percent(row.tokens, row.tenant.monthly_quota),
+                "enabled": row.tenant.enabled,
+                "periodStart": row.period.start,
+                "periodEnd": row.period.end,
+            })
+        })
+        .collect();
     Ok(Json(json!({ "tenants": rows })))
 }

@@ -1,22 +1,17 @@
-//! Chat data in DynamoDB (layout: docs/data-model.md, "chat"): users,
-//! conversations and their turns, per-request usage records and rate-limit
-//! refusals; plus [`ChatUsers`], which signs a JWT subject in.
+//! Chat data in DynamoDB (layout: docs/data-model.md, "chat"): the
+//! [`ChatStore`] of users, conversations and their turns, per-request usage
+//! records and rate-limit refusals.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::tenants::DynamoTenants;
 use super::{decode_cursor, encode_cursor, failed, is_condition_failure, n, put_item, s};
 use crate::chat::history::Turn;
-use crate::chat::settings::{Tiers, Usage};
-use crate::chat::user_tenant;
-use crate::metering::tenants::{ApiKey, Tenant, Tier, signing_secret};
-use crate::metering::types::BillingDay;
+use crate::chat::store::{ChatStore, UsagePage, UsageRecord, UserProfile};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
@@ -26,41 +21,6 @@ const STORE: &str = "chat store";
 const RECORD_RETENTION: TimeDelta = TimeDelta::days(400);
 /// Rate-limit refusals are kept this long.
 const REFUSAL_RETENTION: TimeDelta = TimeDelta::days(30);
-/// At most this many stored turns are read to build the history.
-const HISTORY_TURNS: i32 = 100;
-/// `last_active_at` moves at most this often.
-const TOUCH_INTERVAL: TimeDelta = TimeDelta::minutes(1);
-/// A tenant (tier, quota, enabled) is re-read after this long.
-const TENANT_TTL: Duration = Duration::from_secs(30);
-const MAX_REMEMBERED_USERS: usize = 10_000;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UserProfile {
-    pub subject: String,
-    pub created_at: DateTime<Utc>,
-    pub last_active_at: DateTime<Utc>,
-}
-
-/// What one chat request used and cost: `GET /api/v1/usage/history`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UsageRecord {
-    pub request_id: String,
-    pub conversation_id: String,
-    pub model: String,
-    pub usage: Usage,
-    pub cost_usd: f64,
-    pub latency_ms: u64,
-    pub stop_reason: Option<String>,
-    /// `complete`, `error` or `disconnected`.
-    pub outcome: String,
-    pub created_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone)]
-pub struct UsagePage {
-    pub records: Vec<UsageRecord>,
-    pub next: Option<String>,
-}
 
 #[derive(Serialize, Deserialize)]
 struct Item<T> {
@@ -107,7 +67,26 @@ impl DynamoChat {
         }
     }
 
-    pub async fn user(&self, subject: &str) -> Result<Option<UserProfile>, StoreError> {
+    /// How many rate-limit refusals of a user are on record.
+    pub async fn refusals(&self, subject: &str) -> Result<usize, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :limited)")
+            .expression_attribute_values(":pk", s(user_pk(subject)))
+            .expression_attribute_values(":limited", s("LIMITED#"))
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "Query", &e))?;
+        Ok(out.count as usize)
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatStore for DynamoChat {
+    async fn user(&self, subject: &str) -> Result<Option<UserProfile>, StoreError> {
         self.client
             .get_item()
             .table_name(&self.table)
@@ -122,7 +101,7 @@ impl DynamoChat {
     }
 
     /// Creates the profile unless it exists (a concurrent first sign-in).
-    pub async fn create_user(&self, profile: &UserProfile) -> Result<(), StoreError> {
+    async fn create_user(&self, profile: &UserProfile) -> Result<(), StoreError> {
         let item = to_item(&Item {
             pk: user_pk(&profile.subject),
             sk: "PROFILE".to_owned(),
@@ -146,8 +125,12 @@ impl DynamoChat {
 
     /// Moves `last_active_at` to `now` unless it moved in the last minute
     /// (on any instance). Returns whether it moved.
-    pub async fn touch(&self, subject: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let cutoff = now - TOUCH_INTERVAL;
+    async fn touch(
+        &self,
+        subject: &str,
+        now: DateTime<Utc>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         match self
             .client
             .update_item()
@@ -167,12 +150,11 @@ impl DynamoChat {
         }
     }
 
-    /// Stored turns of a conversation, oldest first (the newest
-    /// [`HISTORY_TURNS`]).
-    pub async fn history(
+    async fn history(
         &self,
         subject: &str,
         conversation: &str,
+        limit: usize,
     ) -> Result<Vec<Turn>, StoreError> {
         let page = self
             .client
@@ -182,7 +164,7 @@ impl DynamoChat {
             .expression_attribute_values(":pk", s(conversation_pk(subject, conversation)))
             .expression_attribute_values(":msg", s("MSG#"))
             .scan_index_forward(false)
-            .limit(HISTORY_TURNS)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .send()
             .await
             .map_err(|e| failed(STORE, "Query", &e))?;
@@ -198,7 +180,7 @@ impl DynamoChat {
 
     /// Appends one exchange, and lists the conversation under its user
     /// (title and creation time from its first exchange).
-    pub async fn append(
+    async fn append(
         &self,
         subject: &str,
         conversation: &str,
@@ -262,11 +244,7 @@ impl DynamoChat {
         })
     }
 
-    pub async fn record_usage(
-        &self,
-        subject: &str,
-        record: &UsageRecord,
-    ) -> Result<(), StoreError> {
+    async fn record_usage(&self, subject: &str, record: &UsageRecord) -> Result<(), StoreError> {
         let item = to_item(&Item {
             pk: user_pk(subject),
             sk: format!(
@@ -281,10 +259,10 @@ impl DynamoChat {
     }
 
     /// Usage records of a user, newest first.
-    pub async fn usage_records(
+    async fn usage_records(
         &self,
         subject: &str,
-        limit: i32,
+        limit: usize,
         cursor: Option<&str>,
     ) -> Result<UsagePage, StoreError> {
         // Only a key of this user's records is a cursor; anything else would
@@ -308,7 +286,7 @@ impl DynamoChat {
             .expression_attribute_values(":pk", s(user_pk(subject)))
             .expression_attribute_values(":req", s("REQ#"))
             .scan_index_forward(false)
-            .limit(limit)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .set_exclusive_start_key(start)
             .send()
             .await
@@ -325,7 +303,7 @@ impl DynamoChat {
     }
 
     /// A request refused by a rate limit: which window, at which limit.
-    pub async fn record_refusal(
+    async fn record_refusal(
         &self,
         subject: &str,
         request_id: &str,
@@ -345,140 +323,6 @@ impl DynamoChat {
             .await
             .map_err(|e| failed(STORE, "PutItem", &e))?;
         Ok(())
-    }
-
-    /// How many rate-limit refusals of a user are on record.
-    pub async fn refusals(&self, subject: &str) -> Result<usize, StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :limited)")
-            .expression_attribute_values(":pk", s(user_pk(subject)))
-            .expression_attribute_values(":limited", s("LIMITED#"))
-            .select(aws_sdk_dynamodb::types::Select::Count)
-            .send()
-            .await
-            .map_err(|e| failed(STORE, "Query", &e))?;
-        Ok(out.count as usize)
-    }
-}
-
-/// Signs JWT subjects in: creates the user (and its metering tenant, tier
-/// `free`) on first sight, keeps `last_active_at` within a minute, and
-/// remembers users per warm instance so a request costs no extra reads.
-#[derive(Debug)]
-pub struct ChatUsers {
-    chat: DynamoChat,
-    tenants: DynamoTenants,
-    tiers: Tiers,
-    seen: Mutex<HashMap<String, Seen>>,
-}
-
-#[derive(Debug, Clone)]
-struct Seen {
-    tenant: Tenant,
-    read_at: Instant,
-    touched_at: DateTime<Utc>,
-}
-
-impl ChatUsers {
-    pub fn new(chat: DynamoChat, tenants: DynamoTenants, tiers: Tiers) -> Self {
-        Self {
-            chat,
-            tenants,
-            tiers,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The signed-in user's metering tenant (tier, quota, billing day).
-    pub async fn sign_in(&self, subject: &str, now: DateTime<Utc>) -> Result<Tenant, StoreError> {
-        let remembered = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(subject)
-            .cloned();
-        let (tenant, read_at, touched_at) = match remembered {
-            Some(seen) if seen.read_at.elapsed() < TENANT_TTL => {
-                (seen.tenant, seen.read_at, seen.touched_at)
-            }
-            Some(seen) => (
-                self.tenant(subject, now).await?,
-                Instant::now(),
-                seen.touched_at,
-            ),
-            None => match self.chat.user(subject).await? {
-                Some(profile) => (
-                    self.tenant(subject, now).await?,
-                    Instant::now(),
-                    profile.last_active_at,
-                ),
-                None => {
-                    let tenant = self.tenant(subject, now).await?;
-                    self.chat
-                        .create_user(&UserProfile {
-                            subject: subject.to_owned(),
-                            created_at: now,
-                            last_active_at: now,
-                        })
-                        .await?;
-                    (tenant, Instant::now(), now)
-                }
-            },
-        };
-        let touched_at = if now - touched_at >= TOUCH_INTERVAL {
-            self.chat.touch(subject, now).await?;
-            now
-        } else {
-            touched_at
-        };
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= MAX_REMEMBERED_USERS {
-            seen.clear();
-        }
-        seen.insert(
-            subject.to_owned(),
-            Seen {
-                tenant: tenant.clone(),
-                read_at,
-                touched_at,
-            },
-        );
-        Ok(tenant)
-    }
-
-    /// Reads the user's tenant, creating it (tier free) if missing.
-    async fn tenant(&self, subject: &str, now: DateTime<Utc>) -> Result<Tenant, StoreError> {
-        let id = user_tenant(subject);
-        if let Some(tenant) = self.tenants.get(&id).await? {
-            return Ok(tenant);
-        }
-        let tenant = Tenant {
-            id: id.clone(),
-            name: format!(
-                "chat user {}",
-                subject.chars().take(150).collect::<String>()
-            ),
-            monthly_quota: self.tiers.free.monthly_tokens,
-            billing_day: BillingDay::try_from(1).expect("1 is a billing day"),
-            tier: Tier::Free,
-            webhooks: Vec::new(),
-            enabled: true,
-            signing_secret: signing_secret(),
-            created_at: now,
-        };
-        // The key is never shown: chat users sign in with JWTs, and the
-        // tenant exists for metering. A concurrent creator may win.
-        if let Err(e) = self
-            .tenants
-            .create(&tenant, &ApiKey::generate().hash())
-            .await
-        {
-            return self.tenants.get(&id).await?.ok_or(e);
-        }
-        Ok(tenant)
     }
 }
 

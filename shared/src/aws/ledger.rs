@@ -13,7 +13,7 @@ use super::{failed, n, query_all, s};
 use crate::backoff::jittered;
 use crate::metering::rollup::{Chunk, Commit, Counter, Ledger};
 use crate::metering::types::TenantId;
-use crate::metering::usage::MinuteUsage;
+use crate::metering::usage::{MinuteUsage, PeriodUsage, UsageReader};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
@@ -66,15 +66,6 @@ fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> &'a str {
     item.get(name)
         .and_then(|v| v.as_s().ok())
         .map_or("", String::as_str)
-}
-
-/// A tenant's usage in one billing period.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeriodUsage {
-    pub tokens: u64,
-    pub events: u64,
-    /// `(feature, tokens, events)`, by feature name.
-    pub features: Vec<(String, u64, u64)>,
 }
 
 impl DynamoLedger {
@@ -133,94 +124,6 @@ impl DynamoLedger {
             );
         }
         Ok(items)
-    }
-
-    /// The tokens counted for `tenant` in `period`, read consistently (the
-    /// rollup checks quota thresholds right after its own writes).
-    pub async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
-        let item = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                format!("TENANT#{tenant}"),
-                format!("PERIOD#{period}"),
-            )))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| failed(STORE, "GetItem", &e))?
-            .item;
-        Ok(item.as_ref().map_or(0, |i| number(i, "tokens")))
-    }
-
-    /// Usage of `tenant` in the period starting on `period` (its key).
-    pub async fn period_usage(
-        &self,
-        tenant: &TenantId,
-        period: &str,
-    ) -> Result<PeriodUsage, StoreError> {
-        let prefix = format!("PERIOD#{period}");
-        let items = self
-            .query(
-                format!("TENANT#{tenant}"),
-                "begins_with(sk, :from)",
-                vec![(":from", s(&prefix))],
-            )
-            .await?;
-        let mut usage = PeriodUsage::default();
-        let feature_prefix = format!("{prefix}#FEATURE#");
-        for item in &items {
-            let sk = text(item, "sk");
-            if sk == prefix {
-                usage.tokens = number(item, "tokens");
-                usage.events = number(item, "events");
-            } else if let Some(feature) = sk.strip_prefix(&feature_prefix) {
-                usage.features.push((
-                    feature.to_owned(),
-                    number(item, "tokens"),
-                    number(item, "events"),
-                ));
-            }
-        }
-        Ok(usage)
-    }
-
-    /// Per-minute usage of `tenant` in `[from, to)`.
-    pub async fn minutes(
-        &self,
-        tenant: &TenantId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<MinuteUsage>, StoreError> {
-        let items = self
-            .query(
-                format!("ROLLUP#{tenant}"),
-                "sk BETWEEN :from AND :to",
-                // '#' sorts before every feature character, '$' right after '#'.
-                vec![
-                    (":from", s(format!("{}#", minute_key(from)))),
-                    (
-                        ":to",
-                        s(format!("{}$", minute_key(to - TimeDelta::minutes(1)))),
-                    ),
-                ],
-            )
-            .await?;
-        Ok(items
-            .iter()
-            .filter_map(|item| {
-                let (minute, feature) = text(item, "sk").split_once('#')?;
-                let minute =
-                    DateTime::parse_from_str(&format!("{minute}:00+0000"), "%Y-%m-%dT%H:%MZ:%S%z")
-                        .ok()?;
-                Some(MinuteUsage {
-                    minute: minute.to_utc(),
-                    feature: feature.to_owned(),
-                    tokens: number(item, "tokens"),
-                })
-            })
-            .collect())
     }
 
     async fn query(
@@ -283,6 +186,97 @@ impl Ledger for DynamoLedger {
             }
             tokio::time::sleep(jittered(Duration::from_millis(50), attempt)).await;
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl UsageReader for DynamoLedger {
+    /// The tokens counted for `tenant` in `period`, read consistently (the
+    /// rollup checks quota thresholds right after its own writes).
+    async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(
+                format!("TENANT#{tenant}"),
+                format!("PERIOD#{period}"),
+            )))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "GetItem", &e))?
+            .item;
+        Ok(item.as_ref().map_or(0, |i| number(i, "tokens")))
+    }
+
+    /// Usage of `tenant` in the period starting on `period` (its key).
+    async fn period_usage(
+        &self,
+        tenant: &TenantId,
+        period: &str,
+    ) -> Result<PeriodUsage, StoreError> {
+        let prefix = format!("PERIOD#{period}");
+        let items = self
+            .query(
+                format!("TENANT#{tenant}"),
+                "begins_with(sk, :from)",
+                vec![(":from", s(&prefix))],
+            )
+            .await?;
+        let mut usage = PeriodUsage::default();
+        let feature_prefix = format!("{prefix}#FEATURE#");
+        for item in &items {
+            let sk = text(item, "sk");
+            if sk == prefix {
+                usage.tokens = number(item, "tokens");
+                usage.events = number(item, "events");
+            } else if let Some(feature) = sk.strip_prefix(&feature_prefix) {
+                usage.features.push((
+                    feature.to_owned(),
+                    number(item, "tokens"),
+                    number(item, "events"),
+                ));
+            }
+        }
+        Ok(usage)
+    }
+
+    /// Per-minute usage of `tenant` in `[from, to)`.
+    async fn minutes(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<MinuteUsage>, StoreError> {
+        let items = self
+            .query(
+                format!("ROLLUP#{tenant}"),
+                "sk BETWEEN :from AND :to",
+                // '#' sorts before every feature character, '$' right after '#'.
+                vec![
+                    (":from", s(format!("{}#", minute_key(from)))),
+                    (
+                        ":to",
+                        s(format!("{}$", minute_key(to - TimeDelta::minutes(1)))),
+                    ),
+                ],
+            )
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let (minute, feature) = text(item, "sk").split_once('#')?;
+                let minute =
+                    DateTime::parse_from_str(&format!("{minute}:00+0000"), "%Y-%m-%dT%H:%MZ:%S%z")
+                        .ok()?;
+                Some(MinuteUsage {
+                    minute: minute.to_utc(),
+                    feature: feature.to_owned(),
+                    tokens: number(item, "tokens"),
+                })
+            })
+            .collect())
     }
 }
 

@@ -3,7 +3,7 @@
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
 use super::describe;
-use crate::metering::ingest::send_batches;
+use crate::metering::ingest::{EventSink, send_batches};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
@@ -22,13 +22,16 @@ impl EventQueue {
             url: url.to_owned(),
         }
     }
+}
 
+#[async_trait::async_trait]
+impl EventSink for EventQueue {
     /// Sends every body, in as few `SendMessageBatch` calls as the limits
     /// allow. Entries SQS reports as failed are retried once; any still
     /// failing make the whole send an error (the client retries with the same
     /// event ids, which the rollup counts once). Returns the number of
     /// SQS requests made.
-    pub async fn send(&self, bodies: &[String]) -> Result<usize, StoreError> {
+    async fn send(&self, bodies: &[String]) -> Result<usize, StoreError> {
         let mut requests = 0;
         for batch in send_batches(bodies) {
             let mut pending: Vec<(usize, &String)> = batch.iter().enumerate().collect();

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{decode_cursor, encode_cursor, failed, is_condition_failure, s};
-use crate::metering::tenants::{KeyHash, Tenant, TenantPatch};
+use crate::metering::tenants::{KeyHash, Tenant, TenantPage, TenantPatch, TenantStore};
 use crate::metering::types::TenantId;
 use crate::store::StoreError;
 
@@ -65,14 +65,6 @@ fn from_item<T: for<'de> Deserialize<'de>>(
     super::from_item(STORE, item)
 }
 
-/// Page of [`DynamoTenants::list`].
-#[derive(Debug, Clone)]
-pub struct TenantPage {
-    pub tenants: Vec<Tenant>,
-    /// Opaque; pass back to get the next page.
-    pub next: Option<String>,
-}
-
 impl DynamoTenants {
     pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
         Self {
@@ -81,8 +73,29 @@ impl DynamoTenants {
         }
     }
 
+    async fn get_item(
+        &self,
+        pk: String,
+        sk: &str,
+        consistent: bool,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        Ok(self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(consistent)
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "GetItem", &e))?
+            .item)
+    }
+}
+
+#[async_trait::async_trait]
+impl TenantStore for DynamoTenants {
     /// Stores a new tenant and its first key, atomically.
-    pub async fn create(&self, tenant: &Tenant, key_hash: &KeyHash) -> Result<(), StoreError> {
+    async fn create(&self, tenant: &Tenant, key_hash: &KeyHash) -> Result<(), StoreError> {
         let profile = ProfileItem {
             pk: tenant_pk(&tenant.id),
             sk: PROFILE.to_owned(),
@@ -114,32 +127,14 @@ impl DynamoTenants {
         Ok(())
     }
 
-    async fn get_item(
-        &self,
-        pk: String,
-        sk: &str,
-        consistent: bool,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
-        Ok(self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk)))
-            .consistent_read(consistent)
-            .send()
-            .await
-            .map_err(|e| failed(STORE, "GetItem", &e))?
-            .item)
-    }
-
-    pub async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+    async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
         let item = self.get_item(tenant_pk(id), PROFILE, false).await?;
         item.map(|i| from_item::<ProfileItem>(i).map(|p| p.tenant))
             .transpose()
     }
 
     /// The tenant a key belongs to, if the key exists and has not expired.
-    pub async fn tenant_of_key(
+    async fn tenant_of_key(
         &self,
         hash: &KeyHash,
         now: DateTime<Utc>,
@@ -156,7 +151,7 @@ impl DynamoTenants {
     }
 
     /// One page of tenants, oldest storage order first.
-    pub async fn list(&self, limit: i32, cursor: Option<&str>) -> Result<TenantPage, StoreError> {
+    async fn list(&self, limit: usize, cursor: Option<&str>) -> Result<TenantPage, StoreError> {
         let start = cursor.map(decode_cursor).transpose()?;
         let page = self
             .client
@@ -164,7 +159,7 @@ impl DynamoTenants {
             .table_name(&self.table)
             .filter_expression("sk = :profile")
             .expression_attribute_values(":profile", s(PROFILE))
-            .limit(limit)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .set_exclusive_start_key(start)
             .send()
             .await
@@ -183,7 +178,7 @@ impl DynamoTenants {
 
     /// Applies `patch` field by field (concurrent patches of different
     /// fields both land); `None` if the tenant does not exist.
-    pub async fn update(
+    async fn update(
         &self,
         id: &TenantId,
         patch: &TenantPatch,
@@ -241,7 +236,7 @@ impl DynamoTenants {
 
     /// Makes `new` the tenant's key; the old one works until `grace_until`.
     /// `None` if the tenant does not exist.
-    pub async fn rotate_key(
+    async fn rotate_key(
         &self,
         id: &TenantId,
         new: &KeyHash,
@@ -298,47 +293,4 @@ impl DynamoTenants {
 
 fn attribute<T: Serialize>(value: &T) -> Result<AttributeValue, StoreError> {
     serde_dynamo::to_attribute_value(value).map_err(|e| StoreError::corrupt(STORE, e))
-}
-
-/// Tenants by API key, remembered per warm instance for `ttl`: ingest then
-/// costs no table read per request, and a disabled tenant or an expired key
-/// is refused within `ttl`. Unknown keys are remembered too, so a flood of
-/// bad keys cannot hammer the table.
-#[derive(Debug)]
-pub struct CachedKeys {
-    tenants: DynamoTenants,
-    ttl: std::time::Duration,
-    entries: tokio::sync::Mutex<HashMap<KeyHash, (Option<Tenant>, std::time::Instant)>>,
-}
-
-/// Entries kept at most; past it the cache starts over (cheap, and bounded).
-const KEY_CACHE_ENTRIES: usize = 10_000;
-
-impl CachedKeys {
-    pub fn new(tenants: DynamoTenants, ttl: std::time::Duration) -> Self {
-        Self {
-            tenants,
-            ttl,
-            entries: tokio::sync::Mutex::default(),
-        }
-    }
-
-    /// The tenant `hash` belongs to, if any.
-    pub async fn tenant(&self, hash: &KeyHash) -> Result<Option<Tenant>, StoreError> {
-        if let Some((tenant, at)) = self.entries.lock().await.get(hash)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(tenant.clone());
-        }
-        let tenant = match self.tenants.tenant_of_key(hash, Utc::now()).await? {
-            Some(id) => self.tenants.get(&id).await?,
-            None => None,
-        };
-        let mut entries = self.entries.lock().await;
-        if entries.len() >= KEY_CACHE_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(hash.clone(), (tenant.clone(), std::time::Instant::now()));
-        Ok(tenant)
-    }
 }

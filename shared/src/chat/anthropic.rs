@@ -6,13 +6,16 @@
 //! **cumulative** usage), `message_stop`, with `ping` anywhere and `error`
 //! possibly mid-stream. [`SseParser`] cuts bytes into frames whatever the
 //! chunking; [`UpstreamEvent::parse`] reads the frames Ingot cares about.
+//! [`AnthropicHttp`] is the HTTP client behind [`ModelApi`].
 
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::history::{Role, Turn};
 use super::request::ChatRequest;
 use super::settings::Usage;
+use super::upstream::{Answer, HEADERS_TIMEOUT, ModelApi};
 
 pub const API_VERSION: &str = "2023-06-01";
 
@@ -261,6 +264,57 @@ pub fn error_body(body: &[u8]) -> Option<(String, String)> {
     serde_json::from_slice::<Body>(body)
         .ok()
         .map(|b| (b.error.kind, b.error.message))
+}
+
+/// Anthropic's Messages API over HTTPS: the production [`ModelApi`].
+#[derive(Debug, Clone)]
+pub struct AnthropicHttp {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl AnthropicHttp {
+    pub fn new(http: reqwest::Client, base_url: &str) -> Self {
+        Self {
+            http,
+            url: format!("{base_url}/v1/messages"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ModelApi for AnthropicHttp {
+    async fn send(&self, api_key: &str, body: &Value) -> Answer {
+        let sent = tokio::time::timeout(
+            HEADERS_TIMEOUT,
+            self.http
+                .post(&self.url)
+                .header("x-api-key", api_key)
+                .header("anthropic-version", API_VERSION)
+                .header("accept", "text/event-stream")
+                .json(body)
+                .send(),
+        )
+        .await;
+        match sent {
+            Err(_) => Answer::TimedOut,
+            Ok(Err(error)) => Answer::Unreachable(error.without_url().to_string()),
+            Ok(Ok(response)) if response.status().is_success() => Answer::Streaming(Box::pin(
+                response
+                    .bytes_stream()
+                    .map(|chunk| chunk.map_err(|e| e.without_url().to_string())),
+            )),
+            Ok(Ok(response)) => Answer::Refused {
+                status: response.status().as_u16(),
+                retry_after: response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok()),
+                body: response.bytes().await.unwrap_or_default(),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -207,6 +207,30 @@ impl ChatSettings {
     }
 }
 
+/// The AWS resources a chat request uses, named by the environment.
+#[derive(Debug, Clone)]
+pub struct ChatResources {
+    pub chat_table: String,
+    pub usage_table: String,
+    pub tenants_table: String,
+    pub rate_limit_table: String,
+    pub events_queue_url: String,
+    pub anthropic_api_key_secret: String,
+}
+
+impl ChatResources {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            chat_table: env.required("CHAT_TABLE")?,
+            usage_table: env.required("USAGE_TABLE")?,
+            tenants_table: env.required("TENANTS_TABLE")?,
+            rate_limit_table: env.required("RATE_LIMIT_TABLE")?,
+            events_queue_url: env.required("EVENTS_QUEUE_URL")?,
+            anthropic_api_key_secret: env.required("ANTHROPIC_API_KEY_SECRET")?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

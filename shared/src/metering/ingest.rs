@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
+use crate::store::StoreError;
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const MAX_EVENTS: usize = 1000;
@@ -220,6 +221,46 @@ fn check_properties(map: &Map<String, Value>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The events queue: where accepted events wait for the rollup (SQS in
+/// production).
+#[async_trait::async_trait]
+pub trait EventSink: Send + Sync {
+    /// Sends every body ([`pack`]ed messages); all are on the queue when
+    /// this returns `Ok`, with the number of queue requests it took.
+    async fn send(&self, bodies: &[String]) -> Result<usize, StoreError>;
+}
+
+/// A queue in memory: the double for handler tests. `fail` makes every
+/// send fail, as an unreachable queue would.
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    sent: std::sync::Mutex<Vec<String>>,
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryQueue {
+    /// Every message body sent so far, in order.
+    pub fn sent(&self) -> Vec<String> {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl EventSink for MemoryQueue {
+    async fn send(&self, bodies: &[String]) -> Result<usize, StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Unavailable {
+                store: "events queue",
+                operation: "send",
+                message: "failing on purpose".into(),
+            });
+        }
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.extend_from_slice(bodies);
+        Ok(send_batches(bodies).len())
+    }
 }
 
 /// Serialises `events` into as few queue message bodies as fit in

@@ -5,11 +5,15 @@
 //! stored, so a leaked table does not leak keys. A rotated-out key keeps
 //! working for a grace period so clients can roll over without downtime.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::types::{BillingDay, Invalid, TenantId};
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -249,6 +253,203 @@ impl KeyHash {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One page of tenants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantPage {
+    pub tenants: Vec<Tenant>,
+    /// Opaque; pass back to get the next page.
+    pub next: Option<String>,
+}
+
+/// Where tenants and their key hashes are kept (DynamoDB in production).
+#[async_trait::async_trait]
+pub trait TenantStore: Send + Sync {
+    /// Creates the tenant and its key; fails if the tenant exists.
+    async fn create(&self, tenant: &Tenant, key_hash: &KeyHash) -> Result<(), StoreError>;
+
+    async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
+
+    /// The tenant a key belongs to, if the key exists and has not expired.
+    async fn tenant_of_key(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TenantId>, StoreError>;
+
+    /// One page of tenants, in storage order.
+    async fn list(&self, limit: usize, cursor: Option<&str>) -> Result<TenantPage, StoreError>;
+
+    /// Applies `patch`; `None` if there is no such tenant.
+    async fn update(
+        &self,
+        id: &TenantId,
+        patch: &TenantPatch,
+    ) -> Result<Option<Tenant>, StoreError>;
+
+    /// Makes `new` the tenant's key; the old one keeps working until
+    /// `grace_until`. `None` if there is no such tenant.
+    async fn rotate_key(
+        &self,
+        id: &TenantId,
+        new: &KeyHash,
+        grace_until: DateTime<Utc>,
+    ) -> Result<Option<()>, StoreError>;
+}
+
+/// Tenants by API key, remembered per warm instance for `ttl`: ingest then
+/// costs no table read per request, and a disabled tenant or an expired key
+/// is refused within `ttl`. Unknown keys are remembered too, so a flood of
+/// bad keys cannot hammer the table.
+pub struct CachedKeys {
+    tenants: Arc<dyn TenantStore>,
+    ttl: std::time::Duration,
+    entries: tokio::sync::Mutex<HashMap<KeyHash, (Option<Tenant>, std::time::Instant)>>,
+}
+
+/// Entries kept at most; past it the cache starts over (cheap, and bounded).
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+impl CachedKeys {
+    pub fn new(tenants: Arc<dyn TenantStore>, ttl: std::time::Duration) -> Self {
+        Self {
+            tenants,
+            ttl,
+            entries: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The tenant `hash` belongs to, if any.
+    pub async fn tenant(&self, hash: &KeyHash) -> Result<Option<Tenant>, StoreError> {
+        if let Some((tenant, at)) = self.entries.lock().await.get(hash)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(tenant.clone());
+        }
+        let tenant = match self.tenants.tenant_of_key(hash, Utc::now()).await? {
+            Some(id) => self.tenants.get(&id).await?,
+            None => None,
+        };
+        let mut entries = self.entries.lock().await;
+        if entries.len() >= KEY_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash.clone(), (tenant.clone(), std::time::Instant::now()));
+        Ok(tenant)
+    }
+}
+
+/// Tenants in memory: the double for handler tests. Cursors are offsets;
+/// `fail` makes every call fail as an unreachable table would.
+#[derive(Debug, Default)]
+pub struct MemoryTenants {
+    data: std::sync::Mutex<TenantData>,
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct TenantData {
+    /// In creation order.
+    tenants: Vec<Tenant>,
+    /// Key hash → tenant and, once rotated out, when it stops working.
+    keys: HashMap<KeyHash, (TenantId, Option<DateTime<Utc>>)>,
+}
+
+impl MemoryTenants {
+    fn data(&self) -> Result<std::sync::MutexGuard<'_, TenantData>, StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Unavailable {
+                store: "tenant store",
+                operation: "memory",
+                message: "failing on purpose".into(),
+            });
+        }
+        Ok(self.data.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[async_trait::async_trait]
+impl TenantStore for MemoryTenants {
+    async fn create(&self, tenant: &Tenant, key_hash: &KeyHash) -> Result<(), StoreError> {
+        let mut data = self.data()?;
+        if data.tenants.iter().any(|t| t.id == tenant.id) {
+            return Err(StoreError::Unavailable {
+                store: "tenant store",
+                operation: "create",
+                message: format!("tenant {} exists", tenant.id),
+            });
+        }
+        data.tenants.push(tenant.clone());
+        data.keys
+            .insert(key_hash.clone(), (tenant.id.clone(), None));
+        Ok(())
+    }
+
+    async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        Ok(self.data()?.tenants.iter().find(|t| &t.id == id).cloned())
+    }
+
+    async fn tenant_of_key(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TenantId>, StoreError> {
+        Ok(match self.data()?.keys.get(hash) {
+            Some((_, Some(until))) if *until <= now => None,
+            Some((id, _)) => Some(id.clone()),
+            None => None,
+        })
+    }
+
+    async fn list(&self, limit: usize, cursor: Option<&str>) -> Result<TenantPage, StoreError> {
+        let data = self.data()?;
+        let skip = match cursor {
+            None => 0,
+            Some(c) => c.parse::<usize>().map_err(|_| StoreError::BadCursor)?,
+        };
+        let tenants: Vec<Tenant> = data
+            .tenants
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect();
+        let next =
+            (skip + tenants.len() < data.tenants.len()).then(|| (skip + tenants.len()).to_string());
+        Ok(TenantPage { tenants, next })
+    }
+
+    async fn update(
+        &self,
+        id: &TenantId,
+        patch: &TenantPatch,
+    ) -> Result<Option<Tenant>, StoreError> {
+        let mut data = self.data()?;
+        Ok(data.tenants.iter_mut().find(|t| &t.id == id).map(|t| {
+            patch.clone().apply(t);
+            t.clone()
+        }))
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &TenantId,
+        new: &KeyHash,
+        grace_until: DateTime<Utc>,
+    ) -> Result<Option<()>, StoreError> {
+        let mut data = self.data()?;
+        if !data.tenants.iter().any(|t| &t.id == id) {
+            return Ok(None);
+        }
+        for (tenant, until) in data.keys.values_mut() {
+            if tenant == id && until.is_none() {
+                *until = Some(grace_until);
+            }
+        }
+        data.keys.insert(new.clone(), (id.clone(), None));
+        Ok(Some(()))
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! Reading usage back: windows, resolutions and the series the usage API
 //! returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::period::BillingPeriod;
-use super::types::Invalid;
+use super::tenants::{Tenant, TenantStore};
+use super::types::{Invalid, TenantId};
+use crate::store::StoreError;
 
 /// Tokens of one feature in one minute, as stored by the rollup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,9 +20,110 @@ pub struct MinuteUsage {
     pub tokens: u64,
 }
 
+/// A tenant's usage in one billing period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeriodUsage {
+    pub tokens: u64,
+    pub events: u64,
+    /// `(feature, tokens, events)`, by feature name.
+    pub features: Vec<(String, u64, u64)>,
+}
+
+/// Reading what the rollup counted (DynamoDB in production).
+#[async_trait::async_trait]
+pub trait UsageReader: Send + Sync {
+    /// The tokens counted for `tenant` in `period` (its key), read
+    /// consistently (the rollup checks quota thresholds right after its
+    /// own writes).
+    async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError>;
+
+    /// Usage of `tenant` in the period starting on `period` (its key).
+    async fn period_usage(
+        &self,
+        tenant: &TenantId,
+        period: &str,
+    ) -> Result<PeriodUsage, StoreError>;
+
+    /// Per-minute usage of `tenant` in `[from, to)`.
+    async fn minutes(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<MinuteUsage>, StoreError>;
+}
+
+/// Counted usage in memory: the double for handler tests. `fail` makes
+/// every read fail, as an unreachable table would.
+#[derive(Debug, Default)]
+pub struct MemoryUsage {
+    periods: std::sync::Mutex<HashMap<(TenantId, String), PeriodUsage>>,
+    minutes: std::sync::Mutex<Vec<(TenantId, MinuteUsage)>>,
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryUsage {
+    /// Sets what `tenant` used in `period` (its key).
+    pub fn set_period(&self, tenant: &TenantId, period: &str, usage: PeriodUsage) {
+        let mut periods = self.periods.lock().unwrap_or_else(|e| e.into_inner());
+        periods.insert((tenant.clone(), period.to_owned()), usage);
+    }
+
+    pub fn add_minute(&self, tenant: &TenantId, usage: MinuteUsage) {
+        let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
+        minutes.push((tenant.clone(), usage));
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Unavailable {
+                store: "usage store",
+                operation: "memory",
+                message: "failing on purpose".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl UsageReader for MemoryUsage {
+    async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
+        Ok(self.period_usage(tenant, period).await?.tokens)
+    }
+
+    async fn period_usage(
+        &self,
+        tenant: &TenantId,
+        period: &str,
+    ) -> Result<PeriodUsage, StoreError> {
+        self.check()?;
+        let periods = self.periods.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(periods
+            .get(&(tenant.clone(), period.to_owned()))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn minutes(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<MinuteUsage>, StoreError> {
+        self.check()?;
+        let minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(minutes
+            .iter()
+            .filter(|(t, m)| t == tenant && m.minute >= from && m.minute < to)
+            .map(|(_, m)| m.clone())
+            .collect())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Window {
+pub enum UsageWindow {
     #[serde(rename = "1h")]
     Hour,
     #[serde(rename = "24h")]
@@ -37,7 +141,7 @@ pub enum Resolution {
     Day,
 }
 
-impl Window {
+impl UsageWindow {
     pub const ALLOWED: &'static str = "1h, 24h, 7d, period";
 
     pub fn parse(value: &str) -> Result<Self, Invalid> {
@@ -98,7 +202,7 @@ pub const MAX_POINTS: i64 = 1440;
 
 /// The `[from, to)` range a window covers at `now`, aligned to `resolution`.
 pub fn range(
-    window: Window,
+    window: UsageWindow,
     resolution: Resolution,
     now: DateTime<Utc>,
     period: &BillingPeriod,
@@ -106,10 +210,10 @@ pub fn range(
     let step = resolution.step();
     let to = now.duration_trunc(step).unwrap_or(now) + step;
     let from = match window {
-        Window::Hour => to - TimeDelta::hours(1),
-        Window::Day => to - TimeDelta::hours(24),
-        Window::Week => to - TimeDelta::days(7),
-        Window::Period => period.start,
+        UsageWindow::Hour => to - TimeDelta::hours(1),
+        UsageWindow::Day => to - TimeDelta::hours(24),
+        UsageWindow::Week => to - TimeDelta::days(7),
+        UsageWindow::Period => period.start,
     };
     if (to - from).num_seconds() / step.num_seconds() > MAX_POINTS {
         return Err(Invalid(format!(
@@ -152,6 +256,96 @@ pub fn series(
         .collect()
 }
 
+/// What `GET /usage/{tenant}` shows: this period's totals (by feature) and
+/// a series over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageReport {
+    pub period: BillingPeriod,
+    pub totals: PeriodUsage,
+    pub window: UsageWindow,
+    pub resolution: Resolution,
+    pub series: Vec<Point>,
+}
+
+/// Why a usage report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The window and resolution ask for too many points.
+    #[error("{}", .0.0)]
+    TooManyPoints(Invalid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `tenant`'s usage report at `now` (the resolution defaults to the
+/// window's own).
+pub async fn report(
+    reader: &dyn UsageReader,
+    tenant: &Tenant,
+    window: UsageWindow,
+    resolution: Option<Resolution>,
+    now: DateTime<Utc>,
+) -> Result<UsageReport, ReportError> {
+    let resolution = resolution.unwrap_or_else(|| window.default_resolution());
+    let period = BillingPeriod::containing(now, tenant.billing_day);
+    let (from, to) = range(window, resolution, now, &period).map_err(ReportError::TooManyPoints)?;
+    let period_key = period.key();
+    let (totals, minutes) = tokio::try_join!(
+        reader.period_usage(&tenant.id, &period_key),
+        reader.minutes(&tenant.id, from, to),
+    )?;
+    Ok(UsageReport {
+        period,
+        totals,
+        window,
+        resolution,
+        series: series(&minutes, from, to, resolution),
+    })
+}
+
+/// One tenant's line on the admin dashboard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodTotal {
+    pub tenant: Tenant,
+    pub period: BillingPeriod,
+    pub tokens: u64,
+}
+
+/// Tenants listed for the dashboard, at most (pages of 100).
+pub const DASHBOARD_TENANTS: usize = 1000;
+
+/// Every tenant's tokens in its current period (up to
+/// [`DASHBOARD_TENANTS`]), by name.
+pub async fn period_totals(
+    tenants: &dyn TenantStore,
+    reader: &dyn UsageReader,
+    now: DateTime<Utc>,
+) -> Result<Vec<PeriodTotal>, StoreError> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = tenants.list(100, cursor.as_deref()).await?;
+        all.extend(page.tenants);
+        cursor = page.next;
+        if cursor.is_none() || all.len() >= DASHBOARD_TENANTS {
+            break;
+        }
+    }
+    let reads = futures_util::stream::iter(all.into_iter().map(|tenant| async move {
+        let period = BillingPeriod::containing(now, tenant.billing_day);
+        let tokens = reader.period_total(&tenant.id, &period.key()).await?;
+        Ok::<_, StoreError>(PeriodTotal {
+            tenant,
+            period,
+            tokens,
+        })
+    }));
+    // A few reads in flight at a time: fast, without a burst per tenant.
+    let mut rows: Vec<PeriodTotal> = reads.buffered(8).try_collect().await?;
+    rows.sort_by(|a, b| a.tenant.name.cmp(&b.tenant.name));
+    Ok(rows)
+}
+
 /// Percent of `quota` used, two decimals (a zero quota counts as fully used
 /// as soon as anything is).
 pub fn quota_percent(used: u64, quota: u64) -> f64 {
@@ -187,10 +381,10 @@ mod tests {
 
     #[test]
     fn parses_windows_and_resolutions_and_names_the_allowed_values() {
-        assert_eq!(Window::parse("7d"), Ok(Window::Week));
+        assert_eq!(UsageWindow::parse("7d"), Ok(UsageWindow::Week));
         assert_eq!(Resolution::parse("hour"), Ok(Resolution::Hour));
         assert_eq!(
-            Window::parse("2d").unwrap_err().0,
+            UsageWindow::parse("2d").unwrap_err().0,
             "window must be one of 1h, 24h, 7d, period"
         );
         assert!(Resolution::parse("second").is_err());
@@ -199,7 +393,7 @@ mod tests {
     #[test]
     fn hour_window_at_minute_resolution_has_60_points_ending_now() {
         let (from, to) = range(
-            Window::Hour,
+            UsageWindow::Hour,
             Resolution::Minute,
             at("2026-11-22T10:30:20Z"),
             &period(),
@@ -215,7 +409,7 @@ mod tests {
     #[test]
     fn period_window_starts_at_the_period_start() {
         let (from, to) = range(
-            Window::Period,
+            UsageWindow::Period,
             Resolution::Day,
             at("2026-11-22T10:30:00Z"),
             &period(),
@@ -232,7 +426,7 @@ mod tests {
     fn too_many_points_is_an_error() {
         assert!(
             range(
-                Window::Week,
+                UsageWindow::Week,
                 Resolution::Minute,
                 at("2026-11-22T10:30:00Z"),
                 &period()
@@ -241,7 +435,7 @@ mod tests {
         );
         assert!(
             range(
-                Window::Day,
+                UsageWindow::Day,
                 Resolution::Minute,
                 at("2026-11-22T10:30:00Z"),
                 &period()
