@@ -154,6 +154,35 @@ impl ScriptedModel {
         }
     }
 
+    /// Streams a complete reply of `text`, as Anthropic frames it: the
+    /// prompt's `input_tokens` in `message_start`, `output_tokens` in the
+    /// final `message_delta`.
+    pub fn replying(text: &str, input_tokens: u64, output_tokens: u64) -> Self {
+        let frame = |event: Value| {
+            format!(
+                "event: {}\ndata: {event}\n\n",
+                event["type"].as_str().unwrap_or_default()
+            )
+        };
+        Self::streaming(vec![
+            frame(serde_json::json!({"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "content": [],
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1}}})),
+            frame(
+                serde_json::json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ),
+            frame(
+                serde_json::json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": text}}),
+            ),
+            frame(serde_json::json!({"type": "content_block_stop", "index": 0})),
+            frame(serde_json::json!({"type": "message_delta",
+                "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output_tokens}})),
+            frame(serde_json::json!({"type": "message_stop"})),
+        ])
+    }
+
     /// Answers the next calls with `answers` first.
     pub fn then(self, answers: impl IntoIterator<Item = Answer>) -> Self {
         self.script

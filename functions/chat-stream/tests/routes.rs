@@ -1,0 +1,394 @@
+//! `chat-stream`'s routes through memory doubles of every edge: no
+//! emulator, no Anthropic. tests/chat.rs drives the same routes against the
+//! emulator and the Anthropic stub.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::http::{Request, StatusCode};
+use chat_stream::{Config, Edges, FUNCTION, router};
+use chrono::Utc;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use shared::chat::store::MemoryChat;
+use shared::chat::upstream::{Answer, ScriptedModel};
+use shared::chat::user_tenant;
+use shared::clock::FixedClock;
+use shared::config::Env;
+use shared::health::HealthChecks;
+use shared::jwt::MemoryTokens;
+use shared::metering::ingest::MemoryQueue;
+use shared::metering::period::BillingPeriod;
+use shared::metering::tenants::{ApiKey, MemoryTenants, Tenant, TenantStore, Tier};
+use shared::metering::usage::{MemoryUsage, PeriodUsage};
+use shared::ratelimit::MemoryCounter;
+use shared::secrets::MemorySecrets;
+use tower::ServiceExt;
+
+const TOKEN: &str = "token-of-user-1";
+const SUBJECT: &str = "user_1";
+
+struct Chat {
+    router: Router,
+    chat: Arc<MemoryChat>,
+    tenants: Arc<MemoryTenants>,
+    counter: Arc<MemoryCounter>,
+    usage: Arc<MemoryUsage>,
+    queue: Arc<MemoryQueue>,
+    model: Arc<ScriptedModel>,
+}
+
+fn config(extra: &[(&str, &str)]) -> Config {
+    let mut env = Env::from_pairs([
+        ("CHAT_TABLE", "chat"),
+        ("USAGE_TABLE", "usage"),
+        ("TENANTS_TABLE", "tenants"),
+        ("RATE_LIMIT_TABLE", "limits"),
+        ("EVENTS_QUEUE_URL", "http://queue"),
+        ("ANTHROPIC_API_KEY_SECRET", "anthropic"),
+    ]);
+    for (name, value) in extra {
+        env = env.with(name, value);
+    }
+    Config::from_env(&env).unwrap()
+}
+
+fn chat_with(model: ScriptedModel, api_key: &str, extra: &[(&str, &str)]) -> Chat {
+    chat_signed_in_by(
+        Some(MemoryTokens::default().with(TOKEN, SUBJECT)),
+        model,
+        api_key,
+        extra,
+    )
+}
+
+fn chat_signed_in_by(
+    tokens: Option<MemoryTokens>,
+    model: ScriptedModel,
+    api_key: &str,
+    extra: &[(&str, &str)],
+) -> Chat {
+    let chat = Arc::new(MemoryChat::default());
+    let tenants = Arc::new(MemoryTenants::default());
+    let counter = Arc::new(MemoryCounter::default());
+    let usage = Arc::new(MemoryUsage::default());
+    let queue = Arc::new(MemoryQueue::default());
+    let model = Arc::new(model);
+    let edges = Edges {
+        verifier: tokens.map(|t| Arc::new(t) as Arc<dyn shared::jwt::TokenVerifier>),
+        chat: chat.clone(),
+        tenants: tenants.clone(),
+        rate_counter: counter.clone(),
+        usage: usage.clone(),
+        queue: queue.clone(),
+        secrets: Arc::new(MemorySecrets::default().with("anthropic", api_key)),
+        model: model.clone(),
+        clock: Arc::new(FixedClock::at(Utc::now())),
+    };
+    let router = router(&config(extra), edges, HealthChecks::new(FUNCTION, "test"));
+    Chat {
+        router,
+        chat,
+        tenants,
+        counter,
+        usage,
+        queue,
+        model,
+    }
+}
+
+fn chat() -> Chat {
+    chat_with(
+        ScriptedModel::replying("Hello there", 12, 5),
+        r#"{"api_key":"sk-test"}"#,
+        &[],
+    )
+}
+
+fn ask(token: Option<&str>, body: Value) -> Request<Body> {
+    let mut request =
+        Request::post("/api/v1/chat/stream").header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request.body(Body::from(body.to_string())).unwrap()
+}
+
+fn hello() -> Value {
+    json!({"message": "Hi"})
+}
+
+struct Answered {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answered {
+    fn problem(&self) -> Value {
+        assert_eq!(self.headers["content-type"], "application/problem+json");
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `request` and reads the whole body: for a stream, that is after
+/// the relay has recorded the usage.
+async fn send(router: &Router, request: Request<Body>) -> Answered {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Answered {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn streams_the_reply_and_records_usage_history_and_metering_events() {
+    let chat = chat();
+    let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.headers["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    assert_eq!(answer.headers["x-ratelimit-limit"], "10");
+    let text = answer.text();
+    let order: Vec<&str> = ["stream_start", "content_delta", "stream_complete"]
+        .into_iter()
+        .filter(|event| text.contains(&format!("event: {event}")))
+        .collect();
+    assert_eq!(
+        order,
+        ["stream_start", "content_delta", "stream_complete"],
+        "{text}"
+    );
+    assert!(text.contains("Hello there"));
+
+    let stored = chat.chat.snapshot();
+    let records = &stored.records[SUBJECT];
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (
+            records[0].usage.input_tokens,
+            records[0].usage.output_tokens
+        ),
+        (12, 5)
+    );
+    assert_eq!(records[0].outcome, "complete");
+    assert_eq!(stored.turns.values().map(Vec::len).sum::<usize>(), 2);
+    let queued = chat.queue.sent().join("\n");
+    assert!(queued.contains(user_tenant(SUBJECT).as_str()), "{queued}");
+    // The model got the message as the last user turn.
+    let sent = chat.model.sent();
+    assert_eq!(sent[0]["messages"][0]["content"][0]["text"], "Hi");
+    assert_eq!(sent[0]["stream"], true);
+}
+
+#[tokio::test]
+async fn refuses_missing_and_unknown_tokens_before_anything_else() {
+    let chat = chat();
+    let missing = send(&chat.router, ask(None, hello())).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.problem()["code"], "missing_credentials");
+    let unknown = send(&chat.router, ask(Some("forged"), hello())).await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.problem()["code"], "invalid_token");
+    assert!(chat.model.sent().is_empty());
+    assert!(chat.chat.snapshot().users.is_empty());
+}
+
+#[tokio::test]
+async fn refuses_bad_bodies_with_the_reason_and_never_calls_upstream() {
+    let chat = chat();
+    for body in [
+        json!({}),
+        json!({"message": ""}),
+        json!({"message": "hi", "max_tokens": 0}),
+    ] {
+        let answer = send(&chat.router, ask(Some(TOKEN), body.clone())).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(answer.problem()["code"], "invalid_request");
+    }
+    assert!(chat.model.sent().is_empty());
+}
+
+#[tokio::test]
+async fn the_eleventh_request_in_a_minute_is_refused_recorded_and_never_sent() {
+    let chat = chat();
+    for _ in 0..10 {
+        let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.problem()["code"], "rate_limited");
+    assert_eq!(refused.headers["x-ratelimit-remaining"], "0");
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(chat.model.sent().len(), 10);
+    let refusals = chat.chat.snapshot().refusals;
+    assert_eq!(refusals.len(), 1);
+    assert_eq!((refusals[0].2.as_str(), refusals[0].3), ("minute", 10));
+}
+
+#[tokio::test]
+async fn a_used_up_quota_is_refused_with_its_reset_and_no_upstream_call() {
+    let chat = chat();
+    let tenant = user_tenant(SUBJECT);
+    let period = BillingPeriod::containing(Utc::now(), 1.try_into().unwrap());
+    let used = PeriodUsage {
+        tokens: 100_000,
+        ..PeriodUsage::default()
+    };
+    chat.usage.set_period(&tenant, &period.key(), used);
+    let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let problem = refused.problem();
+    assert_eq!(problem["code"], "quota_exceeded");
+    assert_eq!(
+        (problem["quota"].as_u64(), problem["used"].as_u64()),
+        (Some(100_000), Some(100_000))
+    );
+    assert_eq!(refused.headers["x-ratelimit-limit"], "10");
+    assert!(chat.model.sent().is_empty());
+}
+
+#[tokio::test]
+async fn a_disabled_account_is_forbidden() {
+    let chat = chat();
+    let disabled = Tenant {
+        id: user_tenant(SUBJECT),
+        name: "chat user".into(),
+        monthly_quota: 100_000,
+        billing_day: 1.try_into().unwrap(),
+        tier: Tier::Free,
+        webhooks: Vec::new(),
+        enabled: false,
+        signing_secret: "whsec_test".into(),
+        created_at: Utc::now(),
+    };
+    let key = ApiKey::generate().hash();
+    chat.tenants.create(&disabled, &key).await.unwrap();
+    let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.problem()["code"], "account_disabled");
+    assert!(chat.model.sent().is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_rate_limit_store_fails_open_unless_told_to_fail_closed() {
+    let open = chat();
+    open.counter.fail.store(true, Ordering::Relaxed);
+    let answer = send(&open.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(!answer.headers.contains_key("x-ratelimit-limit"));
+
+    let closed = chat_with(
+        ScriptedModel::replying("x", 1, 1),
+        "k",
+        &[("RATE_LIMIT_FAIL_CLOSED", "true")],
+    );
+    closed.counter.fail.store(true, Ordering::Relaxed);
+    let refused = send(&closed.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.problem()["dependency"], "rate-limit store");
+    assert!(closed.model.sent().is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_chat_store_is_a_503_naming_it() {
+    let chat = chat();
+    chat.chat.fail.store(true, Ordering::Relaxed);
+    let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.problem()["dependency"], "chat store");
+    assert!(answer.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn an_overloaded_model_is_retried_twice_then_a_503() {
+    let overloaded = || Answer::Refused {
+        status: 529,
+        retry_after: None,
+        body: Bytes::from_static(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        ),
+    };
+    let chat = chat_with(
+        ScriptedModel::default().then([overloaded(), overloaded(), overloaded()]),
+        "k",
+        &[],
+    );
+    let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.problem()["code"], "upstream_overloaded");
+    assert_eq!(chat.model.sent().len(), 3);
+}
+
+#[tokio::test]
+async fn a_request_the_model_rejects_is_the_clients_400() {
+    let rejected = Answer::Refused {
+        status: 400,
+        retry_after: None,
+        body: Bytes::from_static(br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long"}}"#),
+    };
+    let chat = chat_with(ScriptedModel::default().then([rejected]), "k", &[]);
+    let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let problem = answer.problem();
+    assert_eq!(problem["code"], "upstream_rejected");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("prompt is too long")
+    );
+}
+
+#[tokio::test]
+async fn an_unset_api_key_is_a_503_before_any_upstream_call() {
+    let chat = chat_with(ScriptedModel::replying("x", 1, 1), r#"{"api_key":""}"#, &[]);
+    let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        answer.problem()["dependency"],
+        "Anthropic API key (not set)"
+    );
+    assert!(chat.model.sent().is_empty());
+}
+
+#[tokio::test]
+async fn a_continued_conversation_sends_its_history() {
+    let chat = chat();
+    let first = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    let conversation = first
+        .text()
+        .split("\"conversation_id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let next = json!({"message": "And then?", "conversation_id": conversation});
+    assert_eq!(
+        send(&chat.router, ask(Some(TOKEN), next)).await.status,
+        StatusCode::OK
+    );
+    let messages = &chat.model.sent()[1]["messages"];
+    assert_eq!(messages.as_array().unwrap().len(), 3, "{messages}");
+    assert_eq!(messages[1]["content"], "Hello there");
+}
+
+#[tokio::test]
+async fn sign_in_off_is_a_503_not_a_401() {
+    let chat = chat_signed_in_by(None, ScriptedModel::replying("x", 1, 1), "k", &[]);
+    let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.problem()["code"], "sign_in_unavailable");
+}
