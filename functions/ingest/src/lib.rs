@@ -19,6 +19,7 @@ use shared::auth::require_tenant;
 use shared::aws::SdkConfig;
 use shared::aws::queue::EventQueue;
 use shared::aws::tenants::DynamoTenants;
+use shared::clock::SystemClock;
 use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
@@ -74,6 +75,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         keys: Arc::new(CachedKeys::new(
             Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
             config.key_cache,
+            Arc::new(SystemClock),
         )),
         queue: EventQueue::new(sqs.clone(), &config.events_queue_url),
     };

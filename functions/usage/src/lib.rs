@@ -141,7 +141,11 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
 /// `/api/v1/status` from `status`.
 pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: HealthChecks) -> Router {
     let app = App {
-        keys: Arc::new(CachedKeys::new(edges.tenants.clone(), config.key_cache)),
+        keys: Arc::new(CachedKeys::new(
+            edges.tenants.clone(),
+            config.key_cache,
+            edges.clock.clone(),
+        )),
         tenants: edges.tenants.clone(),
         usage: edges.usage,
         admin_token: Arc::new(CachedSecret::new(

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::types::{BillingDay, Invalid, TenantId};
+use crate::clock::Clock;
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,6 +306,8 @@ pub trait TenantStore: Send + Sync {
 pub struct CachedKeys {
     tenants: Arc<dyn TenantStore>,
     ttl: std::time::Duration,
+    /// Says whether a rotated-out key is past its grace period.
+    clock: Arc<dyn Clock>,
     entries: tokio::sync::Mutex<HashMap<KeyHash, (Option<Tenant>, std::time::Instant)>>,
 }
 
@@ -312,10 +315,15 @@ pub struct CachedKeys {
 const KEY_CACHE_ENTRIES: usize = 10_000;
 
 impl CachedKeys {
-    pub fn new(tenants: Arc<dyn TenantStore>, ttl: std::time::Duration) -> Self {
+    pub fn new(
+        tenants: Arc<dyn TenantStore>,
+        ttl: std::time::Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             tenants,
             ttl,
+            clock,
             entries: tokio::sync::Mutex::default(),
         }
     }
@@ -327,7 +335,7 @@ impl CachedKeys {
         {
             return Ok(tenant.clone());
         }
-        let tenant = match self.tenants.tenant_of_key(hash, Utc::now()).await? {
+        let tenant = match self.tenants.tenant_of_key(hash, self.clock.now()).await? {
             Some(id) => self.tenants.get(&id).await?,
             None => None,
         };

@@ -1,0 +1,554 @@
+//! `usage`'s routes through memory doubles of every edge: no emulator.
+//! tests/metering.rs and tests/chat.rs drive the same routes against it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{Request, StatusCode};
+use chrono::{TimeDelta, Utc};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use shared::chat::store::{ChatStore, MemoryChat, UsageRecord};
+use shared::clock::FixedClock;
+use shared::config::Env;
+use shared::health::HealthChecks;
+use shared::jwt::MemoryTokens;
+use shared::metering::period::BillingPeriod;
+use shared::metering::tenants::MemoryTenants;
+use shared::metering::usage::{MemoryUsage, MinuteUsage, PeriodUsage};
+use shared::secrets::MemorySecrets;
+use tower::ServiceExt;
+use usage::{Config, Edges, FUNCTION, router};
+
+const ADMIN: &str = "admin-token";
+const USER_TOKEN: &str = "token-of-user-1";
+const SUBJECT: &str = "user_1";
+
+struct Usage {
+    router: Router,
+    tenants: Arc<MemoryTenants>,
+    usage: Arc<MemoryUsage>,
+    chat: Arc<MemoryChat>,
+    clock: Arc<FixedClock>,
+}
+
+fn usage() -> Usage {
+    let env = Env::from_pairs([
+        ("CHAT_TABLE", "chat"),
+        ("USAGE_TABLE", "usage"),
+        ("TENANTS_TABLE", "tenants"),
+        ("RATE_LIMIT_TABLE", "limits"),
+        ("EVENTS_QUEUE_URL", "http://queue"),
+        ("ANTHROPIC_API_KEY_SECRET", "anthropic"),
+        ("ADMIN_TOKEN_SECRET", "admin"),
+    ]);
+    let tenants = Arc::new(MemoryTenants::default());
+    let usage = Arc::new(MemoryUsage::default());
+    let chat = Arc::new(MemoryChat::default());
+    let clock = Arc::new(FixedClock::at(Utc::now()));
+    let edges = Edges {
+        tenants: tenants.clone(),
+        usage: usage.clone(),
+        chat: chat.clone(),
+        secrets: Arc::new(MemorySecrets::default().with("admin", ADMIN)),
+        verifier: Some(Arc::new(MemoryTokens::default().with(USER_TOKEN, SUBJECT))),
+        clock: clock.clone(),
+    };
+    let router = router(
+        &Config::from_env(&env).unwrap(),
+        edges,
+        HealthChecks::new(FUNCTION, "test"),
+        HealthChecks::new("chat", "test"),
+    );
+    Usage {
+        router,
+        tenants,
+        usage,
+        chat,
+        clock,
+    }
+}
+
+struct Answered {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answered {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    /// The problem's `code`, checking it is problem+json.
+    fn code(&self) -> String {
+        assert_eq!(self.headers["content-type"], "application/problem+json");
+        self.json()["code"].as_str().unwrap().to_owned()
+    }
+}
+
+fn request(method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Request<Body> {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    match body {
+        Some(body) => request
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap()
+}
+
+async fn send(app: &Usage, request: Request<Body>) -> Answered {
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Answered {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+fn acme() -> Value {
+    json!({"name": "Acme", "monthly_quota": 1000, "billing_day": 1, "tier": "pro"})
+}
+
+/// Creates a tenant as the admin: its id and API key.
+async fn create(app: &Usage, body: Value) -> (String, String) {
+    let created = send(
+        app,
+        request("POST", "/admin/tenants", Some(ADMIN), Some(body)),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let body = created.json();
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["api_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_admin_creates_reads_lists_and_patches_a_tenant() {
+    let app = usage();
+    let created = send(
+        &app,
+        request("POST", "/admin/tenants", Some(ADMIN), Some(acme())),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let body = created.json();
+    assert!(
+        body["api_key"].as_str().unwrap().starts_with("igk_"),
+        "{body}"
+    );
+    assert!(
+        body["signing_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("whsec_")
+    );
+    let id = body["id"].as_str().unwrap();
+
+    let read = send(
+        &app,
+        request("GET", &format!("/admin/tenants/{id}"), Some(ADMIN), None),
+    )
+    .await;
+    assert_eq!(read.json()["name"], "Acme");
+    assert!(read.json().get("signing_secret").is_none());
+
+    let patch = json!({"monthly_quota": 5, "enabled": false});
+    let patched = send(
+        &app,
+        request(
+            "PATCH",
+            &format!("/admin/tenants/{id}"),
+            Some(ADMIN),
+            Some(patch),
+        ),
+    )
+    .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    assert_eq!(
+        (
+            patched.json()["monthly_quota"].as_u64(),
+            patched.json()["enabled"].as_bool()
+        ),
+        (Some(5), Some(false))
+    );
+
+    let listed = send(&app, request("GET", "/admin/tenants", Some(ADMIN), None)).await;
+    assert_eq!(listed.json()["tenants"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn admin_routes_refuse_missing_and_wrong_tokens_before_reading_the_body() {
+    let app = usage();
+    let missing = send(
+        &app,
+        request("POST", "/admin/tenants", None, Some(json!({"bad": 1}))),
+    )
+    .await;
+    assert_eq!(
+        (missing.status, missing.code()),
+        (StatusCode::UNAUTHORIZED, "missing_credentials".into())
+    );
+    let wrong = send(&app, request("GET", "/admin/tenants", Some("guess"), None)).await;
+    assert_eq!(
+        (wrong.status, wrong.code()),
+        (StatusCode::UNAUTHORIZED, "invalid_credentials".into())
+    );
+}
+
+#[tokio::test]
+async fn bad_tenant_input_is_a_400_naming_the_problem() {
+    let app = usage();
+    let cases = [
+        (
+            request(
+                "POST",
+                "/admin/tenants",
+                Some(ADMIN),
+                Some(json!({"name": "x"})),
+            ),
+            "invalid_body",
+        ),
+        (
+            request(
+                "POST",
+                "/admin/tenants",
+                Some(ADMIN),
+                Some(json!({"name": " ", "monthly_quota": 1, "billing_day": 1, "tier": "free"})),
+            ),
+            "invalid_tenant",
+        ),
+        (
+            request("GET", "/admin/tenants/not-an-id", Some(ADMIN), None),
+            "invalid_tenant_id",
+        ),
+        (
+            request("GET", "/admin/tenants?limit=0", Some(ADMIN), None),
+            "invalid_limit",
+        ),
+        (
+            request("GET", "/admin/tenants?cursor=zzz", Some(ADMIN), None),
+            "invalid_cursor",
+        ),
+    ];
+    for (request, code) in cases {
+        let answer = send(&app, request).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::BAD_REQUEST, code.to_owned())
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_tenant_is_a_404() {
+    let app = usage();
+    let id = "ten_00000000000000000000000000000000";
+    let answer = send(
+        &app,
+        request("GET", &format!("/admin/tenants/{id}"), Some(ADMIN), None),
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    let rotate = send(
+        &app,
+        request(
+            "POST",
+            &format!("/admin/tenants/{id}/keys"),
+            Some(ADMIN),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(rotate.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
+    let app = usage();
+    let (id, old) = create(&app, acme()).await;
+    let rotated = send(
+        &app,
+        request(
+            "POST",
+            &format!("/admin/tenants/{id}/keys"),
+            Some(ADMIN),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::CREATED);
+    let new = rotated.json()["api_key"].as_str().unwrap().to_owned();
+    let path = format!("/usage/{id}");
+    assert_eq!(
+        send(&app, request("GET", &path, Some(&new), None))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.clock.advance(TimeDelta::hours(23));
+    assert_eq!(
+        send(&app, request("GET", &path, Some(&old), None))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // A fresh instance (nothing cached) past the grace period.
+    let (id, old) = create(
+        &app,
+        json!({"name": "Next", "monthly_quota": 10, "billing_day": 1, "tier": "free"}),
+    )
+    .await;
+    send(
+        &app,
+        request(
+            "POST",
+            &format!("/admin/tenants/{id}/keys"),
+            Some(ADMIN),
+            None,
+        ),
+    )
+    .await;
+    app.clock
+        .advance(TimeDelta::days(1) + TimeDelta::seconds(1));
+    let expired = send(
+        &app,
+        request("GET", &format!("/usage/{id}"), Some(&old), None),
+    )
+    .await;
+    assert_eq!(
+        (expired.status, expired.code()),
+        (StatusCode::UNAUTHORIZED, "invalid_api_key".into())
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_reads_its_own_usage_and_no_one_elses() {
+    let app = usage();
+    let (id, key) = create(&app, acme()).await;
+    let (other, _) = create(
+        &app,
+        json!({"name": "Other", "monthly_quota": 10, "billing_day": 1, "tier": "free"}),
+    )
+    .await;
+    let tenant = id.clone().try_into().unwrap();
+    let now = shared::clock::Clock::now(app.clock.as_ref());
+    let period = BillingPeriod::containing(now, 1.try_into().unwrap());
+    app.usage.set_period(
+        &tenant,
+        &period.key(),
+        PeriodUsage {
+            tokens: 250,
+            events: 2,
+            features: vec![("chat".into(), 250, 2)],
+        },
+    );
+    app.usage.add_minute(
+        &tenant,
+        MinuteUsage {
+            minute: now - TimeDelta::minutes(5),
+            feature: "chat".into(),
+            tokens: 250,
+        },
+    );
+    let own = send(
+        &app,
+        request("GET", &format!("/usage/{id}?window=1h"), Some(&key), None),
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK);
+    let body = own.json();
+    assert_eq!(
+        (body["totalTokens"].as_u64(), body["remaining"].as_u64()),
+        (Some(250), Some(750))
+    );
+    assert_eq!(body["quotaPercent"], 25.0);
+    let points = body["series"]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 60);
+    assert_eq!(
+        points
+            .iter()
+            .map(|p| p["tokens"].as_u64().unwrap())
+            .sum::<u64>(),
+        250
+    );
+
+    let theirs = send(
+        &app,
+        request("GET", &format!("/usage/{other}"), Some(&key), None),
+    )
+    .await;
+    assert_eq!(
+        (theirs.status, theirs.code()),
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    let admin = send(
+        &app,
+        request("GET", &format!("/usage/{other}"), Some(ADMIN), None),
+    )
+    .await;
+    assert_eq!(admin.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_usage_queries_are_400s() {
+    let app = usage();
+    let (id, key) = create(&app, acme()).await;
+    for (query, code) in [
+        ("window=2h", "invalid_window"),
+        ("resolution=second", "invalid_resolution"),
+        ("window=7d&resolution=minute", "invalid_resolution"),
+    ] {
+        let answer = send(
+            &app,
+            request("GET", &format!("/usage/{id}?{query}"), Some(&key), None),
+        )
+        .await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::BAD_REQUEST, code.to_owned()),
+            "{query}"
+        );
+    }
+    let unknown_key = send(
+        &app,
+        request("GET", &format!("/usage/{id}"), Some("ingot_nope"), None),
+    )
+    .await;
+    assert_eq!(unknown_key.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_failing_store_is_a_503_with_retry_after() {
+    let app = usage();
+    let (id, key) = create(&app, acme()).await;
+    app.usage.fail.store(true, Ordering::Relaxed);
+    let answer = send(
+        &app,
+        request("GET", &format!("/usage/{id}"), Some(&key), None),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.json()["dependency"], "usage store");
+    assert!(answer.headers.contains_key("retry-after"));
+    app.tenants.fail.store(true, Ordering::Relaxed);
+    let listed = send(&app, request("GET", "/admin/tenants", Some(ADMIN), None)).await;
+    assert_eq!(listed.json()["dependency"], "tenant store");
+}
+
+#[tokio::test]
+async fn the_admin_overview_lists_every_tenant_by_name_with_its_period_total() {
+    let app = usage();
+    let (b, _) = create(
+        &app,
+        json!({"name": "Beta", "monthly_quota": 100, "billing_day": 1, "tier": "free"}),
+    )
+    .await;
+    create(&app, acme()).await;
+    let period = BillingPeriod::containing(
+        shared::clock::Clock::now(app.clock.as_ref()),
+        1.try_into().unwrap(),
+    );
+    let used = PeriodUsage {
+        tokens: 40,
+        ..PeriodUsage::default()
+    };
+    app.usage
+        .set_period(&b.try_into().unwrap(), &period.key(), used);
+    let overview = send(&app, request("GET", "/admin/usage", Some(ADMIN), None)).await;
+    let rows = overview.json()["tenants"].as_array().unwrap().clone();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["tenantName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Acme", "Beta"]);
+    assert_eq!(
+        (
+            rows[1]["totalTokens"].as_u64(),
+            rows[1]["quotaPercent"].as_f64()
+        ),
+        (Some(40), Some(40.0))
+    );
+}
+
+#[tokio::test]
+async fn a_signed_in_user_reads_this_periods_usage_and_request_history() {
+    let app = usage();
+    let current = send(
+        &app,
+        request("GET", "/api/v1/usage/current", Some(USER_TOKEN), None),
+    )
+    .await;
+    assert_eq!(current.status, StatusCode::OK);
+    let body = current.json();
+    assert_eq!(
+        (body["tier"].as_str(), body["quota"]["limit"].as_u64()),
+        (Some("free"), Some(100_000))
+    );
+
+    for i in 0..3 {
+        let record = UsageRecord {
+            request_id: format!("req-{i}"),
+            conversation_id: "c1".into(),
+            model: "claude-sonnet-4-5".into(),
+            usage: Default::default(),
+            cost_usd: 0.0,
+            latency_ms: 1,
+            stop_reason: None,
+            outcome: "complete".into(),
+            created_at: shared::clock::Clock::now(app.clock.as_ref()),
+        };
+        app.chat.record_usage(SUBJECT, &record).await.unwrap();
+    }
+    let page = send(
+        &app,
+        request(
+            "GET",
+            "/api/v1/usage/history?limit=2",
+            Some(USER_TOKEN),
+            None,
+        ),
+    )
+    .await;
+    let body = page.json();
+    assert_eq!(body["requests"][0]["request_id"], "req-2");
+    let cursor = body["next_cursor"].as_str().unwrap();
+    let rest = send(
+        &app,
+        request(
+            "GET",
+            &format!("/api/v1/usage/history?cursor={cursor}"),
+            Some(USER_TOKEN),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(rest.json()["requests"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn chat_routes_refuse_anonymous_callers_and_status_is_public() {
+    let app = usage();
+    let anonymous = send(&app, request("GET", "/api/v1/usage/current", None, None)).await;
+    assert_eq!(
+        (anonymous.status, anonymous.code()),
+        (StatusCode::UNAUTHORIZED, "missing_credentials".into())
+    );
+    let status = send(&app, request("GET", "/api/v1/status", None, None)).await;
+    assert_eq!(status.status, StatusCode::OK);
+    let dashboard = send(&app, request("GET", "/dashboard", None, None)).await;
+    assert_eq!(dashboard.status, StatusCode::OK);
+}
