@@ -13,6 +13,7 @@ use shared::metering::rollup::{Chunk, Commit, Ledger, count};
 use shared::metering::types::{
     BillingDay, EventBatch, EventId, Feature, TenantId, Tokens, UsageEvent,
 };
+use shared::store::StoreError;
 use support::metering::{drain, fixture, post_events, pump, tenant, usage_of};
 use support::{call, request, send};
 
@@ -494,15 +495,15 @@ struct CrashingLedger {
     fail_at: usize,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("simulated crash")]
-struct Crash;
-
+#[async_trait::async_trait]
 impl Ledger for CrashingLedger {
-    type Error = Crash;
-    async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, Crash> {
+    async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError> {
         if self.commits.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
-            return Err(Crash);
+            return Err(StoreError::Unavailable {
+                store: "usage store",
+                operation: "TransactWriteItems",
+                message: "simulated crash".into(),
+            });
         }
         Ok(self.inner.commit(tenant, chunk).await.expect("emulator"))
     }

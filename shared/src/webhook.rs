@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::backoff::jittered;
-use crate::metering::alerts::{Alert, Notifier, sign};
+use crate::metering::alerts::{Alert, Notifier, WebhookError, sign};
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -50,7 +50,7 @@ impl WebhookSender {
         }
     }
 
-    async fn attempt(&self, url: &str, alert: &Alert) -> Result<(), String> {
+    async fn attempt(&self, url: &str, alert: &Alert) -> Result<(), WebhookError> {
         let now = Utc::now();
         let response = self
             .http
@@ -67,33 +67,37 @@ impl WebhookSender {
             .await
             .map_err(|e| {
                 if e.is_timeout() {
-                    "timed out".to_owned()
+                    WebhookError::TimedOut
                 } else {
-                    "could not connect".to_owned()
+                    WebhookError::Unreachable
                 }
             })?;
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(format!("answered {}", response.status()))
+            Err(WebhookError::Refused(response.status().as_u16()))
         }
     }
 }
 
+#[async_trait::async_trait]
 impl Notifier for WebhookSender {
-    async fn notify(&self, url: &str, alert: &Alert) -> Result<(), String> {
+    async fn notify(&self, url: &str, alert: &Alert) -> Result<(), WebhookError> {
         let mut attempt = 0;
         loop {
             match self.attempt(url, alert).await {
                 Ok(()) => return Ok(()),
                 Err(error) if attempt >= self.policy.retries => {
-                    return Err(format!("{error} (after {} attempts)", attempt + 1));
+                    return Err(WebhookError::GaveUp {
+                        last: Box::new(error),
+                        attempts: attempt + 1,
+                    });
                 }
                 Err(error) => {
                     tracing::info!(
                         alert = alert.id,
                         url,
-                        error,
+                        %error,
                         attempt,
                         "webhook attempt failed; retrying"
                     );

@@ -87,7 +87,7 @@ pub async fn usage_of(f: &Fixture, id: &str, token: &str, query: &str) -> (Statu
 
 /// The real rollup handler, in process.
 #[derive(Clone)]
-pub struct RealRollup(pub rollup::Rollup);
+pub struct RealRollup(pub shared::metering::consumer::Consumer);
 
 impl Invoke for RealRollup {
     async fn invoke(&self, _function: &str, payload: &Value) -> Result<Value, InvokeError> {
@@ -133,7 +133,7 @@ pub async fn pump_with(stack: &Stack, config: rollup::Config) -> Pump<RealRollup
             max_concurrency: None,
         },
         function: "rollup".into(),
-        invoker: RealRollup(rollup::Rollup::new(&config, &aws)),
+        invoker: RealRollup(rollup::consumer(&config, &aws)),
     }
 }
 

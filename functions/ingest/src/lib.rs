@@ -1,9 +1,10 @@
 //! `ingest`: `POST /events`, tenants' usage events in, to the events queue.
 //!
 //! The tenant comes from the API key, never the body. A request is accepted
-//! whole or not at all; accepted events are on the queue before the 202, and
-//! if the queue cannot take them the answer is 503 + Retry-After: the client
-//! retries with the same event ids, which the rollup counts once.
+//! whole or not at all ([`shared::metering::ingest::accept`]); accepted
+//! events are on the queue before the 202, and if the queue cannot take them
+//! the answer is 503 + Retry-After: the client retries with the same event
+//! ids, which the rollup counts once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,19 +14,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::Utc;
 use serde_json::{Value, json};
 use shared::auth::require_tenant;
 use shared::aws::SdkConfig;
 use shared::aws::queue::EventQueue;
 use shared::aws::tenants::DynamoTenants;
-use shared::clock::SystemClock;
+use shared::clock::{Clock, SystemClock};
 use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, RawBody, finish};
-use shared::metering::ingest::{EventSink, IngestError, MAX_BODY_BYTES, pack, parse_events};
-use shared::metering::tenants::CachedKeys;
+use shared::metering::ingest::{AcceptError, EventSink, MAX_BODY_BYTES, accept};
+use shared::metering::tenants::{CachedKeys, TenantStore};
 use shared::telemetry::{MetricUnit, Metrics};
 
 pub const FUNCTION: &str = "ingest";
@@ -51,12 +51,21 @@ impl Config {
     }
 }
 
+/// Every edge `ingest` touches: AWS in [`app`], memory doubles in tests.
+pub struct Edges {
+    pub tenants: Arc<dyn TenantStore>,
+    pub queue: Arc<dyn EventSink>,
+    pub clock: Arc<dyn Clock>,
+}
+
 #[derive(Clone)]
 struct App {
     keys: Arc<CachedKeys>,
-    queue: EventQueue,
+    queue: Arc<dyn EventSink>,
+    clock: Arc<dyn Clock>,
 }
 
+/// The function's router on AWS: the edges built from the SDK config.
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
     // A stuck queue must become a quick 503, not a request that hangs until
@@ -71,17 +80,28 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             )
             .build(),
     );
-    let app = App {
-        keys: Arc::new(CachedKeys::new(
-            Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
-            config.key_cache,
-            Arc::new(SystemClock),
-        )),
-        queue: EventQueue::new(sqs.clone(), &config.events_queue_url),
-    };
     let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
         .table("tenants_table", &dynamodb, &config.tenants_table)
         .queue("events_queue", &sqs, &config.events_queue_url);
+    let edges = Edges {
+        tenants: Arc::new(DynamoTenants::new(dynamodb, &config.tenants_table)),
+        queue: Arc::new(EventQueue::new(sqs, &config.events_queue_url)),
+        clock: Arc::new(SystemClock),
+    };
+    router(config, edges, health)
+}
+
+/// The function's router over any edges (`/health` answers from `health`).
+pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
+    let app = App {
+        keys: Arc::new(CachedKeys::new(
+            edges.tenants,
+            config.key_cache,
+            edges.clock.clone(),
+        )),
+        queue: edges.queue,
+        clock: edges.clock,
+    };
     let routes = Router::new()
         .route("/events", post(post_events))
         // One byte over the limit is enough to know it is too large.
@@ -91,47 +111,36 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     finish(routes, &config.cors)
 }
 
-fn rejection(error: IngestError) -> ApiError {
-    match error {
-        IngestError::TooLarge => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            error.to_string(),
-        ),
-        IngestError::Malformed(_) => ApiError::bad_request("invalid_json", error.to_string()),
-        IngestError::Shape(_) => ApiError::bad_request("invalid_body", error.to_string()),
-        IngestError::InvalidEvents(ref problems) => {
-            let errors = serde_json::to_value(problems).unwrap_or(Value::Null);
-            ApiError::bad_request("invalid_events", error.to_string())
-                .with_extension("errors", errors)
-        }
-    }
-}
-
 async fn post_events(
     State(app): State<App>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = require_tenant(&headers, &app.keys).await?;
-    let events = parse_events(&body, Utc::now()).map_err(rejection)?;
-    let bodies = pack(&tenant.id, &events);
-    let requests = app.queue.send(&bodies).await.map_err(|error| {
-        tracing::error!(%error, tenant = %tenant.id, "events queue rejected the events");
-        ApiError::unavailable("events queue", 5)
-    })?;
-    tracing::info!(tenant = %tenant.id, events = events.len(), messages = bodies.len(), "events accepted");
+    let accepted = accept(app.queue.as_ref(), &tenant.id, &body, app.clock.now())
+        .await
+        .inspect_err(|error| {
+            if let AcceptError::Queue(error) = error {
+                tracing::error!(%error, tenant = %tenant.id, "events queue rejected the events");
+            }
+        })?;
+    tracing::info!(tenant = %tenant.id, events = accepted.ids.len(), messages = accepted.messages, "events accepted");
     Metrics::new()
         .dimension("Function", FUNCTION)
-        .value("EventsAccepted", MetricUnit::Count, events.len() as f64)
-        .value("QueueMessages", MetricUnit::Count, bodies.len() as f64)
-        .value("SqsRequests", MetricUnit::Count, requests as f64)
+        .value(
+            "EventsAccepted",
+            MetricUnit::Count,
+            accepted.ids.len() as f64,
+        )
+        .value("QueueMessages", MetricUnit::Count, accepted.messages as f64)
+        .value(
+            "SqsRequests",
+            MetricUnit::Count,
+            accepted.queue_requests as f64,
+        )
         .emit();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "accepted": events.len(),
-            "ids": events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-        })),
+        Json(json!({"accepted": accepted.ids.len(), "ids": accepted.ids})),
     ))
 }

@@ -13,7 +13,7 @@
 //! invocation's remaining time, so a slow webhook never delays counting; an
 //! alert not delivered in time stays pending for a later batch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
@@ -23,12 +23,7 @@ use shared::aws::alerts::DynamoAlerts;
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::tenants::DynamoTenants;
 use shared::config::{ConfigError, Env};
-use shared::metering::alerts;
-use shared::metering::period::BillingPeriod;
-use shared::metering::rollup::{count, unique_by_id};
-use shared::metering::tenants::{Tenant, TenantStore};
-use shared::metering::types::{EventBatch, TenantId, UsageEvent};
-use shared::metering::usage::UsageReader;
+use shared::metering::consumer::{Consumer, Message};
 use shared::telemetry::{MetricUnit, Metrics};
 use shared::webhook::{RetryPolicy, WebhookSender};
 
@@ -62,211 +57,75 @@ impl Config {
     }
 }
 
-/// Clients, built once per cold start.
-#[derive(Debug, Clone)]
-pub struct Rollup {
-    tenants: DynamoTenants,
-    ledger: DynamoLedger,
-    alerts: DynamoAlerts,
-    webhooks: WebhookSender,
-}
-
-impl Rollup {
-    pub fn new(config: &Config, aws: &SdkConfig) -> Self {
-        let dynamodb = aws_sdk_dynamodb::Client::new(aws);
-        Self {
-            tenants: DynamoTenants::new(dynamodb.clone(), &config.tenants_table),
-            ledger: DynamoLedger::new(dynamodb.clone(), &config.usage_table),
-            alerts: DynamoAlerts::new(dynamodb, &config.usage_table),
-            webhooks: WebhookSender::new(config.webhooks),
-        }
+/// The consumer over AWS, built once per cold start.
+pub fn consumer(config: &Config, aws: &SdkConfig) -> Consumer {
+    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let ledger = Arc::new(DynamoLedger::new(dynamodb.clone(), &config.usage_table));
+    Consumer {
+        tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
+        ledger: ledger.clone(),
+        usage: ledger,
+        alerts: Arc::new(DynamoAlerts::new(dynamodb, &config.usage_table)),
+        notifier: Arc::new(WebhookSender::new(config.webhooks)),
     }
 }
 
 /// Time kept back from the invocation's deadline for answering Lambda.
 const ANSWER_MARGIN: Duration = Duration::from_secs(3);
 
-/// One tenant's share of a batch: its events and the messages they came in.
-#[derive(Default)]
-struct TenantWork {
-    events: Vec<UsageEvent>,
-    message_ids: Vec<String>,
-}
-
-/// Handles one SQS batch, reporting each message that was not counted.
+/// Handles one SQS batch, reporting each message that was not counted
+/// (the template enables `ReportBatchItemFailures`).
 pub async fn handle(
-    rollup: &Rollup,
+    consumer: &Consumer,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error> {
-    let deadline_ms = event.context.deadline;
-    let records = event.payload.records;
-    let mut response = SqsBatchResponse::default();
-    let mut work: BTreeMap<TenantId, TenantWork> = BTreeMap::new();
-
-    for record in &records {
-        let message_id = record.message_id.clone().unwrap_or_default();
-        let parsed = record
-            .body
-            .as_deref()
-            .ok_or_else(|| "record has no body".to_owned())
-            .and_then(|body| serde_json::from_str::<EventBatch>(body).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(batch) => {
-                let entry = work.entry(batch.tenant).or_default();
-                entry.events.extend(batch.events);
-                entry.message_ids.push(message_id);
-            }
-            Err(error) => {
-                let receive_count = record.attributes.get("ApproximateReceiveCount");
-                tracing::error!(
-                    message_id,
-                    ?receive_count,
-                    error,
-                    "unreadable message; it will reach the DLQ"
-                );
-                response.add_failure(message_id);
-            }
-        }
-    }
-
-    let mut counted = 0;
-    let mut duplicates = 0;
-    let mut items_written = 0;
-    let mut touched = Vec::new();
-    for (
-        tenant_id,
-        TenantWork {
-            events,
-            message_ids,
-        },
-    ) in work
-    {
-        match count_tenant(rollup, &tenant_id, events).await {
-            Ok(outcome) => {
-                counted += outcome.events;
-                duplicates += outcome.duplicates;
-                items_written += outcome.items_written;
-                touched.push((outcome.tenant, outcome.periods, message_ids));
-            }
-            Err(error) => {
-                tracing::error!(tenant = %tenant_id, ?message_ids, error, "events not counted; their messages will be retried");
-                for id in message_ids {
-                    response.add_failure(id);
-                }
-            }
-        }
-    }
-
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    let budget =
-        Duration::from_millis(deadline_ms.saturating_sub(now_ms)).saturating_sub(ANSWER_MARGIN);
-    match tokio::time::timeout(budget, run_alerts(rollup, &touched)).await {
-        Ok(failed) => {
-            // A threshold check that could not be recorded is redone by
-            // redelivering the messages: their events are duplicates by then.
-            for id in failed {
-                response.add_failure(id);
-            }
-        }
-        Err(_) => tracing::warn!(
-            "out of time for quota alerts; pending ones are retried on a later batch"
-        ),
-    }
+    let alert_budget = Duration::from_millis(event.context.deadline.saturating_sub(now_ms))
+        .saturating_sub(ANSWER_MARGIN);
+    let received = event.payload.records.len();
+    let messages = event
+        .payload
+        .records
+        .into_iter()
+        .map(|record| Message {
+            id: record.message_id.unwrap_or_default(),
+            body: record.body,
+            receive_count: record.attributes.get("ApproximateReceiveCount").cloned(),
+        })
+        .collect();
+    let delivery = consumer.consume(messages, alert_budget).await;
 
     Metrics::new()
         .dimension("Function", FUNCTION)
-        .value("MessagesReceived", MetricUnit::Count, records.len() as f64)
+        .value("MessagesReceived", MetricUnit::Count, received as f64)
         .value(
             "MessagesFailed",
             MetricUnit::Count,
-            response.batch_item_failures.len() as f64,
+            delivery.failed.len() as f64,
         )
-        .value("EventsCounted", MetricUnit::Count, counted as f64)
-        .value("EventsDuplicate", MetricUnit::Count, duplicates as f64)
-        .value("TransactionItems", MetricUnit::Count, items_written as f64)
+        .value("EventsCounted", MetricUnit::Count, delivery.counted as f64)
+        .value(
+            "EventsDuplicate",
+            MetricUnit::Count,
+            delivery.duplicates as f64,
+        )
+        .value(
+            "TransactionItems",
+            MetricUnit::Count,
+            delivery.items_written as f64,
+        )
         .emit();
+    let mut response = SqsBatchResponse::default();
+    for id in delivery.failed {
+        response.add_failure(id);
+    }
     Ok(response)
-}
-
-/// What counting one tenant's events did.
-struct TenantOutcome {
-    tenant: Tenant,
-    periods: BTreeSet<BillingPeriod>,
-    events: u64,
-    duplicates: u64,
-    items_written: u64,
-}
-
-async fn count_tenant(
-    rollup: &Rollup,
-    tenant_id: &TenantId,
-    events: Vec<UsageEvent>,
-) -> Result<TenantOutcome, String> {
-    let tenant = rollup
-        .tenants
-        .get(tenant_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("tenant {tenant_id} does not exist"))?;
-    let received = events.len();
-    let events = unique_by_id(events);
-    let repeats = (received - events.len()) as u64;
-    let counted = count(&rollup.ledger, tenant_id, tenant.billing_day, &events)
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(
-        tenant = %tenant_id,
-        events = counted.events,
-        tokens = counted.tokens,
-        duplicates = counted.duplicates,
-        "counted"
-    );
-    let periods = events
-        .iter()
-        .map(|e| BillingPeriod::containing(e.timestamp, tenant.billing_day))
-        .collect();
-    Ok(TenantOutcome {
-        tenant,
-        periods,
-        events: counted.events,
-        duplicates: counted.duplicates + repeats,
-        items_written: counted.items_written,
-    })
-}
-
-/// Retries alerts earlier batches left pending, then raises the ones each
-/// touched tenant has reached (an alert failing now waits for the next
-/// batch). Returns the messages to redeliver because a check failed.
-async fn run_alerts(
-    rollup: &Rollup,
-    touched: &[(Tenant, BTreeSet<BillingPeriod>, Vec<String>)],
-) -> Vec<String> {
-    if let Err(error) = alerts::retry_due(&rollup.alerts, &rollup.webhooks).await {
-        tracing::error!(%error, "retrying pending alerts failed; a later batch will");
-    }
-    let mut failed = Vec::new();
-    for (tenant, periods, message_ids) in touched {
-        for period in periods {
-            let result = async {
-                let used = rollup
-                    .ledger
-                    .period_total(&tenant.id, &period.key())
-                    .await?;
-                alerts::raise(&rollup.alerts, &rollup.webhooks, tenant, period, used).await
-            }
-            .await;
-            if let Err(error) = result {
-                tracing::error!(tenant = %tenant.id, %error, "quota check failed; its messages will be retried");
-                failed.extend(message_ids.iter().cloned());
-                break;
-            }
-        }
-    }
-    failed
 }
 
 #[cfg(test)]
 mod tests {
+    use shared::metering::types::EventBatch;
+
     use super::*;
 
     #[test]

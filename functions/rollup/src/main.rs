@@ -7,6 +7,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = rollup::Config::from_env(&Env::from_process())?;
     tracing::info!(?config, "cold start");
     let aws = shared::aws::sdk_config().await;
-    let app = rollup::Rollup::new(&config, &aws);
-    lambda_runtime::run(service_fn(|event| rollup::handle(&app, event))).await
+    let consumer = rollup::consumer(&config, &aws);
+    lambda_runtime::run(service_fn(|event| rollup::handle(&consumer, event))).await
 }

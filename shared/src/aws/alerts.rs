@@ -62,9 +62,8 @@ impl DynamoAlerts {
     }
 }
 
+#[async_trait::async_trait]
 impl AlertStore for DynamoAlerts {
-    type Error = StoreError;
-
     async fn create(&self, alert: &Alert, lease_until: DateTime<Utc>) -> Result<bool, StoreError> {
         let state = Put::builder()
             .table_name(&self.table)

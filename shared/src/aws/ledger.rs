@@ -145,9 +145,8 @@ impl DynamoLedger {
     }
 }
 
+#[async_trait::async_trait]
 impl Ledger for DynamoLedger {
-    type Error = StoreError;
-
     async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError> {
         let items = self.transaction(tenant, chunk)?;
         let mut attempt = 0;

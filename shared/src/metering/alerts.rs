@@ -12,6 +12,9 @@
 //! Payloads are Slack-compatible (`text`) with structured fields, signed per
 //! Standard Webhooks.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -23,6 +26,7 @@ use sha2::{Digest, Sha256};
 use super::period::BillingPeriod;
 use super::tenants::Tenant;
 use super::usage::quota_percent;
+use crate::store::StoreError;
 
 /// Percent of the monthly quota at which alerts fire.
 pub const THRESHOLDS: [u8; 2] = [80, 100];
@@ -106,51 +110,144 @@ pub fn sign(secret: &str, id: &str, timestamp: DateTime<Utc>, body: &str) -> Str
 }
 
 /// Where alerts are kept (DynamoDB in production).
-pub trait AlertStore {
-    type Error: std::error::Error + Send + Sync + 'static;
-
+#[async_trait::async_trait]
+pub trait AlertStore: Send + Sync {
     /// Records `alert` unless it exists; `true` if this call created it, in
     /// which case the caller holds its lease until `lease_until`.
-    fn create(
-        &self,
-        alert: &Alert,
-        lease_until: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+    async fn create(&self, alert: &Alert, lease_until: DateTime<Utc>) -> Result<bool, StoreError>;
 
     /// Pending alerts whose lease has expired.
-    fn due(
-        &self,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<Alert>, Self::Error>> + Send;
+    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError>;
 
     /// Takes an expired lease; `false` if another deliverer has it.
-    fn claim(
+    async fn claim(
         &self,
         alert: &Alert,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+    ) -> Result<bool, StoreError>;
 
     /// Records which webhooks now have it; done when none remain pending.
     /// Releases the lease so the rest is retried by the next batch.
-    fn settle(
-        &self,
-        alert: &Alert,
-        delivered: &[String],
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    async fn settle(&self, alert: &Alert, delivered: &[String]) -> Result<(), StoreError>;
+}
+
+/// Why a webhook did not take an alert.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("timed out")]
+    TimedOut,
+    #[error("could not connect")]
+    Unreachable,
+    #[error("answered {0}")]
+    Refused(u16),
+    #[error("{last} (after {attempts} attempts)")]
+    GaveUp {
+        last: Box<WebhookError>,
+        attempts: u32,
+    },
 }
 
 /// Sends one signed payload to one URL (with its own retries).
-pub trait Notifier {
-    fn notify(&self, url: &str, alert: &Alert) -> impl Future<Output = Result<(), String>> + Send;
+#[async_trait::async_trait]
+pub trait Notifier: Send + Sync {
+    async fn notify(&self, url: &str, alert: &Alert) -> Result<(), WebhookError>;
+}
+
+/// Alerts in memory: the double for handler tests (leases are kept).
+#[derive(Debug, Default)]
+pub struct MemoryAlerts {
+    alerts: Mutex<BTreeMap<String, (Alert, DateTime<Utc>)>>,
+}
+
+impl MemoryAlerts {
+    /// Every alert with the webhooks still pending on it.
+    pub fn all(&self) -> Vec<Alert> {
+        let alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        alerts.values().map(|(a, _)| a.clone()).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl AlertStore for MemoryAlerts {
+    async fn create(&self, alert: &Alert, lease_until: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        if alerts.contains_key(&alert.id) {
+            return Ok(false);
+        }
+        alerts.insert(alert.id.clone(), (alert.clone(), lease_until));
+        Ok(true)
+    }
+
+    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+        let alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(alerts
+            .values()
+            .filter(|(a, lease)| !a.pending.is_empty() && *lease <= now)
+            .map(|(a, _)| a.clone())
+            .collect())
+    }
+
+    async fn claim(
+        &self,
+        alert: &Alert,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        match alerts.get_mut(&alert.id) {
+            Some((_, lease)) if *lease <= now => {
+                *lease = lease_until;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn settle(&self, alert: &Alert, delivered: &[String]) -> Result<(), StoreError> {
+        let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((stored, lease)) = alerts.get_mut(&alert.id) {
+            stored.pending.retain(|url| !delivered.contains(url));
+            *lease = DateTime::<Utc>::MIN_UTC;
+        }
+        Ok(())
+    }
+}
+
+/// A notifier that records what it was asked to send: the double for
+/// handler tests. URLs in `failing` refuse every alert.
+#[derive(Debug, Default)]
+pub struct RecordingNotifier {
+    sent: Mutex<Vec<(String, Alert)>>,
+    pub failing: Mutex<Vec<String>>,
+}
+
+impl RecordingNotifier {
+    /// (url, alert) of every delivery that succeeded, in order.
+    pub fn sent(&self) -> Vec<(String, Alert)> {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Notifier for RecordingNotifier {
+    async fn notify(&self, url: &str, alert: &Alert) -> Result<(), WebhookError> {
+        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if failing.iter().any(|f| f == url) {
+            return Err(WebhookError::Refused(500));
+        }
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.push((url.to_owned(), alert.clone()));
+        Ok(())
+    }
 }
 
 /// Delivers `alert` to its pending webhooks (concurrently) and settles it.
-pub async fn deliver<S: AlertStore, N: Notifier>(
-    store: &S,
-    notifier: &N,
+pub async fn deliver(
+    store: &dyn AlertStore,
+    notifier: &dyn Notifier,
     alert: &Alert,
-) -> Result<usize, S::Error> {
+) -> Result<usize, StoreError> {
     let results = futures_util::future::join_all(
         alert
             .pending
@@ -165,7 +262,7 @@ pub async fn deliver<S: AlertStore, N: Notifier>(
             Err(error) => tracing::warn!(
                 alert = alert.id,
                 url,
-                error,
+                %error,
                 "webhook failed; the alert stays pending"
             ),
         }
@@ -176,13 +273,13 @@ pub async fn deliver<S: AlertStore, N: Notifier>(
 
 /// Raises the alerts `used` has reached for `tenant` in `period`, delivering
 /// the ones this call created.
-pub async fn raise<S: AlertStore, N: Notifier>(
-    store: &S,
-    notifier: &N,
+pub async fn raise(
+    store: &dyn AlertStore,
+    notifier: &dyn Notifier,
     tenant: &Tenant,
     period: &BillingPeriod,
     used: u64,
-) -> Result<(), S::Error> {
+) -> Result<(), StoreError> {
     for threshold in reached(used, tenant.monthly_quota) {
         let alert = Alert::new(tenant, period, threshold, used);
         if store.create(&alert, Utc::now() + LEASE).await? {
@@ -200,10 +297,7 @@ pub async fn raise<S: AlertStore, N: Notifier>(
 }
 
 /// Retries every pending alert whose lease has expired.
-pub async fn retry_due<S: AlertStore, N: Notifier>(
-    store: &S,
-    notifier: &N,
-) -> Result<(), S::Error> {
+pub async fn retry_due(store: &dyn AlertStore, notifier: &dyn Notifier) -> Result<(), StoreError> {
     let now = Utc::now();
     for alert in store.due(now).await? {
         if store.claim(&alert, now, now + LEASE).await? {

@@ -223,6 +223,42 @@ fn check_properties(map: &Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a request's events were not accepted: none of them were.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error(transparent)]
+    Invalid(#[from] IngestError),
+    /// The queue did not take them: the client retries with the same ids.
+    #[error(transparent)]
+    Queue(#[from] StoreError),
+}
+
+/// What accepting a request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub ids: Vec<String>,
+    pub messages: usize,
+    pub queue_requests: usize,
+}
+
+/// Accepts `tenant`'s request body whole or not at all: every event valid,
+/// and all of them on the queue, before it says so.
+pub async fn accept(
+    queue: &dyn EventSink,
+    tenant: &TenantId,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Accepted, AcceptError> {
+    let events = parse_events(body, now)?;
+    let bodies = pack(tenant, &events);
+    let queue_requests = queue.send(&bodies).await?;
+    Ok(Accepted {
+        ids: events.iter().map(|e| e.id.to_string()).collect(),
+        messages: bodies.len(),
+        queue_requests,
+    })
+}
+
 /// The events queue: where accepted events wait for the rollup (SQS in
 /// production).
 #[async_trait::async_trait]

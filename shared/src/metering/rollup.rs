@@ -10,11 +10,14 @@
 //! chunks therefore all count each event id once.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 use super::period::BillingPeriod;
 use super::types::{BillingDay, Feature, TenantId, UsageEvent};
+use super::usage::{MinuteUsage, PeriodUsage, UsageReader};
+use crate::store::StoreError;
 
 /// DynamoDB's limit on items per `TransactWriteItems`.
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
@@ -128,14 +131,11 @@ pub enum Commit {
 }
 
 /// The store behind counting (DynamoDB in production).
-pub trait Ledger {
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    fn commit(
-        &self,
-        tenant: &TenantId,
-        chunk: &Chunk<'_>,
-    ) -> impl Future<Output = Result<Commit, Self::Error>> + Send;
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// Commits the chunk's dedup records and counter deltas atomically, or
+    /// names the events that were already counted.
+    async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError>;
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,12 +149,12 @@ pub struct Counted {
 
 /// Counts `events` of `tenant` exactly once. On error, the chunks already
 /// committed stay committed (and are recognised as duplicates on retry).
-pub async fn count<L: Ledger>(
-    ledger: &L,
+pub async fn count(
+    ledger: &dyn Ledger,
     tenant: &TenantId,
     day: BillingDay,
     events: &[UsageEvent],
-) -> Result<Counted, L::Error> {
+) -> Result<Counted, StoreError> {
     let mut counted = Counted::default();
     for chunk in chunks(events, day) {
         let mut chunk = chunk;
@@ -187,10 +187,127 @@ pub async fn count<L: Ledger>(
     Ok(counted)
 }
 
+/// A ledger in memory with DynamoDB's transaction semantics (a chunk
+/// commits whole or reports its duplicates): the double for handler tests.
+/// It answers usage reads from what it counted; `fail` makes every call fail.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    seen: Mutex<HashSet<(TenantId, String)>>,
+    totals: Mutex<BTreeMap<(TenantId, Counter), Delta>>,
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryLedger {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Unavailable {
+                store: "usage store",
+                operation: "memory",
+                message: "failing on purpose".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// What `tenant` has on `counter`.
+    pub fn total(&self, tenant: &TenantId, counter: &Counter) -> Delta {
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        totals
+            .get(&(tenant.clone(), counter.clone()))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for MemoryLedger {
+    async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError> {
+        self.check()?;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let key = |e: &UsageEvent| (tenant.clone(), e.id.to_string());
+        let duplicates: Vec<usize> = chunk
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| seen.contains(&key(e)))
+            .map(|(i, _)| i)
+            .collect();
+        if !duplicates.is_empty() {
+            return Ok(Commit::Duplicates(duplicates));
+        }
+        seen.extend(chunk.events.iter().map(|e| key(e)));
+        let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        for (counter, delta) in &chunk.counters {
+            let total = totals.entry((tenant.clone(), counter.clone())).or_default();
+            total.tokens += delta.tokens;
+            total.events += delta.events;
+        }
+        Ok(Commit::Committed)
+    }
+}
+
+#[async_trait::async_trait]
+impl UsageReader for MemoryLedger {
+    async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
+        self.check()?;
+        let counter = Counter::Period {
+            period: period.to_owned(),
+        };
+        Ok(self.total(tenant, &counter).tokens)
+    }
+
+    async fn period_usage(
+        &self,
+        tenant: &TenantId,
+        period: &str,
+    ) -> Result<PeriodUsage, StoreError> {
+        self.check()?;
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut usage = PeriodUsage::default();
+        for ((t, counter), delta) in totals.iter().filter(|((t, _), _)| t == tenant) {
+            match counter {
+                Counter::Period { period: p } if p == period => {
+                    (usage.tokens, usage.events) = (delta.tokens, delta.events);
+                }
+                Counter::PeriodFeature { period: p, feature } if p == period && t == tenant => {
+                    usage
+                        .features
+                        .push((feature.to_string(), delta.tokens, delta.events));
+                }
+                _ => {}
+            }
+        }
+        Ok(usage)
+    }
+
+    async fn minutes(
+        &self,
+        tenant: &TenantId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<MinuteUsage>, StoreError> {
+        self.check()?;
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(totals
+            .iter()
+            .filter_map(|((t, counter), delta)| match counter {
+                Counter::Minute { minute, feature }
+                    if t == tenant && *minute >= from && *minute < to =>
+                {
+                    Some(MinuteUsage {
+                        minute: *minute,
+                        feature: feature.to_string(),
+                        tokens: delta.tokens,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
     use crate::metering::types::{EventId, Tokens};
 
@@ -311,42 +428,6 @@ mod tests {
         assert_eq!(events.len(), 2);
     }
 
-    /// An in-memory ledger with DynamoDB's transaction semantics.
-    #[derive(Default)]
-    struct MemoryLedger {
-        seen: Mutex<HashSet<String>>,
-        totals: Mutex<BTreeMap<Counter, Delta>>,
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("unreachable")]
-    struct Never;
-
-    impl Ledger for MemoryLedger {
-        type Error = Never;
-        async fn commit(&self, _tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, Never> {
-            let mut seen = self.seen.lock().unwrap();
-            let duplicates: Vec<usize> = chunk
-                .events
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| seen.contains(e.id.as_str()))
-                .map(|(i, _)| i)
-                .collect();
-            if !duplicates.is_empty() {
-                return Ok(Commit::Duplicates(duplicates));
-            }
-            seen.extend(chunk.events.iter().map(|e| e.id.to_string()));
-            let mut totals = self.totals.lock().unwrap();
-            for (counter, delta) in &chunk.counters {
-                let total = totals.entry(counter.clone()).or_default();
-                total.tokens += delta.tokens;
-                total.events += delta.events;
-            }
-            Ok(Commit::Committed)
-        }
-    }
-
     #[tokio::test]
     async fn counts_redelivered_event_once() {
         let ledger = MemoryLedger::default();
@@ -383,11 +464,13 @@ mod tests {
             }
         );
 
-        let totals = ledger.totals.lock().unwrap();
         assert_eq!(
-            totals[&Counter::Period {
-                period: "2026-11-01".into()
-            }],
+            ledger.total(
+                &tenant,
+                &Counter::Period {
+                    period: "2026-11-01".into()
+                }
+            ),
             Delta {
                 tokens: 16,
                 events: 3

@@ -1,0 +1,190 @@
+//! `ingest`'s route through memory doubles of the tenants table and the
+//! queue: no emulator. tests/metering.rs drives it against the emulator.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{Request, StatusCode};
+use chrono::Utc;
+use http_body_util::BodyExt;
+use ingest::{Config, Edges, FUNCTION, router};
+use serde_json::{Value, json};
+use shared::clock::FixedClock;
+use shared::config::Env;
+use shared::health::HealthChecks;
+use shared::metering::ingest::MemoryQueue;
+use shared::metering::tenants::{ApiKey, MemoryTenants, NewTenant, TenantPatch, TenantStore};
+use shared::metering::types::EventBatch;
+use tower::ServiceExt;
+
+struct Ingest {
+    router: Router,
+    queue: Arc<MemoryQueue>,
+    tenants: Arc<MemoryTenants>,
+    key: String,
+}
+
+async fn ingest() -> Ingest {
+    let env = Env::from_pairs([
+        ("TENANTS_TABLE", "tenants"),
+        ("EVENTS_QUEUE_URL", "http://queue"),
+        ("KEY_CACHE_SECONDS", "0"),
+    ]);
+    let tenants = Arc::new(MemoryTenants::default());
+    let queue = Arc::new(MemoryQueue::default());
+    let new: NewTenant = serde_json::from_value(
+        json!({"name": "Acme", "monthly_quota": 1000, "billing_day": 1, "tier": "free"}),
+    )
+    .unwrap();
+    let key = ApiKey::generate();
+    let tenant = new.into_tenant(Utc::now()).unwrap();
+    tenants.create(&tenant, &key.hash()).await.unwrap();
+    let edges = Edges {
+        tenants: tenants.clone(),
+        queue: queue.clone(),
+        clock: Arc::new(FixedClock::at(Utc::now())),
+    };
+    Ingest {
+        router: router(
+            &Config::from_env(&env).unwrap(),
+            edges,
+            HealthChecks::new(FUNCTION, "test"),
+        ),
+        queue,
+        tenants,
+        key: key.expose().to_owned(),
+    }
+}
+
+async fn post(app: &Ingest, key: Option<&str>, body: impl Into<Body>) -> (StatusCode, Value) {
+    let mut request = Request::post("/events").header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let response = app
+        .router
+        .clone()
+        .oneshot(request.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    if !status.is_success() {
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let bytes: Bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+fn event(id: &str, tokens: i64) -> Value {
+    json!({"id": id, "feature": "chat", "tokens": tokens})
+}
+
+#[tokio::test]
+async fn accepted_events_are_on_the_queue_under_the_keys_tenant() {
+    let app = ingest().await;
+    let body = json!({"events": [event("e1", 10), event("e2", 5)]});
+    let (status, answer) = post(&app, Some(&app.key), body.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(answer, json!({"accepted": 2, "ids": ["e1", "e2"]}));
+    let sent = app.queue.sent();
+    assert_eq!(sent.len(), 1);
+    let batch: EventBatch = serde_json::from_str(&sent[0]).unwrap();
+    assert_eq!(batch.events.iter().map(|e| e.tokens.get()).sum::<u64>(), 15);
+    let tenants = app.tenants.list(10, None).await.unwrap().tenants;
+    assert_eq!(batch.tenant, tenants[0].id);
+}
+
+#[tokio::test]
+async fn a_single_event_body_gets_an_id_when_it_has_none() {
+    let app = ingest().await;
+    let (status, answer) = post(
+        &app,
+        Some(&app.key),
+        json!({"feature": "chat", "tokens": 1}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(answer["ids"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn missing_unknown_and_disabled_keys_are_refused() {
+    let app = ingest().await;
+    let body = event("e1", 1).to_string();
+    let (status, problem) = post(&app, None, body.clone()).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("missing_credentials"))
+    );
+    let (status, problem) = post(&app, Some("igk_0000"), body.clone()).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_api_key"))
+    );
+    let id = app.tenants.list(1, None).await.unwrap().tenants[0]
+        .id
+        .clone();
+    let off = TenantPatch {
+        enabled: Some(false),
+        ..TenantPatch::default()
+    };
+    app.tenants.update(&id, &off).await.unwrap();
+    let (status, problem) = post(&app, Some(&app.key), body).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("tenant_disabled"))
+    );
+    assert!(app.queue.sent().is_empty());
+}
+
+#[tokio::test]
+async fn each_bad_body_class_is_refused_whole_naming_the_problem() {
+    let app = ingest().await;
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        ("{not json".into(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (
+            json!({"events": [], "extra": 1}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            json!({"events": [event("ok", 1), event("neg", -1)]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_events",
+        ),
+        (
+            "x".repeat(1024 * 1024 + 1),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, problem) = post(&app, Some(&app.key), body).await;
+        assert_eq!((got, problem["code"].as_str()), (status, Some(code)));
+        if code == "invalid_events" {
+            assert_eq!(problem["errors"][0]["index"], 1);
+        }
+    }
+    assert!(
+        app.queue.sent().is_empty(),
+        "a refused request enqueues nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_that_refuses_is_a_503_to_retry_and_nothing_is_half_sent() {
+    let app = ingest().await;
+    app.queue.fail.store(true, Ordering::Relaxed);
+    let (status, problem) = post(&app, Some(&app.key), event("e1", 1).to_string()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem["dependency"], "events queue");
+    app.queue.fail.store(false, Ordering::Relaxed);
+    let (status, _) = post(&app, Some(&app.key), event("e1", 1).to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(app.queue.sent().len(), 1);
+}

@@ -1,0 +1,224 @@
+//! `rollup`'s handler through memory doubles of its stores and webhooks:
+//! no emulator. tests/metering.rs and tests/alerts.rs drive it against it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use chrono::{TimeDelta, Utc};
+use lambda_runtime::{Context, LambdaEvent};
+use rollup::handle;
+use shared::metering::alerts::{MemoryAlerts, RecordingNotifier};
+use shared::metering::consumer::Consumer;
+use shared::metering::ingest::pack;
+use shared::metering::period::BillingPeriod;
+use shared::metering::rollup::MemoryLedger;
+use shared::metering::tenants::{ApiKey, MemoryTenants, NewTenant, Tenant, TenantStore};
+use shared::metering::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
+use shared::metering::usage::UsageReader;
+
+struct Rollup {
+    consumer: Consumer,
+    tenants: Arc<MemoryTenants>,
+    ledger: Arc<MemoryLedger>,
+    alerts: Arc<MemoryAlerts>,
+    notifier: Arc<RecordingNotifier>,
+}
+
+fn rollup() -> Rollup {
+    let tenants = Arc::new(MemoryTenants::default());
+    let ledger = Arc::new(MemoryLedger::default());
+    let alerts = Arc::new(MemoryAlerts::default());
+    let notifier = Arc::new(RecordingNotifier::default());
+    Rollup {
+        consumer: Consumer {
+            tenants: tenants.clone(),
+            ledger: ledger.clone(),
+            usage: ledger.clone(),
+            alerts: alerts.clone(),
+            notifier: notifier.clone(),
+        },
+        tenants,
+        ledger,
+        alerts,
+        notifier,
+    }
+}
+
+async fn tenant(rollup: &Rollup, quota: u64) -> Tenant {
+    let new: NewTenant = serde_json::from_value(serde_json::json!({
+        "name": "Acme", "monthly_quota": quota, "billing_day": 1, "tier": "pro",
+        "webhooks": ["https://hooks.example/ingot"],
+    }))
+    .unwrap();
+    let tenant = new.into_tenant(Utc::now()).unwrap();
+    let key = ApiKey::generate().hash();
+    rollup.tenants.create(&tenant, &key).await.unwrap();
+    tenant
+}
+
+fn events(prefix: &str, count: u64, tokens: u64) -> Vec<UsageEvent> {
+    (0..count)
+        .map(|i| UsageEvent {
+            id: EventId::try_from(format!("{prefix}{i}")).unwrap(),
+            feature: Feature::try_from("chat".to_owned()).unwrap(),
+            tokens: Tokens::try_from(tokens).unwrap(),
+            timestamp: Utc::now(),
+            properties: Default::default(),
+        })
+        .collect()
+}
+
+fn message(id: &str, body: &str) -> SqsMessage {
+    let mut message = SqsMessage::default();
+    message.message_id = Some(id.to_owned());
+    message.body = Some(body.to_owned());
+    message
+}
+
+/// A delivery as Lambda makes it, with a minute left to run.
+fn delivery(messages: Vec<SqsMessage>) -> LambdaEvent<SqsEvent> {
+    let mut context = Context::default();
+    context.deadline = (Utc::now() + TimeDelta::minutes(1)).timestamp_millis() as u64;
+    let mut event = SqsEvent::default();
+    event.records = messages;
+    LambdaEvent::new(event, context)
+}
+
+fn failed(response: &SqsBatchResponse) -> Vec<String> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
+}
+
+async fn period_total(rollup: &Rollup, tenant: &TenantId) -> u64 {
+    let period = BillingPeriod::containing(Utc::now(), 1.try_into().unwrap());
+    rollup
+        .ledger
+        .period_total(tenant, &period.key())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn counts_every_tenants_events_and_a_redelivery_adds_nothing() {
+    let rollup = rollup();
+    let (a, b) = (
+        tenant(&rollup, 1_000_000).await,
+        tenant(&rollup, 1_000_000).await,
+    );
+    let messages = || {
+        vec![
+            message("m1", &pack(&a.id, &events("a", 3, 10))[0]),
+            message("m2", &pack(&b.id, &events("b", 2, 7))[0]),
+        ]
+    };
+    let response = handle(&rollup.consumer, delivery(messages()))
+        .await
+        .unwrap();
+    assert!(failed(&response).is_empty());
+    assert_eq!(
+        (
+            period_total(&rollup, &a.id).await,
+            period_total(&rollup, &b.id).await
+        ),
+        (30, 14)
+    );
+
+    let again = handle(&rollup.consumer, delivery(messages()))
+        .await
+        .unwrap();
+    assert!(failed(&again).is_empty());
+    assert_eq!(period_total(&rollup, &a.id).await, 30);
+}
+
+#[tokio::test]
+async fn an_unreadable_message_is_reported_and_the_rest_counted() {
+    let rollup = rollup();
+    let a = tenant(&rollup, 1_000_000).await;
+    let good = pack(&a.id, &events("a", 1, 5))[0].clone();
+    let response = handle(
+        &rollup.consumer,
+        delivery(vec![message("bad", "{not json"), message("good", &good)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed(&response), ["bad"]);
+    assert_eq!(period_total(&rollup, &a.id).await, 5);
+}
+
+#[tokio::test]
+async fn an_unknown_tenants_messages_are_retried_not_dropped() {
+    let rollup = rollup();
+    let ghost = TenantId::generate();
+    let response = handle(
+        &rollup.consumer,
+        delivery(vec![message("m1", &pack(&ghost, &events("g", 1, 5))[0])]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed(&response), ["m1"]);
+}
+
+#[tokio::test]
+async fn a_failing_ledger_fails_the_messages_it_could_not_count() {
+    let rollup = rollup();
+    let a = tenant(&rollup, 1_000_000).await;
+    rollup.ledger.fail.store(true, Ordering::Relaxed);
+    let response = handle(
+        &rollup.consumer,
+        delivery(vec![message("m1", &pack(&a.id, &events("a", 1, 5))[0])]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed(&response), ["m1"]);
+    rollup.ledger.fail.store(false, Ordering::Relaxed);
+    assert_eq!(period_total(&rollup, &a.id).await, 0);
+}
+
+#[tokio::test]
+async fn crossing_80_and_100_percent_sends_each_alert_once() {
+    let rollup = rollup();
+    let a = tenant(&rollup, 100).await;
+    let first = vec![message("m1", &pack(&a.id, &events("a", 1, 85))[0])];
+    handle(&rollup.consumer, delivery(first.clone()))
+        .await
+        .unwrap();
+    handle(&rollup.consumer, delivery(first)).await.unwrap();
+    let second = vec![message("m2", &pack(&a.id, &events("b", 1, 20))[0])];
+    handle(&rollup.consumer, delivery(second)).await.unwrap();
+
+    let sent = rollup.notifier.sent();
+    let thresholds: Vec<u8> = sent.iter().map(|(_, alert)| alert.threshold).collect();
+    assert_eq!(thresholds, [80, 100]);
+    assert!(
+        sent.iter()
+            .all(|(url, _)| url == "https://hooks.example/ingot")
+    );
+    assert!(
+        rollup
+            .alerts
+            .all()
+            .iter()
+            .all(|alert| alert.pending.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn an_alert_a_webhook_refused_stays_pending_for_a_later_delivery() {
+    let rollup = rollup();
+    let a = tenant(&rollup, 100).await;
+    rollup
+        .notifier
+        .failing
+        .lock()
+        .unwrap()
+        .push("https://hooks.example/ingot".into());
+    let crossing = vec![message("m1", &pack(&a.id, &events("a", 1, 90))[0])];
+    let response = handle(&rollup.consumer, delivery(crossing)).await.unwrap();
+    assert!(failed(&response).is_empty(), "counted; the alert waits");
+    assert!(rollup.notifier.sent().is_empty());
+    assert_eq!(rollup.alerts.all()[0].pending.len(), 1);
+}

@@ -1,0 +1,207 @@
+//! The events queue's consumer: one delivery (an SQS batch) counted per
+//! tenant, then the quota alerts it made due.
+//!
+//! Events are grouped per tenant across the delivery (so counters are
+//! pre-aggregated over all of it) and counted through the ledger, whose
+//! dedup records make redelivery harmless. A message whose events could not
+//! be counted is reported as failed, so only it is redelivered; nothing is
+//! acknowledged that was not counted. Quota alerts run after every tenant is
+//! counted, within the time left, so a slow webhook never delays counting;
+//! an alert not delivered in time stays pending for a later delivery.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::alerts::{self, AlertStore, Notifier};
+use super::period::BillingPeriod;
+use super::rollup::{Ledger, count, unique_by_id};
+use super::tenants::{Tenant, TenantStore};
+use super::types::{EventBatch, TenantId, UsageEvent};
+use super::usage::UsageReader;
+use crate::store::StoreError;
+
+/// One queue message as delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: String,
+    pub body: Option<String>,
+    /// How often it was delivered (for the log of an unreadable one).
+    pub receive_count: Option<String>,
+}
+
+/// What a delivery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Messages to redeliver: unreadable, or their events not counted.
+    pub failed: Vec<String>,
+    pub counted: u64,
+    pub duplicates: u64,
+    /// Items written by committed transactions (each costs 2 write units).
+    pub items_written: u64,
+}
+
+/// Why one tenant's events were not counted.
+#[derive(Debug, thiserror::Error)]
+enum CountError {
+    #[error("tenant {0} does not exist")]
+    UnknownTenant(TenantId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The stores and notifier the consumer works with.
+#[derive(Clone)]
+pub struct Consumer {
+    pub tenants: Arc<dyn TenantStore>,
+    pub ledger: Arc<dyn Ledger>,
+    pub usage: Arc<dyn UsageReader>,
+    pub alerts: Arc<dyn AlertStore>,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+/// One tenant's share of a delivery: its events and the messages they came in.
+#[derive(Default)]
+struct TenantWork {
+    events: Vec<UsageEvent>,
+    message_ids: Vec<String>,
+}
+
+/// What counting one tenant's events did.
+struct TenantOutcome {
+    tenant: Tenant,
+    periods: BTreeSet<BillingPeriod>,
+    events: u64,
+    duplicates: u64,
+    items_written: u64,
+}
+
+impl Consumer {
+    /// Counts `messages`, then spends at most `alert_budget` on quota alerts.
+    pub async fn consume(&self, messages: Vec<Message>, alert_budget: Duration) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut work: BTreeMap<TenantId, TenantWork> = BTreeMap::new();
+        for message in messages {
+            let parsed = message
+                .body
+                .as_deref()
+                .map(serde_json::from_str::<EventBatch>);
+            match parsed {
+                Some(Ok(batch)) => {
+                    let entry = work.entry(batch.tenant).or_default();
+                    entry.events.extend(batch.events);
+                    entry.message_ids.push(message.id);
+                }
+                unreadable => {
+                    let error = unreadable
+                        .and_then(Result::err)
+                        .map_or_else(|| "no body".to_owned(), |e| e.to_string());
+                    tracing::error!(
+                        message_id = message.id,
+                        receive_count = ?message.receive_count,
+                        error,
+                        "unreadable message; it will reach the DLQ"
+                    );
+                    delivery.failed.push(message.id);
+                }
+            }
+        }
+
+        let mut touched = Vec::new();
+        for (
+            tenant_id,
+            TenantWork {
+                events,
+                message_ids,
+            },
+        ) in work
+        {
+            match self.count_tenant(&tenant_id, events).await {
+                Ok(outcome) => {
+                    delivery.counted += outcome.events;
+                    delivery.duplicates += outcome.duplicates;
+                    delivery.items_written += outcome.items_written;
+                    touched.push((outcome.tenant, outcome.periods, message_ids));
+                }
+                Err(error) => {
+                    tracing::error!(tenant = %tenant_id, ?message_ids, %error, "events not counted; their messages will be retried");
+                    delivery.failed.extend(message_ids);
+                }
+            }
+        }
+
+        match tokio::time::timeout(alert_budget, self.run_alerts(&touched)).await {
+            // A threshold check that could not be recorded is redone by
+            // redelivering the messages: their events are duplicates by then.
+            Ok(failed) => delivery.failed.extend(failed),
+            Err(_) => tracing::warn!(
+                "out of time for quota alerts; pending ones are retried on a later batch"
+            ),
+        }
+        delivery
+    }
+
+    async fn count_tenant(
+        &self,
+        tenant_id: &TenantId,
+        events: Vec<UsageEvent>,
+    ) -> Result<TenantOutcome, CountError> {
+        let tenant = self
+            .tenants
+            .get(tenant_id)
+            .await?
+            .ok_or_else(|| CountError::UnknownTenant(tenant_id.clone()))?;
+        let received = events.len();
+        let events = unique_by_id(events);
+        let repeats = (received - events.len()) as u64;
+        let counted = count(self.ledger.as_ref(), tenant_id, tenant.billing_day, &events).await?;
+        tracing::info!(
+            tenant = %tenant_id,
+            events = counted.events,
+            tokens = counted.tokens,
+            duplicates = counted.duplicates,
+            "counted"
+        );
+        let periods = events
+            .iter()
+            .map(|e| BillingPeriod::containing(e.timestamp, tenant.billing_day))
+            .collect();
+        Ok(TenantOutcome {
+            tenant,
+            periods,
+            events: counted.events,
+            duplicates: counted.duplicates + repeats,
+            items_written: counted.items_written,
+        })
+    }
+
+    /// Retries alerts earlier deliveries left pending, then raises the ones
+    /// each touched tenant has reached (an alert failing now waits for the
+    /// next delivery). Returns the messages to redeliver because a check
+    /// failed.
+    async fn run_alerts(
+        &self,
+        touched: &[(Tenant, BTreeSet<BillingPeriod>, Vec<String>)],
+    ) -> Vec<String> {
+        let (store, notifier) = (self.alerts.as_ref(), self.notifier.as_ref());
+        if let Err(error) = alerts::retry_due(store, notifier).await {
+            tracing::error!(%error, "retrying pending alerts failed; a later batch will");
+        }
+        let mut failed = Vec::new();
+        for (tenant, periods, message_ids) in touched {
+            for period in periods {
+                let result = async {
+                    let used = self.usage.period_total(&tenant.id, &period.key()).await?;
+                    alerts::raise(store, notifier, tenant, period, used).await
+                }
+                .await;
+                if let Err(error) = result {
+                    tracing::error!(tenant = %tenant.id, %error, "quota check failed; its messages will be retried");
+                    failed.extend(message_ids.iter().cloned());
+                    break;
+                }
+            }
+        }
+        failed
+    }
+}
