@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::store::StoreError;
+use crate::store::{Outage, StoreError};
 
 /// Where window counts are kept.
 #[async_trait::async_trait]
@@ -143,12 +143,12 @@ impl RateLimiter {
     }
 }
 
-/// Window counts in memory: the double for handler tests. `fail` makes
+/// Window counts in memory: the double for handler tests. `outage` makes
 /// every call fail, as an unreachable table would.
 #[derive(Debug, Default)]
 pub struct MemoryCounter {
     counts: Mutex<HashMap<(String, i64), u32>>,
-    pub fail: std::sync::atomic::AtomicBool,
+    pub outage: Outage,
 }
 
 #[async_trait::async_trait]
@@ -160,13 +160,7 @@ impl RateCounter for MemoryCounter {
         limit: u32,
         _expires_at: DateTime<Utc>,
     ) -> Result<Option<u32>, StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Unavailable {
-                store: "rate-limit store",
-                operation: "increment",
-                message: "failing on purpose".into(),
-            });
-        }
+        self.outage.check("rate-limit store")?;
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts
             .entry((subject.to_owned(), window_start))
@@ -242,9 +236,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_counter_is_an_error_not_a_decision() {
         let counter = Arc::new(MemoryCounter::default());
-        counter
-            .fail
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        counter.outage.begin();
         let limiter = RateLimiter::new(counter);
         assert!(
             limiter

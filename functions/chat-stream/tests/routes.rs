@@ -3,7 +3,6 @@
 //! emulator and the Anthropic stub.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
@@ -21,9 +20,9 @@ use shared::config::Env;
 use shared::health::HealthChecks;
 use shared::jwt::MemoryTokens;
 use shared::metering::ingest::MemoryQueue;
-use shared::metering::period::BillingPeriod;
+use shared::metering::rollup::{MemoryLedger, count};
 use shared::metering::tenants::{ApiKey, MemoryTenants, Tenant, TenantStore, Tier};
-use shared::metering::usage::{MemoryUsage, PeriodUsage};
+use shared::metering::types::{EventId, Feature, Tokens, UsageEvent};
 use shared::ratelimit::MemoryCounter;
 use shared::secrets::MemorySecrets;
 use tower::ServiceExt;
@@ -36,7 +35,7 @@ struct Chat {
     chat: Arc<MemoryChat>,
     tenants: Arc<MemoryTenants>,
     counter: Arc<MemoryCounter>,
-    usage: Arc<MemoryUsage>,
+    usage: Arc<MemoryLedger>,
     queue: Arc<MemoryQueue>,
     model: Arc<ScriptedModel>,
 }
@@ -74,7 +73,7 @@ fn chat_signed_in_by(
     let chat = Arc::new(MemoryChat::default());
     let tenants = Arc::new(MemoryTenants::default());
     let counter = Arc::new(MemoryCounter::default());
-    let usage = Arc::new(MemoryUsage::default());
+    let usage = Arc::new(MemoryLedger::default());
     let queue = Arc::new(MemoryQueue::default());
     let model = Arc::new(model);
     let edges = Edges {
@@ -241,13 +240,17 @@ async fn the_eleventh_request_in_a_minute_is_refused_recorded_and_never_sent() {
 #[tokio::test]
 async fn a_used_up_quota_is_refused_with_its_reset_and_no_upstream_call() {
     let chat = chat();
-    let tenant = user_tenant(SUBJECT);
-    let period = BillingPeriod::containing(Utc::now(), 1.try_into().unwrap());
-    let used = PeriodUsage {
-        tokens: 100_000,
-        ..PeriodUsage::default()
+    let used = UsageEvent {
+        id: EventId::try_from("earlier".to_owned()).unwrap(),
+        feature: Feature::try_from("chat.output".to_owned()).unwrap(),
+        tokens: Tokens::try_from(100_000).unwrap(),
+        timestamp: Utc::now(),
+        properties: Default::default(),
     };
-    chat.usage.set_period(&tenant, &period.key(), used);
+    let day = 1.try_into().unwrap();
+    count(chat.usage.as_ref(), &user_tenant(SUBJECT), day, &[used])
+        .await
+        .unwrap();
     let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     let problem = refused.problem();
@@ -285,7 +288,7 @@ async fn a_disabled_account_is_forbidden() {
 #[tokio::test]
 async fn a_failing_rate_limit_store_fails_open_unless_told_to_fail_closed() {
     let open = chat();
-    open.counter.fail.store(true, Ordering::Relaxed);
+    open.counter.outage.begin();
     let answer = send(&open.router, ask(Some(TOKEN), hello())).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert!(!answer.headers.contains_key("x-ratelimit-limit"));
@@ -295,7 +298,7 @@ async fn a_failing_rate_limit_store_fails_open_unless_told_to_fail_closed() {
         "k",
         &[("RATE_LIMIT_FAIL_CLOSED", "true")],
     );
-    closed.counter.fail.store(true, Ordering::Relaxed);
+    closed.counter.outage.begin();
     let refused = send(&closed.router, ask(Some(TOKEN), hello())).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.problem()["dependency"], "rate-limit store");
@@ -305,7 +308,7 @@ async fn a_failing_rate_limit_store_fails_open_unless_told_to_fail_closed() {
 #[tokio::test]
 async fn a_failing_chat_store_is_a_503_naming_it() {
     let chat = chat();
-    chat.chat.fail.store(true, Ordering::Relaxed);
+    chat.chat.outage.begin();
     let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.problem()["dependency"], "chat store");

@@ -2,7 +2,6 @@
 //! queue: no emulator. tests/metering.rs drives it against the emulator.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -179,11 +178,11 @@ async fn each_bad_body_class_is_refused_whole_naming_the_problem() {
 #[tokio::test]
 async fn a_queue_that_refuses_is_a_503_to_retry_and_nothing_is_half_sent() {
     let app = ingest().await;
-    app.queue.fail.store(true, Ordering::Relaxed);
+    app.queue.outage.begin();
     let (status, problem) = post(&app, Some(&app.key), event("e1", 1).to_string()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(problem["dependency"], "events queue");
-    app.queue.fail.store(false, Ordering::Relaxed);
+    app.queue.outage.end();
     let (status, _) = post(&app, Some(&app.key), event("e1", 1).to_string()).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(app.queue.sent().len(), 1);

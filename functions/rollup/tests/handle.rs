@@ -2,7 +2,6 @@
 //! no emulator. tests/metering.rs and tests/alerts.rs drive it against it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{TimeDelta, Utc};
@@ -166,7 +165,7 @@ async fn an_unknown_tenants_messages_are_retried_not_dropped() {
 async fn a_failing_ledger_fails_the_messages_it_could_not_count() {
     let rollup = rollup();
     let a = tenant(&rollup, 1_000_000).await;
-    rollup.ledger.fail.store(true, Ordering::Relaxed);
+    rollup.ledger.outage.begin();
     let response = handle(
         &rollup.consumer,
         delivery(vec![message("m1", &pack(&a.id, &events("a", 1, 5))[0])]),
@@ -174,7 +173,7 @@ async fn a_failing_ledger_fails_the_messages_it_could_not_count() {
     .await
     .unwrap();
     assert_eq!(failed(&response), ["m1"]);
-    rollup.ledger.fail.store(false, Ordering::Relaxed);
+    rollup.ledger.outage.end();
     assert_eq!(period_total(&rollup, &a.id).await, 0);
 }
 

@@ -2,7 +2,6 @@
 //! tests/metering.rs and tests/chat.rs drive the same routes against it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -15,9 +14,9 @@ use shared::clock::FixedClock;
 use shared::config::Env;
 use shared::health::HealthChecks;
 use shared::jwt::MemoryTokens;
-use shared::metering::period::BillingPeriod;
+use shared::metering::rollup::{MemoryLedger, count};
 use shared::metering::tenants::MemoryTenants;
-use shared::metering::usage::{MemoryUsage, MinuteUsage, PeriodUsage};
+use shared::metering::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
 use shared::secrets::MemorySecrets;
 use tower::ServiceExt;
 use usage::{Config, Edges, FUNCTION, router};
@@ -29,7 +28,7 @@ const SUBJECT: &str = "user_1";
 struct Usage {
     router: Router,
     tenants: Arc<MemoryTenants>,
-    usage: Arc<MemoryUsage>,
+    usage: Arc<MemoryLedger>,
     chat: Arc<MemoryChat>,
     clock: Arc<FixedClock>,
 }
@@ -45,7 +44,7 @@ fn usage() -> Usage {
         ("ADMIN_TOKEN_SECRET", "admin"),
     ]);
     let tenants = Arc::new(MemoryTenants::default());
-    let usage = Arc::new(MemoryUsage::default());
+    let usage = Arc::new(MemoryLedger::default());
     let chat = Arc::new(MemoryChat::default());
     let clock = Arc::new(FixedClock::at(Utc::now()));
     let edges = Edges {
@@ -103,6 +102,10 @@ fn request(method: &str, path: &str, token: Option<&str>, body: Option<Value>) -
     .unwrap()
 }
 
+fn as_admin(method: &str, path: &str) -> Request<Body> {
+    request(method, path, Some(ADMIN), None)
+}
+
 async fn send(app: &Usage, request: Request<Body>) -> Answered {
     let response = app.router.clone().oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
@@ -132,6 +135,24 @@ async fn create(app: &Usage, body: Value) -> (String, String) {
     )
 }
 
+/// Counts `(id, tokens, at)` events of tenant `id` as the rollup would.
+async fn counted(app: &Usage, id: &str, events: &[(&str, u64, chrono::DateTime<Utc>)]) {
+    let events: Vec<UsageEvent> = events
+        .iter()
+        .map(|(event, tokens, at)| UsageEvent {
+            id: EventId::try_from((*event).to_owned()).unwrap(),
+            feature: Feature::try_from("chat".to_owned()).unwrap(),
+            tokens: Tokens::try_from(*tokens).unwrap(),
+            timestamp: *at,
+            properties: Default::default(),
+        })
+        .collect();
+    let tenant = TenantId::try_from(id.to_owned()).unwrap();
+    count(app.usage.as_ref(), &tenant, 1.try_into().unwrap(), &events)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_admin_creates_reads_lists_and_patches_a_tenant() {
     let app = usage();
@@ -154,11 +175,7 @@ async fn an_admin_creates_reads_lists_and_patches_a_tenant() {
     );
     let id = body["id"].as_str().unwrap();
 
-    let read = send(
-        &app,
-        request("GET", &format!("/admin/tenants/{id}"), Some(ADMIN), None),
-    )
-    .await;
+    let read = send(&app, as_admin("GET", &format!("/admin/tenants/{id}"))).await;
     assert_eq!(read.json()["name"], "Acme");
     assert!(read.json().get("signing_secret").is_none());
 
@@ -182,7 +199,7 @@ async fn an_admin_creates_reads_lists_and_patches_a_tenant() {
         (Some(5), Some(false))
     );
 
-    let listed = send(&app, request("GET", "/admin/tenants", Some(ADMIN), None)).await;
+    let listed = send(&app, as_admin("GET", "/admin/tenants")).await;
     assert_eq!(listed.json()["tenants"].as_array().unwrap().len(), 1);
 }
 
@@ -228,15 +245,12 @@ async fn bad_tenant_input_is_a_400_naming_the_problem() {
             "invalid_tenant",
         ),
         (
-            request("GET", "/admin/tenants/not-an-id", Some(ADMIN), None),
+            as_admin("GET", "/admin/tenants/not-an-id"),
             "invalid_tenant_id",
         ),
+        (as_admin("GET", "/admin/tenants?limit=0"), "invalid_limit"),
         (
-            request("GET", "/admin/tenants?limit=0", Some(ADMIN), None),
-            "invalid_limit",
-        ),
-        (
-            request("GET", "/admin/tenants?cursor=zzz", Some(ADMIN), None),
+            as_admin("GET", "/admin/tenants?cursor=zzz"),
             "invalid_cursor",
         ),
     ];
@@ -253,25 +267,12 @@ async fn bad_tenant_input_is_a_400_naming_the_problem() {
 async fn an_unknown_tenant_is_a_404() {
     let app = usage();
     let id = "ten_00000000000000000000000000000000";
-    let answer = send(
-        &app,
-        request("GET", &format!("/admin/tenants/{id}"), Some(ADMIN), None),
-    )
-    .await;
+    let answer = send(&app, as_admin("GET", &format!("/admin/tenants/{id}"))).await;
     assert_eq!(
         (answer.status, answer.code()),
         (StatusCode::NOT_FOUND, "not_found".into())
     );
-    let rotate = send(
-        &app,
-        request(
-            "POST",
-            &format!("/admin/tenants/{id}/keys"),
-            Some(ADMIN),
-            None,
-        ),
-    )
-    .await;
+    let rotate = send(&app, as_admin("POST", &format!("/admin/tenants/{id}/keys"))).await;
     assert_eq!(rotate.status, StatusCode::NOT_FOUND);
 }
 
@@ -279,16 +280,7 @@ async fn an_unknown_tenant_is_a_404() {
 async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
     let app = usage();
     let (id, old) = create(&app, acme()).await;
-    let rotated = send(
-        &app,
-        request(
-            "POST",
-            &format!("/admin/tenants/{id}/keys"),
-            Some(ADMIN),
-            None,
-        ),
-    )
-    .await;
+    let rotated = send(&app, as_admin("POST", &format!("/admin/tenants/{id}/keys"))).await;
     assert_eq!(rotated.status, StatusCode::CREATED);
     let new = rotated.json()["api_key"].as_str().unwrap().to_owned();
     let path = format!("/usage/{id}");
@@ -312,16 +304,7 @@ async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
         json!({"name": "Next", "monthly_quota": 10, "billing_day": 1, "tier": "free"}),
     )
     .await;
-    send(
-        &app,
-        request(
-            "POST",
-            &format!("/admin/tenants/{id}/keys"),
-            Some(ADMIN),
-            None,
-        ),
-    )
-    .await;
+    send(&app, as_admin("POST", &format!("/admin/tenants/{id}/keys"))).await;
     app.clock
         .advance(TimeDelta::days(1) + TimeDelta::seconds(1));
     let expired = send(
@@ -344,26 +327,13 @@ async fn a_tenant_reads_its_own_usage_and_no_one_elses() {
         json!({"name": "Other", "monthly_quota": 10, "billing_day": 1, "tier": "free"}),
     )
     .await;
-    let tenant = id.clone().try_into().unwrap();
-    let now = shared::clock::Clock::now(app.clock.as_ref());
-    let period = BillingPeriod::containing(now, 1.try_into().unwrap());
-    app.usage.set_period(
-        &tenant,
-        &period.key(),
-        PeriodUsage {
-            tokens: 250,
-            events: 2,
-            features: vec![("chat".into(), 250, 2)],
-        },
-    );
-    app.usage.add_minute(
-        &tenant,
-        MinuteUsage {
-            minute: now - TimeDelta::minutes(5),
-            feature: "chat".into(),
-            tokens: 250,
-        },
-    );
+    let five_minutes_ago = shared::clock::Clock::now(app.clock.as_ref()) - TimeDelta::minutes(5);
+    counted(
+        &app,
+        &id,
+        &[("a", 200, five_minutes_ago), ("b", 50, five_minutes_ago)],
+    )
+    .await;
     let own = send(
         &app,
         request("GET", &format!("/usage/{id}?window=1h"), Some(&key), None),
@@ -395,11 +365,7 @@ async fn a_tenant_reads_its_own_usage_and_no_one_elses() {
         (theirs.status, theirs.code()),
         (StatusCode::FORBIDDEN, "forbidden".into())
     );
-    let admin = send(
-        &app,
-        request("GET", &format!("/usage/{other}"), Some(ADMIN), None),
-    )
-    .await;
+    let admin = send(&app, as_admin("GET", &format!("/usage/{other}"))).await;
     assert_eq!(admin.status, StatusCode::OK);
 }
 
@@ -435,7 +401,7 @@ async fn bad_usage_queries_are_400s() {
 async fn a_failing_store_is_a_503_with_retry_after() {
     let app = usage();
     let (id, key) = create(&app, acme()).await;
-    app.usage.fail.store(true, Ordering::Relaxed);
+    app.usage.outage.begin();
     let answer = send(
         &app,
         request("GET", &format!("/usage/{id}"), Some(&key), None),
@@ -444,8 +410,8 @@ async fn a_failing_store_is_a_503_with_retry_after() {
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.json()["dependency"], "usage store");
     assert!(answer.headers.contains_key("retry-after"));
-    app.tenants.fail.store(true, Ordering::Relaxed);
-    let listed = send(&app, request("GET", "/admin/tenants", Some(ADMIN), None)).await;
+    app.tenants.outage.begin();
+    let listed = send(&app, as_admin("GET", "/admin/tenants")).await;
     assert_eq!(listed.json()["dependency"], "tenant store");
 }
 
@@ -458,17 +424,9 @@ async fn the_admin_overview_lists_every_tenant_by_name_with_its_period_total() {
     )
     .await;
     create(&app, acme()).await;
-    let period = BillingPeriod::containing(
-        shared::clock::Clock::now(app.clock.as_ref()),
-        1.try_into().unwrap(),
-    );
-    let used = PeriodUsage {
-        tokens: 40,
-        ..PeriodUsage::default()
-    };
-    app.usage
-        .set_period(&b.try_into().unwrap(), &period.key(), used);
-    let overview = send(&app, request("GET", "/admin/usage", Some(ADMIN), None)).await;
+    let now = shared::clock::Clock::now(app.clock.as_ref());
+    counted(&app, &b, &[("b", 40, now)]).await;
+    let overview = send(&app, as_admin("GET", "/admin/usage")).await;
     let rows = overview.json()["tenants"].as_array().unwrap().clone();
     let names: Vec<&str> = rows
         .iter()

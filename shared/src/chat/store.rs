@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chat::history::Turn;
 use crate::chat::settings::Usage;
-use crate::store::StoreError;
+use crate::store::{Outage, StoreError, page_of};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserProfile {
@@ -96,12 +96,12 @@ pub trait ChatStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
-/// Chat data in memory. Cursors are record offsets; `fail` makes every
+/// Chat data in memory. Cursors are record offsets; `outage` makes every
 /// call fail as an unreachable table would.
 #[derive(Debug, Default)]
 pub struct MemoryChat {
     data: Mutex<ChatData>,
-    pub fail: std::sync::atomic::AtomicBool,
+    pub outage: Outage,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -122,13 +122,7 @@ impl MemoryChat {
     }
 
     fn data(&self) -> Result<std::sync::MutexGuard<'_, ChatData>, StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Unavailable {
-                store: "chat store",
-                operation: "memory",
-                message: "failing on purpose".into(),
-            });
-        }
+        self.outage.check("chat store")?;
         Ok(self.data.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -208,23 +202,12 @@ impl ChatStore for MemoryChat {
         cursor: Option<&str>,
     ) -> Result<UsagePage, StoreError> {
         let data = self.data()?;
-        let skip = match cursor {
-            None => 0,
-            Some(c) => c.parse::<usize>().map_err(|_| StoreError::BadCursor)?,
-        };
         let newest_first: Vec<UsageRecord> = data
             .records
             .get(subject)
             .map(|r| r.iter().rev().cloned().collect())
             .unwrap_or_default();
-        let records: Vec<UsageRecord> = newest_first
-            .iter()
-            .skip(skip)
-            .take(limit)
-            .cloned()
-            .collect();
-        let next =
-            (skip + records.len() < newest_first.len()).then(|| (skip + records.len()).to_string());
+        let (records, next) = page_of(&newest_first, limit, cursor)?;
         Ok(UsagePage { records, next })
     }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
-use crate::store::StoreError;
+use crate::store::{Outage, StoreError};
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const MAX_EVENTS: usize = 1000;
@@ -268,12 +268,12 @@ pub trait EventSink: Send + Sync {
     async fn send(&self, bodies: &[String]) -> Result<usize, StoreError>;
 }
 
-/// A queue in memory: the double for handler tests. `fail` makes every
+/// A queue in memory: the double for handler tests. `outage` makes every
 /// send fail, as an unreachable queue would.
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
     sent: std::sync::Mutex<Vec<String>>,
-    pub fail: std::sync::atomic::AtomicBool,
+    pub outage: Outage,
 }
 
 impl MemoryQueue {
@@ -286,13 +286,7 @@ impl MemoryQueue {
 #[async_trait::async_trait]
 impl EventSink for MemoryQueue {
     async fn send(&self, bodies: &[String]) -> Result<usize, StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Unavailable {
-                store: "events queue",
-                operation: "send",
-                message: "failing on purpose".into(),
-            });
-        }
+        self.outage.check("events queue")?;
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         sent.extend_from_slice(bodies);
         Ok(send_batches(bodies).len())

@@ -17,7 +17,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use super::period::BillingPeriod;
 use super::types::{BillingDay, Feature, TenantId, UsageEvent};
 use super::usage::{MinuteUsage, PeriodUsage, UsageReader};
-use crate::store::StoreError;
+use crate::store::{Outage, StoreError};
 
 /// DynamoDB's limit on items per `TransactWriteItems`.
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
@@ -189,26 +189,15 @@ pub async fn count(
 
 /// A ledger in memory with DynamoDB's transaction semantics (a chunk
 /// commits whole or reports its duplicates): the double for handler tests.
-/// It answers usage reads from what it counted; `fail` makes every call fail.
+/// It answers usage reads from what it counted; `outage` makes every call fail.
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
     seen: Mutex<HashSet<(TenantId, String)>>,
     totals: Mutex<BTreeMap<(TenantId, Counter), Delta>>,
-    pub fail: std::sync::atomic::AtomicBool,
+    pub outage: Outage,
 }
 
 impl MemoryLedger {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Unavailable {
-                store: "usage store",
-                operation: "memory",
-                message: "failing on purpose".into(),
-            });
-        }
-        Ok(())
-    }
-
     /// What `tenant` has on `counter`.
     pub fn total(&self, tenant: &TenantId, counter: &Counter) -> Delta {
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,7 +211,7 @@ impl MemoryLedger {
 #[async_trait::async_trait]
 impl Ledger for MemoryLedger {
     async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError> {
-        self.check()?;
+        self.outage.check("usage store")?;
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let key = |e: &UsageEvent| (tenant.clone(), e.id.to_string());
         let duplicates: Vec<usize> = chunk
@@ -249,7 +238,7 @@ impl Ledger for MemoryLedger {
 #[async_trait::async_trait]
 impl UsageReader for MemoryLedger {
     async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
-        self.check()?;
+        self.outage.check("usage store")?;
         let counter = Counter::Period {
             period: period.to_owned(),
         };
@@ -261,7 +250,7 @@ impl UsageReader for MemoryLedger {
         tenant: &TenantId,
         period: &str,
     ) -> Result<PeriodUsage, StoreError> {
-        self.check()?;
+        self.outage.check("usage store")?;
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         let mut usage = PeriodUsage::default();
         for ((t, counter), delta) in totals.iter().filter(|((t, _), _)| t == tenant) {
@@ -286,7 +275,7 @@ impl UsageReader for MemoryLedger {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<MinuteUsage>, StoreError> {
-        self.check()?;
+        self.outage.check("usage store")?;
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         Ok(totals
             .iter()

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::types::{BillingDay, Invalid, TenantId};
 use crate::clock::Clock;
-use crate::store::StoreError;
+use crate::store::{Outage, StoreError, page_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -349,11 +349,11 @@ impl CachedKeys {
 }
 
 /// Tenants in memory: the double for handler tests. Cursors are offsets;
-/// `fail` makes every call fail as an unreachable table would.
+/// `outage` makes every call fail as an unreachable table would.
 #[derive(Debug, Default)]
 pub struct MemoryTenants {
     data: std::sync::Mutex<TenantData>,
-    pub fail: std::sync::atomic::AtomicBool,
+    pub outage: Outage,
 }
 
 #[derive(Debug, Default)]
@@ -366,13 +366,7 @@ struct TenantData {
 
 impl MemoryTenants {
     fn data(&self) -> Result<std::sync::MutexGuard<'_, TenantData>, StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Unavailable {
-                store: "tenant store",
-                operation: "memory",
-                message: "failing on purpose".into(),
-            });
-        }
+        self.outage.check("tenant store")?;
         Ok(self.data.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -412,19 +406,7 @@ impl TenantStore for MemoryTenants {
 
     async fn list(&self, limit: usize, cursor: Option<&str>) -> Result<TenantPage, StoreError> {
         let data = self.data()?;
-        let skip = match cursor {
-            None => 0,
-            Some(c) => c.parse::<usize>().map_err(|_| StoreError::BadCursor)?,
-        };
-        let tenants: Vec<Tenant> = data
-            .tenants
-            .iter()
-            .skip(skip)
-            .take(limit)
-            .cloned()
-            .collect();
-        let next =
-            (skip + tenants.len() < data.tenants.len()).then(|| (skip + tenants.len()).to_string());
+        let (tenants, next) = page_of(&data.tenants, limit, cursor)?;
         Ok(TenantPage { tenants, next })
     }
 

@@ -1,7 +1,7 @@
 //! Reading usage back: windows, resolutions and the series the usage API
 //! returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use futures_util::{StreamExt, TryStreamExt};
@@ -51,74 +51,6 @@ pub trait UsageReader: Send + Sync {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<MinuteUsage>, StoreError>;
-}
-
-/// Counted usage in memory: the double for handler tests. `fail` makes
-/// every read fail, as an unreachable table would.
-#[derive(Debug, Default)]
-pub struct MemoryUsage {
-    periods: std::sync::Mutex<HashMap<(TenantId, String), PeriodUsage>>,
-    minutes: std::sync::Mutex<Vec<(TenantId, MinuteUsage)>>,
-    pub fail: std::sync::atomic::AtomicBool,
-}
-
-impl MemoryUsage {
-    /// Sets what `tenant` used in `period` (its key).
-    pub fn set_period(&self, tenant: &TenantId, period: &str, usage: PeriodUsage) {
-        let mut periods = self.periods.lock().unwrap_or_else(|e| e.into_inner());
-        periods.insert((tenant.clone(), period.to_owned()), usage);
-    }
-
-    pub fn add_minute(&self, tenant: &TenantId, usage: MinuteUsage) {
-        let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
-        minutes.push((tenant.clone(), usage));
-    }
-
-    fn check(&self) -> Result<(), StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Unavailable {
-                store: "usage store",
-                operation: "memory",
-                message: "failing on purpose".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl UsageReader for MemoryUsage {
-    async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
-        Ok(self.period_usage(tenant, period).await?.tokens)
-    }
-
-    async fn period_usage(
-        &self,
-        tenant: &TenantId,
-        period: &str,
-    ) -> Result<PeriodUsage, StoreError> {
-        self.check()?;
-        let periods = self.periods.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(periods
-            .get(&(tenant.clone(), period.to_owned()))
-            .cloned()
-            .unwrap_or_default())
-    }
-
-    async fn minutes(
-        &self,
-        tenant: &TenantId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<MinuteUsage>, StoreError> {
-        self.check()?;
-        let minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(minutes
-            .iter()
-            .filter(|(t, m)| t == tenant && m.minute >= from && m.minute < to)
-            .map(|(_, m)| m.clone())
-            .collect())
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
