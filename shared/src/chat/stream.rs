@@ -65,6 +65,15 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// What relaying a stream leaves to record.
+struct Relayed {
+    relay: Relay,
+    /// When the first text reached the client, from the handler's start.
+    first_text: Option<Duration>,
+    /// The early send of the prompt's usage, if upstream accepted it.
+    prompt_queued: Option<tokio::task::JoinHandle<()>>,
+}
+
 /// Who and what the metering events of one request are for.
 #[derive(Clone)]
 struct Meter {
@@ -89,37 +98,51 @@ impl Streamer {
     }
 
     /// Relays `upstream` to `tx` as the client's events, then records what
-    /// the exchange used.
+    /// the exchange used, then (if it completed) says so to the client.
     pub async fn run(&self, exchange: Exchange, upstream: ReplyStream, tx: mpsc::Sender<Bytes>) {
-        let Exchange {
-            admitted,
-            request_id,
-            started,
-            deadline,
-        } = exchange;
+        let meter = Meter {
+            request_id: exchange.request_id.clone(),
+            model: exchange.admitted.request.model.clone(),
+            tenant: exchange.admitted.tenant.id.clone(),
+            at: exchange.admitted.at,
+        };
+        let relayed = self.relay(&exchange, &meter, upstream, &tx).await;
+        if let Some(complete) = self.finish(&exchange, &meter, relayed).await {
+            send(&tx, complete.to_sse()).await;
+        }
+    }
+
+    /// Client events out of upstream events until the stream ends, the
+    /// client leaves, upstream falls silent or the deadline comes.
+    async fn relay(
+        &self,
+        exchange: &Exchange,
+        meter: &Meter,
+        upstream: ReplyStream,
+        tx: &mpsc::Sender<Bytes>,
+    ) -> Relayed {
         let mut relay = Relay::default();
         let mut parser = SseParser::default();
         let mut first_text: Option<Duration> = None;
 
         let start = ClientEvent::StreamStart {
-            request_id: request_id.clone(),
-            conversation_id: admitted.request.conversation_id.as_str().to_owned(),
-            model: admitted.request.model.clone(),
+            request_id: exchange.request_id.clone(),
+            conversation_id: exchange
+                .admitted
+                .request
+                .conversation_id
+                .as_str()
+                .to_owned(),
+            model: exchange.admitted.request.model.clone(),
         };
-        if !send(&tx, start.to_sse()).await {
+        if !send(tx, start.to_sse()).await {
             relay.cut_short(Ending::Disconnected);
         }
 
         let mut body = upstream;
         let mut silent = Duration::ZERO;
         let mut prompt_queued = None;
-        let meter = Meter {
-            request_id: request_id.clone(),
-            model: admitted.request.model.clone(),
-            tenant: admitted.tenant.id.clone(),
-            at: admitted.at,
-        };
-        let deadline = deadline.map(tokio::time::Instant::from_std);
+        let deadline = exchange.deadline.map(tokio::time::Instant::from_std);
         while relay.ending().is_none() {
             let mut out: Vec<ClientEvent> = Vec::new();
             tokio::select! {
@@ -141,7 +164,7 @@ impl Streamer {
                                 "upstream_timeout".to_owned(),
                                 "the model API stopped sending".to_owned(),
                             )));
-                        } else if !send(&tx, KEEP_ALIVE.to_owned()).await {
+                        } else if !send(tx, KEEP_ALIVE.to_owned()).await {
                             relay.cut_short(Ending::Disconnected);
                         }
                     }
@@ -166,7 +189,7 @@ impl Streamer {
                                     let was_started = relay.started();
                                     out.extend(relay.on(event));
                                     if !was_started && relay.started() {
-                                        prompt_queued = Some(self.queue_prompt(&meter, relay.usage()));
+                                        prompt_queued = Some(self.queue_prompt(meter, relay.usage()));
                                     }
                                 }
                                 None => tracing::debug!(event = ?frame.event, "skipped an unreadable upstream event"),
@@ -177,9 +200,9 @@ impl Streamer {
             }
             for event in out {
                 if first_text.is_none() && matches!(event, ClientEvent::ContentDelta { .. }) {
-                    first_text = Some(started.elapsed());
+                    first_text = Some(exchange.started.elapsed());
                 }
-                if !send(&tx, event.to_sse()).await {
+                if !send(tx, event.to_sse()).await {
                     relay.cut_short(Ending::Disconnected);
                     break;
                 }
@@ -188,7 +211,23 @@ impl Streamer {
         // Dropping the upstream body closes its connection: a disconnected
         // client's request stops generating (and costing) tokens here.
         drop(body);
+        Relayed {
+            relay,
+            first_text,
+            prompt_queued,
+        }
+    }
 
+    /// Records the exchange's usage (queue and usage record) and history,
+    /// reports its metrics, and returns `stream_complete` if it completed.
+    async fn finish(
+        &self,
+        exchange: &Exchange,
+        meter: &Meter,
+        relayed: Relayed,
+    ) -> Option<ClientEvent> {
+        let relay = &relayed.relay;
+        let admitted = &exchange.admitted;
         let ending = relay.ending().cloned().unwrap_or(Ending::Disconnected);
         let model = &admitted.request.model;
         let usage = relay.usage();
@@ -197,20 +236,20 @@ impl Streamer {
             .models
             .get(model)
             .map_or(0.0, |price| price.cost_usd(&usage));
-        let latency_ms = started.elapsed().as_millis() as u64;
+        let latency_ms = exchange.started.elapsed().as_millis() as u64;
         let outcome = match &ending {
             Ending::Complete => "complete",
             Ending::Failed(..) => "error",
             Ending::Disconnected => "disconnected",
         };
 
-        if let Some(prompt) = prompt_queued {
+        if let Some(prompt) = relayed.prompt_queued {
             // Finish the early send first: the final one repeats its ids.
             let _ = prompt.await;
         }
         if relay.started() {
             let record = UsageRecord {
-                request_id: request_id.clone(),
+                request_id: exchange.request_id.clone(),
                 conversation_id: admitted.request.conversation_id.as_str().to_owned(),
                 model: model.clone(),
                 usage,
@@ -241,7 +280,7 @@ impl Streamer {
                 }
             };
             tokio::join!(
-                self.record_usage(&admitted.subject, &meter, &record),
+                self.record_usage(&admitted.subject, meter, &record),
                 remember
             );
         }
@@ -275,7 +314,7 @@ impl Streamer {
                 MetricUnit::Count,
                 f64::from(u8::from(matches!(ending, Ending::Failed(..)))),
             );
-        if let Some(ttft) = first_text {
+        if let Some(ttft) = relayed.first_text {
             metrics = metrics.value(
                 "ChatTimeToFirstTokenMs",
                 MetricUnit::Milliseconds,
@@ -284,7 +323,7 @@ impl Streamer {
         }
         metrics.emit();
         tracing::info!(
-            request_id = request_id,
+            request_id = exchange.request_id,
             model,
             outcome,
             input_tokens = usage.input_tokens,
@@ -296,15 +335,12 @@ impl Streamer {
             "chat finished"
         );
 
-        if ending == Ending::Complete {
-            let complete = ClientEvent::StreamComplete {
-                usage,
-                cost_usd,
-                latency_ms,
-                stop_reason: relay.stop_reason().map(str::to_owned),
-            };
-            send(&tx, complete.to_sse()).await;
-        }
+        (ending == Ending::Complete).then(|| ClientEvent::StreamComplete {
+            usage,
+            cost_usd,
+            latency_ms,
+            stop_reason: relay.stop_reason().map(str::to_owned),
+        })
     }
 
     /// The usage record (history) and the metering events (quota, rollups).
