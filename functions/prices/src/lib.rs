@@ -36,7 +36,7 @@ use shared::http::{CorsOrigins, finish, rate_limit_headers, rate_limited};
 use shared::prices::failover::{BreakerStore, fetch_round};
 use shared::prices::providers::{Provider, ProviderId};
 use shared::prices::settings::PriceSettings;
-use shared::prices::types::{Currency, Metal, Quote, Unit, Unknown, Window};
+use shared::prices::types::{Currency, HistoryWindow, Metal, Quote, Unknown, WeightUnit};
 use shared::ratelimit::RateLimiter;
 use shared::secrets::CachedSecret;
 
@@ -243,8 +243,8 @@ impl App {
         &self,
         metal: Metal,
         currency: &Currency,
-        window: Window,
-        unit: Unit,
+        window: HistoryWindow,
+        unit: WeightUnit,
     ) -> Result<Vec<Value>, ApiError> {
         let now = Utc::now();
         let quotes = self
@@ -269,8 +269,8 @@ impl App {
         &self,
         metal: Metal,
         currency: &Currency,
-        unit: Unit,
-        window: Window,
+        unit: WeightUnit,
+        window: HistoryWindow,
     ) -> Result<Value, ApiError> {
         let (quote, stale) = self.latest(metal, currency).await?;
         let series = self.series(metal, currency, window, unit).await?;
@@ -282,7 +282,7 @@ impl App {
     }
 }
 
-fn latest_json(quote: &Quote, stale: bool, unit: Unit) -> Value {
+fn latest_json(quote: &Quote, stale: bool, unit: WeightUnit) -> Value {
     let convert = |p: Option<f64>| p.map(|p| round(unit.from_troy_ounce(p)));
     json!({
         "metal": quote.metal,
@@ -351,11 +351,11 @@ async fn prices(
     };
     let unit = query
         .get("unit")
-        .map_or(Ok(Unit::Toz), |u| Unit::parse(u))
+        .map_or(Ok(WeightUnit::Toz), |u| WeightUnit::parse(u))
         .map_err(|e| invalid("invalid_unit", e))?;
     let window = query
         .get("window")
-        .map_or(Ok(Window::Day), |w| Window::parse(w))
+        .map_or(Ok(HistoryWindow::Day), |w| HistoryWindow::parse(w))
         .map_err(|e| invalid("invalid_window", e))?;
 
     let key = format!("{metal:?}|{currency}|{}|{}", unit.name(), window.name());
@@ -488,7 +488,7 @@ async fn proxy(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::unavailable(id.name(), 30))?;
-    let mut response = Json(latest_json(&quote, false, Unit::Toz)).into_response();
+    let mut response = Json(latest_json(&quote, false, WeightUnit::Toz)).into_response();
     if let Some(d) = decision {
         response.headers_mut().extend(rate_limit_headers(&d));
     }
@@ -515,8 +515,8 @@ async fn public_config(State(app): State<App>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({
         "metals": config.settings.metals,
         "currencies": config.settings.currencies,
-        "units": Unit::ALL.map(Unit::name),
-        "windows": Window::ALL.map(Window::name),
+        "units": WeightUnit::ALL.map(WeightUnit::name),
+        "windows": HistoryWindow::ALL.map(HistoryWindow::name),
         "providers": listed,
         "cache": {"memory_seconds": config.memory_ttl.as_secs(), "stale_after_seconds": (config.schedule * 2).num_seconds()},
         "schedule": format!("rate({} minutes)", config.schedule.num_minutes()),

@@ -1,6 +1,6 @@
-//! The price vocabulary: metals, currencies, units, windows and quotes.
-//! Each parses from what clients send and says which values are allowed
-//! when it cannot.
+//! The price vocabulary: metals, currencies, weight units, history windows
+//! and quotes. Each parses from what clients send and says which values are
+//! allowed when it cannot, so a 400 can list them.
 
 use std::fmt;
 
@@ -20,7 +20,7 @@ pub struct Unknown {
 }
 
 /// The member of `all` that `matches`, or an error listing every name.
-fn find<T: Copy>(
+pub(super) fn find<T: Copy>(
     what: &'static str,
     value: &str,
     all: &[T],
@@ -128,40 +128,42 @@ impl fmt::Display for Currency {
 /// The weight a price is quoted per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Unit {
+pub enum WeightUnit {
     Toz,
     G,
     Kg,
 }
 
-impl Unit {
-    pub const ALL: [Unit; 3] = [Unit::Toz, Unit::G, Unit::Kg];
+impl WeightUnit {
+    pub const ALL: [WeightUnit; 3] = [WeightUnit::Toz, WeightUnit::G, WeightUnit::Kg];
 
     pub fn name(self) -> &'static str {
         match self {
-            Unit::Toz => "toz",
-            Unit::G => "g",
-            Unit::Kg => "kg",
+            WeightUnit::Toz => "toz",
+            WeightUnit::G => "g",
+            WeightUnit::Kg => "kg",
         }
     }
 
     pub fn parse(value: &str) -> Result<Self, Unknown> {
-        find("unit", value, &Self::ALL, Unit::name, |u| u.name() == value)
+        find("unit", value, &Self::ALL, WeightUnit::name, |u| {
+            u.name() == value
+        })
     }
 
     /// A per-troy-ounce price in this unit.
     pub fn from_troy_ounce(self, price: f64) -> f64 {
         match self {
-            Unit::Toz => price,
-            Unit::G => price / GRAMS_PER_TROY_OUNCE,
-            Unit::Kg => price / GRAMS_PER_TROY_OUNCE * 1000.0,
+            WeightUnit::Toz => price,
+            WeightUnit::G => price / GRAMS_PER_TROY_OUNCE,
+            WeightUnit::Kg => price / GRAMS_PER_TROY_OUNCE * 1000.0,
         }
     }
 }
 
 /// How far back a price series reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Window {
+pub enum HistoryWindow {
     #[serde(rename = "1h")]
     Hour,
     #[serde(rename = "24h")]
@@ -172,30 +174,35 @@ pub enum Window {
     Month,
 }
 
-impl Window {
-    pub const ALL: [Window; 4] = [Window::Hour, Window::Day, Window::Week, Window::Month];
+impl HistoryWindow {
+    pub const ALL: [HistoryWindow; 4] = [
+        HistoryWindow::Hour,
+        HistoryWindow::Day,
+        HistoryWindow::Week,
+        HistoryWindow::Month,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Window::Hour => "1h",
-            Window::Day => "24h",
-            Window::Week => "7d",
-            Window::Month => "30d",
+            HistoryWindow::Hour => "1h",
+            HistoryWindow::Day => "24h",
+            HistoryWindow::Week => "7d",
+            HistoryWindow::Month => "30d",
         }
     }
 
     pub fn parse(value: &str) -> Result<Self, Unknown> {
-        find("window", value, &Self::ALL, Window::name, |w| {
+        find("window", value, &Self::ALL, HistoryWindow::name, |w| {
             w.name() == value
         })
     }
 
     pub fn span(self) -> TimeDelta {
         match self {
-            Window::Hour => TimeDelta::hours(1),
-            Window::Day => TimeDelta::hours(24),
-            Window::Week => TimeDelta::days(7),
-            Window::Month => TimeDelta::days(30),
+            HistoryWindow::Hour => TimeDelta::hours(1),
+            HistoryWindow::Day => TimeDelta::hours(24),
+            HistoryWindow::Week => TimeDelta::days(7),
+            HistoryWindow::Month => TimeDelta::days(30),
         }
     }
 }
@@ -242,18 +249,21 @@ mod tests {
     #[test]
     fn one_troy_ounce_is_31_1034768_grams() {
         let per_toz = 3110.34768;
-        assert!((Unit::G.from_troy_ounce(per_toz) - 100.0).abs() < 1e-9);
-        assert!((Unit::Kg.from_troy_ounce(per_toz) - 100_000.0).abs() < 1e-6);
-        assert_eq!(Unit::Toz.from_troy_ounce(per_toz), per_toz);
-        assert!(Unit::parse("lb").is_err());
+        assert!((WeightUnit::G.from_troy_ounce(per_toz) - 100.0).abs() < 1e-9);
+        assert!((WeightUnit::Kg.from_troy_ounce(per_toz) - 100_000.0).abs() < 1e-6);
+        assert_eq!(WeightUnit::Toz.from_troy_ounce(per_toz), per_toz);
+        assert!(WeightUnit::parse("lb").is_err());
     }
 
     #[test]
     fn windows_parse_and_span() {
         assert_eq!(
-            Window::parse("7d").map(Window::span),
+            HistoryWindow::parse("7d").map(HistoryWindow::span),
             Ok(TimeDelta::days(7))
         );
-        assert_eq!(Window::parse("1y").unwrap_err().allowed, "1h, 24h, 7d, 30d");
+        assert_eq!(
+            HistoryWindow::parse("1y").unwrap_err().allowed,
+            "1h, 24h, 7d, 30d"
+        );
     }
 }
