@@ -10,10 +10,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use chrono::{TimeDelta, Utc};
-use price_fetch::{Config, Fetcher, ScheduledFetch};
+use price_fetch::{Config, ScheduledFetch};
 use shared::aws::prices::DynamoPrices;
 use shared::prices::failover::{BreakerState, BreakerStore};
+use shared::prices::fetch::PriceFetcher;
 use shared::prices::providers::ProviderId;
+use shared::prices::store::PriceStore;
 use shared::prices::types::{Currency, Metal, Quote};
 
 type Respond = Box<dyn Fn(&str) -> (u16, String) + Send + Sync>;
@@ -146,7 +148,7 @@ impl World {
     }
 
     /// A fetcher whose providers are the stubs, with a quick breaker.
-    async fn fetcher(&self) -> Fetcher {
+    async fn fetcher(&self) -> PriceFetcher {
         let mut config = Config::from_env(self.stack.env("price-fetch")).unwrap();
         config.settings.providers = self
             .stubs
@@ -156,7 +158,7 @@ impl World {
         config.settings.policy.timeout = Duration::from_secs(2);
         config.settings.policy.breaker_failures = 2;
         config.settings.policy.breaker_cooldown = TimeDelta::seconds(2);
-        Fetcher::new(config, &support::aws().await)
+        price_fetch::fetcher(&config, &support::aws().await)
     }
 }
 
@@ -187,7 +189,7 @@ async fn world() -> World {
     world
 }
 
-async fn run(fetcher: &Fetcher) -> Result<price_fetch::FetchReport, String> {
+async fn run(fetcher: &PriceFetcher) -> Result<price_fetch::FetchReport, String> {
     let event = ScheduledFetch {
         scheduled_time: Utc::now(),
         execution_id: "test".into(),

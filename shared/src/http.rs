@@ -23,6 +23,7 @@ use crate::chat::admission::Refusal;
 use crate::chat::upstream::UpstreamError;
 use crate::config::{ConfigError, Env};
 use crate::error::ApiError;
+use crate::prices::PriceError;
 use crate::ratelimit::Decision;
 use crate::telemetry;
 
@@ -133,6 +134,54 @@ impl From<UpstreamError> for ApiError {
                 "the model API is busy or unavailable; retry shortly",
             )
             .with_retry_after(retry_after),
+        }
+    }
+}
+
+/// A price that could not be had, answered once for both price routes: an
+/// unknown parameter is a 400 listing the allowed values (`invalid_metal`,
+/// `invalid_currency`, ...); a provider without a key a 400; keys or table
+/// out of reach a 503 (Retry-After 5); providers failing a 503 naming them
+/// (Retry-After 30).
+impl From<PriceError> for ApiError {
+    fn from(error: PriceError) -> Self {
+        match error {
+            PriceError::Invalid(unknown) => {
+                let code = match unknown.what {
+                    "metal" => "invalid_metal",
+                    "currency" => "invalid_currency",
+                    "unit" => "invalid_unit",
+                    "window" => "invalid_window",
+                    "provider" => "invalid_provider",
+                    _ => "invalid_parameter",
+                };
+                let allowed: Vec<&str> = unknown.allowed.split(", ").collect();
+                ApiError::bad_request(code, unknown.to_string()).with_extension("allowed", allowed)
+            }
+            PriceError::NotConfigured(_) => {
+                ApiError::bad_request("provider_not_configured", error.to_string())
+            }
+            PriceError::Keys(_) => {
+                tracing::error!(%error, "provider keys unavailable");
+                ApiError::unavailable("provider keys secret", 5)
+            }
+            PriceError::BadKeys => ApiError::internal(error),
+            PriceError::Store(_) => {
+                tracing::error!(%error, "prices table unavailable");
+                ApiError::unavailable("prices table", 5)
+            }
+            PriceError::Provider {
+                provider,
+                error: reason,
+            } => {
+                tracing::warn!(provider = provider.name(), error = %reason, "provider failed");
+                ApiError::unavailable(provider.name(), 30)
+                    .with_extension("reason", reason.to_string())
+            }
+            PriceError::AllProvidersFailed(failures) => {
+                let why: Vec<String> = failures.iter().map(ToString::to_string).collect();
+                ApiError::unavailable("price providers", 30).with_extension("providers", why)
+            }
         }
     }
 }

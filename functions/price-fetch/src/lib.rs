@@ -2,27 +2,29 @@
 //!
 //! EventBridge Scheduler invokes it every five minutes with the input the
 //! template sets: the schedule's own `scheduled_time` and `execution_id`
-//! (context attributes Scheduler fills in). Each run asks the providers in
-//! priority order (with breakers and the outlier guard, see
-//! `shared::prices::failover`) for every configured metal and currency, and
-//! writes the latest quote and a history point. A run where every provider
-//! fails writes nothing and returns an error, so the error alarm counts it.
+//! (context attributes Scheduler fills in). Each run is one
+//! [`PriceFetcher::run`] (`shared::prices::fetch`: providers in priority
+//! order with breakers and the outlier guard, every configured metal and
+//! currency, latest and history written); this crate wires its edges,
+//! reports each provider attempt as metrics, and returns what was written.
+//! A run where every provider fails writes nothing and returns an error, so
+//! the error alarm counts it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
 use shared::aws::SdkConfig;
 use shared::aws::prices::DynamoPrices;
 use shared::aws::secrets::SecretsManager;
+use shared::clock::SystemClock;
 use shared::config::{ConfigError, Env};
-use shared::prices::failover::fetch_round;
-use shared::prices::providers::Provider;
+use shared::prices::fetch::{FetchRun, PriceFetcher};
 use shared::prices::settings::PriceSettings;
-use shared::secrets::CachedSecret;
+use shared::prices::upstream::HttpQuotes;
+use shared::prices::{PriceEdges, PriceError};
 use shared::telemetry::{MetricUnit, Metrics};
 
 pub const FUNCTION: &str = "price-fetch";
@@ -31,9 +33,8 @@ pub const FUNCTION: &str = "price-fetch";
 pub struct Config {
     pub prices_table: String,
     pub provider_keys_secret: String,
+    /// Providers, metals, currencies, policy and `HISTORY_RETENTION_DAYS`.
     pub settings: PriceSettings,
-    /// `HISTORY_RETENTION_DAYS` (default 400).
-    pub retention: TimeDelta,
 }
 
 impl Config {
@@ -42,43 +43,27 @@ impl Config {
             prices_table: env.required("PRICES_TABLE")?,
             provider_keys_secret: env.required("PROVIDER_KEYS_SECRET")?,
             settings: PriceSettings::from_env(env)?,
-            retention: TimeDelta::days(env.parse_or("HISTORY_RETENTION_DAYS", 400)?),
         })
     }
 }
 
-/// Clients, built once per cold start.
-pub struct Fetcher {
-    config: Config,
-    http: reqwest::Client,
-    prices: DynamoPrices,
-    keys: Arc<CachedSecret>,
-}
-
-impl Fetcher {
-    pub fn new(config: Config, aws: &SdkConfig) -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .user_agent(concat!("ingot/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .unwrap_or_default(),
-            prices: DynamoPrices::new(aws_sdk_dynamodb::Client::new(aws), &config.prices_table),
-            // Keys change rarely: read once per cold start, refreshed hourly.
-            keys: Arc::new(CachedSecret::new(
-                Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(
-                    aws,
-                ))),
-                &config.provider_keys_secret,
-                Duration::from_secs(3600),
-            )),
-            config,
-        }
-    }
-
-    async fn providers(&self) -> Result<Vec<Provider>, String> {
-        let secret = self.keys.get().await.map_err(|e| e.to_string())?;
-        self.config.settings.with_keys(secret.expose())
-    }
+/// The fetcher as deployed, built once per cold start: DynamoDB, Secrets
+/// Manager and the providers' HTTP APIs.
+pub fn fetcher(config: &Config, aws: &SdkConfig) -> PriceFetcher {
+    let prices = Arc::new(DynamoPrices::new(
+        aws_sdk_dynamodb::Client::new(aws),
+        &config.prices_table,
+    ));
+    let edges = PriceEdges {
+        store: prices.clone(),
+        breakers: prices,
+        quotes: Arc::new(HttpQuotes::new(config.settings.policy.timeout)),
+        secrets: Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(
+            aws,
+        ))),
+        clock: Arc::new(SystemClock),
+    };
+    PriceFetcher::new(config.settings.clone(), edges, &config.provider_keys_secret)
 }
 
 /// The scheduled event. `time` is accepted too, so a classic EventBridge rule
@@ -91,23 +76,21 @@ pub struct ScheduledFetch {
     pub execution_id: String,
 }
 
-/// Why a run failed; its name is the `errorType` Lambda reports.
+/// Why a run failed; its `errorType` is what Lambda reports.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("provider keys: {0}")]
-    Keys(String),
-    #[error("prices table: {0}")]
-    Store(#[from] shared::store::StoreError),
-    #[error("every provider failed: {0}")]
-    AllProvidersFailed(String),
-}
+#[error(transparent)]
+pub struct FetchError(#[from] pub PriceError);
 
 impl From<FetchError> for lambda_runtime::Diagnostic {
-    fn from(error: FetchError) -> Self {
+    fn from(FetchError(error): FetchError) -> Self {
         let error_type = match &error {
-            FetchError::Keys(_) => "ProviderKeysUnavailable",
-            FetchError::Store(_) => "PricesTableUnavailable",
-            FetchError::AllProvidersFailed(_) => "AllProvidersFailed",
+            PriceError::Keys(_) | PriceError::BadKeys => "ProviderKeysUnavailable",
+            PriceError::Store(_) => "PricesTableUnavailable",
+            PriceError::AllProvidersFailed(_) => "AllProvidersFailed",
+            // The read API's refusals; a run never meets them.
+            PriceError::Invalid(_) | PriceError::NotConfigured(_) | PriceError::Provider { .. } => {
+                "PriceFetchFailed"
+            }
         };
         Self {
             error_type: error_type.to_owned(),
@@ -127,94 +110,54 @@ pub struct FetchReport {
 }
 
 pub async fn handle(
-    fetcher: &Fetcher,
+    fetcher: &PriceFetcher,
     event: LambdaEvent<ScheduledFetch>,
 ) -> Result<FetchReport, FetchError> {
     let ScheduledFetch {
         scheduled_time,
         execution_id,
     } = event.payload;
-    let providers = fetcher.providers().await.map_err(FetchError::Keys)?;
-    let config = &fetcher.config;
-    let settings = &config.settings;
-    let mut report = FetchReport {
+    let run = fetcher.run().await?;
+    emit_metrics(&run);
+    let run = run.require_quotes()?;
+    let report = FetchReport {
         scheduled_time,
         execution_id,
-        written: BTreeMap::new(),
-        rejected_outliers: 0,
+        written: run
+            .written
+            .iter()
+            .map(|q| (format!("{}/{}", q.metal, q.currency), q.provider.clone()))
+            .collect(),
+        rejected_outliers: run.rejected_outliers(),
     };
-    let mut failures = Vec::new();
-    for currency in &settings.currencies {
-        let mut last = BTreeMap::new();
-        for metal in &settings.metals {
-            if let Some(q) = fetcher.prices.latest(*metal, currency).await? {
-                last.insert(*metal, q.price);
-            }
-        }
-        let round = fetch_round(
-            &fetcher.http,
-            &providers,
-            &fetcher.prices,
-            &settings.policy,
-            &settings.metals,
-            currency,
-            &last,
-        )
-        .await?;
-        for attempt in &round.attempts {
-            let failed = attempt.outcome.is_err();
-            if let Err(error) = &attempt.outcome {
-                failures.push(format!("{}: {error}", attempt.provider.name()));
-            }
-            Metrics::new()
-                .dimension("Provider", attempt.provider.name())
-                .value("ProviderAttempts", MetricUnit::Count, 1.0)
-                .value(
-                    "ProviderFailures",
-                    MetricUnit::Count,
-                    f64::from(u8::from(failed)),
-                )
-                .value(
-                    "ProviderLatency",
-                    MetricUnit::Milliseconds,
-                    attempt.latency.as_secs_f64() * 1000.0,
-                )
-                .emit();
-        }
-        for (provider, reason) in &round.skipped {
-            tracing::info!(provider = provider.name(), reason, "provider skipped");
-        }
-        for quote in &round.rejected {
-            tracing::warn!(metal = %quote.metal, currency = %quote.currency, provider = quote.provider, price = quote.price, "outlier rejected: no second provider confirmed it");
-        }
-        report.rejected_outliers += round.rejected.len();
-        for quote in round.accepted.values() {
-            fetcher.prices.record(quote, config.retention).await?;
-            report.written.insert(
-                format!("{}/{}", quote.metal, quote.currency),
-                quote.provider.clone(),
-            );
-        }
+    tracing::info!(written = ?report.written, "prices fetched");
+    Ok(report)
+}
+
+/// Per provider attempt: `ProviderAttempts`, `ProviderFailures`,
+/// `ProviderLatency`; per run: `QuotesWritten`.
+fn emit_metrics(run: &FetchRun) {
+    for attempt in run.attempts() {
+        let failed = attempt.outcome.is_err();
+        Metrics::new()
+            .dimension("Provider", attempt.provider.name())
+            .value("ProviderAttempts", MetricUnit::Count, 1.0)
+            .value(
+                "ProviderFailures",
+                MetricUnit::Count,
+                f64::from(u8::from(failed)),
+            )
+            .value(
+                "ProviderLatency",
+                MetricUnit::Milliseconds,
+                attempt.latency.as_secs_f64() * 1000.0,
+            )
+            .emit();
     }
     Metrics::new()
         .dimension("Function", FUNCTION)
-        .value(
-            "QuotesWritten",
-            MetricUnit::Count,
-            report.written.len() as f64,
-        )
+        .value("QuotesWritten", MetricUnit::Count, run.written.len() as f64)
         .emit();
-    if report.written.is_empty() {
-        let reason = if failures.is_empty() {
-            "no provider is configured or every circuit is open".to_owned()
-        } else {
-            failures.join("; ")
-        };
-        tracing::error!(reason, "every provider failed; nothing written");
-        return Err(FetchError::AllProvidersFailed(reason));
-    }
-    tracing::info!(written = ?report.written, "prices fetched");
-    Ok(report)
 }
 
 #[cfg(test)]

@@ -7,6 +7,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = price_fetch::Config::from_env(&Env::from_process())?;
     tracing::info!(?config, "cold start");
     let aws = shared::aws::sdk_config().await;
-    let fetcher = price_fetch::Fetcher::new(config, &aws);
+    let fetcher = price_fetch::fetcher(&config, &aws);
     lambda_runtime::run(service_fn(|event| price_fetch::handle(&fetcher, event))).await
 }

@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::Value;
+use shared::prices::store::PriceStore;
 use tokio::sync::mpsc;
 
 use crate::cloud::emulator;

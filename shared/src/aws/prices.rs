@@ -1,14 +1,16 @@
 //! Prices in DynamoDB (layout: docs/data-model.md, "prices"): the latest
-//! quote and the history per (metal, currency), and provider breakers.
+//! quote and the history per (metal, currency) as a [`PriceStore`], and
+//! provider breakers as a [`BreakerStore`], in one table.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{failed, n, put_item, query_all, s};
+use super::{failed, from_item, n, put_item, query_all, s, to_item};
 use crate::prices::failover::{Breaker, BreakerStore};
 use crate::prices::providers::ProviderId;
+use crate::prices::store::PriceStore;
 use crate::prices::types::{Currency, Metal, Quote};
 use crate::store::StoreError;
 
@@ -34,14 +36,6 @@ fn key(pk: String, sk: impl Into<String>) -> HashMap<String, AttributeValue> {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::corrupt(STORE, e)
-}
-
-fn quote_item(quote: &Quote) -> Result<HashMap<String, AttributeValue>, StoreError> {
-    serde_dynamo::to_item(quote).map_err(corrupt)
-}
-
 impl DynamoPrices {
     pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
         Self {
@@ -49,15 +43,15 @@ impl DynamoPrices {
             table: table.to_owned(),
         }
     }
+}
 
-    /// Writes `quote` as the latest and as a history point keyed by its own
-    /// timestamp, so a repeated fetch of the same observation rewrites the
-    /// same item (idempotent). History expires after `retention`.
-    pub async fn record(&self, quote: &Quote, retention: TimeDelta) -> Result<(), StoreError> {
+#[async_trait::async_trait]
+impl PriceStore for DynamoPrices {
+    async fn record(&self, quote: &Quote, retention: TimeDelta) -> Result<(), StoreError> {
         let pk = series_pk(quote.metal, &quote.currency);
-        let mut latest = quote_item(quote)?;
+        let mut latest = to_item(STORE, quote)?;
         latest.extend(key(pk.clone(), "LATEST"));
-        let mut point = quote_item(quote)?;
+        let mut point = to_item(STORE, quote)?;
         point.extend(key(pk, history_sk(quote.ts)));
         point.insert("expires_at".into(), n((quote.ts + retention).timestamp()));
         for item in [point, latest] {
@@ -66,11 +60,7 @@ impl DynamoPrices {
         Ok(())
     }
 
-    pub async fn latest(
-        &self,
-        metal: Metal,
-        currency: &Currency,
-    ) -> Result<Option<Quote>, StoreError> {
+    async fn latest(&self, metal: Metal, currency: &Currency) -> Result<Option<Quote>, StoreError> {
         let item = self
             .client
             .get_item()
@@ -80,12 +70,10 @@ impl DynamoPrices {
             .await
             .map_err(|e| failed(STORE, "GetItem", &e))?
             .item;
-        item.map(|i| serde_dynamo::from_item(i).map_err(corrupt))
-            .transpose()
+        item.map(|i| from_item(STORE, i)).transpose()
     }
 
-    /// History points in `[from, to]`, oldest first.
-    pub async fn series(
+    async fn series(
         &self,
         metal: Metal,
         currency: &Currency,
@@ -103,7 +91,7 @@ impl DynamoPrices {
         query_all(STORE, request)
             .await?
             .into_iter()
-            .map(|item| serde_dynamo::from_item(item).map_err(corrupt))
+            .map(|item| from_item(STORE, item))
             .collect()
     }
 }
@@ -129,9 +117,8 @@ fn breaker_of(item: Option<&HashMap<String, AttributeValue>>) -> Breaker {
     }
 }
 
+#[async_trait::async_trait]
 impl BreakerStore for DynamoPrices {
-    type Error = StoreError;
-
     async fn get(&self, provider: ProviderId) -> Result<Breaker, StoreError> {
         let out = self
             .client

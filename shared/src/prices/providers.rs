@@ -1,20 +1,27 @@
-//! The five upstream price providers, each parsing its own response shape
-//! into normalised [`Quote`]s.
+//! The five upstream price providers: who they are, their keys, and how
+//! each one's response shape parses into normalised [`Quote`]s.
 //!
-//! Parsing is separate from HTTP so each provider's real formats (success
-//! and every error shape) are tested on recorded bodies. Quirks handled:
-//! metals.dev reports errors with HTTP 200 and `status != "success"`;
-//! MetalPriceAPI and Metals-API quote metals as inverse rates (ounces per
-//! currency unit) unless they also send the direct `USDXAU` form; GoldAPI.io
-//! and gold-api.com answer one metal per request.
+//! Parsing is separate from HTTP (the [`super::upstream`] edge) so each
+//! provider's real formats (success and every error shape) are tested on
+//! recorded bodies. Quirks handled: metals.dev reports errors with HTTP 200
+//! and `status != "success"`; MetalPriceAPI and Metals-API quote metals as
+//! inverse rates (ounces per currency unit) unless they also send the direct
+//! `USDXAU` form; GoldAPI.io and gold-api.com answer one metal per request.
+//!
+//! Keys come from one secret (a JSON object of provider name → key) that
+//! both price functions read through [`ProviderKeys`].
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::types::{Currency, Metal, Quote};
+use super::PriceError;
+use super::types::{Currency, Metal, Quote, Unknown, find};
 use crate::config::Upstream;
+use crate::secrets::{CachedSecret, SecretSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProviderId {
@@ -46,8 +53,10 @@ impl ProviderId {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
+    pub fn parse(name: &str) -> Result<Self, Unknown> {
+        find("provider", name, &Self::ALL, ProviderId::name, |p| {
+            p.name() == name
+        })
     }
 
     /// gold-api.com needs no key.
@@ -112,80 +121,50 @@ impl Provider {
         self.key.is_some() || !self.id.needs_key()
     }
 
-    /// Current prices of `metals` in `currency`, per troy ounce.
-    pub async fn fetch(
-        &self,
-        http: &reqwest::Client,
-        metals: &[Metal],
-        currency: &Currency,
-        timeout: Duration,
-    ) -> Result<Vec<Quote>, ProviderError> {
-        let key = match (&self.key, self.id.needs_key()) {
-            (Some(key), _) => key.as_str(),
-            (None, false) => "",
-            (None, true) => return Err(ProviderError::NoKey),
-        };
-        let symbols = metals
-            .iter()
-            .map(|m| m.symbol())
-            .collect::<Vec<_>>()
-            .join(",");
-        let cur = currency.as_str();
-        let get = |path: String| async move {
-            let url = format!("{}{path}", self.base_url);
-            let mut request = http.get(&url).timeout(timeout);
-            if self.id == ProviderId::GoldApiIo {
-                request = request.header("x-access-token", key);
-            }
-            let response = request.send().await.map_err(|e| {
-                // Never echo the URL: it carries the key for some providers.
-                ProviderError::Transport(if e.is_timeout() {
-                    "timed out".into()
-                } else {
-                    "could not connect".into()
-                })
-            })?;
-            let status = response.status().as_u16();
-            let body = response
-                .text()
-                .await
-                .map_err(|_| ProviderError::Transport("body cut short".into()))?;
-            Ok::<_, ProviderError>((status, body))
-        };
-        match self.id {
-            ProviderId::MetalsDev => {
-                let (status, body) =
-                    get(format!("/v1/latest?api_key={key}&currency={cur}&unit=toz")).await?;
-                parse_metals_dev(status, &body, metals, currency)
-            }
-            ProviderId::MetalPriceApi => {
-                let (status, body) = get(format!(
-                    "/v1/latest?api_key={key}&base={cur}&currencies={symbols}"
-                ))
-                .await?;
-                parse_inverse_rates(self.id, status, &body, metals, currency)
-            }
-            ProviderId::MetalsApi => {
-                let (status, body) = get(format!(
-                    "/api/latest?access_key={key}&base={cur}&symbols={symbols}"
-                ))
-                .await?;
-                parse_inverse_rates(self.id, status, &body, metals, currency)
-            }
-            ProviderId::GoldApiIo | ProviderId::GoldApiCom => {
-                let mut quotes = Vec::with_capacity(metals.len());
-                for metal in metals {
-                    let path = match self.id {
-                        ProviderId::GoldApiIo => format!("/api/{}/{cur}", metal.symbol()),
-                        _ => format!("/price/{}/{cur}", metal.symbol()),
-                    };
-                    let (status, body) = get(path).await?;
-                    quotes.push(parse_single(self.id, status, &body, *metal, currency)?);
-                }
-                Ok(quotes)
-            }
+    /// The key, if it has one (only the HTTP adapter sends it).
+    pub(crate) fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+}
+
+/// The configured providers, in priority order, with their keys from the
+/// provider-keys secret. The secret is read lazily and refreshed hourly
+/// (keys change rarely; a rotation reaches every instance within the hour).
+pub struct ProviderKeys {
+    secret: CachedSecret,
+    order: Vec<(ProviderId, String)>,
+}
+
+impl ProviderKeys {
+    const REFRESH: Duration = Duration::from_secs(3600);
+
+    /// `order` is the providers with their base URLs, as
+    /// [`super::settings::PriceSettings::providers`] lists them.
+    pub fn new(
+        source: Arc<dyn SecretSource>,
+        secret_id: &str,
+        order: Vec<(ProviderId, String)>,
+    ) -> Self {
+        Self {
+            secret: CachedSecret::new(source, secret_id, Self::REFRESH),
+            order,
         }
     }
+
+    pub async fn providers(&self) -> Result<Vec<Provider>, PriceError> {
+        let secret = self.secret.get().await?;
+        with_keys(&self.order, secret.expose())
+    }
+}
+
+/// `order` with the keys of `secret`. Never echoes the secret.
+fn with_keys(order: &[(ProviderId, String)], secret: &str) -> Result<Vec<Provider>, PriceError> {
+    let keys: BTreeMap<String, String> =
+        serde_json::from_str(secret).map_err(|_| PriceError::BadKeys)?;
+    Ok(order
+        .iter()
+        .map(|(id, url)| Provider::new(*id, url, keys.get(id.name()).cloned()))
+        .collect())
 }
 
 fn json(status: u16, body: &str) -> Result<Value, ProviderError> {
@@ -481,5 +460,25 @@ mod tests {
         assert_eq!(p.base_url, "https://api.metals.dev");
         assert!(!Provider::new(ProviderId::MetalsDev, "x", Some(String::new())).is_configured());
         assert!(Provider::new(ProviderId::GoldApiCom, "x", None).is_configured());
+    }
+
+    #[test]
+    fn keys_come_from_a_json_object_and_bad_secrets_are_not_echoed() {
+        let order = [ProviderId::MetalsDev, ProviderId::MetalPriceApi].map(|p| (p, "x".into()));
+        let providers = with_keys(&order, r#"{"metals.dev": "k"}"#).unwrap();
+        assert!(providers[0].is_configured());
+        assert!(!providers[1].is_configured());
+        let err = with_keys(&order, "sekret-not-json").unwrap_err();
+        assert!(matches!(err, PriceError::BadKeys));
+        assert!(!err.to_string().contains("sekret"));
+    }
+
+    #[test]
+    fn providers_parse_by_name_and_name_the_allowed_values() {
+        assert_eq!(ProviderId::parse("goldapi.io"), Ok(ProviderId::GoldApiIo));
+        assert_eq!(
+            ProviderId::parse("kitco").unwrap_err().to_string(),
+            "unknown provider \"kitco\"; allowed: metals.dev, metalpriceapi, metals-api, goldapi.io, gold-api.com"
+        );
     }
 }

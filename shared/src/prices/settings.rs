@@ -1,14 +1,13 @@
 //! Price settings both price functions read: providers in priority order,
-//! metals, currencies and the failover policy.
+//! metals, currencies, the failover policy and how long history is kept.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::TimeDelta;
 
 use super::failover::Policy;
-use super::providers::{Provider, ProviderId};
-use super::types::{Currency, Metal};
+use super::providers::ProviderId;
+use super::types::{Currency, Metal, Unknown};
 use crate::config::{ConfigError, Env};
 
 #[derive(Debug, Clone)]
@@ -22,6 +21,9 @@ pub struct PriceSettings {
     /// `PROVIDER_TIMEOUT_MS`, `BREAKER_FAILURES`, `BREAKER_COOLDOWN_SECONDS`,
     /// `OUTLIER_PERCENT`.
     pub policy: Policy,
+    /// How long a history point is kept, whoever fetched it
+    /// (`HISTORY_RETENTION_DAYS`, 400).
+    pub retention: TimeDelta,
 }
 
 impl PriceSettings {
@@ -33,7 +35,7 @@ impl PriceSettings {
                 .split(',')
                 .map(|p| {
                     ProviderId::parse(p.trim())
-                        .ok_or_else(|| invalid("PROVIDER_ORDER", format!("unknown provider {p:?}")))
+                        .map_err(|_| invalid("PROVIDER_ORDER", format!("unknown provider {p:?}")))
                 })
                 .collect::<Result<_, _>>()?,
         };
@@ -59,24 +61,17 @@ impl PriceSettings {
                 ),
                 outlier_percent: env.parse_or("OUTLIER_PERCENT", default.outlier_percent)?,
             },
+            retention: TimeDelta::days(env.parse_or("HISTORY_RETENTION_DAYS", 400)?),
         })
     }
 
-    /// The providers with their keys, from the provider-keys secret (a JSON
-    /// object of provider name → key). Never echoes the secret.
-    pub fn with_keys(&self, secret: &str) -> Result<Vec<Provider>, String> {
-        let keys: BTreeMap<String, String> = serde_json::from_str(secret).map_err(|_| {
-            "the provider-keys secret is not a JSON object of provider → key".to_owned()
-        })?;
-        Ok(self
-            .providers
-            .iter()
-            .map(|(id, url)| Provider::new(*id, url, keys.get(id.name()).cloned()))
-            .collect())
-    }
-
-    pub fn currency(&self, value: &str) -> Result<Currency, super::types::Unknown> {
-        let allowed = || super::types::Unknown {
+    /// The configured currency `value` names; without one, the first
+    /// configured.
+    pub fn currency(&self, value: Option<&str>) -> Result<Currency, Unknown> {
+        let Some(value) = value else {
+            return Ok(self.currencies[0].clone());
+        };
+        let unknown = || Unknown {
             what: "currency",
             value: value.to_owned(),
             allowed: self
@@ -86,12 +81,10 @@ impl PriceSettings {
                 .collect::<Vec<_>>()
                 .join(", "),
         };
-        let currency = Currency::try_from(value.to_owned()).map_err(|_| allowed())?;
-        if self.currencies.contains(&currency) {
-            Ok(currency)
-        } else {
-            Err(allowed())
-        }
+        Currency::try_from(value.to_owned())
+            .ok()
+            .filter(|c| self.currencies.contains(c))
+            .ok_or_else(unknown)
     }
 }
 
@@ -136,22 +129,21 @@ mod tests {
     }
 
     #[test]
-    fn only_configured_currencies_are_accepted() {
-        let s = settings(&[]).unwrap();
-        assert_eq!(s.currency("usd").unwrap().as_str(), "USD");
+    fn only_configured_currencies_are_accepted_and_the_first_is_the_default() {
+        let s = settings(&[("CURRENCIES", "EUR,USD")]).unwrap();
+        assert_eq!(s.currency(Some("usd")).unwrap().as_str(), "USD");
+        assert_eq!(s.currency(None).unwrap().as_str(), "EUR");
         assert_eq!(
-            s.currency("EUR").unwrap_err().to_string(),
-            "unknown currency \"EUR\"; allowed: USD"
+            s.currency(Some("GBP")).unwrap_err().to_string(),
+            "unknown currency \"GBP\"; allowed: EUR, USD"
         );
+        assert!(s.currency(Some("pounds")).is_err());
     }
 
     #[test]
-    fn keys_come_from_a_json_object_and_bad_secrets_are_not_echoed() {
-        let s = settings(&[]).unwrap();
-        let providers = s.with_keys(r#"{"metals.dev": "k"}"#).unwrap();
-        assert!(providers[0].is_configured());
-        assert!(!providers[1].is_configured());
-        let err = s.with_keys("sekret-not-json").unwrap_err();
-        assert!(!err.contains("sekret"));
+    fn history_is_kept_400_days_unless_configured() {
+        assert_eq!(settings(&[]).unwrap().retention, TimeDelta::days(400));
+        let s = settings(&[("HISTORY_RETENTION_DAYS", "30")]).unwrap();
+        assert_eq!(s.retention, TimeDelta::days(30));
     }
 }
