@@ -8,7 +8,8 @@
 //! - [`health`]: `/health` probes that really touch each dependency;
 //! - [`auth`]: the admin token and tenant API keys;
 //! - [`metering`]: tenants, usage events, billing periods, exactly-once counting;
-//! - [`prices`]: metals, units, the price providers, failover and breakers;
+//! - [`prices`]: metals, units, the price providers, failover and breakers,
+//!   the read API's cache chain and the scheduled fetch;
 //! - [`aws`]: the AWS adapters: SDK configuration (the endpoint is the only
 //!   local/AWS difference), tables, queue and secrets;
 //! - [`store`]: the error every store edge returns;
