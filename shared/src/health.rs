@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use crate::aws::{probe_queue, probe_secret, probe_table};
 use crate::chat::settings::ChatResources;
 use crate::error::ApiError;
+use crate::store::StoreError;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -31,23 +32,36 @@ enum Probe {
     Url(reqwest::Client, String),
 }
 
+/// Why a dependency failed its check (logged, never returned).
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    #[error("unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    #[error("no answer within {PROBE_TIMEOUT:?}")]
+    Timeout,
+}
+
 impl Probe {
-    async fn run(&self) -> Result<(), String> {
+    async fn run(&self) -> Result<(), ProbeError> {
         let probe = async {
             match self {
-                Probe::Table(client, name) => probe_table(client, name).await,
-                Probe::Queue(client, url) => probe_queue(client, url).await,
-                Probe::Secret(client, id) => probe_secret(client, id).await,
+                Probe::Table(client, name) => Ok(probe_table(client, name).await?),
+                Probe::Queue(client, url) => Ok(probe_queue(client, url).await?),
+                Probe::Secret(client, id) => Ok(probe_secret(client, id).await?),
                 Probe::Url(client, url) => match client.get(url).send().await {
                     Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("HTTP {}", r.status())),
-                    Err(e) => Err(e.without_url().to_string()),
+                    Ok(r) => Err(ProbeError::Status(r.status().as_u16())),
+                    Err(e) => Err(ProbeError::Unreachable(e.without_url())),
                 },
             }
         };
         tokio::time::timeout(PROBE_TIMEOUT, probe)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")))
+            .unwrap_or(Err(ProbeError::Timeout))
     }
 }
 
@@ -150,7 +164,7 @@ impl HealthChecks {
             match result {
                 Ok(()) => checks.insert(label.to_owned(), json!("ok")),
                 Err(reason) => {
-                    tracing::warn!(dependency = label, reason, "health check failed");
+                    tracing::warn!(dependency = label, %reason, "health check failed");
                     failed.push(label);
                     checks.insert(label.to_owned(), json!("unavailable"))
                 }

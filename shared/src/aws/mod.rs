@@ -154,18 +154,18 @@ pub async fn sdk_config() -> SdkConfig {
 }
 
 /// `DescribeTable`: proves the table exists and we may use it, reads no items.
-pub async fn probe_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), String> {
+pub async fn probe_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), StoreError> {
     client
         .describe_table()
         .table_name(table)
         .send()
         .await
         .map(drop)
-        .map_err(|e| describe(&e))
+        .map_err(|e| failed("table", "DescribeTable", &e))
 }
 
 /// `GetQueueAttributes`: proves the queue exists, receives nothing.
-pub async fn probe_queue(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<(), String> {
+pub async fn probe_queue(client: &aws_sdk_sqs::Client, queue_url: &str) -> Result<(), StoreError> {
     client
         .get_queue_attributes()
         .queue_url(queue_url)
@@ -173,21 +173,21 @@ pub async fn probe_queue(client: &aws_sdk_sqs::Client, queue_url: &str) -> Resul
         .send()
         .await
         .map(drop)
-        .map_err(|e| describe(&e))
+        .map_err(|e| failed("queue", "GetQueueAttributes", &e))
 }
 
 /// `DescribeSecret`: proves the secret exists without reading its value.
 pub async fn probe_secret(
     client: &aws_sdk_secretsmanager::Client,
     secret_id: &str,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     client
         .describe_secret()
         .secret_id(secret_id)
         .send()
         .await
         .map(drop)
-        .map_err(|e| describe(&e))
+        .map_err(|e| failed("secret", "DescribeSecret", &e))
 }
 
 /// A one-line description of an SDK error: the service's error code when
