@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{TimeDelta, TimeZone, Utc};
 use futures_util::future::join_all;
 use http::StatusCode;
@@ -346,8 +347,8 @@ async fn minute_and_hour_windows_allow_exactly_their_limits() {
     let hour = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
     let mut allowed = 0;
     // 11 tries a minute for 6 minutes: the minute window stops the 11th each
-    // minute (without using up the hour), and the hour stops everything
-    // after the 50th.
+    // minute, and the hour stops everything after the 50th; a refused
+    // request uses up no slot in either window.
     for minute in 0..6 {
         let mut this_minute = 0;
         for attempt in 0..11 {
@@ -360,9 +361,8 @@ async fn minute_and_hour_windows_allow_exactly_their_limits() {
             if verdict.binding.allowed {
                 allowed += 1;
                 this_minute += 1;
-            } else if attempt == 10 {
-                // The minute window is counted first (hour refusals use it up too).
-                assert_eq!(verdict.window, "minute");
+            } else if this_minute == 10 {
+                assert_eq!((attempt, verdict.window), (10, "minute"));
             } else {
                 assert_eq!(verdict.window, "hour");
                 assert_eq!(verdict.binding.reset, hour + TimeDelta::hours(1));
@@ -390,6 +390,82 @@ async fn minute_and_hour_windows_allow_exactly_their_limits() {
         .unwrap()
         .unwrap();
     assert!(next.binding.allowed);
+}
+
+/// Eight clients (each its own SDK client and connection pool, as eight
+/// instances would be) race one user's windows: the limits hold exactly,
+/// and refused requests leave no count behind in any window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn rate_windows_are_exact_and_refuse_cleanly_across_eight_clients() {
+    let aws = support::aws().await;
+    let f = fixture().await;
+    let table = f
+        .stack
+        .env("chat-stream")
+        .required("RATE_LIMIT_TABLE")
+        .unwrap();
+    let windows = [
+        RateWindow {
+            name: "minute",
+            length: TimeDelta::minutes(1),
+            limit: 10,
+        },
+        RateWindow {
+            name: "hour",
+            length: TimeDelta::hours(1),
+            limit: 12,
+        },
+    ];
+    let hour = Utc.with_ymd_and_hms(2026, 11, 22, 11, 0, 0).unwrap();
+    let race = |at: chrono::DateTime<Utc>| {
+        let (aws, table) = (aws.clone(), table.clone());
+        async move {
+            let clients = (0..8).map(|_| {
+                let limiter = RateLimiter::new(std::sync::Arc::new(DynamoRateCounter::new(
+                    aws_sdk_dynamodb::Client::new(&aws),
+                    &table,
+                )));
+                tokio::spawn(async move {
+                    let mut allowed = 0;
+                    for _ in 0..5 {
+                        let verdict = limiter.hit_windows("chat#race", &windows, at).await;
+                        allowed += u32::from(verdict.unwrap().unwrap().binding.allowed);
+                    }
+                    allowed
+                })
+            });
+            let mut total = 0;
+            for client in join_all(clients).await {
+                total += client.unwrap();
+            }
+            total
+        }
+    };
+    // 40 requests in the first minute: the minute allows 10.
+    assert_eq!(race(hour).await, 10);
+    // 40 in the next: the hour has 2 left, and the 30 refused first
+    // minute requests took none of them.
+    assert_eq!(race(hour + TimeDelta::minutes(1)).await, 2);
+    let record = aws_sdk_dynamodb::Client::new(&aws)
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("chat#race".into()))
+        .key("sk", AttributeValue::S(hour.timestamp().to_string()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let count = |name: String| record[&name].as_n().unwrap().parse::<u32>().unwrap();
+    let minute = |m: i64| format!("minute#{}", (hour + TimeDelta::minutes(m)).timestamp());
+    assert_eq!(
+        (
+            count(minute(0)),
+            count(minute(1)),
+            count(format!("hour#{}", hour.timestamp()))
+        ),
+        (10, 2, 12)
+    );
 }
 
 #[tokio::test]

@@ -15,10 +15,11 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::{
     TransactWriteItemsError, TransactWriteItemsOutput,
 };
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put, PutRequest,
-    ScalarAttributeType, Select, TableStatus, TimeToLiveStatus, TransactWriteItem, Update,
-    WriteRequest,
+    ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, Select, TableStatus,
+    TimeToLiveStatus, TransactWriteItem, Update, WriteRequest,
 };
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
@@ -396,44 +397,62 @@ async fn conditional_update_applies_only_while_its_condition_holds() {
 }
 
 #[tokio::test]
-async fn conditional_add_counts_up_to_its_limit_then_fails() {
+async fn conditional_add_counts_every_window_or_none_and_returns_the_old_counts() {
     let dynamodb = dynamodb().await;
     let table = create_table(&dynamodb).await;
-    let limit = 3;
-    // The rate limiter's window counter, verbatim (`count` is reserved).
-    let hit = || {
+    // The rate limiter's record, verbatim: a minute (limit 2) and an hour
+    // (limit 3) counter in one item, all counted or none.
+    let hit = |minute: &'static str| {
         dynamodb
             .update_item()
             .table_name(&table)
-            .set_key(Some(key("USER#1", "1700000000")))
-            .update_expression("ADD #count :one")
-            .condition_expression("attribute_not_exists(#count) OR #count < :limit")
-            .expression_attribute_names("#count", "count")
+            .set_key(Some(key("chat#u", "1700000000")))
+            .update_expression("ADD #c0 :one, #c1 :one SET expires_at = :expires")
+            .condition_expression(
+                "(attribute_not_exists(#c0) OR #c0 < :l0) AND (attribute_not_exists(#c1) OR #c1 < :l1)",
+            )
+            .expression_attribute_names("#c0", minute)
+            .expression_attribute_names("#c1", "hour#1700000000")
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(limit))
+            .expression_attribute_values(":l0", n(2))
+            .expression_attribute_values(":l1", n(3))
+            .expression_attribute_values(":expires", n(1_700_003_660))
+            .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
     };
 
-    let mut outcomes = Vec::new();
-    for _ in 0..limit + 2 {
-        outcomes.push(match hit().await {
-            Ok(_) => "counted".to_owned(),
-            Err(error) => error.code().unwrap_or("<no code>").to_owned(),
-        });
-    }
-
+    let counted = hit("minute#1700000000").await.unwrap();
+    assert_eq!(counted.attributes.unwrap()["hour#1700000000"], n(1));
+    hit("minute#1700000000").await.unwrap();
+    // The minute is full: nothing counts, and the failure carries the counts.
+    let refused = hit("minute#1700000000")
+        .await
+        .unwrap_err()
+        .into_service_error();
+    let UpdateItemError::ConditionalCheckFailedException(refused) = refused else {
+        panic!("expected a condition failure, got {refused:?}");
+    };
+    let old = refused.item.expect("ALL_OLD returns the item");
     assert_eq!(
-        outcomes,
-        [
-            "counted",
-            "counted",
-            "counted",
-            "ConditionalCheckFailedException",
-            "ConditionalCheckFailedException"
-        ]
+        (&old["minute#1700000000"], &old["hour#1700000000"]),
+        (&n(2), &n(2))
     );
-    let stored = get(&dynamodb, &table, key("USER#1", "1700000000")).await;
-    assert_eq!(stored.unwrap()["count"], n(limit));
+    // The next minute has room, the hour one slot: it counts; then the hour is full.
+    hit("minute#1700000060").await.unwrap();
+    assert!(hit("minute#1700000120").await.is_err());
+    let stored = get(&dynamodb, &table, key("chat#u", "1700000000"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &stored["minute#1700000000"],
+            &stored["minute#1700000060"],
+            &stored["hour#1700000000"]
+        ),
+        (&n(2), &n(1), &n(3))
+    );
+    assert!(!stored.contains_key("minute#1700000120"));
 }
 
 // ------------------------------------------------- DynamoDB: transactions

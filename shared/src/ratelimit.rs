@@ -1,10 +1,14 @@
-//! Fixed-window rate limits, exact across any number of Lambda instances.
+//! Fixed-window rate limits, exact across any number of Lambda instances,
+//! refusing cleanly.
 //!
-//! A request counts one against the window of (subject, window start) in a
-//! shared [`RateCounter`] (DynamoDB in production: one conditional `ADD`), so
-//! no instance can let `limit × instances` through the way an in-memory
-//! pre-check would. Rendering a [`Decision`] as HTTP headers or a 429 is the
-//! HTTP layer's job ([`crate::http`]).
+//! All of a subject's windows (say a minute and an hour) are counters in one
+//! record, keyed by the start of its longest window, and a request counts
+//! against all of them in one conditional write (DynamoDB in production: one
+//! `UpdateItem`): either every window has room and each counts it, or none
+//! does. So no instance can let `limit × instances` through (as an in-memory
+//! pre-check would), and a request refused by one window uses up no slot in
+//! another. Rendering a [`Decision`] as HTTP headers or a 429 is the HTTP
+//! layer's job ([`crate::http`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,20 +17,28 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::store::{Outage, StoreError};
 
+/// One window's counter within a subject's record: its name (unique per
+/// window start) and how many requests it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub counter: String,
+    pub limit: u32,
+}
+
 /// Where window counts are kept.
 #[async_trait::async_trait]
 pub trait RateCounter: Send + Sync {
-    /// Adds one to the count of `subject`'s window starting at
-    /// `window_start` (epoch seconds) unless it has reached `limit`: the new
-    /// count, or `None` when the limit is reached. The count may be
-    /// forgotten after `expires_at`.
+    /// Adds one to every slot of `subject`'s record for `bucket` if each is
+    /// under its limit, and nothing otherwise. `Ok(Ok(counts))` with the new
+    /// counts, or `Ok(Err(counts))` with the current ones when any slot is
+    /// full. The record may be forgotten after `expires_at`.
     async fn increment(
         &self,
         subject: &str,
-        window_start: i64,
-        limit: u32,
+        bucket: i64,
+        slots: &[Slot],
         expires_at: DateTime<Utc>,
-    ) -> Result<Option<u32>, StoreError>;
+    ) -> Result<Result<Vec<u32>, Vec<u32>>, StoreError>;
 }
 
 /// One fixed window of a limit: its name (in keys and messages), size and
@@ -69,6 +81,12 @@ pub struct RateLimiter {
     counter: Arc<dyn RateCounter>,
 }
 
+/// Start (epoch seconds) of the window of `length` that contains `now`.
+fn window_start(now: DateTime<Utc>, length: TimeDelta) -> i64 {
+    let secs = length.num_seconds().max(1);
+    now.timestamp() - now.timestamp().rem_euclid(secs)
+}
+
 impl RateLimiter {
     pub fn new(counter: Arc<dyn RateCounter>) -> Self {
         Self { counter }
@@ -83,63 +101,95 @@ impl RateLimiter {
         length: TimeDelta,
         now: DateTime<Utc>,
     ) -> Result<Decision, StoreError> {
-        let secs = length.num_seconds().max(1);
-        let start = now.timestamp() - now.timestamp().rem_euclid(secs);
-        let reset = DateTime::from_timestamp(start + secs, 0).unwrap_or(now);
-        let refused = Decision {
-            allowed: false,
+        let window = RateWindow {
+            name: "window",
+            length,
             limit,
-            remaining: 0,
-            reset,
         };
-        if limit == 0 {
-            // A counter that creates the window on first use would let one through.
-            return Ok(refused);
-        }
-        let expires_at = reset + TimeDelta::seconds(60);
-        let count = self
-            .counter
-            .increment(subject, start, limit, expires_at)
-            .await?;
-        Ok(count.map_or(refused, |count| Decision {
-            allowed: true,
-            limit,
-            remaining: limit.saturating_sub(count),
-            reset,
-        }))
+        let verdict = self.hit_windows(subject, &[window], now).await?;
+        Ok(verdict.map_or(
+            Decision {
+                allowed: true,
+                limit,
+                remaining: limit,
+                reset: now,
+            },
+            |v| v.binding,
+        ))
     }
 
-    /// Counts one request of `subject` against each window in turn and
-    /// stops at the first that refuses, so a request refused by the minute
-    /// window never uses up the hour. `None` if there are no windows.
+    /// Counts one request of `subject` against every window at once: all
+    /// of them count it, or, when any is full, none does. The verdict names
+    /// the refusing window (the first full one), or the one with the fewest
+    /// requests left. `None` if there are no windows.
     pub async fn hit_windows(
         &self,
         subject: &str,
         windows: &[RateWindow],
         now: DateTime<Utc>,
     ) -> Result<Option<Verdict>, StoreError> {
-        let mut verdict: Option<Verdict> = None;
-        for window in windows {
-            let decision = self
-                .hit(
-                    &format!("{subject}#{}", window.name),
-                    window.limit,
-                    window.length,
-                    now,
-                )
-                .await?;
-            let tighter = verdict.is_none_or(|v| decision.remaining < v.binding.remaining);
-            if !decision.allowed || tighter {
-                verdict = Some(Verdict {
-                    binding: decision,
-                    window: window.name,
-                });
-            }
-            if !decision.allowed {
-                break;
-            }
+        let Some(longest) = windows.iter().map(|w| w.length).max() else {
+            return Ok(None);
+        };
+        let bucket = window_start(now, longest);
+        let starts: Vec<i64> = windows
+            .iter()
+            .map(|w| window_start(now, w.length))
+            .collect();
+        let decision = |window: &RateWindow, start: i64, count: u32, allowed: bool| Decision {
+            allowed,
+            limit: window.limit,
+            remaining: if allowed {
+                window.limit.saturating_sub(count)
+            } else {
+                0
+            },
+            reset: DateTime::from_timestamp(start + window.length.num_seconds().max(1), 0)
+                .unwrap_or(now),
+        };
+        if let Some((window, start)) = windows.iter().zip(&starts).find(|(w, _)| w.limit == 0) {
+            // A zero limit refuses without a write (a record created on
+            // first use would let one through).
+            return Ok(Some(Verdict {
+                binding: decision(window, *start, 0, false),
+                window: window.name,
+            }));
         }
-        Ok(verdict)
+        let slots: Vec<Slot> = windows
+            .iter()
+            .zip(&starts)
+            .map(|(w, start)| Slot {
+                counter: format!("{}#{start}", w.name),
+                limit: w.limit,
+            })
+            .collect();
+        let expires_at =
+            DateTime::from_timestamp(bucket + longest.num_seconds().max(1) + 60, 0).unwrap_or(now);
+        let counted = self
+            .counter
+            .increment(subject, bucket, &slots, expires_at)
+            .await?;
+        let (counts, allowed) = match counted {
+            Ok(counts) => (counts, true),
+            Err(counts) => (counts, false),
+        };
+        let decisions = windows
+            .iter()
+            .zip(&starts)
+            .zip(&counts)
+            .map(|((w, start), count)| (w, decision(w, *start, *count, allowed)));
+        let binding = if allowed {
+            decisions.min_by_key(|(_, d)| d.remaining)
+        } else {
+            decisions
+                .zip(&counts)
+                .find(|((w, _), count)| **count >= w.limit)
+                .map(|(pair, _)| pair)
+        };
+        Ok(binding.map(|(window, decision)| Verdict {
+            binding: decision,
+            window: window.name,
+        }))
     }
 }
 
@@ -147,7 +197,7 @@ impl RateLimiter {
 /// every call fail, as an unreachable table would.
 #[derive(Debug, Default)]
 pub struct MemoryCounter {
-    counts: Mutex<HashMap<(String, i64), u32>>,
+    records: Mutex<HashMap<(String, i64), HashMap<String, u32>>>,
     pub outage: Outage,
 }
 
@@ -156,20 +206,28 @@ impl RateCounter for MemoryCounter {
     async fn increment(
         &self,
         subject: &str,
-        window_start: i64,
-        limit: u32,
+        bucket: i64,
+        slots: &[Slot],
         _expires_at: DateTime<Utc>,
-    ) -> Result<Option<u32>, StoreError> {
+    ) -> Result<Result<Vec<u32>, Vec<u32>>, StoreError> {
         self.outage.check("rate-limit store")?;
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts
-            .entry((subject.to_owned(), window_start))
-            .or_default();
-        if *count >= limit {
-            return Ok(None);
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let record = records.entry((subject.to_owned(), bucket)).or_default();
+        let counts: Vec<u32> = slots
+            .iter()
+            .map(|s| record.get(&s.counter).copied().unwrap_or(0))
+            .collect();
+        if slots
+            .iter()
+            .zip(&counts)
+            .any(|(s, count)| *count >= s.limit)
+        {
+            return Ok(Err(counts));
         }
-        *count += 1;
-        Ok(Some(*count))
+        for slot in slots {
+            *record.entry(slot.counter.clone()).or_default() += 1;
+        }
+        Ok(Ok(counts.into_iter().map(|c| c + 1).collect()))
     }
 }
 
@@ -184,6 +242,19 @@ mod tests {
     fn limiter() -> RateLimiter {
         RateLimiter::new(Arc::new(MemoryCounter::default()))
     }
+
+    const MINUTE_AND_HOUR: [RateWindow; 2] = [
+        RateWindow {
+            name: "minute",
+            length: TimeDelta::minutes(1),
+            limit: 2,
+        },
+        RateWindow {
+            name: "hour",
+            length: TimeDelta::hours(1),
+            limit: 3,
+        },
+    ];
 
     #[tokio::test]
     async fn allows_up_to_the_limit_then_refuses_until_the_window_resets() {
@@ -207,30 +278,78 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_refused_by_the_minute_never_counts_against_the_hour() {
+    async fn the_binding_window_is_the_one_with_fewest_left() {
         let limiter = limiter();
-        let windows = [
-            RateWindow {
-                name: "minute",
-                length: TimeDelta::minutes(1),
-                limit: 1,
-            },
-            RateWindow {
-                name: "hour",
-                length: TimeDelta::hours(1),
-                limit: 5,
-            },
-        ];
-        let first = limiter.hit_windows("u", &windows, at(0)).await.unwrap();
-        assert_eq!(first.map(|v| v.window), Some("minute"));
-        let second = limiter.hit_windows("u", &windows, at(1)).await.unwrap();
+        let first = limiter.hit_windows("u", &MINUTE_AND_HOUR, at(0)).await;
+        let v = first.unwrap().unwrap();
         assert_eq!(
-            second.map(|v| (v.window, v.binding.allowed)),
-            Some(("minute", false))
+            (v.window, v.binding.remaining, v.binding.reset),
+            ("minute", 1, at(60))
         );
-        // The hour saw only the first request: 4 of 5 left.
-        let hour = limiter.hit("u#hour", 5, TimeDelta::hours(1), at(2)).await;
-        assert_eq!(hour.unwrap().remaining, 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_by_the_minute_uses_up_no_hour_slot() {
+        let limiter = limiter();
+        for s in [0, 1] {
+            assert!(
+                limiter
+                    .hit_windows("u", &MINUTE_AND_HOUR, at(s))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .binding
+                    .allowed
+            );
+        }
+        let refused = limiter
+            .hit_windows("u", &MINUTE_AND_HOUR, at(2))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((refused.window, refused.binding.allowed), ("minute", false));
+        // The hour counted 2 of 3: the next minute has exactly one left.
+        let next = limiter
+            .hit_windows("u", &MINUTE_AND_HOUR, at(61))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((next.window, next.binding.remaining), ("hour", 0));
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_by_the_hour_uses_up_no_minute_slot() {
+        let limiter = limiter();
+        for s in [0, 1, 61] {
+            assert!(
+                limiter
+                    .hit_windows("u", &MINUTE_AND_HOUR, at(s))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .binding
+                    .allowed
+            );
+        }
+        let refused = limiter
+            .hit_windows("u", &MINUTE_AND_HOUR, at(62))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((refused.window, refused.binding.allowed), ("hour", false));
+        // The minute still has its second slot: the hour alone refuses.
+        let again = limiter
+            .hit_windows("u", &MINUTE_AND_HOUR, at(63))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.window, "hour");
+        let fresh_hour = limiter
+            .hit_windows("u", &MINUTE_AND_HOUR, at(3600))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(fresh_hour.binding.allowed);
     }
 
     #[tokio::test]
