@@ -469,10 +469,12 @@ async fn rate_windows_are_exact_and_refuse_cleanly_across_eight_clients() {
 }
 
 #[tokio::test]
-async fn a_user_over_the_monthly_quota_is_refused_before_any_upstream_call() {
-    let tiers = r#"{"free":{"per_minute":10,"per_hour":50,"monthly_tokens":100},
-                   "pro":{"per_minute":30,"per_hour":300,"monthly_tokens":1000},
-                   "enterprise":{"per_minute":60,"per_hour":null,"monthly_tokens":5000}}"#;
+async fn a_request_whose_worst_case_passes_the_quota_is_refused_before_any_upstream_call() {
+    // The system prompt is 5,053 bytes: a worst case of about 6,100 tokens
+    // (prompt bytes + max_tokens 1024) fits 7,000 once, not after a reply.
+    let tiers = r#"{"free":{"per_minute":10,"per_hour":50,"monthly_tokens":7000},
+                   "pro":{"per_minute":30,"per_hour":300,"monthly_tokens":70000},
+                   "enterprise":{"per_minute":60,"per_hour":null,"monthly_tokens":700000}}"#;
     let f = fixture_with(&[("CHAT_TIERS", tiers)]).await;
     let (_, token) = f.user();
     let (status, _) = f.chat_all(&token, &json!({"message": "use it all"})).await;
@@ -482,12 +484,47 @@ async fn a_user_over_the_monthly_quota_is_refused_before_any_upstream_call() {
     let (status, headers, body) = f.send_chat(Some(&token), &json!({"message": "more"})).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["code"], "quota_exceeded");
-    assert_eq!(body["quota"], 100);
+    assert_eq!(body["quota"], 7000);
     assert!(body["resets_at"].as_str().unwrap().ends_with("+00:00"));
     assert!(headers.contains_key("retry-after"));
     assert_eq!(f.stub.attempts(), 1);
+    // The budget settled to what the rollup counted: both say the same.
     let current = usage_current(&f, &token).await;
-    assert_eq!(current["quota"]["remaining"], 0);
+    assert_eq!(current["quota"]["limit"], 7000);
+    assert_eq!(current["quota"]["used"], body["used"]);
+    assert!(body["used"].as_u64().unwrap() > 0);
+}
+
+/// Eight requests race one user near the quota: together they never hold
+/// (or use) more than it, however they interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn eight_concurrent_requests_never_pass_the_quota() {
+    let tiers = r#"{"free":{"per_minute":60,"per_hour":null,"monthly_tokens":15000},
+                   "pro":{"per_minute":60,"per_hour":null,"monthly_tokens":70000},
+                   "enterprise":{"per_minute":60,"per_hour":null,"monthly_tokens":700000}}"#;
+    let f = fixture_with(&[("CHAT_TIERS", tiers)]).await;
+    let (_, token) = f.user();
+    let mut admitted = 0;
+    for _ in 0..3 {
+        let round = join_all((0..8).map(|i| {
+            let message = json!({"message": format!("race {i}")});
+            let (f, token) = (&f, &token);
+            async move { f.chat_all(token, &message).await.0 }
+        }))
+        .await;
+        admitted += round.iter().filter(|s| **s == StatusCode::OK).count();
+        assert!(
+            round.iter().all(|s| matches!(s.as_u16(), 200 | 429)),
+            "{round:?}"
+        );
+    }
+    drain(&pump(&f.stack).await).await;
+    let current = usage_current(&f, &token).await;
+    let used = current["quota"]["used"].as_u64().unwrap();
+    assert!(used <= 15_000, "{used} tokens used of 15,000");
+    // Each reply uses ~1,300 and holds ~6,100 while it runs: at most two
+    // run at once, and later rounds fit more as replies settle.
+    assert!((2..24).contains(&admitted), "{admitted} admitted");
 }
 
 #[tokio::test]

@@ -455,6 +455,59 @@ async fn conditional_add_counts_every_window_or_none_and_returns_the_old_counts(
     assert!(!stored.contains_key("minute#1700000120"));
 }
 
+#[tokio::test]
+async fn a_budget_holds_within_its_quota_and_settles_down_by_a_negative_add() {
+    let dynamodb = dynamodb().await;
+    let table = create_table(&dynamodb).await;
+    let budget = || key("TENANT#t", "BUDGET#2026-12-01");
+    // The budget's hold, verbatim: `held + tokens <= quota` as `held <= room`.
+    let hold = |tokens: u64, room: u64| {
+        dynamodb
+            .update_item()
+            .table_name(&table)
+            .set_key(Some(budget()))
+            .update_expression("ADD held :tokens")
+            .condition_expression("attribute_exists(held) AND held <= :room")
+            .expression_attribute_values(":tokens", n(tokens))
+            .expression_attribute_values(":room", n(room))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+    };
+    let old_item = |error: SdkError<UpdateItemError, _>| match error.into_service_error() {
+        UpdateItemError::ConditionalCheckFailedException(e) => e.item,
+        other => panic!("expected a condition failure, got {other:?}"),
+    };
+    // Unopened: the failure carries no item.
+    assert_eq!(old_item(hold(10, 90).await.unwrap_err()), None);
+    let open = || {
+        dynamodb
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(budget()))
+            .item("held", n(40))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+    };
+    open().await.unwrap();
+    assert!(open().await.is_err(), "a second open changes nothing");
+    hold(60, 40).await.unwrap(); // 40 + 60 = 100, the quota
+    let refused = old_item(hold(1, 99).await.unwrap_err()).unwrap();
+    assert_eq!(refused["held"], n(100));
+    dynamodb
+        .update_item()
+        .table_name(&table)
+        .set_key(Some(budget()))
+        .update_expression("ADD held :delta")
+        .expression_attribute_values(":delta", n(-45))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&dynamodb, &table, budget()).await.unwrap()["held"],
+        n(55)
+    );
+}
+
 // ------------------------------------------------- DynamoDB: transactions
 
 #[tokio::test]

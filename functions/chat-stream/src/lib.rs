@@ -2,7 +2,8 @@
 //! streaming).
 //!
 //! `POST /api/v1/chat/stream`: sign in (JWT) → check the body → admission
-//! ([`shared::chat::admission`]: account, rate windows, quota, history) →
+//! ([`shared::chat::admission`]: account, rate windows, the worst case held
+//! against the quota, history) →
 //! open the model's stream ([`shared::chat::upstream`]) → Server-Sent Events
 //! to the client as upstream sends them ([`shared::chat::stream`]).
 //! Everything that can be refused is refused with problem+json before the
@@ -25,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use shared::auth::require_user;
 use shared::aws::SdkConfig;
+use shared::aws::budget::DynamoBudgets;
 use shared::aws::chat::DynamoChat;
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::queue::EventQueue;
@@ -33,6 +35,7 @@ use shared::aws::secrets::SecretsManager;
 use shared::aws::tenants::DynamoTenants;
 use shared::chat::admission::Admission;
 use shared::chat::anthropic::AnthropicHttp;
+use shared::chat::budget::{Budget, Budgets};
 use shared::chat::request::ChatRequest;
 use shared::chat::settings::{ChatResources, ChatSettings};
 use shared::chat::store::ChatStore;
@@ -100,6 +103,7 @@ pub struct Edges {
     pub tenants: Arc<dyn TenantStore>,
     pub rate_counter: Arc<dyn RateCounter>,
     pub usage: Arc<dyn UsageReader>,
+    pub budgets: Arc<dyn Budgets>,
     pub queue: Arc<dyn EventSink>,
     pub secrets: Arc<dyn SecretSource>,
     pub model: Arc<dyn ModelApi>,
@@ -135,7 +139,8 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             dynamodb.clone(),
             &r.rate_limit_table,
         )),
-        usage: Arc::new(DynamoLedger::new(dynamodb, &r.usage_table)),
+        usage: Arc::new(DynamoLedger::new(dynamodb.clone(), &r.usage_table)),
+        budgets: Arc::new(DynamoBudgets::new(dynamodb, &r.usage_table)),
         queue: Arc::new(EventQueue::new(
             aws_sdk_sqs::Client::new(aws),
             &r.events_queue_url,
@@ -153,18 +158,20 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
 /// The function's router over any edges (`/health` answers from `health`).
 pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
     let users = Users::new(edges.chat.clone(), edges.tenants, config.chat.tiers);
+    let budget = Budget::new(edges.budgets, edges.usage);
     let state = Arc::new(App {
         verifier: edges.verifier,
         admission: Admission::new(
             users,
             RateLimiter::new(edges.rate_counter),
-            edges.usage,
+            budget.clone(),
             edges.chat.clone(),
             config.chat.clone(),
         ),
         streamer: Streamer {
             chat: edges.chat,
             queue: edges.queue,
+            budget,
             settings: config.chat.clone(),
             keep_alive: config.keep_alive,
             idle_timeout: config.idle_timeout,
@@ -207,8 +214,14 @@ async fn chat_stream(
         .admission
         .admit(&subject.0, request, &request_id, app.clock.now())
         .await?;
-    let upstream =
-        upstream::open(app.model.as_ref(), &app.api_key, &admitted.body, deadline).await?;
+    let opened = upstream::open(app.model.as_ref(), &app.api_key, &admitted.body, deadline).await;
+    let upstream = match opened {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            app.admission.release(&admitted.reservation).await;
+            return Err(error.into());
+        }
+    };
 
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let limits = admitted.limits.map(|l| l.binding);

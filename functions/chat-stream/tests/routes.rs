@@ -12,6 +12,7 @@ use chat_stream::{Config, Edges, FUNCTION, router};
 use chrono::Utc;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use shared::chat::budget::MemoryBudgets;
 use shared::chat::store::MemoryChat;
 use shared::chat::upstream::{Answer, ScriptedModel};
 use shared::chat::user_tenant;
@@ -20,6 +21,7 @@ use shared::config::Env;
 use shared::health::HealthChecks;
 use shared::jwt::MemoryTokens;
 use shared::metering::ingest::MemoryQueue;
+use shared::metering::period::BillingPeriod;
 use shared::metering::rollup::{MemoryLedger, count};
 use shared::metering::tenants::{ApiKey, MemoryTenants, Tenant, TenantStore, Tier};
 use shared::metering::types::{EventId, Feature, Tokens, UsageEvent};
@@ -36,6 +38,7 @@ struct Chat {
     tenants: Arc<MemoryTenants>,
     counter: Arc<MemoryCounter>,
     usage: Arc<MemoryLedger>,
+    budgets: Arc<MemoryBudgets>,
     queue: Arc<MemoryQueue>,
     model: Arc<ScriptedModel>,
 }
@@ -74,6 +77,7 @@ fn chat_signed_in_by(
     let tenants = Arc::new(MemoryTenants::default());
     let counter = Arc::new(MemoryCounter::default());
     let usage = Arc::new(MemoryLedger::default());
+    let budgets = Arc::new(MemoryBudgets::default());
     let queue = Arc::new(MemoryQueue::default());
     let model = Arc::new(model);
     let edges = Edges {
@@ -82,6 +86,7 @@ fn chat_signed_in_by(
         tenants: tenants.clone(),
         rate_counter: counter.clone(),
         usage: usage.clone(),
+        budgets: budgets.clone(),
         queue: queue.clone(),
         secrets: Arc::new(MemorySecrets::default().with("anthropic", api_key)),
         model: model.clone(),
@@ -94,6 +99,7 @@ fn chat_signed_in_by(
         tenants,
         counter,
         usage,
+        budgets,
         queue,
         model,
     }
@@ -263,20 +269,140 @@ async fn a_used_up_quota_is_refused_with_its_reset_and_no_upstream_call() {
     assert!(chat.model.sent().is_empty());
 }
 
+fn period() -> BillingPeriod {
+    BillingPeriod::containing(Utc::now(), 1.try_into().unwrap())
+}
+
 #[tokio::test]
-async fn a_disabled_account_is_forbidden() {
+async fn a_reply_settles_its_reservation_to_what_it_used() {
     let chat = chat();
-    let disabled = Tenant {
+    send(&chat.router, ask(Some(TOKEN), hello())).await;
+    // 12 input and 5 output tokens held, the rest of the worst case released.
+    assert_eq!(
+        chat.budgets.held(&user_tenant(SUBJECT), &period()),
+        Some(17)
+    );
+}
+
+#[tokio::test]
+async fn a_request_whose_worst_case_passes_the_quota_is_refused_before_upstream() {
+    let tiers = r#"{"free":{"per_minute":100,"per_hour":null,"monthly_tokens":60},
+                   "pro":{"per_minute":100,"per_hour":null,"monthly_tokens":6000},
+                   "enterprise":{"per_minute":100,"per_hour":null,"monthly_tokens":60000}}"#;
+    let extra = [("CHAT_TIERS", tiers), ("CHAT_SYSTEM_PROMPT", "Be brief.")];
+    let chat = chat_with(ScriptedModel::replying("ok", 12, 5), "k", &extra);
+    // "Be brief." (9) + "Hi" (2) + max_tokens 40 = 51 of 60: held, settles to 17.
+    let first = json!({"message": "Hi", "max_tokens": 40});
+    assert_eq!(
+        send(&chat.router, ask(Some(TOKEN), first.clone()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // 17 used + 51 worst case > 60: refused without a call.
+    let refused = send(&chat.router, ask(Some(TOKEN), first)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let problem = refused.problem();
+    assert_eq!(
+        (problem["code"].as_str(), problem["used"].as_u64()),
+        (Some("quota_exceeded"), Some(17))
+    );
+    assert_eq!(chat.model.sent().len(), 1);
+    // A smaller reply still fits: 17 + 11 + 30 = 58.
+    let small = json!({"message": "Hi", "max_tokens": 30});
+    assert_eq!(
+        send(&chat.router, ask(Some(TOKEN), small)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_hold_more_than_the_quota() {
+    let tiers = r#"{"free":{"per_minute":100,"per_hour":null,"monthly_tokens":200},
+                   "pro":{"per_minute":100,"per_hour":null,"monthly_tokens":6000},
+                   "enterprise":{"per_minute":100,"per_hour":null,"monthly_tokens":60000}}"#;
+    let extra = [("CHAT_TIERS", tiers), ("CHAT_SYSTEM_PROMPT", "Be brief.")];
+    let chat = chat_with(ScriptedModel::replying("ok", 12, 5), "k", &extra);
+    let body = json!({"message": "Hi", "max_tokens": 40});
+    let answers = futures_util::future::join_all(
+        (0..8).map(|_| send(&chat.router, ask(Some(TOKEN), body.clone()))),
+    )
+    .await;
+    let admitted = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    // 200 / 51 per worst case: at most 3 at once, however they interleave.
+    assert!((1..=3).contains(&admitted), "{admitted} admitted");
+    let used: u64 = chat.chat.snapshot().records[SUBJECT]
+        .iter()
+        .map(|r| r.usage.total())
+        .sum();
+    assert!(used <= 200);
+    assert_eq!(
+        chat.budgets.held(&user_tenant(SUBJECT), &period()),
+        Some(used)
+    );
+}
+
+#[tokio::test]
+async fn each_tier_gets_its_own_configured_quota() {
+    let chat = chat();
+    let pro = Tenant {
+        tier: Tier::Pro,
+        ..chat_user(true)
+    };
+    chat.tenants
+        .create(&pro, &ApiKey::generate().hash())
+        .await
+        .unwrap();
+    let used = UsageEvent {
+        id: EventId::try_from("earlier".to_owned()).unwrap(),
+        feature: Feature::try_from("chat.output".to_owned()).unwrap(),
+        tokens: Tokens::try_from(2_000_000).unwrap(),
+        timestamp: Utc::now(),
+        properties: Default::default(),
+    };
+    count(chat.usage.as_ref(), &pro.id, pro.billing_day, &[used])
+        .await
+        .unwrap();
+    let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    // Pro's 2,000,000 from CHAT_TIERS' defaults, not the tenant's 100,000.
+    assert_eq!(refused.problem()["quota"], 2_000_000);
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_releases_the_reservation() {
+    let down = || Answer::Unreachable("connection refused".into());
+    let chat = chat_with(
+        ScriptedModel::default().then([down(), down(), down()]),
+        "k",
+        &[],
+    );
+    let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(chat.budgets.held(&user_tenant(SUBJECT), &period()), Some(0));
+}
+
+/// The metering tenant of the test user, as first sign-in creates it.
+fn chat_user(enabled: bool) -> Tenant {
+    Tenant {
         id: user_tenant(SUBJECT),
         name: "chat user".into(),
         monthly_quota: 100_000,
         billing_day: 1.try_into().unwrap(),
         tier: Tier::Free,
         webhooks: Vec::new(),
-        enabled: false,
+        enabled,
         signing_secret: "whsec_test".into(),
         created_at: Utc::now(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_account_is_forbidden() {
+    let chat = chat();
+    let disabled = chat_user(false);
     let key = ApiKey::generate().hash();
     chat.tenants.create(&disabled, &key).await.unwrap();
     let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;

@@ -42,10 +42,10 @@ pub(crate) async fn current(
             "total": usage.tokens,
         },
         "quota": {
-            "limit": tenant.monthly_quota,
+            "limit": limits.monthly_tokens,
             "used": usage.tokens,
-            "remaining": tenant.monthly_quota.saturating_sub(usage.tokens),
-            "percent": quota_percent(usage.tokens, tenant.monthly_quota),
+            "remaining": limits.monthly_tokens.saturating_sub(usage.tokens),
+            "percent": quota_percent(usage.tokens, limits.monthly_tokens),
             "resets_at": period.end,
         },
         "requests": chat.requests,

@@ -6,6 +6,7 @@
 //! which is the only thing `make dev` changes.
 
 pub mod alerts;
+pub mod budget;
 pub mod chat;
 pub mod ledger;
 pub mod prices;

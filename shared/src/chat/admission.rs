@@ -1,8 +1,8 @@
 //! Admission: every check a chat request passes before anything is sent
-//! upstream or streamed, in order — the user's account, the tier's rate
-//! windows, the monthly quota — then the conversation's history and the
-//! body for Anthropic. A request that fails a check gets a [`Refusal`],
-//! which the HTTP layer renders once.
+//! upstream or streamed — the user's account, the tier's rate windows, the
+//! monthly budget (its worst case held: [`super::budget`]) — and the body
+//! for Anthropic with the conversation's history. A request that fails a
+//! check gets a [`Refusal`], which the HTTP layer renders once.
 
 use std::sync::Arc;
 
@@ -11,14 +11,13 @@ use serde_json::Value;
 
 use super::FUNCTION;
 use super::anthropic;
-use super::history::trim;
+use super::budget::{Budget, Reservation, worst_case};
+use super::history::{Turn, trim};
 use super::request::ChatRequest;
 use super::settings::ChatSettings;
 use super::store::ChatStore;
 use super::users::Users;
-use crate::metering::period::BillingPeriod;
 use crate::metering::tenants::{Tenant, Tier};
-use crate::metering::usage::UsageReader;
 use crate::ratelimit::{RateLimiter, RateWindow, Verdict};
 use crate::store::StoreError;
 use crate::telemetry::{MetricUnit, Metrics};
@@ -63,13 +62,15 @@ pub struct Admitted {
     /// The binding rate window, for the response's headers (`None` when
     /// the rate-limit store failed open).
     pub limits: Option<Verdict>,
+    /// The worst case held against the quota until the stream settles it.
+    pub reservation: Reservation,
     pub at: DateTime<Utc>,
 }
 
 pub struct Admission {
     users: Users,
     limiter: RateLimiter,
-    usage: Arc<dyn UsageReader>,
+    budget: Budget,
     chat: Arc<dyn ChatStore>,
     settings: ChatSettings,
 }
@@ -78,14 +79,14 @@ impl Admission {
     pub fn new(
         users: Users,
         limiter: RateLimiter,
-        usage: Arc<dyn UsageReader>,
+        budget: Budget,
         chat: Arc<dyn ChatStore>,
         settings: ChatSettings,
     ) -> Self {
         Self {
             users,
             limiter,
-            usage,
+            budget,
             chat,
             settings,
         }
@@ -95,7 +96,10 @@ impl Admission {
         &self.settings
     }
 
-    /// Admits `request` of the signed-in `subject`, or says why not.
+    /// Admits `request` of the signed-in `subject`, or says why not. After
+    /// sign-in (from memory when warm), the rate windows and the budget are
+    /// written concurrently (a continued conversation reads its history
+    /// alongside the rate windows first, as its worst case depends on it).
     pub async fn admit(
         &self,
         subject: &str,
@@ -107,38 +111,75 @@ impl Admission {
         if !tenant.enabled {
             return Err(Refusal::Disabled);
         }
-        let limits = self.rate_limit(subject, &tenant, request_id, now).await?;
-
-        let period = BillingPeriod::containing(now, tenant.billing_day);
-        let used = self.usage.period_total(&tenant.id, &period.key()).await?;
-        if used >= tenant.monthly_quota {
-            return Err(Refusal::QuotaExceeded {
-                quota: tenant.monthly_quota,
-                used,
-                resets_at: period.end,
+        let quota = self.settings.tiers.limits(tenant.tier).monthly_tokens;
+        let (limits, reserved, body) = if request.continues {
+            let (limits, history) = tokio::join!(
+                self.rate_limit(subject, &tenant, request_id, now),
+                self.history(subject, &request),
+            );
+            let body = self.body(&history?, &request);
+            let limits = limits?;
+            let reserved = self
+                .budget
+                .reserve(&tenant, quota, worst_case(&body), now)
+                .await;
+            (limits, reserved, body)
+        } else {
+            let body = self.body(&[], &request);
+            let (limits, reserved) = tokio::join!(
+                self.rate_limit(subject, &tenant, request_id, now),
+                self.budget.reserve(&tenant, quota, worst_case(&body), now),
+            );
+            match limits {
+                Ok(limits) => (limits, reserved, body),
+                Err(refusal) => {
+                    if let Ok(Ok(reservation)) = &reserved {
+                        self.release(reservation).await;
+                    }
+                    return Err(refusal);
+                }
+            }
+        };
+        match reserved? {
+            Ok(reservation) => Ok(Admitted {
+                subject: subject.to_owned(),
+                tenant,
+                request,
+                body,
+                limits,
+                reservation,
+                at: now,
+            }),
+            Err(over) => Err(Refusal::QuotaExceeded {
+                quota: over.quota,
+                used: over.used,
+                resets_at: over.resets_at,
                 limits,
                 at: now,
-            });
+            }),
         }
+    }
 
-        let history = if request.continues {
-            let turns = self
-                .chat
-                .history(subject, request.conversation_id.as_str(), HISTORY_TURNS)
-                .await?;
-            trim(&turns, self.settings.history_budget_tokens)
-        } else {
-            Vec::new()
-        };
-        let body = anthropic::messages_body(&self.settings.system_prompt, &history, &request);
-        Ok(Admitted {
-            subject: subject.to_owned(),
-            tenant,
-            request,
-            body,
-            limits,
-            at: now,
-        })
+    /// Gives back a reservation nothing was used of (a refusal after it, or
+    /// an upstream that never answered). A failure keeps the hold: the
+    /// budget errs towards refusing.
+    pub async fn release(&self, reservation: &Reservation) {
+        if let Err(error) = self.budget.settle(reservation, 0).await {
+            tracing::error!(%error, "could not release a budget reservation");
+        }
+    }
+
+    /// The conversation's earlier turns, trimmed to the history budget.
+    async fn history(&self, subject: &str, request: &ChatRequest) -> Result<Vec<Turn>, StoreError> {
+        let turns = self
+            .chat
+            .history(subject, request.conversation_id.as_str(), HISTORY_TURNS)
+            .await?;
+        Ok(trim(&turns, self.settings.history_budget_tokens))
+    }
+
+    fn body(&self, history: &[Turn], request: &ChatRequest) -> Value {
+        anthropic::messages_body(&self.settings.system_prompt, history, request)
     }
 
     /// Counts the request against the tier's windows. A store failure lets

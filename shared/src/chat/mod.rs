@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod anthropic;
+pub mod budget;
 pub mod history;
 pub mod metering;
 pub mod relay;

@@ -4,9 +4,10 @@
 //! The task owns the upstream stream, so when the client goes away (the
 //! body, and with it the channel's receiver, is dropped) it notices at once
 //! (`closed()`), drops the upstream request — which cancels it — and still
-//! records the usage the stream reported so far. Usage is recorded before
-//! `stream_complete` is sent and before the body ends, so the invocation
-//! never finishes with usage unwritten.
+//! records the usage the stream reported so far. Usage is recorded (and the
+//! budget reservation settled to it) before `stream_complete` is sent and
+//! before the body ends, so the invocation never finishes with usage
+//! unwritten.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 use super::FUNCTION;
 use super::admission::Admitted;
 use super::anthropic::{SseParser, UpstreamEvent};
+use super::budget::Budget;
 use super::history::{Role, Turn};
 use super::metering::usage_events;
 use super::relay::{ClientEvent, Ending, KEEP_ALIVE, Relay};
@@ -39,6 +41,8 @@ const QUEUE_ATTEMPTS: u32 = 3;
 pub struct Streamer {
     pub chat: Arc<dyn ChatStore>,
     pub queue: Arc<dyn EventSink>,
+    /// Settles each request's reservation to what it used.
+    pub budget: Budget,
     pub settings: ChatSettings,
     /// A comment line is sent after this much upstream silence.
     pub keep_alive: Duration,
@@ -246,6 +250,10 @@ impl Streamer {
         if let Some(prompt) = relayed.prompt_queued {
             // Finish the early send first: the final one repeats its ids.
             let _ = prompt.await;
+        }
+        let settled = self.budget.settle(&admitted.reservation, usage.total());
+        if let Err(error) = settled.await {
+            tracing::error!(%error, "could not settle the budget reservation; it stays held");
         }
         if relay.started() {
             let record = UsageRecord {
