@@ -14,7 +14,7 @@
 //! alert not delivered in time stays pending for a later batch.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent};
@@ -80,8 +80,8 @@ pub async fn handle(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error> {
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    let alert_budget = Duration::from_millis(event.context.deadline.saturating_sub(now_ms))
-        .saturating_sub(ANSWER_MARGIN);
+    let left = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+    let alerts_until = Instant::now() + left.saturating_sub(ANSWER_MARGIN);
     let received = event.payload.records.len();
     let messages = event
         .payload
@@ -93,7 +93,7 @@ pub async fn handle(
             receive_count: record.attributes.get("ApproximateReceiveCount").cloned(),
         })
         .collect();
-    let delivery = consumer.consume(messages, alert_budget).await;
+    let outcome = consumer.consume(messages, alerts_until).await;
 
     Metrics::new()
         .dimension("Function", FUNCTION)
@@ -101,22 +101,22 @@ pub async fn handle(
         .value(
             "MessagesFailed",
             MetricUnit::Count,
-            delivery.failed.len() as f64,
+            outcome.failed.len() as f64,
         )
-        .value("EventsCounted", MetricUnit::Count, delivery.counted as f64)
+        .value("EventsCounted", MetricUnit::Count, outcome.counted as f64)
         .value(
             "EventsDuplicate",
             MetricUnit::Count,
-            delivery.duplicates as f64,
+            outcome.duplicates as f64,
         )
         .value(
             "TransactionItems",
             MetricUnit::Count,
-            delivery.items_written as f64,
+            outcome.items_written as f64,
         )
         .emit();
     let mut response = SqsBatchResponse::default();
-    for id in delivery.failed {
+    for id in outcome.failed {
         response.add_failure(id);
     }
     Ok(response)

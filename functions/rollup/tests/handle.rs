@@ -77,8 +77,12 @@ fn message(id: &str, body: &str) -> SqsMessage {
 
 /// A delivery as Lambda makes it, with a minute left to run.
 fn delivery(messages: Vec<SqsMessage>) -> LambdaEvent<SqsEvent> {
+    delivery_with(messages, TimeDelta::minutes(1))
+}
+
+fn delivery_with(messages: Vec<SqsMessage>, left: TimeDelta) -> LambdaEvent<SqsEvent> {
     let mut context = Context::default();
-    context.deadline = (Utc::now() + TimeDelta::minutes(1)).timestamp_millis() as u64;
+    context.deadline = (Utc::now() + left).timestamp_millis() as u64;
     let mut event = SqsEvent::default();
     event.records = messages;
     LambdaEvent::new(event, context)
@@ -218,6 +222,27 @@ async fn an_alert_a_webhook_refused_stays_pending_for_a_later_delivery() {
     let crossing = vec![message("m1", &pack(&a.id, &events("a", 1, 90))[0])];
     let response = handle(&rollup.consumer, delivery(crossing)).await.unwrap();
     assert!(failed(&response).is_empty(), "counted; the alert waits");
+    assert!(rollup.notifier.sent().is_empty());
+    assert_eq!(rollup.alerts.all()[0].pending.len(), 1);
+}
+
+#[tokio::test]
+async fn a_slow_webhook_is_cut_off_before_the_deadline_and_nothing_is_redelivered() {
+    let rollup = rollup();
+    let a = tenant(&rollup, 100).await;
+    *rollup.notifier.delay.lock().unwrap() = std::time::Duration::from_secs(30);
+    // Four seconds left, three kept to answer Lambda: one for alerts.
+    let crossing = vec![message("m1", &pack(&a.id, &events("a", 1, 90))[0])];
+    let started = std::time::Instant::now();
+    let response = handle(
+        &rollup.consumer,
+        delivery_with(crossing, TimeDelta::seconds(4)),
+    )
+    .await
+    .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert!(failed(&response).is_empty(), "counted; the alert waits");
+    assert_eq!(period_total(&rollup, &a.id).await, 90);
     assert!(rollup.notifier.sent().is_empty());
     assert_eq!(rollup.alerts.all()[0].pending.len(), 1);
 }

@@ -215,11 +215,13 @@ impl AlertStore for MemoryAlerts {
 }
 
 /// A notifier that records what it was asked to send: the double for
-/// handler tests. URLs in `failing` refuse every alert.
+/// handler tests. URLs in `failing` refuse every alert; each answer takes
+/// `delay` (a slow receiver).
 #[derive(Debug, Default)]
 pub struct RecordingNotifier {
     sent: Mutex<Vec<(String, Alert)>>,
     pub failing: Mutex<Vec<String>>,
+    pub delay: Mutex<std::time::Duration>,
 }
 
 impl RecordingNotifier {
@@ -232,6 +234,8 @@ impl RecordingNotifier {
 #[async_trait::async_trait]
 impl Notifier for RecordingNotifier {
     async fn notify(&self, url: &str, alert: &Alert) -> Result<(), WebhookError> {
+        let delay = *self.delay.lock().unwrap_or_else(|e| e.into_inner());
+        tokio::time::sleep(delay).await;
         let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         if failing.iter().any(|f| f == url) {
             return Err(WebhookError::Refused(500));

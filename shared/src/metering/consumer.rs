@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use super::alerts::{self, AlertStore, Notifier};
 use super::period::BillingPeriod;
@@ -30,9 +30,9 @@ pub struct Message {
     pub receive_count: Option<String>,
 }
 
-/// What a delivery did.
+/// What consuming one delivery did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delivery {
+pub struct BatchOutcome {
     /// Messages to redeliver: unreadable, or their events not counted.
     pub failed: Vec<String>,
     pub counted: u64,
@@ -77,9 +77,11 @@ struct TenantOutcome {
 }
 
 impl Consumer {
-    /// Counts `messages`, then spends at most `alert_budget` on quota alerts.
-    pub async fn consume(&self, messages: Vec<Message>, alert_budget: Duration) -> Delivery {
-        let mut delivery = Delivery::default();
+    /// Counts `messages`, then runs quota alerts until `alerts_until` (the
+    /// invocation's deadline less the time to answer), however long
+    /// counting took.
+    pub async fn consume(&self, messages: Vec<Message>, alerts_until: Instant) -> BatchOutcome {
+        let mut delivery = BatchOutcome::default();
         let mut work: BTreeMap<TenantId, TenantWork> = BTreeMap::new();
         for message in messages {
             let parsed = message
@@ -130,7 +132,8 @@ impl Consumer {
             }
         }
 
-        match tokio::time::timeout(alert_budget, self.run_alerts(&touched)).await {
+        let until = tokio::time::Instant::from_std(alerts_until);
+        match tokio::time::timeout_at(until, self.run_alerts(&touched)).await {
             // A threshold check that could not be recorded is redone by
             // redelivering the messages: their events are duplicates by then.
             Ok(failed) => delivery.failed.extend(failed),
