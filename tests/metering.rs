@@ -500,7 +500,7 @@ impl Ledger for CrashingLedger {
     async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError> {
         if self.commits.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
             return Err(StoreError::Unavailable {
-                store: "usage store",
+                store: "usage table",
                 operation: "TransactWriteItems",
                 message: "simulated crash".into(),
             });

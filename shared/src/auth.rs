@@ -60,14 +60,7 @@ pub async fn require_tenant(headers: &HeaderMap, keys: &CachedKeys) -> Result<Te
     let presented = bearer(headers).ok_or_else(missing)?;
     let invalid = || unauthorized("invalid_api_key", "the API key is not valid");
     let key = ApiKey::parse(presented).ok_or_else(invalid)?;
-    let tenant = keys
-        .tenant(&key.hash())
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "key lookup failed");
-            ApiError::unavailable("tenants table", 5)
-        })?
-        .ok_or_else(invalid)?;
+    let tenant = keys.tenant(&key.hash()).await?.ok_or_else(invalid)?;
     if !tenant.enabled {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

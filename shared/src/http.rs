@@ -110,7 +110,7 @@ impl From<Refusal> for ApiError {
                     .flat_map(|l| rate_limit_headers(&l.binding))
                     .fold(problem, |p, (name, value)| p.with_header(name, value))
             }
-            Refusal::RateLimitsUnavailable(_) => ApiError::unavailable("rate-limit store", 5),
+            Refusal::RateLimitsUnavailable(_) => ApiError::unavailable("rate-limit table", 5),
             Refusal::Store(error) => error.into(),
         }
     }
@@ -166,10 +166,7 @@ impl From<PriceError> for ApiError {
                 ApiError::unavailable("provider keys secret", 5)
             }
             PriceError::BadKeys => ApiError::internal(error),
-            PriceError::Store(_) => {
-                tracing::error!(%error, "prices table unavailable");
-                ApiError::unavailable("prices table", 5)
-            }
+            PriceError::Store(error) => error.into(),
             PriceError::Provider {
                 provider,
                 error: reason,

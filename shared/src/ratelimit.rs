@@ -210,7 +210,7 @@ impl RateCounter for MemoryCounter {
         slots: &[Slot],
         _expires_at: DateTime<Utc>,
     ) -> Result<Result<Vec<u32>, Vec<u32>>, StoreError> {
-        self.outage.check("rate-limit store")?;
+        self.outage.check("rate-limit table")?;
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let record = records.entry((subject.to_owned(), bucket)).or_default();
         let counts: Vec<u32> = slots

@@ -427,7 +427,7 @@ async fn a_failing_rate_limit_store_fails_open_unless_told_to_fail_closed() {
     closed.counter.outage.begin();
     let refused = send(&closed.router, ask(Some(TOKEN), hello())).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(refused.problem()["dependency"], "rate-limit store");
+    assert_eq!(refused.problem()["dependency"], "rate-limit table");
     assert!(closed.model.sent().is_empty());
 }
 
@@ -437,7 +437,7 @@ async fn a_failing_chat_store_is_a_503_naming_it() {
     chat.chat.outage.begin();
     let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(answer.problem()["dependency"], "chat store");
+    assert_eq!(answer.problem()["dependency"], "chat table");
     assert!(answer.headers.contains_key("retry-after"));
 }
 

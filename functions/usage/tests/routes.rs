@@ -408,11 +408,11 @@ async fn a_failing_store_is_a_503_with_retry_after() {
     )
     .await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(answer.json()["dependency"], "usage store");
+    assert_eq!(answer.json()["dependency"], "usage table");
     assert!(answer.headers.contains_key("retry-after"));
     app.tenants.outage.begin();
     let listed = send(&app, as_admin("GET", "/admin/tenants")).await;
-    assert_eq!(listed.json()["dependency"], "tenant store");
+    assert_eq!(listed.json()["dependency"], "tenants table");
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use crate::metering::alerts::{Alert, AlertStore};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
-const STORE: &str = "alert store";
+const STORE: &str = "usage table";
 
 const PENDING: &str = "ALERTS#PENDING";
 

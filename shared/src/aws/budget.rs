@@ -12,7 +12,7 @@ use crate::metering::types::TenantId;
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
-const STORE: &str = "usage store";
+const STORE: &str = "usage table";
 
 /// A period's budget is kept this long after the period ends.
 const RETENTION: TimeDelta = TimeDelta::days(40);

@@ -15,7 +15,7 @@ use crate::chat::store::{ChatStore, UsagePage, UsageRecord, UserProfile};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
-const STORE: &str = "chat store";
+const STORE: &str = "chat table";
 
 /// Per-request usage records are kept this long (then expire by TTL).
 const RECORD_RETENTION: TimeDelta = TimeDelta::days(400);

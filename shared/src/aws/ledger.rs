@@ -17,7 +17,7 @@ use crate::metering::usage::{MinuteUsage, PeriodUsage, UsageReader};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
-const STORE: &str = "usage store";
+const STORE: &str = "usage table";
 
 /// Dedup records outlive the 35 days an event may be back-dated, with margin.
 const DEDUP_RETENTION: TimeDelta = TimeDelta::days(40);

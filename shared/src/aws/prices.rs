@@ -15,7 +15,7 @@ use crate::prices::types::{Currency, Metal, Quote};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
-const STORE: &str = "price store";
+const STORE: &str = "prices table";
 
 #[derive(Debug, Clone)]
 pub struct DynamoPrices {

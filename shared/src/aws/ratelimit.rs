@@ -13,7 +13,7 @@ use crate::ratelimit::{RateCounter, Slot};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
-const STORE: &str = "rate-limit store";
+const STORE: &str = "rate-limit table";
 
 #[derive(Debug, Clone)]
 pub struct DynamoRateCounter {

@@ -12,7 +12,7 @@ use crate::metering::types::TenantId;
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
-const STORE: &str = "tenant store";
+const STORE: &str = "tenants table";
 
 #[derive(Debug, Clone)]
 pub struct DynamoTenants {

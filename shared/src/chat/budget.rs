@@ -152,7 +152,7 @@ impl Budget {
             }
         }
         Err(StoreError::Unavailable {
-            store: "usage store",
+            store: "usage table",
             operation: "hold",
             message: "the budget did not open".into(),
         })
@@ -194,7 +194,7 @@ impl Budgets for MemoryBudgets {
         tokens: u64,
         quota: u64,
     ) -> Result<Hold, StoreError> {
-        self.outage.check("usage store")?;
+        self.outage.check("usage table")?;
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         Ok(match held.get_mut(&(tenant.clone(), period.key())) {
             None => Hold::Unopened,
@@ -212,7 +212,7 @@ impl Budgets for MemoryBudgets {
         period: &BillingPeriod,
         used: u64,
     ) -> Result<(), StoreError> {
-        self.outage.check("usage store")?;
+        self.outage.check("usage table")?;
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.entry((tenant.clone(), period.key())).or_insert(used);
         Ok(())
@@ -224,7 +224,7 @@ impl Budgets for MemoryBudgets {
         period: &BillingPeriod,
         delta: i64,
     ) -> Result<(), StoreError> {
-        self.outage.check("usage store")?;
+        self.outage.check("usage table")?;
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let total = held.entry((tenant.clone(), period.key())).or_default();
         *total = total.saturating_add_signed(delta);

@@ -122,7 +122,7 @@ impl MemoryChat {
     }
 
     fn data(&self) -> Result<std::sync::MutexGuard<'_, ChatData>, StoreError> {
-        self.outage.check("chat store")?;
+        self.outage.check("chat table")?;
         Ok(self.data.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

@@ -211,7 +211,7 @@ impl MemoryLedger {
 #[async_trait::async_trait]
 impl Ledger for MemoryLedger {
     async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError> {
-        self.outage.check("usage store")?;
+        self.outage.check("usage table")?;
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let key = |e: &UsageEvent| (tenant.clone(), e.id.to_string());
         let duplicates: Vec<usize> = chunk
@@ -238,7 +238,7 @@ impl Ledger for MemoryLedger {
 #[async_trait::async_trait]
 impl UsageReader for MemoryLedger {
     async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
-        self.outage.check("usage store")?;
+        self.outage.check("usage table")?;
         let counter = Counter::Period {
             period: period.to_owned(),
         };
@@ -250,7 +250,7 @@ impl UsageReader for MemoryLedger {
         tenant: &TenantId,
         period: &str,
     ) -> Result<PeriodUsage, StoreError> {
-        self.outage.check("usage store")?;
+        self.outage.check("usage table")?;
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         let mut usage = PeriodUsage::default();
         for ((t, counter), delta) in totals.iter().filter(|((t, _), _)| t == tenant) {
@@ -275,7 +275,7 @@ impl UsageReader for MemoryLedger {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<MinuteUsage>, StoreError> {
-        self.outage.check("usage store")?;
+        self.outage.check("usage table")?;
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         Ok(totals
             .iter()

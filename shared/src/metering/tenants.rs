@@ -366,7 +366,7 @@ struct TenantData {
 
 impl MemoryTenants {
     fn data(&self) -> Result<std::sync::MutexGuard<'_, TenantData>, StoreError> {
-        self.outage.check("tenant store")?;
+        self.outage.check("tenants table")?;
         Ok(self.data.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -377,7 +377,7 @@ impl TenantStore for MemoryTenants {
         let mut data = self.data()?;
         if data.tenants.iter().any(|t| t.id == tenant.id) {
             return Err(StoreError::Unavailable {
-                store: "tenant store",
+                store: "tenants table",
                 operation: "create",
                 message: format!("tenant {} exists", tenant.id),
             });

@@ -130,7 +130,7 @@ impl MemoryBreakers {
 #[async_trait::async_trait]
 impl BreakerStore for MemoryBreakers {
     async fn get(&self, provider: ProviderId) -> Result<Breaker, StoreError> {
-        self.outage.check("breaker store")?;
+        self.outage.check("prices table")?;
         Ok(self.update(provider, |b| *b))
     }
 
@@ -140,7 +140,7 @@ impl BreakerStore for MemoryBreakers {
         threshold: u32,
         open_until: DateTime<Utc>,
     ) -> Result<Breaker, StoreError> {
-        self.outage.check("breaker store")?;
+        self.outage.check("prices table")?;
         Ok(self.update(provider, |b| {
             b.consecutive_failures += 1;
             if b.consecutive_failures >= threshold {
@@ -151,7 +151,7 @@ impl BreakerStore for MemoryBreakers {
     }
 
     async fn succeeded(&self, provider: ProviderId) -> Result<(), StoreError> {
-        self.outage.check("breaker store")?;
+        self.outage.check("prices table")?;
         self.update(provider, |b| *b = Breaker::default());
         Ok(())
     }

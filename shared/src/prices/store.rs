@@ -57,7 +57,7 @@ impl MemoryPrices {
 #[async_trait::async_trait]
 impl PriceStore for MemoryPrices {
     async fn record(&self, quote: &Quote, retention: TimeDelta) -> Result<(), StoreError> {
-        self.outage.check("price store")?;
+        self.outage.check("prices table")?;
         let series = (quote.metal, quote.currency.clone());
         self.history
             .lock()
@@ -73,7 +73,7 @@ impl PriceStore for MemoryPrices {
     }
 
     async fn latest(&self, metal: Metal, currency: &Currency) -> Result<Option<Quote>, StoreError> {
-        self.outage.check("price store")?;
+        self.outage.check("prices table")?;
         let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         Ok(latest.get(&(metal, currency.clone())).cloned())
     }
@@ -85,7 +85,7 @@ impl PriceStore for MemoryPrices {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Quote>, StoreError> {
-        self.outage.check("price store")?;
+        self.outage.check("prices table")?;
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         Ok(history
             .get(&(metal, currency.clone()))
