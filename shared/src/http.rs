@@ -167,6 +167,9 @@ impl From<PriceError> for ApiError {
             }
             PriceError::BadKeys => ApiError::internal(error),
             PriceError::Store(error) => error.into(),
+            PriceError::RateLimited { decision, at } => {
+                rate_limited(&decision, error.to_string(), at)
+            }
             PriceError::Provider {
                 provider,
                 error: reason,

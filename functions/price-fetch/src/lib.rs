@@ -88,9 +88,10 @@ impl From<FetchError> for lambda_runtime::Diagnostic {
             PriceError::Store(_) => "PricesTableUnavailable",
             PriceError::AllProvidersFailed(_) => "AllProvidersFailed",
             // The read API's refusals; a run never meets them.
-            PriceError::Invalid(_) | PriceError::NotConfigured(_) | PriceError::Provider { .. } => {
-                "PriceFetchFailed"
-            }
+            PriceError::Invalid(_)
+            | PriceError::NotConfigured(_)
+            | PriceError::Provider { .. }
+            | PriceError::RateLimited { .. } => "PriceFetchFailed",
         };
         Self {
             error_type: error_type.to_owned(),

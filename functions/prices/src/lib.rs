@@ -32,12 +32,12 @@ use shared::clock::{Clock, SystemClock};
 use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, finish, rate_limit_headers, rate_limited};
+use shared::http::{CorsOrigins, finish, rate_limit_headers};
 use shared::prices::PriceEdges;
 use shared::prices::cache::Rendered;
 use shared::prices::failover::BreakerState;
-use shared::prices::query::{PriceQuery, ProxyQuery};
-use shared::prices::service::{Latest, PriceService, ReadPolicy};
+use shared::prices::query::PriceQuery;
+use shared::prices::service::{PriceService, ReadPolicy};
 use shared::prices::settings::PriceSettings;
 use shared::prices::types::{HistoryWindow, WeightUnit};
 use shared::prices::upstream::HttpQuotes;
@@ -212,20 +212,8 @@ async fn proxy(
     Query(params): Query<HashMap<String, String>>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let decision = app
-        .prices
-        .admit_proxy(&client_ip(request.request_context_ref()))
-        .await;
-    if let Some(d) = decision.filter(|d| !d.allowed) {
-        let detail = format!("at most {} proxy requests per minute", d.limit);
-        return Err(rate_limited(&d, detail, app.clock.now()));
-    }
-    let query = ProxyQuery::parse(&provider, &params, &app.config.settings)?;
-    let quote = app.prices.live_quote(&query).await?;
-    let latest = Latest {
-        quote,
-        stale: false,
-    };
+    let client = client_ip(request.request_context_ref());
+    let (latest, decision) = app.prices.proxy(&client, &provider, &params).await?;
     let body = view::latest(&latest, WeightUnit::Toz, app.clock.now());
     let mut response = Json(body).into_response();
     if let Some(d) = decision {
@@ -257,7 +245,7 @@ async fn public_config(State(app): State<App>) -> Result<Json<Value>, ApiError> 
         "units": WeightUnit::ALL.map(WeightUnit::name),
         "windows": HistoryWindow::ALL.map(HistoryWindow::name),
         "providers": providers,
-        "cache": {"memory_seconds": config.memory_ttl.as_secs(), "stale_after_seconds": (config.schedule * 2).num_seconds()},
+        "cache": {"memory_seconds": config.memory_ttl.as_secs(), "stale_after_seconds": config.read_policy().stale_after.num_seconds()},
         "schedule": format!("rate({} minutes)", config.schedule.num_minutes()),
         "proxy_rate_limit_per_minute": config.proxy_limit,
     })))

@@ -102,6 +102,12 @@ pub enum PriceError {
         provider: ProviderId,
         error: ProviderError,
     },
+    /// The proxy's per-minute limit is reached.
+    #[error("at most {} proxy requests per minute", .decision.limit)]
+    RateLimited {
+        decision: crate::ratelimit::Decision,
+        at: chrono::DateTime<chrono::Utc>,
+    },
     /// No provider gave a quote, and there is none stored to fall back on.
     #[error("every provider failed: {}", describe(.0))]
     AllProvidersFailed(Vec<ProviderFailure>),

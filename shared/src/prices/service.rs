@@ -10,6 +10,7 @@
 //! read counts as empty for the latest (the providers may still answer),
 //! but not for a series.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,29 +199,47 @@ impl PriceService {
         Ok(downsample(&quotes, MAX_POINTS))
     }
 
-    /// Counts one proxy request of `client` against its per-minute limit.
-    /// `None` when the limit cannot be checked: the proxy fails open, so a
-    /// limiter outage does not take the API down.
-    pub async fn admit_proxy(&self, client: &str) -> Option<Decision> {
+    /// The proxy: counts one request of `client` against its per-minute
+    /// limit (bad requests too), then asks the one provider named for a
+    /// live quote. The limit fails open (`None`: a limiter outage does not
+    /// take the API down); the decision comes back for the headers.
+    pub async fn proxy(
+        &self,
+        client: &str,
+        provider: &str,
+        params: &HashMap<String, String>,
+    ) -> Result<(Latest, Option<Decision>), PriceError> {
         let subject = format!("proxy#{client}");
-        let now = self.clock.now();
         let limit = self.policy.proxy_limit;
-        match self
+        let now = self.clock.now();
+        let decision = match self
             .limiter
             .hit(&subject, limit, TimeDelta::minutes(1), now)
             .await
         {
+            Ok(decision) if !decision.allowed => {
+                return Err(PriceError::RateLimited { decision, at: now });
+            }
             Ok(decision) => Some(decision),
             Err(error) => {
                 tracing::warn!(%error, "rate-limit store unavailable; allowing the request");
                 None
             }
-        }
+        };
+        let query = ProxyQuery::parse(provider, params, &self.settings)?;
+        let quote = self.live_quote(&query).await?;
+        Ok((
+            Latest {
+                quote,
+                stale: false,
+            },
+            decision,
+        ))
     }
 
     /// A live quote from the one provider asked, past breakers and the
     /// outlier guard (the proxy shows what the provider says).
-    pub async fn live_quote(&self, query: &ProxyQuery) -> Result<Quote, PriceError> {
+    async fn live_quote(&self, query: &ProxyQuery) -> Result<Quote, PriceError> {
         let id = query.provider;
         let provider = self
             .keys
