@@ -20,6 +20,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::chat::admission::Refusal;
+use crate::chat::gateway::ChatError;
 use crate::chat::upstream::UpstreamError;
 use crate::config::{ConfigError, Env};
 use crate::error::ApiError;
@@ -112,6 +113,16 @@ impl From<Refusal> for ApiError {
             }
             Refusal::RateLimitsUnavailable(_) => ApiError::unavailable("rate-limit table", 5),
             Refusal::Store(error) => error.into(),
+        }
+    }
+}
+
+/// A chat request that got no stream.
+impl From<ChatError> for ApiError {
+    fn from(error: ChatError) -> Self {
+        match error {
+            ChatError::Refused(refusal) => refusal.into(),
+            ChatError::Upstream(error) => error.into(),
         }
     }
 }

@@ -36,11 +36,12 @@ use shared::aws::tenants::DynamoTenants;
 use shared::chat::admission::Admission;
 use shared::chat::anthropic::AnthropicHttp;
 use shared::chat::budget::{Budget, Budgets};
+use shared::chat::gateway::{Ask, Gateway};
 use shared::chat::request::ChatRequest;
 use shared::chat::settings::{ChatResources, ChatSettings};
 use shared::chat::store::ChatStore;
-use shared::chat::stream::{Exchange, Streamer};
-use shared::chat::upstream::{self, ModelApi};
+use shared::chat::stream::Streamer;
+use shared::chat::upstream::ModelApi;
 use shared::chat::users::Users;
 use shared::clock::{Clock, SystemClock};
 use shared::config::{ConfigError, Env, Upstream};
@@ -60,9 +61,6 @@ pub use shared::chat::FUNCTION;
 
 /// Lambda refuses request payloads over 6 MB; allow up to that here.
 const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
-/// Time kept back from the invocation's deadline to record usage and end
-/// the stream cleanly.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 /// Client events buffered between the relay task and the response body.
 const CHANNEL_DEPTH: usize = 64;
 
@@ -113,10 +111,7 @@ pub struct Edges {
 /// Everything a request needs, built once per cold start.
 struct App {
     verifier: Option<Arc<dyn TokenVerifier>>,
-    admission: Admission,
-    streamer: Streamer,
-    api_key: CachedSecret,
-    model: Arc<dyn ModelApi>,
+    gateway: Gateway,
     clock: Arc<dyn Clock>,
 }
 
@@ -161,27 +156,29 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
     let budget = Budget::new(edges.budgets, edges.usage);
     let state = Arc::new(App {
         verifier: edges.verifier,
-        admission: Admission::new(
-            users,
-            RateLimiter::new(edges.rate_counter),
-            budget.clone(),
-            edges.chat.clone(),
-            config.chat.clone(),
-        ),
-        streamer: Streamer {
-            chat: edges.chat,
-            queue: edges.queue,
-            budget,
-            settings: config.chat.clone(),
-            keep_alive: config.keep_alive,
-            idle_timeout: config.idle_timeout,
+        gateway: Gateway {
+            admission: Admission::new(
+                users,
+                RateLimiter::new(edges.rate_counter),
+                budget.clone(),
+                edges.chat.clone(),
+                config.chat.clone(),
+            ),
+            streamer: Streamer {
+                chat: edges.chat,
+                queue: edges.queue,
+                budget,
+                settings: config.chat.clone(),
+                keep_alive: config.keep_alive,
+                idle_timeout: config.idle_timeout,
+            },
+            api_key: CachedSecret::new(
+                edges.secrets,
+                &config.resources.anthropic_api_key_secret,
+                Duration::from_secs(300),
+            ),
+            model: edges.model,
         },
-        api_key: CachedSecret::new(
-            edges.secrets,
-            &config.resources.anthropic_api_key_secret,
-            Duration::from_secs(300),
-        ),
-        model: edges.model,
         clock: edges.clock,
     });
     let routes = Router::new()
@@ -204,35 +201,21 @@ async fn chat_stream(
             .deadline()
             .duration_since(std::time::SystemTime::now())
             .ok()?;
-        Some(started + left.saturating_sub(DEADLINE_MARGIN))
+        Some(started + left)
     });
     let subject = require_user(&headers, app.verifier.as_deref()).await?;
-    let request = ChatRequest::parse(&body, app.admission.settings())
+    let request = ChatRequest::parse(&body, app.gateway.admission.settings())
         .map_err(|e| ApiError::bad_request("invalid_request", e.0))?;
-    let request_id = current_request_id().unwrap_or_default();
-    let admitted = app
-        .admission
-        .admit(&subject.0, request, &request_id, app.clock.now())
-        .await?;
-    let opened = upstream::open(app.model.as_ref(), &app.api_key, &admitted.body, deadline).await;
-    let upstream = match opened {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            app.admission.release(&admitted.reservation).await;
-            return Err(error.into());
-        }
-    };
-
-    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let limits = admitted.limits.map(|l| l.binding);
-    let exchange = Exchange {
-        admitted,
-        request_id,
+    let ask = Ask {
+        subject: subject.0,
+        request,
+        request_id: current_request_id().unwrap_or_default(),
+        now: app.clock.now(),
         started,
         deadline,
     };
-    let streamer = app.streamer.clone();
-    tokio::spawn(async move { streamer.run(exchange, upstream, tx).await });
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let limits = app.gateway.start(ask, tx).await?;
     Ok(sse_response(rx, limits))
 }
 

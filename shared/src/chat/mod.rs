@@ -15,6 +15,7 @@
 pub mod admission;
 pub mod anthropic;
 pub mod budget;
+pub mod gateway;
 pub mod history;
 pub mod metering;
 pub mod relay;
