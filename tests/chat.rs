@@ -129,7 +129,7 @@ async fn streams_the_events_in_order_and_records_usage_exactly_once() {
 
     // Replay the same metering message (SQS at-least-once): still once.
     let tenant = shared::chat::user_tenant(&subject);
-    let events = shared::chat::metering::usage_events(
+    let events = shared::chat::accounting::usage_events(
         &request_id,
         "claude-sonnet-4-5",
         &serde_json::from_value(usage.clone()).unwrap(),

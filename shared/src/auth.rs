@@ -9,7 +9,8 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 use crate::http::bearer;
 use crate::jwt::{Subject, TokenVerifier, VerifyError};
-use crate::metering::tenants::{ApiKey, CachedKeys, Tenant};
+use crate::metering::tenants::{ApiKey, CachedKeys, Tenant, TenantStore};
+use crate::metering::types::TenantId;
 use crate::secrets::CachedSecret;
 
 fn unauthorized(code: &'static str, detail: &str) -> ApiError {
@@ -69,6 +70,32 @@ pub async fn require_tenant(headers: &HeaderMap, keys: &CachedKeys) -> Result<Te
         ));
     }
     Ok(tenant)
+}
+
+/// Requires the admin token, or the API key of tenant `id` itself: who may
+/// read a tenant's usage. The admin may read any tenant; a key only its own.
+pub async fn require_admin_or_own(
+    headers: &HeaderMap,
+    token: &CachedSecret,
+    keys: &CachedKeys,
+    tenants: &dyn TenantStore,
+    id: &TenantId,
+) -> Result<Tenant, ApiError> {
+    if is_admin(headers, token).await? {
+        return tenants
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no tenant {id}")));
+    }
+    let caller = require_tenant(headers, keys).await?;
+    if &caller.id != id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "an API key can only read its own tenant's usage",
+        ));
+    }
+    Ok(caller)
 }
 
 /// Requires a signed-in user: a JWT the issuer's keys verify.

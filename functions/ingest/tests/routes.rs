@@ -120,7 +120,8 @@ async fn missing_unknown_and_disabled_keys_are_refused() {
         (status, problem["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("missing_credentials"))
     );
-    let (status, problem) = post(&app, Some("igk_0000"), body.clone()).await;
+    let unknown = ApiKey::generate();
+    let (status, problem) = post(&app, Some(unknown.expose()), body.clone()).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_api_key"))

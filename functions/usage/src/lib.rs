@@ -20,12 +20,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::TimeDelta;
 use serde_json::{Value, json};
-use shared::auth::{is_admin, require_admin, require_tenant};
+use shared::auth::{require_admin, require_admin_or_own};
 use shared::aws::SdkConfig;
 use shared::aws::chat::DynamoChat;
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::secrets::SecretsManager;
 use shared::aws::tenants::DynamoTenants;
+use shared::chat::account::Account;
 use shared::chat::settings::{ChatResources, ChatSettings};
 use shared::chat::store::ChatStore;
 use shared::chat::users::Users;
@@ -35,11 +36,11 @@ use shared::error::ApiError;
 use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, JsonBody, finish};
 use shared::jwt::{JwtSettings, TokenVerifier, Verifier};
-use shared::metering::tenants::{ApiKey, CachedKeys, NewTenant, Tenant, TenantPatch, TenantStore};
-use shared::metering::types::TenantId;
-use shared::metering::usage::{
-    Resolution, UsageReader, UsageWindow, period_totals, quota_percent, report,
+use shared::metering::tenants::{
+    self, CachedKeys, NewTenant, Tenant, TenantPatch, TenantStore, register,
 };
+use shared::metering::types::TenantId;
+use shared::metering::usage::{Resolution, UsageReader, UsageWindow, period_totals, report};
 use shared::secrets::{CachedSecret, SecretSource};
 
 pub const FUNCTION: &str = "usage";
@@ -98,9 +99,7 @@ struct App {
 /// What the chat routes need.
 struct Chat {
     verifier: Option<Arc<dyn TokenVerifier>>,
-    users: Users,
-    store: Arc<dyn ChatStore>,
-    settings: ChatSettings,
+    account: Account,
     status: HealthChecks,
 }
 
@@ -147,7 +146,7 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: Healt
             edges.clock.clone(),
         )),
         tenants: edges.tenants.clone(),
-        usage: edges.usage,
+        usage: edges.usage.clone(),
         admin_token: Arc::new(CachedSecret::new(
             edges.secrets,
             &config.admin_token_secret,
@@ -157,9 +156,12 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: Healt
         clock: edges.clock,
         chat: Arc::new(Chat {
             verifier: edges.verifier,
-            users: Users::new(edges.chat.clone(), edges.tenants, config.chat.tiers),
-            store: edges.chat,
-            settings: config.chat.clone(),
+            account: Account::new(
+                Users::new(edges.chat.clone(), edges.tenants, config.chat.tiers),
+                edges.usage,
+                edges.chat,
+                config.chat.clone(),
+            ),
             status,
         }),
     };
@@ -245,9 +247,7 @@ async fn create_tenant(
     let tenant = new
         .into_tenant(app.clock.now())
         .map_err(|e| ApiError::bad_request("invalid_tenant", e.0))?;
-    let key = ApiKey::generate();
-    app.tenants.create(&tenant, &key.hash()).await?;
-    tracing::info!(tenant = %tenant.id, "tenant created");
+    let key = register(app.tenants.as_ref(), &tenant).await?;
     let mut body = view(&tenant);
     body["api_key"] = json!(key.expose());
     body["signing_secret"] = json!(tenant.signing_secret);
@@ -304,19 +304,15 @@ async fn rotate_key(
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&headers, &app.admin_token).await?;
     let id = tenant_id(id)?;
-    let key = ApiKey::generate();
-    let grace_until = app.clock.now() + app.key_grace;
-    app.tenants
-        .rotate_key(&id, &key.hash(), grace_until)
+    let rotated = tenants::rotate_key(app.tenants.as_ref(), &id, app.key_grace, app.clock.now())
         .await?
         .ok_or_else(|| no_such_tenant(&id))?;
-    tracing::info!(tenant = %id, "api key rotated");
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "tenant": id,
-            "api_key": key.expose(),
-            "previous_key_valid_until": grace_until,
+            "api_key": rotated.key.expose(),
+            "previous_key_valid_until": rotated.previous_valid_until,
         })),
     ))
 }
@@ -329,22 +325,14 @@ async fn usage(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let id = tenant_id(id)?;
-    let tenant = if is_admin(&headers, &app.admin_token).await? {
-        app.tenants
-            .get(&id)
-            .await?
-            .ok_or_else(|| no_such_tenant(&id))?
-    } else {
-        let caller = require_tenant(&headers, &app.keys).await?;
-        if caller.id != id {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "an API key can only read its own tenant's usage",
-            ));
-        }
-        caller
-    };
+    let tenant = require_admin_or_own(
+        &headers,
+        &app.admin_token,
+        &app.keys,
+        app.tenants.as_ref(),
+        &id,
+    )
+    .await?;
 
     let window = match query.get("window") {
         None => UsageWindow::Day,
@@ -373,8 +361,8 @@ async fn usage(
         "totalTokens": totals.tokens,
         "events": totals.events,
         "monthlyQuota": tenant.monthly_quota,
-        "quotaPercent": quota_percent(totals.tokens, tenant.monthly_quota),
-        "remaining": tenant.monthly_quota.saturating_sub(totals.tokens),
+        "quotaPercent": report.percent(),
+        "remaining": report.remaining(),
         "periodStart": period.start,
         "periodEnd": period.end,
         "features": totals.features.iter().map(|(feature, tokens, events)| {
@@ -400,7 +388,7 @@ async fn all_usage(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
                 "tenantName": row.tenant.name,
                 "totalTokens": row.tokens,
                 "monthlyQuota": row.tenant.monthly_quota,
-                "quotaPercent": quota_percent(row.tokens, row.tenant.monthly_quota),
+                "quotaPercent": row.percent(),
                 "enabled": row.tenant.enabled,
                 "periodStart": row.period.start,
                 "periodEnd": row.period.end,

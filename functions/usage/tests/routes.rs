@@ -298,7 +298,7 @@ async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
         StatusCode::OK
     );
 
-    // A fresh instance (nothing cached) past the grace period.
+    // A key never looked up before (so not in the key cache) past its grace.
     let (id, old) = create(
         &app,
         json!({"name": "Next", "monthly_quota": 10, "billing_day": 1, "tier": "free"}),
@@ -412,7 +412,9 @@ async fn a_failing_store_is_a_503_with_retry_after() {
     assert!(answer.headers.contains_key("retry-after"));
     app.tenants.outage.begin();
     let listed = send(&app, as_admin("GET", "/admin/tenants")).await;
+    assert_eq!(listed.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(listed.json()["dependency"], "tenants table");
+    assert!(listed.headers.contains_key("retry-after"));
 }
 
 #[tokio::test]
@@ -445,6 +447,22 @@ async fn the_admin_overview_lists_every_tenant_by_name_with_its_period_total() {
 #[tokio::test]
 async fn a_signed_in_user_reads_this_periods_usage_and_request_history() {
     let app = usage();
+    // Two requests' worth of chat usage, counted as the rollup would.
+    let now = shared::clock::Clock::now(app.clock.as_ref());
+    let user = shared::chat::user_tenant(SUBJECT);
+    let events: Vec<UsageEvent> = [("input", 1200), ("output", 300)]
+        .iter()
+        .map(|(kind, tokens)| UsageEvent {
+            id: EventId::try_from(format!("r1:{kind}")).unwrap(),
+            feature: Feature::try_from(format!("chat:claude-sonnet-4-5:{kind}")).unwrap(),
+            tokens: Tokens::try_from(*tokens).unwrap(),
+            timestamp: now,
+            properties: Default::default(),
+        })
+        .collect();
+    count(app.usage.as_ref(), &user, 1.try_into().unwrap(), &events)
+        .await
+        .unwrap();
     let current = send(
         &app,
         request("GET", "/api/v1/usage/current", Some(USER_TOKEN), None),
@@ -456,6 +474,16 @@ async fn a_signed_in_user_reads_this_periods_usage_and_request_history() {
         (body["tier"].as_str(), body["quota"]["limit"].as_u64()),
         (Some("free"), Some(100_000))
     );
+    assert_eq!(
+        (
+            body["tokens"]["input"].as_u64(),
+            body["tokens"]["output"].as_u64(),
+            body["quota"]["used"].as_u64(),
+            body["quota"]["remaining"].as_u64(),
+        ),
+        (Some(1200), Some(300), Some(1500), Some(98_500))
+    );
+    assert_eq!(body["quota"]["percent"], 1.5);
 
     for i in 0..3 {
         let record = UsageRecord {

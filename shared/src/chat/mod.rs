@@ -12,12 +12,13 @@
 //! chat user is also a tenant ([`user_tenant`]), so the rollup, the quota and
 //! the admin dashboard see chat tokens like any other usage.
 
+pub mod account;
+pub mod accounting;
 pub mod admission;
 pub mod anthropic;
 pub mod budget;
 pub mod gateway;
 pub mod history;
-pub mod metering;
 pub mod relay;
 pub mod request;
 pub mod settings;

@@ -17,11 +17,11 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::FUNCTION;
+use super::accounting::usage_events;
 use super::admission::Admitted;
 use super::anthropic::{SseParser, UpstreamEvent};
 use super::budget::Budget;
 use super::history::{Role, Turn};
-use super::metering::usage_events;
 use super::relay::{ClientEvent, Ending, KEEP_ALIVE, Relay};
 use super::settings::{ChatSettings, Usage};
 use super::store::{ChatStore, UsageRecord};

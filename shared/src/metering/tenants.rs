@@ -299,6 +299,44 @@ pub trait TenantStore: Send + Sync {
     ) -> Result<Option<()>, StoreError>;
 }
 
+/// Stores a new tenant with a fresh API key: the key is returned once
+/// (only its hash is stored).
+pub async fn register(store: &dyn TenantStore, tenant: &Tenant) -> Result<ApiKey, StoreError> {
+    let key = ApiKey::generate();
+    store.create(tenant, &key.hash()).await?;
+    tracing::info!(tenant = %tenant.id, "tenant created");
+    Ok(key)
+}
+
+/// A new key, and how long the one it replaces keeps working.
+#[derive(Debug)]
+pub struct Rotated {
+    pub key: ApiKey,
+    pub previous_valid_until: DateTime<Utc>,
+}
+
+/// Gives tenant `id` a new key; the old one keeps working for `grace`.
+/// `None` if there is no such tenant.
+pub async fn rotate_key(
+    store: &dyn TenantStore,
+    id: &TenantId,
+    grace: chrono::TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<Option<Rotated>, StoreError> {
+    let key = ApiKey::generate();
+    let previous_valid_until = now + grace;
+    let rotated = store
+        .rotate_key(id, &key.hash(), previous_valid_until)
+        .await?;
+    if rotated.is_some() {
+        tracing::info!(tenant = %id, "api key rotated");
+    }
+    Ok(rotated.map(|()| Rotated {
+        key,
+        previous_valid_until,
+    }))
+}
+
 /// Tenants by API key, remembered per warm instance for `ttl`: ingest then
 /// costs no table read per request, and a disabled tenant or an expired key
 /// is refused within `ttl`. Unknown keys are remembered too, so a flood of

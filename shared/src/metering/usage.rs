@@ -192,11 +192,23 @@ pub fn series(
 /// a series over a window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageReport {
+    /// The tenant's monthly quota.
+    pub quota: u64,
     pub period: BillingPeriod,
     pub totals: PeriodUsage,
     pub window: UsageWindow,
     pub resolution: Resolution,
     pub series: Vec<Point>,
+}
+
+impl UsageReport {
+    pub fn remaining(&self) -> u64 {
+        self.quota.saturating_sub(self.totals.tokens)
+    }
+
+    pub fn percent(&self) -> f64 {
+        quota_percent(self.totals.tokens, self.quota)
+    }
 }
 
 /// Why a usage report could not be made.
@@ -227,6 +239,7 @@ pub async fn report(
         reader.minutes(&tenant.id, from, to),
     )?;
     Ok(UsageReport {
+        quota: tenant.monthly_quota,
         period,
         totals,
         window,
@@ -241,6 +254,12 @@ pub struct PeriodTotal {
     pub tenant: Tenant,
     pub period: BillingPeriod,
     pub tokens: u64,
+}
+
+impl PeriodTotal {
+    pub fn percent(&self) -> f64 {
+        quota_percent(self.tokens, self.tenant.monthly_quota)
+    }
 }
 
 /// Tenants listed for the dashboard, at most (pages of 100).
