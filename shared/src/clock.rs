@@ -1,6 +1,6 @@
-//! The time, as an edge: handlers ask a [`Clock`] so tests can stand at a
-//! window boundary or the end of a billing period. Domain functions take
-//! `now` as an argument instead.
+//! The time, as an edge: handlers and services that keep time (caches,
+//! breakers) ask a [`Clock`], so tests can stand at a window boundary or the
+//! end of a billing period; pure domain functions take `now` as an argument.
 
 use std::sync::Mutex;
 

@@ -1,20 +1,24 @@
 //! Ingot's library crate: everything the six functions share.
 //!
 //! Functions are wiring; the behaviour lives here, in small modules that can be
-//! read on their own:
-//! - [`config`]: environment → typed config, failing fast with the variable's name;
-//! - [`error`]: the one HTTP error type, rendered as `application/problem+json`;
-//! - [`http`]: request ids, the per-request log line, security headers and CORS;
-//! - [`health`]: `/health` probes that really touch each dependency;
-//! - [`auth`]: the admin token and tenant API keys;
-//! - [`metering`]: tenants, usage events, billing periods, exactly-once counting;
-//! - [`prices`]: metals, units, the price providers, failover and breakers,
-//!   the read API's cache chain and the scheduled fetch;
-//! - [`aws`]: the AWS adapters: SDK configuration (the endpoint is the only
-//!   local/AWS difference), tables, queue and secrets;
-//! - [`store`]: the error every store edge returns;
-//! - [`telemetry`]: JSON logs and CloudWatch embedded metrics;
-//! - [`webhook`]: signed webhook delivery with retries.
+//! read on their own (where each rule lives: docs/architecture.md):
+//! - domain modules, each with its rules, the traits of the stores and
+//!   services it uses, and a memory double of each: [`chat`] (sign-in,
+//!   admission, budgets, the upstream policy, the stream), [`metering`]
+//!   (tenants, usage events, exactly-once counting, alerts, reports),
+//!   [`prices`] (providers, failover, the cache chain, the fetch),
+//!   [`ratelimit`] (fixed windows), [`secrets`] (cached, redacted values);
+//! - edges: [`aws`] (DynamoDB, SQS and Secrets Manager adapters; the endpoint
+//!   is the only local/AWS difference), [`clock`], [`store`] (the error
+//!   every store edge returns), [`jwt`] (JWKS sign-in), [`webhook`] (signed
+//!   delivery with retries);
+//! - the HTTP layer: [`error`] (problem+json, and domain errors into it),
+//!   [`http`] (request ids, the log line, security headers, CORS, refusals
+//!   into problems), [`auth`] (admin token, tenant keys, signed-in users),
+//!   [`health`] (probes that really touch each dependency);
+//! - [`config`] (environment → typed config, failing fast with the
+//!   variable's name), [`telemetry`] (JSON logs, embedded metrics),
+//!   [`backoff`].
 
 pub mod auth;
 pub mod aws;

@@ -5,10 +5,10 @@
 //!   minute per client IP
 //! - `GET /api/config`: public configuration, breaker states included
 //!
-//! Each handler parses, asks [`PriceService`] (the cache chain, the proxy
-//! and the providers' state live there, in `shared::prices::service`), and
-//! renders: `Cache-Control`, the `ETag` and 304 for `If-None-Match`, the
-//! rate-limit headers. [`app`] wires the AWS adapters; [`router`] takes any
+//! Each handler parses, asks [`PriceService`] once (the cache chain, the
+//! proxy with its rate limit, and the providers' state live there, in
+//! `shared::prices::service`), and renders: `Cache-Control`, the `ETag` and
+//! 304 for `If-None-Match`, the rate-limit headers. [`app`] wires the AWS adapters; [`router`] takes any
 //! [`Edges`], so `tests/routes.rs` drives it with memory doubles.
 
 use std::collections::HashMap;

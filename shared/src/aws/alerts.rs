@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
-use super::{failed, n, query_all, s};
+use super::{failed, failed_condition, n, query_all, s};
 use crate::metering::alerts::{Alert, AlertStore};
 use crate::store::StoreError;
 
@@ -92,8 +92,9 @@ impl AlertStore for DynamoAlerts {
             Ok(_) => Ok(true),
             Err(e) => match e.as_service_error() {
                 Some(TransactWriteItemsError::TransactionCanceledException(c))
-                    if c.cancellation_reasons().first().and_then(|r| r.code())
-                        == Some("ConditionalCheckFailed") =>
+                    if c.cancellation_reasons()
+                        .first()
+                        .is_some_and(failed_condition) =>
                 {
                     Ok(false)
                 }

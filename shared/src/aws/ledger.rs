@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{failed, n, query_all, s};
+use super::{failed, failed_condition, n, query_all, s};
 use crate::backoff::jittered;
 use crate::metering::rollup::{Chunk, Commit, Counter, Ledger};
 use crate::metering::types::TenantId;
@@ -173,7 +173,7 @@ impl Ledger for DynamoLedger {
                 .iter()
                 .take(chunk.events.len())
                 .enumerate()
-                .filter(|(_, r)| r.code() == Some("ConditionalCheckFailed"))
+                .filter(|(_, r)| failed_condition(r))
                 .map(|(i, _)| i)
                 .collect();
             if !duplicates.is_empty() {

@@ -52,6 +52,12 @@ where
         .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException"))
 }
 
+/// Whether a cancelled transaction's item failed its condition (rather
+/// than conflicting with another writer).
+pub(crate) fn failed_condition(reason: &aws_sdk_dynamodb::types::CancellationReason) -> bool {
+    reason.code() == Some("ConditionalCheckFailed")
+}
+
 /// A value as a DynamoDB item.
 pub(crate) fn to_item<T: serde::Serialize>(
     store: &'static str,

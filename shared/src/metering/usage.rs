@@ -157,7 +157,7 @@ pub fn range(
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Point {
+pub struct UsagePoint {
     pub ts: DateTime<Utc>,
     pub tokens: u64,
 }
@@ -169,7 +169,7 @@ pub fn series(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     resolution: Resolution,
-) -> Vec<Point> {
+) -> Vec<UsagePoint> {
     let step = resolution.step();
     let start = from.duration_trunc(step).unwrap_or(from);
     let mut buckets: BTreeMap<DateTime<Utc>, u64> = BTreeMap::new();
@@ -184,7 +184,7 @@ pub fn series(
     }
     buckets
         .into_iter()
-        .map(|(ts, tokens)| Point { ts, tokens })
+        .map(|(ts, tokens)| UsagePoint { ts, tokens })
         .collect()
 }
 
@@ -198,7 +198,7 @@ pub struct UsageReport {
     pub totals: PeriodUsage,
     pub window: UsageWindow,
     pub resolution: Resolution,
-    pub series: Vec<Point>,
+    pub series: Vec<UsagePoint>,
 }
 
 impl UsageReport {

@@ -53,18 +53,18 @@ pub struct Latest {
 /// One point of a series: the mean of its bucket per troy ounce, at the
 /// bucket's last time.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
+pub struct PricePoint {
     pub ts: DateTime<Utc>,
     pub price: f64,
 }
 
 /// `quotes` (oldest first) in at most `max_points` equal buckets, each
 /// averaged.
-pub fn downsample(quotes: &[Quote], max_points: usize) -> Vec<Point> {
+pub fn downsample(quotes: &[Quote], max_points: usize) -> Vec<PricePoint> {
     let per_bucket = quotes.len().div_ceil(max_points.max(1)).max(1);
     quotes
         .chunks(per_bucket)
-        .map(|bucket| Point {
+        .map(|bucket| PricePoint {
             ts: bucket[bucket.len() - 1].ts,
             price: bucket.iter().map(|q| q.price).sum::<f64>() / bucket.len() as f64,
         })
@@ -190,7 +190,7 @@ impl PriceService {
         metal: Metal,
         currency: &Currency,
         window: HistoryWindow,
-    ) -> Result<Vec<Point>, PriceError> {
+    ) -> Result<Vec<PricePoint>, PriceError> {
         let now = self.clock.now();
         let quotes = self
             .store

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::service::{Latest, Point};
+use super::service::{Latest, PricePoint};
 use super::types::{Currency, HistoryWindow, WeightUnit};
 
 fn round(price: f64) -> f64 {
@@ -35,7 +35,7 @@ pub fn latest(latest: &Latest, unit: WeightUnit, now: DateTime<Utc>) -> Value {
 /// One metal's latest quote and its series over `window`.
 pub fn with_series(
     latest: &Latest,
-    series: &[Point],
+    series: &[PricePoint],
     unit: WeightUnit,
     window: HistoryWindow,
     now: DateTime<Utc>,
