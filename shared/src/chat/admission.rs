@@ -97,9 +97,10 @@ impl Admission {
     }
 
     /// Admits `request` of the signed-in `subject`, or says why not. After
-    /// sign-in (from memory when warm), the rate windows and the budget are
-    /// written concurrently (a continued conversation reads its history
-    /// alongside the rate windows first, as its worst case depends on it).
+    /// sign-in (from memory when warm), the rate windows are counted while
+    /// the history is read, then the budget holds the worst case. The hold
+    /// waits for the rate windows so that a burst refused by them never
+    /// holds budget, even briefly, that an admitted request needs.
     pub async fn admit(
         &self,
         subject: &str,
@@ -111,36 +112,18 @@ impl Admission {
         if !tenant.enabled {
             return Err(Refusal::Disabled);
         }
+        let (limits, history) = tokio::join!(
+            self.rate_limit(subject, &tenant, request_id, now),
+            self.history(subject, &request),
+        );
+        let (limits, history) = (limits?, history?);
+        let body = anthropic::messages_body(&self.settings.system_prompt, &history, &request);
         let quota = self.settings.tiers.limits(tenant.tier).monthly_tokens;
-        let (limits, reserved, body) = if request.continues {
-            let (limits, history) = tokio::join!(
-                self.rate_limit(subject, &tenant, request_id, now),
-                self.history(subject, &request),
-            );
-            let body = self.body(&history?, &request);
-            let limits = limits?;
-            let reserved = self
-                .budget
-                .reserve(&tenant, quota, worst_case(&body), now)
-                .await;
-            (limits, reserved, body)
-        } else {
-            let body = self.body(&[], &request);
-            let (limits, reserved) = tokio::join!(
-                self.rate_limit(subject, &tenant, request_id, now),
-                self.budget.reserve(&tenant, quota, worst_case(&body), now),
-            );
-            match limits {
-                Ok(limits) => (limits, reserved, body),
-                Err(refusal) => {
-                    if let Ok(Ok(reservation)) = &reserved {
-                        self.release(reservation).await;
-                    }
-                    return Err(refusal);
-                }
-            }
-        };
-        match reserved? {
+        match self
+            .budget
+            .reserve(&tenant, quota, worst_case(&body), now)
+            .await?
+        {
             Ok(reservation) => Ok(Admitted {
                 subject: subject.to_owned(),
                 tenant,
@@ -169,17 +152,17 @@ impl Admission {
         }
     }
 
-    /// The conversation's earlier turns, trimmed to the history budget.
+    /// The conversation's earlier turns, trimmed to the history budget
+    /// (none for a new conversation).
     async fn history(&self, subject: &str, request: &ChatRequest) -> Result<Vec<Turn>, StoreError> {
+        if !request.continues {
+            return Ok(Vec::new());
+        }
         let turns = self
             .chat
             .history(subject, request.conversation_id.as_str(), HISTORY_TURNS)
             .await?;
         Ok(trim(&turns, self.settings.history_budget_tokens))
-    }
-
-    fn body(&self, history: &[Turn], request: &ChatRequest) -> Value {
-        anthropic::messages_body(&self.settings.system_prompt, history, request)
     }
 
     /// Counts the request against the tier's windows. A store failure lets
