@@ -588,6 +588,86 @@ async fn bad_requests_are_refused_before_anything_streams_or_counts() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A 1×1 PNG, base64.
+const PIXEL_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
+#[tokio::test]
+async fn an_image_reaches_the_model_in_anthropics_format_and_bad_ones_say_why() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    let with_image = json!({
+        "message": "what is this?",
+        "images": [{"media_type": "image/png", "data": PIXEL_PNG}],
+    });
+    let (status, _) = f.chat_all(&token, &with_image).await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = f.stub.requests().pop().unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"],
+        json!([
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL_PNG}},
+            {"type": "text", "text": "what is this?"},
+        ])
+    );
+    for (image, why) in [
+        (
+            json!({"media_type": "image/bmp", "data": PIXEL_PNG}),
+            "image/png",
+        ),
+        (
+            json!({"media_type": "image/png", "data": "not base64!"}),
+            "base64",
+        ),
+        (json!({"media_type": "image/png", "data": ""}), "empty"),
+    ] {
+        let body = json!({"message": "hi", "images": [image]});
+        let (status, _, problem) = f.send_chat(Some(&token), &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{detail} should say {why}");
+    }
+    // An image over 5 MB makes the body pass Lambda's 6 MB payload limit.
+    let too_big = json!({"message": "hi", "images": [{"media_type": "image/png", "data": "A".repeat(7 << 20)}]});
+    let (status, _, problem) = f.send_chat(Some(&token), &too_big).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
+    assert_eq!(f.stub.attempts(), 1);
+}
+
+/// The issuer rotates its signing key: a token with the new key id is
+/// accepted (one JWKS refresh), and one signed with the removed key is not.
+#[tokio::test]
+async fn a_rotated_jwks_key_is_accepted_and_a_removed_one_refused() {
+    let f = fixture_with(&[("JWKS_REFRESH_SECONDS", "1")]).await;
+    let (subject, old) = f.user();
+    assert_eq!(
+        f.chat_all(&old, &json!({"message": "before"})).await.0,
+        StatusCode::OK
+    );
+    f.issuer.rotate();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let new = f.issuer.token(&subject, Duration::from_secs(600));
+    assert_eq!(
+        f.chat_all(&new, &json!({"message": "after"})).await.0,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, problem) = f
+        .send_chat(Some(&old), &json!({"message": "old key"}))
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_token"))
+    );
+    assert_eq!(
+        f.issuer.fetches(),
+        3,
+        "first use, the new kid, the removed kid"
+    );
+}
+
 #[tokio::test]
 async fn chat_refuses_requests_without_a_valid_token() {
     let f = fixture().await;
@@ -734,6 +814,7 @@ fn verifier_for(jwks_url: &str) -> Verifier {
             jwks_url: jwks_url.to_owned(),
             issuer: ISSUER.to_owned(),
             audiences: vec![AUDIENCE.to_owned()],
+            refresh_interval: Duration::from_secs(30),
         },
         reqwest::Client::new(),
     )

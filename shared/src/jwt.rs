@@ -2,8 +2,9 @@
 //!
 //! Keys are fetched once per warm instance and kept. A token signed with a
 //! `kid` we do not know (the issuer rotated keys) triggers one refresh, at
-//! most one per [`REFRESH_INTERVAL`], so a flood of made-up `kid`s cannot
-//! turn into a flood of JWKS requests. Only RS256 and ES256 are accepted,
+//! most one per refresh interval (`JWKS_REFRESH_SECONDS`, 30), so a flood
+//! of made-up `kid`s cannot turn into a flood of JWKS requests; a refresh
+//! also drops keys the issuer removed. Only RS256 and ES256 are accepted,
 //! and the algorithm must match the key's, so `alg: none` or an HMAC token
 //! signed with a public key never verifies.
 
@@ -19,8 +20,6 @@ use crate::config::{ConfigError, Env};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 60;
-/// At most one JWKS refresh per this interval.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Who may sign in: the issuer, its JWKS, and the `aud`/`azp` allow-list.
@@ -30,6 +29,9 @@ pub struct JwtSettings {
     pub issuer: String,
     /// A token passes when its `aud` (any of them) or its `azp` is listed.
     pub audiences: Vec<String>,
+    /// At most one JWKS refresh per this interval: a rotated-in key works
+    /// at most this long after the first token signed with it.
+    pub refresh_interval: Duration,
 }
 
 impl JwtSettings {
@@ -55,6 +57,7 @@ impl JwtSettings {
             jwks_url,
             issuer: env.required("JWT_ISSUER")?,
             audiences,
+            refresh_interval: Duration::from_secs(env.parse_or("JWKS_REFRESH_SECONDS", 30)?),
         }))
     }
 }
@@ -249,7 +252,7 @@ impl Verifier {
             let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
             (
                 keys.attempted
-                    .is_some_and(|at| at.elapsed() < REFRESH_INTERVAL),
+                    .is_some_and(|at| at.elapsed() < self.settings.refresh_interval),
                 !keys.set.keys.is_empty(),
             )
         };

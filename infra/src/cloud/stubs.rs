@@ -116,10 +116,24 @@ pub async fn dev_upstreams() -> std::io::Result<DevUpstreams> {
 pub struct Issuer {
     pub issuer: String,
     pub audience: String,
-    es256: (String, EncodingKey),
+    /// The current ES256 key; [`Issuer::rotate`] replaces it.
+    es256: std::sync::RwLock<(String, EncodingKey)>,
     rs256: (String, EncodingKey),
-    jwks: JwkSet,
+    jwks: std::sync::RwLock<JwkSet>,
     fetches: AtomicUsize,
+}
+
+/// A new P-256 key, as PKCS#8.
+fn ec_key() -> EncodingKey {
+    let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("EC key");
+    EncodingKey::from_ec_der(ec.to_pkcs8v1().expect("PKCS#8").as_ref())
+}
+
+/// The public half of `key`, as a JWK with its key id.
+fn public_jwk((kid, key): &(String, EncodingKey), alg: Algorithm) -> Jwk {
+    let mut jwk = Jwk::from_encoding_key(key, alg).expect("public JWK");
+    jwk.common.key_id = Some(kid.clone());
+    jwk
 }
 
 /// The RSAPrivateKey (PKCS#1) inside a PKCS#8 PrivateKeyInfo, which is
@@ -158,15 +172,13 @@ fn pkcs1_of_pkcs8(der: &[u8]) -> Option<&[u8]> {
 impl Issuer {
     /// Fresh keys: every run (and every test) signs with its own.
     pub fn generate(issuer: &str, audience: &str) -> Self {
-        let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("EC key");
-        let ec_der = ec.to_pkcs8v1().expect("PKCS#8");
         let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("RSA key");
         let rsa_pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&rsa).expect("PKCS#8");
         let rsa_der = pkcs1_of_pkcs8(rsa_pkcs8.as_ref()).expect("PKCS#8 wraps PKCS#1");
         Self::from_keys(
             issuer,
             audience,
-            EncodingKey::from_ec_der(ec_der.as_ref()),
+            ec_key(),
             EncodingKey::from_rsa_der(rsa_der),
         )
     }
@@ -175,32 +187,46 @@ impl Issuer {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let es256 = (format!("es-{suffix}"), es);
         let rs256 = (format!("rs-{suffix}"), rs);
-        let public = |(kid, key): &(String, EncodingKey), alg| {
-            let mut jwk = Jwk::from_encoding_key(key, alg).expect("public JWK");
-            jwk.common.key_id = Some(kid.clone());
-            jwk
-        };
         let jwks = JwkSet {
             keys: vec![
-                public(&es256, Algorithm::ES256),
-                public(&rs256, Algorithm::RS256),
+                public_jwk(&es256, Algorithm::ES256),
+                public_jwk(&rs256, Algorithm::RS256),
             ],
         };
         Self {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
-            es256,
+            es256: std::sync::RwLock::new(es256),
             rs256,
-            jwks,
+            jwks: std::sync::RwLock::new(jwks),
             fetches: AtomicUsize::new(0),
         }
     }
 
+    /// Rotates the ES256 key as an issuer does: a new key id signs from now
+    /// on, and the JWKS publishes it instead of the old one.
+    pub fn rotate(&self) {
+        let old = self
+            .es256
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone();
+        let kid = format!("es-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let key = (kid, ec_key());
+        let mut jwks = self.jwks.write().unwrap_or_else(|e| e.into_inner());
+        jwks.keys
+            .retain(|k| k.common.key_id.as_deref() != Some(old.as_str()));
+        jwks.keys.push(public_jwk(&key, Algorithm::ES256));
+        *self.es256.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
     /// Signs `claims` as given (tests build bad tokens with this).
     pub fn sign(&self, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+        let es256 = self.es256.read().unwrap_or_else(|e| e.into_inner());
         let (own_kid, key) = match alg {
             Algorithm::RS256 => &self.rs256,
-            _ => &self.es256,
+            _ => &*es256,
         };
         let mut header = Header::new(alg);
         header.kid = Some(kid.unwrap_or(own_kid).to_owned());
@@ -239,7 +265,8 @@ impl Issuer {
                 let issuer = Arc::clone(&issuer);
                 async move {
                     issuer.fetches.fetch_add(1, Ordering::SeqCst);
-                    axum::Json(issuer.jwks.clone())
+                    let jwks = issuer.jwks.read().unwrap_or_else(|e| e.into_inner());
+                    axum::Json(jwks.clone())
                 }
             }),
         )
@@ -501,7 +528,8 @@ mod tests {
         for alg in [Algorithm::ES256, Algorithm::RS256] {
             let token = issuer.sign(alg, None, &issuer.claims("user_1", Duration::from_secs(60)));
             let header = jsonwebtoken::decode_header(&token).unwrap();
-            let jwk = issuer.jwks.find(header.kid.as_deref().unwrap()).unwrap();
+            let jwks = issuer.jwks.read().unwrap();
+            let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
             let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
             let mut validation = jsonwebtoken::Validation::new(alg);
             validation.validate_aud = false;
