@@ -778,10 +778,57 @@ async fn status_reports_each_dependency() {
         "rate_limit_table",
         "events_queue",
         "anthropic_api_key_secret",
+        "anthropic_api_key",
+        "anthropic_api",
         "sign_in_keys",
     ] {
         assert_eq!(body["dependencies"][dependency], "ok", "{dependency}");
     }
+}
+
+/// `/api/v1/status` says `degraded`, and why, when the Anthropic key is
+/// empty or the model API cannot be reached; it answers from a probe at
+/// most 30 s old, so a fix shows up within that (and a flood costs nothing).
+#[tokio::test]
+async fn status_is_degraded_with_the_reason_when_the_key_is_empty_or_the_model_unreachable() {
+    let aws = support::aws().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&aws);
+    let secret = secrets
+        .create_secret()
+        .name(support::unique("anthropic-key"))
+        .secret_string(r#"{"api_key": ""}"#)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let f = fixture_with(&[
+        ("ANTHROPIC_API_KEY_SECRET", &secret),
+        ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+    ])
+    .await;
+    let (status, body) = call(&f.usage, "GET", "/api/v1/status", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(
+        (
+            &body["reasons"]["anthropic_api_key"],
+            &body["reasons"]["anthropic_api"]
+        ),
+        (&json!("not set"), &json!("unreachable")),
+        "{body}"
+    );
+    assert_eq!(body["dependencies"]["chat_table"], "ok");
+    // The key is set now, but the page answers from its cached probe.
+    secrets
+        .put_secret_value()
+        .secret_id(&secret)
+        .secret_string(r#"{"api_key": "sk-ant-test"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (_, again) = call(&f.usage, "GET", "/api/v1/status", None, None).await;
+    assert_eq!(again["reasons"]["anthropic_api_key"], "not set");
 }
 
 #[tokio::test]

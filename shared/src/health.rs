@@ -16,9 +16,12 @@ use axum::{Json, Router};
 use futures_util::future::join_all;
 use serde_json::{Map, Value, json};
 
+use crate::aws::secrets::SecretsManager;
 use crate::aws::{probe_queue, probe_secret, probe_table};
+use crate::chat::anthropic;
 use crate::chat::settings::ChatResources;
 use crate::error::ApiError;
+use crate::secrets::SecretSource;
 use crate::store::StoreError;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,6 +33,10 @@ enum Probe {
     Secret(aws_sdk_secretsmanager::Client, String),
     /// An HTTP endpoint that must answer 2xx to a GET (e.g. a JWKS).
     Url(reqwest::Client, String),
+    /// An HTTP server that must answer at all (any status): the model API.
+    Reachable(reqwest::Client, String),
+    /// The Anthropic API key secret must hold a key.
+    AnthropicKey(aws_sdk_secretsmanager::Client, String),
 }
 
 /// Why a dependency failed its check (logged, never returned).
@@ -43,6 +50,21 @@ enum ProbeError {
     Unreachable(#[from] reqwest::Error),
     #[error("no answer within {PROBE_TIMEOUT:?}")]
     Timeout,
+    #[error("the secret holds no key")]
+    NotSet,
+}
+
+impl ProbeError {
+    /// What a public status page may say about the failure: the kind of
+    /// failure, never the store's or server's own words.
+    fn public(&self) -> &'static str {
+        match self {
+            ProbeError::Store(_) | ProbeError::Status(_) => "unavailable",
+            ProbeError::Unreachable(_) => "unreachable",
+            ProbeError::Timeout => "no answer",
+            ProbeError::NotSet => "not set",
+        }
+    }
 }
 
 impl Probe {
@@ -57,6 +79,23 @@ impl Probe {
                     Ok(r) => Err(ProbeError::Status(r.status().as_u16())),
                     Err(e) => Err(ProbeError::Unreachable(e.without_url())),
                 },
+                Probe::Reachable(client, url) => match client.get(url).send().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(ProbeError::Unreachable(e.without_url())),
+                },
+                Probe::AnthropicKey(client, id) => {
+                    let secret = SecretsManager::new(client.clone()).read(id).await;
+                    let value = secret.map_err(|e| {
+                        ProbeError::Store(StoreError::Unavailable {
+                            store: "Anthropic API key secret",
+                            operation: "GetSecretValue",
+                            message: e.message,
+                        })
+                    })?;
+                    anthropic::api_key(value.expose())
+                        .map(drop)
+                        .ok_or(ProbeError::NotSet)
+                }
             }
         };
         tokio::time::timeout(PROBE_TIMEOUT, probe)
@@ -136,6 +175,17 @@ impl HealthChecks {
             )
     }
 
+    /// The Anthropic API key: its secret must hold a key (an empty one
+    /// makes every chat request a 503). For the status page: `/health`
+    /// proves the secret is there, not that an operator has filled it in.
+    pub fn anthropic_key(mut self, client: &aws_sdk_secretsmanager::Client, id: &str) -> Self {
+        self.probes.push((
+            "anthropic_api_key",
+            Probe::AnthropicKey(client.clone(), id.to_owned()),
+        ));
+        self
+    }
+
     /// A router serving `GET /health` with these checks.
     pub fn route(self) -> Router {
         let checks = Arc::new(self);
@@ -148,9 +198,16 @@ impl HealthChecks {
         )
     }
 
+    /// An HTTP server that must answer at all, e.g. the model API.
+    pub fn reachable(mut self, label: &'static str, client: &reqwest::Client, url: &str) -> Self {
+        self.probes
+            .push((label, Probe::Reachable(client.clone(), url.to_owned())));
+        self
+    }
+
     /// Probes every dependency concurrently: each one's state, and the
-    /// labels of those that failed.
-    async fn probe_all(&self) -> (Map<String, Value>, Vec<&'static str>) {
+    /// failed ones with what a public page may say of each.
+    async fn probe_all(&self) -> (Map<String, Value>, Vec<(&'static str, &'static str)>) {
         let results = join_all(
             self.probes
                 .iter()
@@ -165,7 +222,7 @@ impl HealthChecks {
                 Ok(()) => checks.insert(label.to_owned(), json!("ok")),
                 Err(reason) => {
                     tracing::warn!(dependency = label, %reason, "health check failed");
-                    failed.push(label);
+                    failed.push((label, reason.public()));
                     checks.insert(label.to_owned(), json!("unavailable"))
                 }
             };
@@ -174,13 +231,18 @@ impl HealthChecks {
     }
 
     /// Each dependency's state, always 200 (a status page, not a probe):
-    /// `status` is `ok` or `degraded`.
+    /// `status` is `ok` or `degraded`, with a reason per failed dependency.
     pub async fn status(&self) -> Value {
         let (checks, failed) = self.probe_all().await;
+        let reasons: Map<String, Value> = failed
+            .iter()
+            .map(|(label, reason)| ((*label).to_owned(), json!(reason)))
+            .collect();
         json!({
             "status": if failed.is_empty() { "ok" } else { "degraded" },
             "version": self.version,
             "dependencies": checks,
+            "reasons": reasons,
         })
     }
 
@@ -196,11 +258,43 @@ impl HealthChecks {
             }))
             .into_response()
         } else {
-            ApiError::unavailable(&failed.join(", "), 5)
+            let labels: Vec<&str> = failed.iter().map(|(label, _)| *label).collect();
+            ApiError::unavailable(&labels.join(", "), 5)
                 .with_extension("function", self.function)
                 .with_extension("version", self.version)
                 .with_extension("checks", Value::Object(checks))
                 .into_response()
         }
+    }
+}
+
+/// A status page answered from a probe at most `ttl` old, one probe at a
+/// time: hammering a public route costs the dependencies nothing.
+pub struct StatusPage {
+    checks: HealthChecks,
+    ttl: Duration,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Value)>>,
+}
+
+impl StatusPage {
+    pub fn new(checks: HealthChecks, ttl: Duration) -> Self {
+        Self {
+            checks,
+            ttl,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The latest status, probing again once it is older than `ttl`.
+    pub async fn get(&self) -> Value {
+        let mut last = self.last.lock().await;
+        if let Some((at, status)) = last.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return status.clone();
+        }
+        let status = self.checks.status().await;
+        *last = Some((std::time::Instant::now(), status.clone()));
+        status
     }
 }

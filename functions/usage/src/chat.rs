@@ -73,5 +73,5 @@ pub(crate) async fn history(
 }
 
 pub(crate) async fn status(State(app): State<App>) -> Json<Value> {
-    Json(app.chat.status.status().await)
+    Json(app.chat.status.get().await)
 }

@@ -31,9 +31,9 @@ use shared::chat::settings::{ChatResources, ChatSettings};
 use shared::chat::store::ChatStore;
 use shared::chat::users::Users;
 use shared::clock::{Clock, SystemClock};
-use shared::config::{ConfigError, Env};
+use shared::config::{ConfigError, Env, Upstream};
 use shared::error::ApiError;
-use shared::health::HealthChecks;
+use shared::health::{HealthChecks, StatusPage};
 use shared::http::{CorsOrigins, JsonBody, finish};
 use shared::jwt::{JwtSettings, TokenVerifier, Verifier};
 use shared::metering::tenants::{
@@ -54,6 +54,8 @@ pub struct Config {
     pub key_grace: TimeDelta,
     /// How long a tenant key lookup is remembered (`KEY_CACHE_SECONDS`).
     pub key_cache: Duration,
+    /// The model API, whose reachability `/api/v1/status` reports.
+    pub anthropic_base_url: String,
     /// Sign-in for the chat routes; they answer 503 while it is unset.
     pub jwt: Option<JwtSettings>,
     pub chat: ChatSettings,
@@ -65,6 +67,7 @@ impl Config {
         Ok(Self {
             resources: ChatResources::from_env(env)?,
             admin_token_secret: env.required("ADMIN_TOKEN_SECRET")?,
+            anthropic_base_url: env.upstream(Upstream::Anthropic)?,
             key_grace: TimeDelta::seconds(env.parse_or("KEY_GRACE_SECONDS", 86_400)?),
             key_cache: Duration::from_secs(env.parse_or("KEY_CACHE_SECONDS", 30)?),
             jwt: JwtSettings::from_env(env)?,
@@ -100,8 +103,11 @@ struct App {
 struct Chat {
     verifier: Option<Arc<dyn TokenVerifier>>,
     account: Account,
-    status: HealthChecks,
+    status: StatusPage,
 }
+
+/// `/api/v1/status` is public: it answers from a probe at most this old.
+const STATUS_TTL: Duration = Duration::from_secs(30);
 
 /// The function's router on AWS: the edges built from the SDK config.
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
@@ -118,7 +124,10 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         .table("usage_table", &dynamodb, &r.usage_table)
         .table("chat_table", &dynamodb, &r.chat_table)
         .secret("admin_token_secret", &secrets, &config.admin_token_secret);
-    let mut status = HealthChecks::new("chat", env!("CARGO_PKG_VERSION")).chat(aws, r);
+    let mut status = HealthChecks::new("chat", env!("CARGO_PKG_VERSION"))
+        .chat(aws, r)
+        .anthropic_key(&secrets, &r.anthropic_api_key_secret)
+        .reachable("anthropic_api", &http, &config.anthropic_base_url);
     if let Some(jwt) = &config.jwt {
         status = status.url("sign_in_keys", &http, &jwt.jwks_url);
     }
@@ -162,7 +171,7 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: Healt
                 edges.chat,
                 config.chat.clone(),
             ),
-            status,
+            status: StatusPage::new(status, STATUS_TTL),
         }),
     };
     let routes = Router::new()
