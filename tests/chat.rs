@@ -669,6 +669,43 @@ async fn a_rotated_jwks_key_is_accepted_and_a_removed_one_refused() {
 }
 
 #[tokio::test]
+async fn conversations_are_listed_read_and_deleted_by_their_owner_only() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    let (_, stranger) = f.user();
+    for message in ["plan my savings", "and then?"] {
+        let body = json!({"message": message, "conversation_id": "conv-own"});
+        assert_eq!(f.chat_all(&token, &body).await.0, StatusCode::OK);
+    }
+    let (status, list) = call(&f.usage, "GET", "/api/v1/conversations", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["conversations"][0]["id"], "conv-own", "{list}");
+    assert_eq!(list["conversations"][0]["title"], "plan my savings");
+    let path = "/api/v1/conversations/conv-own";
+    let (_, one) = call(&f.usage, "GET", path, Some(&token), None).await;
+    let messages = one["messages"].as_array().unwrap();
+    assert_eq!(
+        (messages.len(), &messages[2]["text"]),
+        (4, &json!("and then?"))
+    );
+
+    let (status, _) = call(&f.usage, "GET", path, Some(&stranger), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&f.usage, "DELETE", path, Some(&stranger), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _) = call(&f.usage, "DELETE", path, Some(&token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(&f.usage, "GET", path, Some(&token), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Its history is gone too: continuing it sends no earlier turns.
+    let next = json!({"message": "start over", "conversation_id": "conv-own"});
+    assert_eq!(f.chat_all(&token, &next).await.0, StatusCode::OK);
+    let sent = f.stub.requests().pop().unwrap();
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn chat_refuses_requests_without_a_valid_token() {
     let f = fixture().await;
     let body = json!({"message": "hi"});

@@ -184,6 +184,11 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: Healt
         .route("/api/v1/usage/current", get(chat::current))
         .route("/api/v1/usage/history", get(chat::history))
         .route("/api/v1/status", get(chat::status))
+        .route("/api/v1/conversations", get(chat::conversations))
+        .route(
+            "/api/v1/conversations/{id}",
+            get(chat::conversation).delete(chat::delete_conversation),
+        )
         .with_state(app)
         .merge(health.route());
     finish(routes, &config.cors)

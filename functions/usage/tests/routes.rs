@@ -538,3 +538,202 @@ async fn chat_routes_refuse_anonymous_callers_and_status_is_public() {
     let dashboard = send(&app, request("GET", "/dashboard", None, None)).await;
     assert_eq!(dashboard.status, StatusCode::OK);
 }
+
+/// Two conversations of the test user and one of someone else, as
+/// chat-stream stores them.
+async fn converse(app: &Usage) {
+    use shared::chat::history::{Role, Turn};
+    let at = shared::clock::Clock::now(app.clock.as_ref());
+    for (subject, id, message, minutes) in [
+        (SUBJECT, "older", "first question", 0),
+        (SUBJECT, "newer", "second question", 5),
+        ("someone_else", "theirs", "not yours", 1),
+    ] {
+        let (question, answer) = (
+            Turn::new(Role::User, message),
+            Turn::new(Role::Assistant, "ok"),
+        );
+        let when = at + TimeDelta::minutes(minutes);
+        app.chat
+            .append(subject, id, [&question, &answer], when)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_user_lists_reads_and_deletes_their_own_conversations_only() {
+    let app = usage();
+    converse(&app).await;
+    let listed = send(
+        &app,
+        request(
+            "GET",
+            "/api/v1/conversations?limit=1",
+            Some(USER_TOKEN),
+            None,
+        ),
+    )
+    .await;
+    let body = listed.json();
+    assert_eq!(
+        body["conversations"][0]["id"], "newer",
+        "most recently active first"
+    );
+    assert_eq!(body["conversations"][0]["title"], "second question");
+    let cursor = body["next_cursor"].as_str().unwrap();
+    let rest = send(
+        &app,
+        request(
+            "GET",
+            &format!("/api/v1/conversations?cursor={cursor}"),
+            Some(USER_TOKEN),
+            None,
+        ),
+    )
+    .await;
+    let ids: Vec<Value> = rest.json()["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("older")], "someone else's is never listed");
+
+    let read = send(
+        &app,
+        request("GET", "/api/v1/conversations/older", Some(USER_TOKEN), None),
+    )
+    .await;
+    assert_eq!(
+        read.json()["messages"],
+        json!([{"role": "user", "text": "first question"}, {"role": "assistant", "text": "ok"}])
+    );
+    let theirs = send(
+        &app,
+        request(
+            "GET",
+            "/api/v1/conversations/theirs",
+            Some(USER_TOKEN),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (theirs.status, theirs.code()),
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    let steal = send(
+        &app,
+        request(
+            "DELETE",
+            "/api/v1/conversations/theirs",
+            Some(USER_TOKEN),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(steal.status, StatusCode::NOT_FOUND);
+    assert!(
+        app.chat
+            .snapshot()
+            .turns
+            .contains_key(&("someone_else".into(), "theirs".into()))
+    );
+
+    let deleted = send(
+        &app,
+        request(
+            "DELETE",
+            "/api/v1/conversations/older",
+            Some(USER_TOKEN),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let gone = send(
+        &app,
+        request("GET", "/api/v1/conversations/older", Some(USER_TOKEN), None),
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert!(
+        !app.chat
+            .snapshot()
+            .turns
+            .contains_key(&(SUBJECT.into(), "older".into()))
+    );
+    let again = send(
+        &app,
+        request(
+            "DELETE",
+            "/api/v1/conversations/older",
+            Some(USER_TOKEN),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn conversation_routes_refuse_bad_ids_cursors_and_anonymous_callers() {
+    let app = usage();
+    let cases = [
+        (
+            request(
+                "GET",
+                "/api/v1/conversations/bad%20id",
+                Some(USER_TOKEN),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_conversation_id",
+        ),
+        (
+            request(
+                "DELETE",
+                "/api/v1/conversations/bad%20id",
+                Some(USER_TOKEN),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_conversation_id",
+        ),
+        (
+            request(
+                "GET",
+                "/api/v1/conversations?cursor=zzz",
+                Some(USER_TOKEN),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+        ),
+        (
+            request(
+                "GET",
+                "/api/v1/conversations?limit=0",
+                Some(USER_TOKEN),
+                None,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+        ),
+        (
+            request("GET", "/api/v1/conversations", None, None),
+            StatusCode::UNAUTHORIZED,
+            "missing_credentials",
+        ),
+        (
+            request("DELETE", "/api/v1/conversations/c1", Some("forged"), None),
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let answer = send(&app, request).await;
+        assert_eq!((answer.status, answer.code()), (status, code.to_owned()));
+    }
+}

@@ -5,13 +5,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{decode_cursor, encode_cursor, failed, is_condition_failure, n, put_item, s};
+use super::{
+    decode_cursor, encode_cursor, failed, is_condition_failure, n, put_item, query_all, s,
+};
 use crate::chat::history::Turn;
-use crate::chat::store::{ChatStore, UsagePage, UsageRecord, UserProfile};
+use crate::chat::store::{
+    ChatStore, ConversationSummary, UsagePage, UsageRecord, UserProfile, title_of,
+};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
@@ -53,6 +57,24 @@ fn from_item<T: for<'de> Deserialize<'de>>(
     super::from_item::<Item<T>>(STORE, item).map(|i| i.value)
 }
 
+/// A `CONV#<id>` item of a user as its summary.
+fn summary(item: HashMap<String, AttributeValue>) -> Result<ConversationSummary, StoreError> {
+    #[derive(Deserialize)]
+    struct Stored {
+        sk: String,
+        title: String,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    }
+    let stored: Stored = super::from_item(STORE, item)?;
+    Ok(ConversationSummary {
+        id: stored.sk.trim_start_matches("CONV#").to_owned(),
+        title: stored.title,
+        created_at: stored.created_at,
+        updated_at: stored.updated_at,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct DynamoChat {
     client: aws_sdk_dynamodb::Client,
@@ -65,6 +87,37 @@ impl DynamoChat {
             client,
             table: table.to_owned(),
         }
+    }
+
+    /// Writes `requests` in batches of 25, retrying unprocessed ones.
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+        for batch in requests.chunks(25) {
+            let mut pending = HashMap::from([(self.table.clone(), batch.to_vec())]);
+            let mut attempt = 0;
+            while pending.values().any(|r| !r.is_empty()) {
+                if attempt == 4 {
+                    return Err(StoreError::Unavailable {
+                        store: STORE,
+                        operation: "BatchWriteItem",
+                        message: "items left unprocessed after retries".to_owned(),
+                    });
+                }
+                if attempt > 0 {
+                    let backoff = crate::backoff::jittered(Duration::from_millis(50), attempt);
+                    tokio::time::sleep(backoff).await;
+                }
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(pending))
+                    .send()
+                    .await
+                    .map_err(|e| failed(STORE, "BatchWriteItem", &e))?;
+                pending = out.unprocessed_items.unwrap_or_default();
+                attempt += 1;
+            }
+        }
+        Ok(())
     }
 
     /// How many rate-limit refusals of a user are on record.
@@ -197,7 +250,7 @@ impl ChatStore for DynamoChat {
                 value: turn,
             })?);
         }
-        let title: String = exchange[0].text.chars().take(80).collect();
+        let title = title_of(&exchange[0].text);
         self.client
             .update_item()
             .table_name(&self.table)
@@ -222,26 +275,80 @@ impl ChatStore for DynamoChat {
                     .map_err(|e| StoreError::corrupt(STORE, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut pending = HashMap::from([(self.table.clone(), writes)]);
-        for attempt in 0..4 {
-            let out = self
-                .client
-                .batch_write_item()
-                .set_request_items(Some(pending))
-                .send()
-                .await
-                .map_err(|e| failed(STORE, "BatchWriteItem", &e))?;
-            pending = out.unprocessed_items.unwrap_or_default();
-            if pending.values().all(Vec::is_empty) {
-                return Ok(());
-            }
-            tokio::time::sleep(crate::backoff::jittered(Duration::from_millis(50), attempt)).await;
-        }
-        Err(StoreError::Unavailable {
-            store: STORE,
-            operation: "BatchWriteItem",
-            message: "items left unprocessed after retries".to_owned(),
-        })
+        self.batch_write(writes).await
+    }
+
+    async fn conversations(&self, subject: &str) -> Result<Vec<ConversationSummary>, StoreError> {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :conv)")
+            .expression_attribute_values(":pk", s(user_pk(subject)))
+            .expression_attribute_values(":conv", s("CONV#"));
+        query_all(STORE, request)
+            .await?
+            .into_iter()
+            .map(summary)
+            .collect()
+    }
+
+    async fn conversation(
+        &self,
+        subject: &str,
+        conversation: &str,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(user_pk(subject)))
+            .key("sk", s(format!("CONV#{conversation}")))
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "GetItem", &e))?
+            .item
+            .map(summary)
+            .transpose()
+    }
+
+    async fn delete_conversation(
+        &self,
+        subject: &str,
+        conversation: &str,
+    ) -> Result<bool, StoreError> {
+        let turns = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(conversation_pk(subject, conversation)))
+            .projection_expression("pk, sk");
+        let keys = query_all(STORE, turns).await?;
+        let had_turns = !keys.is_empty();
+        let deletes = keys
+            .into_iter()
+            .map(|key| {
+                DeleteRequest::builder()
+                    .set_key(Some(key))
+                    .build()
+                    .map(|d| WriteRequest::builder().delete_request(d).build())
+                    .map_err(|e| StoreError::corrupt(STORE, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.batch_write(deletes).await?;
+        // The summary goes last: a delete that fails halfway is retried
+        // while the conversation is still listed.
+        let old = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(user_pk(subject)))
+            .key("sk", s(format!("CONV#{conversation}")))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "DeleteItem", &e))?;
+        Ok(had_turns || old.attributes.is_some())
     }
 
     async fn record_usage(&self, subject: &str, record: &UsageRecord) -> Result<(), StoreError> {

@@ -34,10 +34,26 @@ pub struct UsageRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// A conversation as its owner's list shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub id: String,
+    /// The start of its first message.
+    pub title: String,
+    pub created_at: DateTime<Utc>,
+    /// Its last exchange.
+    pub updated_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsagePage {
     pub records: Vec<UsageRecord>,
     pub next: Option<String>,
+}
+
+/// A conversation's title: the start of its first message.
+pub fn title_of(first_message: &str) -> String {
+    first_message.chars().take(80).collect()
 }
 
 #[async_trait::async_trait]
@@ -75,6 +91,23 @@ pub trait ChatStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
+    /// Every conversation of a user, in no particular order.
+    async fn conversations(&self, subject: &str) -> Result<Vec<ConversationSummary>, StoreError>;
+
+    /// One conversation of a user; `None` if it is not theirs or gone.
+    async fn conversation(
+        &self,
+        subject: &str,
+        conversation: &str,
+    ) -> Result<Option<ConversationSummary>, StoreError>;
+
+    /// Deletes a user's conversation and its turns; `false` if there was none.
+    async fn delete_conversation(
+        &self,
+        subject: &str,
+        conversation: &str,
+    ) -> Result<bool, StoreError>;
+
     async fn record_usage(&self, subject: &str, record: &UsageRecord) -> Result<(), StoreError>;
 
     /// Usage records of a user, newest first.
@@ -109,6 +142,8 @@ pub struct ChatData {
     pub users: HashMap<String, UserProfile>,
     /// Turns by (subject, conversation), oldest first.
     pub turns: HashMap<(String, String), Vec<Turn>>,
+    /// Conversation summaries by (subject, conversation).
+    pub conversations: HashMap<(String, String), ConversationSummary>,
     /// Usage records by subject, oldest first.
     pub records: HashMap<String, Vec<UsageRecord>>,
     /// (subject, request id, window, limit) of each refusal.
@@ -177,15 +212,56 @@ impl ChatStore for MemoryChat {
         subject: &str,
         conversation: &str,
         exchange: [&Turn; 2],
-        _at: DateTime<Utc>,
+        at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut data = self.data()?;
+        let key = (subject.to_owned(), conversation.to_owned());
+        data.conversations
+            .entry(key)
+            .and_modify(|c| c.updated_at = at)
+            .or_insert_with(|| ConversationSummary {
+                id: conversation.to_owned(),
+                title: title_of(&exchange[0].text),
+                created_at: at,
+                updated_at: at,
+            });
         let turns = data
             .turns
             .entry((subject.to_owned(), conversation.to_owned()))
             .or_default();
         turns.extend(exchange.into_iter().cloned());
         Ok(())
+    }
+
+    async fn conversations(&self, subject: &str) -> Result<Vec<ConversationSummary>, StoreError> {
+        let data = self.data()?;
+        Ok(data
+            .conversations
+            .iter()
+            .filter(|((s, _), _)| s == subject)
+            .map(|(_, c)| c.clone())
+            .collect())
+    }
+
+    async fn conversation(
+        &self,
+        subject: &str,
+        conversation: &str,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
+        let data = self.data()?;
+        let key = (subject.to_owned(), conversation.to_owned());
+        Ok(data.conversations.get(&key).cloned())
+    }
+
+    async fn delete_conversation(
+        &self,
+        subject: &str,
+        conversation: &str,
+    ) -> Result<bool, StoreError> {
+        let mut data = self.data()?;
+        let key = (subject.to_owned(), conversation.to_owned());
+        data.turns.remove(&key);
+        Ok(data.conversations.remove(&key).is_some())
     }
 
     async fn record_usage(&self, subject: &str, record: &UsageRecord) -> Result<(), StoreError> {
