@@ -680,8 +680,9 @@ async fn chat_ttfb(
          | through the proxy: event → first `content_delta` | {p50:.2} ms | {p95:.2} ms | {p99:.2} ms |\n\
          | through the proxy: event → end of stream | {w50:.2} ms | {w95:.2} ms | {w99:.2} ms |\n\n\
          **Added by the proxy before its first byte: {:.2} ms** (p50): sign-in (keys, user \
-         and secret cached per instance), three emulator calls (two rate-limit `UpdateItem`s, \
-         one quota `GetItem`) and opening the upstream stream. The first delta then trails \
+         and secret cached per instance), two emulator calls one after the other (the rate \
+         windows' one `UpdateItem`, then the budget's hold), and opening the upstream stream. \
+         The first delta then trails \
          the prelude by about 40 ms, Linux's delayed-ACK time: lambda_runtime's Runtime API \
          client (hyper's `HttpConnector`) does not set `TCP_NODELAY`, so after the prelude \
          each small chunk waits for the previous one's delayed ACK. \
