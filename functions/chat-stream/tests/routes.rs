@@ -441,7 +441,8 @@ async fn a_failing_chat_store_is_a_503_naming_it() {
     assert!(answer.headers.contains_key("retry-after"));
 }
 
-#[tokio::test]
+/// Time is paused: the backoff between retries passes at once.
+#[tokio::test(start_paused = true)]
 async fn an_overloaded_model_is_retried_twice_then_a_503() {
     let overloaded = || Answer::Refused {
         status: 529,

@@ -137,7 +137,7 @@ fn default_models() -> BTreeMap<String, ModelPrice> {
 /// The coaching methodology, unless `CHAT_SYSTEM_PROMPT` replaces it.
 const DEFAULT_SYSTEM_PROMPT: &str = include_str!("system_prompt.md");
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ChatSettings {
     pub tiers: Tiers,
     /// The allow-list of models and their prices.
@@ -204,6 +204,23 @@ impl ChatSettings {
                 .into(),
             rate_limit_fail_closed: env.parse_or("RATE_LIMIT_FAIL_CLOSED", false)?,
         })
+    }
+}
+
+/// The cold-start log shows the settings; the system prompt (kilobytes of
+/// prose) only by its size.
+impl std::fmt::Debug for ChatSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatSettings")
+            .field("tiers", &self.tiers)
+            .field("models", &self.models)
+            .field("default_model", &self.default_model)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("max_tokens_cap", &self.max_tokens_cap)
+            .field("history_budget_tokens", &self.history_budget_tokens)
+            .field("system_prompt_bytes", &self.system_prompt.len())
+            .field("rate_limit_fail_closed", &self.rate_limit_fail_closed)
+            .finish()
     }
 }
 
