@@ -288,68 +288,34 @@ mod tests {
         );
     }
 
+    /// One request of `u` against a minute (2) and an hour (3) at `secs`.
+    async fn hit(limiter: &RateLimiter, secs: i64) -> (&'static str, bool, u32) {
+        let v = limiter.hit_windows("u", &MINUTE_AND_HOUR, at(secs)).await;
+        let v = v.unwrap().unwrap();
+        (v.window, v.binding.allowed, v.binding.remaining)
+    }
+
     #[tokio::test]
     async fn a_request_refused_by_the_minute_uses_up_no_hour_slot() {
         let limiter = limiter();
         for s in [0, 1] {
-            assert!(
-                limiter
-                    .hit_windows("u", &MINUTE_AND_HOUR, at(s))
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .binding
-                    .allowed
-            );
+            assert!(hit(&limiter, s).await.1);
         }
-        let refused = limiter
-            .hit_windows("u", &MINUTE_AND_HOUR, at(2))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((refused.window, refused.binding.allowed), ("minute", false));
+        assert_eq!(hit(&limiter, 2).await, ("minute", false, 0));
         // The hour counted 2 of 3: the next minute has exactly one left.
-        let next = limiter
-            .hit_windows("u", &MINUTE_AND_HOUR, at(61))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((next.window, next.binding.remaining), ("hour", 0));
+        assert_eq!(hit(&limiter, 61).await, ("hour", true, 0));
     }
 
     #[tokio::test]
     async fn a_request_refused_by_the_hour_uses_up_no_minute_slot() {
         let limiter = limiter();
         for s in [0, 1, 61] {
-            assert!(
-                limiter
-                    .hit_windows("u", &MINUTE_AND_HOUR, at(s))
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .binding
-                    .allowed
-            );
+            assert!(hit(&limiter, s).await.1);
         }
-        let refused = limiter
-            .hit_windows("u", &MINUTE_AND_HOUR, at(62))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((refused.window, refused.binding.allowed), ("hour", false));
+        assert_eq!(hit(&limiter, 62).await, ("hour", false, 0));
         // The minute still has its second slot: the hour alone refuses.
-        let again = limiter
-            .hit_windows("u", &MINUTE_AND_HOUR, at(63))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(again.window, "hour");
-        let fresh_hour = limiter
-            .hit_windows("u", &MINUTE_AND_HOUR, at(3600))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(fresh_hour.binding.allowed);
+        assert_eq!(hit(&limiter, 63).await.0, "hour");
+        assert!(hit(&limiter, 3600).await.1, "a new hour starts afresh");
     }
 
     #[tokio::test]
