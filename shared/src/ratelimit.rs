@@ -106,16 +106,8 @@ impl RateLimiter {
             length,
             limit,
         };
-        let verdict = self.hit_windows(subject, &[window], now).await?;
-        Ok(verdict.map_or(
-            Decision {
-                allowed: true,
-                limit,
-                remaining: limit,
-                reset: now,
-            },
-            |v| v.binding,
-        ))
+        let verdict = self.count(subject, &[window], length, now).await?;
+        Ok(verdict.binding)
     }
 
     /// Counts one request of `subject` against every window at once: all
@@ -128,9 +120,21 @@ impl RateLimiter {
         windows: &[RateWindow],
         now: DateTime<Utc>,
     ) -> Result<Option<Verdict>, StoreError> {
-        let Some(longest) = windows.iter().map(|w| w.length).max() else {
-            return Ok(None);
-        };
+        match windows.iter().map(|w| w.length).max() {
+            Some(longest) => Ok(Some(self.count(subject, windows, longest, now).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Self::hit_windows`] for `windows` (not empty), the longest of
+    /// which is `longest`.
+    async fn count(
+        &self,
+        subject: &str,
+        windows: &[RateWindow],
+        longest: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Verdict, StoreError> {
         let bucket = window_start(now, longest);
         let starts: Vec<i64> = windows
             .iter()
@@ -150,10 +154,10 @@ impl RateLimiter {
         if let Some((window, start)) = windows.iter().zip(&starts).find(|(w, _)| w.limit == 0) {
             // A zero limit refuses without a write (a record created on
             // first use would let one through).
-            return Ok(Some(Verdict {
+            return Ok(Verdict {
                 binding: decision(window, *start, 0, false),
                 window: window.name,
-            }));
+            });
         }
         let slots: Vec<Slot> = windows
             .iter()
@@ -173,23 +177,28 @@ impl RateLimiter {
             Ok(counts) => (counts, true),
             Err(counts) => (counts, false),
         };
-        let decisions = windows
+        let decisions: Vec<Decision> = windows
             .iter()
             .zip(&starts)
             .zip(&counts)
-            .map(|((w, start), count)| (w, decision(w, *start, *count, allowed)));
+            .map(|((w, start), count)| decision(w, *start, *count, allowed))
+            .collect();
+        // Allowed: the window with the fewest left. Refused: the first full
+        // one (the first window if the store's counts do not say which).
         let binding = if allowed {
-            decisions.min_by_key(|(_, d)| d.remaining)
+            (0..decisions.len())
+                .min_by_key(|&i| decisions[i].remaining)
+                .unwrap_or(0)
         } else {
-            decisions
-                .zip(&counts)
-                .find(|((w, _), count)| **count >= w.limit)
-                .map(|(pair, _)| pair)
+            (0..decisions.len())
+                .find(|&i| counts[i] >= windows[i].limit)
+                .unwrap_or(0)
         };
-        Ok(binding.map(|(window, decision)| Verdict {
-            binding: decision,
-            window: window.name,
-        }))
+        Ok(Verdict {
+            // A counter answers one count per slot, so one decision per window.
+            binding: decisions[binding],
+            window: windows[binding].name,
+        })
     }
 }
 
