@@ -9,8 +9,6 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use crate::metering::ingest::{AcceptError, IngestError};
-use crate::metering::usage::ReportError;
 use crate::store::StoreError;
 use crate::telemetry::current_request_id;
 
@@ -146,42 +144,6 @@ impl From<StoreError> for ApiError {
                 tracing::error!(%error, "store failed");
                 ApiError::unavailable(store, 5)
             }
-        }
-    }
-}
-
-/// Events that were not accepted: the request's mistake (every bad event
-/// named by index), or a queue that did not take them (503).
-impl From<AcceptError> for ApiError {
-    fn from(error: AcceptError) -> Self {
-        let invalid = match error {
-            AcceptError::Queue(error) => return error.into(),
-            AcceptError::Invalid(invalid) => invalid,
-        };
-        let detail = invalid.to_string();
-        match invalid {
-            IngestError::TooLarge => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", detail)
-            }
-            IngestError::Malformed(_) => ApiError::bad_request("invalid_json", detail),
-            IngestError::Shape(_) => ApiError::bad_request("invalid_body", detail),
-            IngestError::InvalidEvents(problems) => ApiError::bad_request("invalid_events", detail)
-                .with_extension(
-                    "errors",
-                    serde_json::to_value(problems).unwrap_or(Value::Null),
-                ),
-        }
-    }
-}
-
-/// A usage report that could not be made.
-impl From<ReportError> for ApiError {
-    fn from(error: ReportError) -> Self {
-        match error {
-            ReportError::TooManyPoints(invalid) => {
-                ApiError::bad_request("invalid_resolution", invalid.0)
-            }
-            ReportError::Store(error) => error.into(),
         }
     }
 }

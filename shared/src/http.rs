@@ -24,6 +24,8 @@ use crate::chat::gateway::ChatError;
 use crate::chat::upstream::UpstreamError;
 use crate::config::{ConfigError, Env};
 use crate::error::ApiError;
+use crate::metering::ingest::{AcceptError, IngestError};
+use crate::metering::usage::ReportError;
 use crate::prices::PriceError;
 use crate::ratelimit::Decision;
 use crate::telemetry;
@@ -84,6 +86,42 @@ pub fn rate_limited(decision: &Decision, detail: String, now: DateTime<Utc>) -> 
             .with_retry_after(decision.retry_after(now)),
         |error, (name, value)| error.with_header(name, value),
     )
+}
+
+/// Events that were not accepted: the request's mistake (every bad event
+/// named by index), or a queue that did not take them (503).
+impl From<AcceptError> for ApiError {
+    fn from(error: AcceptError) -> Self {
+        let invalid = match error {
+            AcceptError::Queue(error) => return error.into(),
+            AcceptError::Invalid(invalid) => invalid,
+        };
+        let detail = invalid.to_string();
+        match invalid {
+            IngestError::TooLarge => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", detail)
+            }
+            IngestError::Malformed(_) => ApiError::bad_request("invalid_json", detail),
+            IngestError::Shape(_) => ApiError::bad_request("invalid_body", detail),
+            IngestError::InvalidEvents(problems) => ApiError::bad_request("invalid_events", detail)
+                .with_extension(
+                    "errors",
+                    serde_json::to_value(problems).unwrap_or(serde_json::Value::Null),
+                ),
+        }
+    }
+}
+
+/// A usage report that could not be made.
+impl From<ReportError> for ApiError {
+    fn from(error: ReportError) -> Self {
+        match error {
+            ReportError::TooManyPoints(invalid) => {
+                ApiError::bad_request("invalid_resolution", invalid.0)
+            }
+            ReportError::Store(error) => error.into(),
+        }
+    }
 }
 
 /// A chat request refused before it went upstream.

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{decode_cursor, encode_cursor, failed, is_condition_failure, s};
+use super::{decode_cursor, encode_cursor, failed, from_item, is_condition_failure, s, to_item};
 use crate::metering::tenants::{KeyHash, Tenant, TenantPage, TenantPatch, TenantStore};
 use crate::metering::types::TenantId;
 use crate::store::StoreError;
@@ -53,16 +53,6 @@ fn key_pk(hash: &KeyHash) -> String {
 
 fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
-}
-
-fn to_item<T: Serialize>(value: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
-    super::to_item(STORE, value)
-}
-
-fn from_item<T: for<'de> Deserialize<'de>>(
-    item: HashMap<String, AttributeValue>,
-) -> Result<T, StoreError> {
-    super::from_item(STORE, item)
 }
 
 impl DynamoTenants {
@@ -119,8 +109,8 @@ impl TenantStore for DynamoTenants {
         };
         self.client
             .transact_write_items()
-            .transact_items(put(to_item(&profile)?)?)
-            .transact_items(put(to_item(&key_item)?)?)
+            .transact_items(put(to_item(STORE, &profile)?)?)
+            .transact_items(put(to_item(STORE, &key_item)?)?)
             .send()
             .await
             .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
@@ -129,7 +119,7 @@ impl TenantStore for DynamoTenants {
 
     async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
         let item = self.get_item(tenant_pk(id), PROFILE, false).await?;
-        item.map(|i| from_item::<ProfileItem>(i).map(|p| p.tenant))
+        item.map(|i| from_item::<ProfileItem>(STORE, i).map(|p| p.tenant))
             .transpose()
     }
 
@@ -142,7 +132,7 @@ impl TenantStore for DynamoTenants {
         let Some(item) = self.get_item(key_pk(hash), KEY, false).await? else {
             return Ok(None);
         };
-        let key: KeyItem = from_item(item)?;
+        let key: KeyItem = from_item(STORE, item)?;
         // TTL deletion is lazy (and never happens in the emulator): check.
         Ok(match key.expires_at {
             Some(at) if at <= now.timestamp() => None,
@@ -168,7 +158,7 @@ impl TenantStore for DynamoTenants {
             .items
             .unwrap_or_default()
             .into_iter()
-            .map(|i| from_item::<ProfileItem>(i).map(|p| p.tenant))
+            .map(|i| from_item::<ProfileItem>(STORE, i).map(|p| p.tenant))
             .collect::<Result<_, _>>()?;
         Ok(TenantPage {
             tenants,
@@ -227,7 +217,7 @@ impl TenantStore for DynamoTenants {
         match result {
             Ok(out) => out
                 .attributes
-                .map(|i| from_item::<ProfileItem>(i).map(|p| p.tenant))
+                .map(|i| from_item::<ProfileItem>(STORE, i).map(|p| p.tenant))
                 .transpose(),
             Err(e) if is_condition_failure(&e) => Ok(None),
             Err(e) => Err(failed(STORE, "UpdateItem", &e)),
@@ -245,17 +235,20 @@ impl TenantStore for DynamoTenants {
         let Some(item) = self.get_item(tenant_pk(id), PROFILE, true).await? else {
             return Ok(None);
         };
-        let profile: ProfileItem = from_item(item)?;
+        let profile: ProfileItem = from_item(STORE, item)?;
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::corrupt(STORE, e);
 
         let new_key = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(to_item(&KeyItem {
-                pk: key_pk(new),
-                sk: KEY.to_owned(),
-                tenant: id.clone(),
-                expires_at: None,
-            })?))
+            .set_item(Some(to_item(
+                STORE,
+                &KeyItem {
+                    pk: key_pk(new),
+                    sk: KEY.to_owned(),
+                    tenant: id.clone(),
+                    expires_at: None,
+                },
+            )?))
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(build)?;
