@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 EMULATOR ?= ministack
 export INGOT_EMULATOR := $(EMULATOR)
 
-.PHONY: help venv browser dev trigger test lint unit template-check bench loadtest fuzz deploy destroy redrive branch clean
+.PHONY: help venv browser dev trigger test lint unit template-check package package-check arm64-toolchain bench loadtest fuzz deploy destroy redrive branch clean
 
 # Stage for deploy/destroy/redrive: dev, staging, prod (samconfig.toml), or
 # an ephemeral one such as pr-123. `local` is make dev's stack, in the emulator.
@@ -28,7 +28,9 @@ help:
 	@echo "make dev      run the whole system locally (emulated AWS, all functions, event sources)"
 	@echo "make test     fmt, clippy, unit + integration tests, template checks"
 	@echo "make trigger FUNCTION=price-fetch   fire a scheduled function now (while make dev runs)"
-	@echo "make bench    binary sizes, cold init, peak RSS -> docs/perf.md"
+	@echo "make package  the six arm64 functions, built by sam build as sam deploy ships them (.aws-sam/build)"
+	@echo "make package-check [FUNCTION=rollup]    package, then boot each arm64 bootstrap under qemu with its sample event"
+	@echo "make bench    binary sizes (x86_64 and arm64), cold init, peak RSS -> docs/perf.md"
 	@echo "make loadtest open-loop load against a running make dev (or a deployed stage), exact-count check -> docs/perf.md"
 	@echo "make dev|test EMULATOR=moto   on moto instead of ministack (its conformance scaling case fails: docs/local-cloud.md)"
 	@echo "make fuzz     schemathesis against a running make dev, from docs/openapi.yaml -> docs/reliability.md"
@@ -75,11 +77,36 @@ unit: venv browser
 
 template-check: venv
 	$(VENV)/bin/python infra/check_template.py template.yaml
+	SAM_CLI_TELEMETRY=0 $(VENV)/bin/sam validate --lint
+
+# arm64 as `sam deploy` ships it: `sam build` (the template's
+# rust-cargolambda build method, a beta feature) runs `cargo lambda build
+# --release --arm64` per function into .aws-sam/build/<Function>/bootstrap.
+# rustup's aarch64 target is used when installed; rustup here cannot download
+# it, so otherwise Debian's toolchain with an arm64 std is installed and
+# linked as rustup toolchain `deb` (infra/arm64-toolchain.sh).
+# FUNCTION=rollup (binary names, space-separated) builds only those.
+ARM64_TOOLCHAIN = $(shell rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu || echo deb)
+# price-fetch -> PriceFetchFunction, the template's logical id.
+LOGICAL_IDS = $(foreach f,$(FUNCTION),$(shell echo $(f) | sed -E 's/(^|-)([a-z])/\U\2/g')Function)
+package: venv arm64-toolchain
+	for id in $(or $(LOGICAL_IDS),all); do \
+	  SAM_CLI_TELEMETRY=0 $(if $(ARM64_TOOLCHAIN),RUSTUP_TOOLCHAIN=$(ARM64_TOOLCHAIN)) \
+	    $(VENV)/bin/sam build --beta-features $${id#all}; \
+	done
+
+arm64-toolchain:
+	@[ -z "$(ARM64_TOOLCHAIN)" ] || bash infra/arm64-toolchain.sh
+
+# Boots each packaged function under qemu-user (installed with the
+# toolchain) against a private emulator and the upstream stubs.
+package-check: package
+	cargo run --quiet --locked -p ingot-infra -- package-check $(FUNCTION)
 
 # Each function is built alone, as `sam build` does, so features of other
 # workspace crates do not leak into its binary.
 FUNCTIONS := prices price-fetch chat-stream ingest rollup usage
-bench: venv
+bench: venv package
 	for f in $(FUNCTIONS); do cargo build --release --locked --quiet --bin $$f; done
 	cargo run --quiet --locked -p ingot-infra -- bench
 

@@ -19,6 +19,9 @@
 //!
 //! [`tools`] measure and operate that cloud, or a deployed stage:
 //! - [`tools::bench`]: measures the functions' release binaries (`make bench`);
+//! - [`tools::package`]: boots the arm64 artifacts under qemu (`make package-check`);
+//! - [`tools::rig`], [`tools::runtime_api`]: a function binary run as Lambda
+//!   runs it, against a private emulator and upstream stubs;
 //! - [`tools::loadtest`]: load, then an exact count check (`make loadtest`);
 //! - [`tools::ops`]: `make redrive` (DLQ back to the queue) and `make branch`
 //!   (one stage's tables into another's, at a point in time).

@@ -5,6 +5,8 @@
 //!   limits (cargo's runner under `make dev`);
 //! - `infra trigger <function>`: fire a scheduled function now;
 //! - `infra bench`: size, cold start and memory of each function (`make bench`);
+//! - `infra package-check [<function>...]`: boot the arm64 artifacts of
+//!   `sam build` under qemu (`make package-check`);
 //! - `infra loadtest`: load against a running `make dev` (`make loadtest`);
 //! - `infra redrive <stage>`: DLQ back onto the queue (`make redrive`);
 //! - `infra branch <from> <to> [<RFC 3339 time>]`: tables of one stage
@@ -18,7 +20,7 @@ use infra::cloud::invoke::LambdaInvoker;
 use infra::cloud::schedule;
 use infra::cloud::template::{Template, Trigger};
 
-const USAGE: &str = "usage: infra dev | trigger <function> | bench | loadtest | redrive <stage> | branch <from> <to> [<time>]";
+const USAGE: &str = "usage: infra dev | trigger <function> | bench | package-check [<function>...] | loadtest | redrive <stage> | branch <from> <to> [<time>]";
 
 // One thread: the local cloud's hops are small, and cross-thread wake-ups cost
 // more than they do (each sandbox is its own process).
@@ -87,6 +89,10 @@ async fn main() -> ExitCode {
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(20);
             infra::tools::bench::run(&root, runs).await
+        }
+        ["package-check", only @ ..] => {
+            let only: Vec<String> = only.iter().map(|f| (*f).to_owned()).collect();
+            infra::tools::package::check(&root, &only).await
         }
         ["redrive", stage] => match load_template(&root) {
             Ok(template) => {

@@ -17,7 +17,8 @@
 //!   into problems), [`auth`] (admin token, tenant keys, signed-in users),
 //!   [`health`] (probes that really touch each dependency);
 //! - [`config`] (environment → typed config, failing fast with the
-//!   variable's name), [`telemetry`] (JSON logs, embedded metrics),
+//!   variable's name), [`lambda`] (the process: one invocation at a time,
+//!   or several under Lambda Managed Instances), [`telemetry`] (JSON logs, embedded metrics),
 //!   [`backoff`].
 
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod jwt;
+pub mod lambda;
 pub mod metering;
 pub mod prices;
 pub mod ratelimit;

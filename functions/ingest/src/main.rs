@@ -1,10 +1,5 @@
-use shared::config::Env;
-
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), lambda_http::Error> {
-    shared::telemetry::init();
-    let config = ingest::Config::from_env(&Env::from_process())?;
-    tracing::info!(?config, "cold start");
-    let aws = shared::aws::sdk_config().await;
-    lambda_http::run(ingest::app(&config, &aws)).await
+fn main() -> Result<(), lambda_http::Error> {
+    shared::lambda::start(ingest::Config::from_env, |config, aws| {
+        lambda_http::run_concurrent(shared::lambda::buffered(ingest::app(&config, &aws)))
+    })
 }

@@ -1,12 +1,13 @@
-use lambda_runtime::service_fn;
-use shared::config::Env;
+use std::sync::Arc;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::telemetry::init();
-    let config = rollup::Config::from_env(&Env::from_process())?;
-    tracing::info!(?config, "cold start");
-    let aws = shared::aws::sdk_config().await;
-    let consumer = rollup::consumer(&config, &aws);
-    lambda_runtime::run(service_fn(|event| rollup::handle(&consumer, event))).await
+use lambda_runtime::service_fn;
+
+fn main() -> Result<(), lambda_runtime::Error> {
+    shared::lambda::start(rollup::Config::from_env, |config, aws| {
+        let consumer = Arc::new(rollup::consumer(&config, &aws));
+        lambda_runtime::run_concurrent(service_fn(move |event| {
+            let consumer = consumer.clone();
+            async move { rollup::handle(&consumer, event).await }
+        }))
+    })
 }

@@ -9,130 +9,13 @@
 //! once it has answered. Medians over `runs` fresh processes.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use serde_json::Value;
 use shared::prices::store::PriceStore;
-use tokio::sync::mpsc;
 
-use crate::cloud::emulator;
 use crate::cloud::template::{FunctionSpec, Template};
-
-const RUNTIME_PREFIX: &str = "/2018-06-01/runtime";
-
-/// What the Runtime API saw of one process.
-#[derive(Default)]
-struct RunState {
-    events: std::collections::VecDeque<Value>,
-    first_poll: Option<Instant>,
-    /// When the event being handled was handed out.
-    handed_at: Option<Instant>,
-}
-
-/// One answer of a function to the Runtime API.
-struct Answer {
-    handed: Option<Instant>,
-    /// When the first bytes of the response arrived (for a streamed one, its
-    /// prelude: status and headers).
-    first_byte: Option<Instant>,
-    /// When a streamed body first carried a chat `content_delta`.
-    first_delta: Option<Instant>,
-    at: Instant,
-    ok: bool,
-}
-
-#[derive(Clone)]
-struct RuntimeApi {
-    state: Arc<Mutex<RunState>>,
-    responses: mpsc::UnboundedSender<Answer>,
-}
-
-async fn next(State(api): State<RuntimeApi>) -> axum::response::Response {
-    let event = {
-        let mut state = api.state.lock().expect("bench state");
-        state.first_poll.get_or_insert_with(Instant::now);
-        let event = state.events.pop_front();
-        if event.is_some() {
-            state.handed_at = Some(Instant::now());
-        }
-        event
-    };
-    let Some(event) = event else {
-        // No more events for this process: hold the poll until it is killed.
-        return std::future::pending().await;
-    };
-    let deadline = chrono::Utc::now().timestamp_millis() + 30_000;
-    let mut headers = HeaderMap::new();
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
-    };
-    set(
-        "lambda-runtime-aws-request-id",
-        uuid::Uuid::new_v4().to_string(),
-    );
-    set("lambda-runtime-deadline-ms", deadline.to_string());
-    set(
-        "lambda-runtime-invoked-function-arn",
-        "arn:aws:lambda:us-east-1:123456789012:function:bench".to_owned(),
-    );
-    set(
-        "lambda-runtime-trace-id",
-        "Root=1-00000000-000000000000000000000000".to_owned(),
-    );
-    set("content-type", "application/json".to_owned());
-    (headers, event.to_string()).into_response()
-}
-
-/// Reads the response as it arrives: a streaming function (response mode
-/// `streaming`) sends it chunk by chunk, and the first chat delta is timed.
-async fn respond(
-    State(api): State<RuntimeApi>,
-    UrlPath((_, outcome)): UrlPath<(String, String)>,
-    body: axum::body::Body,
-) -> StatusCode {
-    // Read before the runtime can poll for (and be handed) the next event.
-    let handed = api.state.lock().expect("bench state").handed_at;
-    let mut stream = body.into_data_stream();
-    let (mut seen, mut first_byte, mut first_delta) = (Vec::new(), None, None);
-    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
-        first_byte.get_or_insert_with(Instant::now);
-        if first_delta.is_none() {
-            seen.extend_from_slice(&chunk);
-            if seen.windows(13).any(|w| w == b"content_delta") {
-                first_delta = Some(Instant::now());
-            }
-        }
-    }
-    let _ = api.responses.send(Answer {
-        handed,
-        first_byte,
-        first_delta,
-        at: Instant::now(),
-        ok: outcome == "response",
-    });
-    StatusCode::ACCEPTED
-}
-
-async fn init_error(State(api): State<RuntimeApi>, _body: Bytes) -> StatusCode {
-    let _ = api.responses.send(Answer {
-        handed: None,
-        first_byte: None,
-        first_delta: None,
-        at: Instant::now(),
-        ok: false,
-    });
-    StatusCode::ACCEPTED
-}
+use crate::tools::rig::{Rig, sample_event};
+use crate::tools::runtime_api::{Harness, ms};
 
 /// One function's figures.
 #[derive(Debug, Clone)]
@@ -152,140 +35,6 @@ pub fn median(values: &[f64]) -> f64 {
         0 => f64::NAN,
         n if n % 2 == 1 => sorted[n / 2],
         n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-/// A local Runtime API and the processes it serves.
-pub struct Harness {
-    api: RuntimeApi,
-    responses: mpsc::UnboundedReceiver<Answer>,
-    address: String,
-}
-
-impl Harness {
-    pub async fn start() -> Result<Self, String> {
-        let (tx, responses) = mpsc::unbounded_channel();
-        let api = RuntimeApi {
-            state: Arc::default(),
-            responses: tx,
-        };
-        let app = Router::new()
-            .route(&format!("{RUNTIME_PREFIX}/invocation/next"), get(next))
-            .route(
-                &format!("{RUNTIME_PREFIX}/invocation/{{id}}/{{outcome}}"),
-                post(respond),
-            )
-            .route(&format!("{RUNTIME_PREFIX}/init/error"), post(init_error))
-            .with_state(api.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let address = listener
-            .local_addr()
-            .map_err(|e| e.to_string())?
-            .to_string();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Self {
-            api,
-            responses,
-            address,
-        })
-    }
-
-    /// Starts `binary` as Lambda would, to be handed `events` one by one.
-    fn spawn(
-        &self,
-        binary: &Path,
-        name: &str,
-        env: &[(String, String)],
-        events: Vec<Value>,
-    ) -> Result<tokio::process::Child, String> {
-        *self.api.state.lock().expect("bench state") = RunState {
-            events: events.into(),
-            ..RunState::default()
-        };
-        tokio::process::Command::new(binary)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("PATH", "/usr/bin:/bin")
-            .env("AWS_LAMBDA_RUNTIME_API", &self.address)
-            .env("AWS_LAMBDA_FUNCTION_NAME", name)
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("_HANDLER", "bootstrap")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", binary.display()))
-    }
-
-    /// The next answer, or why there was none.
-    async fn answer(&mut self, name: &str) -> Result<Answer, String> {
-        let answer = tokio::time::timeout(Duration::from_secs(20), self.responses.recv())
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("{name} did not answer its event"))?;
-        if answer.ok {
-            Ok(answer)
-        } else {
-            Err(format!("{name} returned an error for its sample event"))
-        }
-    }
-
-    /// One cold start: `(init ms, first invocation ms, peak RSS KiB)`.
-    async fn cold_start(
-        &mut self,
-        binary: &Path,
-        name: &str,
-        env: &[(String, String)],
-        event: &Value,
-    ) -> Result<(f64, f64, Option<u64>), String> {
-        let started = Instant::now();
-        let mut child = self.spawn(binary, name, env, vec![event.clone()])?;
-        let answered = self.answer(name).await;
-        let rss = child.id().and_then(peak_rss_kib);
-        let _ = child.kill().await;
-        let at = answered?.at;
-        let first_poll = self
-            .api
-            .state
-            .lock()
-            .expect("bench state")
-            .first_poll
-            .ok_or("no poll recorded")?;
-        Ok((ms(first_poll - started), ms(at - first_poll), rss))
-    }
-
-    /// `count` warm invocations with `event` (the first, cold one is left
-    /// out): per invocation `(first byte, first chat delta, answer)`, in ms
-    /// from handing the event out.
-    pub async fn warm(
-        &mut self,
-        binary: &Path,
-        name: &str,
-        env: &[(String, String)],
-        event: &Value,
-        count: usize,
-    ) -> Result<Vec<(Option<f64>, Option<f64>, f64)>, String> {
-        let events = std::iter::repeat_n(event.clone(), count + 1).collect();
-        let mut child = self.spawn(binary, name, env, events)?;
-        let mut latencies = Vec::with_capacity(count);
-        for i in 0..=count {
-            let answer = self.answer(name).await?;
-            if i > 0 {
-                let handed = answer.handed.ok_or("no event handed")?;
-                let since = |t: Instant| ms(t - handed);
-                latencies.push((
-                    answer.first_byte.map(since),
-                    answer.first_delta.map(since),
-                    since(answer.at),
-                ));
-            }
-        }
-        let _ = child.kill().await;
-        Ok(latencies)
     }
 }
 
@@ -319,7 +68,7 @@ pub async fn measure(
             peak_rss_kib: Vec::new(),
         };
         for _ in 0..runs {
-            let (init, first, rss) = harness
+            let (init, first, rss, _) = harness
                 .cold_start(&binary, &function.binary, &env, &event)
                 .await?;
             figures.init_ms.push(init);
@@ -331,37 +80,8 @@ pub async fn measure(
     Ok(all)
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn sample_event(root: &Path, function: &str) -> Result<Value, String> {
-    let candidates = [
-        format!("events/{function}.json"),
-        format!("events/{function}-health.json"),
-        format!("events/{function}-sqs-batch.json"),
-        format!("events/{function}-schedule.json"),
-    ];
-    let path = candidates
-        .iter()
-        .map(|c| root.join(c))
-        .find(|p| p.exists())
-        .ok_or_else(|| format!("no sample event for {function} in events/"))?;
-    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// `VmHWM` of a live process, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// Size of the deployment zip: the binary as `bootstrap`, deflated by `zip`.
-fn zipped_size(binary: &Path) -> Result<u64, String> {
+pub fn zipped_size(binary: &Path) -> Result<u64, String> {
     let dir = std::env::temp_dir().join(format!("ingot-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let bootstrap = dir.join("bootstrap");
@@ -444,43 +164,8 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
     let template =
         Template::load(&root.join("template.yaml").to_string_lossy()).map_err(|e| e.to_string())?;
 
-    // A private emulator on a free port, so `make dev` can keep running.
-    let port = emulator::free_port().map_err(|e| e.to_string())?;
-    let kind = emulator::Emulator::from_env()?;
-    let _emulator = tokio::process::Command::from(kind.command(root, port))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("{}: {e} (run `make venv`)", kind.name()))?;
-    emulator::wait_for_port(port, Duration::from_secs(30), kind.name()).await?;
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let region = "us-east-1";
-    let aws = crate::cloud::bootstrap::emulator_config(&endpoint, region).await;
-    let mut resolver = template
-        .resolver(
-            "ingot-bench",
-            region,
-            crate::cloud::bootstrap::ACCOUNT_ID,
-            &[("Stage", "bench")],
-        )
-        .map_err(|e| e.to_string())?;
-    crate::cloud::bootstrap::bootstrap(&template, &mut resolver, &aws)
-        .await
-        .map_err(|e| e.to_string())?;
-    // price-fetch's sample run asks a provider: a local stand-in for
-    // gold-api.com (keyless) answering in its real format.
-    let stub_url = crate::cloud::stubs::serve(crate::cloud::stubs::gold_api_com())
-        .await
-        .map_err(|e| e.to_string())?;
-    let env_of = |function: &FunctionSpec| {
-        let mut env =
-            crate::cloud::bootstrap::environment_of(function, &resolver, &endpoint, region)
-                .map_err(|e| e.to_string())?;
-        env.push(("PROVIDER_ORDER".into(), "gold-api.com".into()));
-        env.push(("GOLD_API_COM_BASE_URL".into(), stub_url.clone()));
-        Ok(env)
-    };
+    let rig = Rig::start(root, &template, "ingot-bench").await?;
+    let env_of = |function: &FunctionSpec| rig.env_of(function);
     let mut harness = Harness::start().await?;
     let figures = measure(
         &mut harness,
@@ -494,13 +179,7 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
 
     // Warm GET /api/prices: from this instance's memory, and with the memory
     // cache off, from DynamoDB (a fresh latest is seeded first).
-    let prices_spec = template
-        .functions()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|f| f.binary == "prices")
-        .ok_or("no prices function in the template")?;
-    let mut prices_env = env_of(&prices_spec)?;
+    let mut prices_env = rig.env_of(&Rig::function(&template, "prices")?)?;
     let prices_table = prices_env
         .iter()
         .find(|(k, _)| k == "PRICES_TABLE")
@@ -515,7 +194,7 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         provider: "bench".into(),
         ts: chrono::Utc::now(),
     };
-    shared::aws::prices::DynamoPrices::new(aws_sdk_dynamodb::Client::new(&aws), &prices_table)
+    shared::aws::prices::DynamoPrices::new(aws_sdk_dynamodb::Client::new(&rig.aws), &prices_table)
         .record(&seeded, chrono::TimeDelta::days(1))
         .await
         .map_err(|e| e.to_string())?;
@@ -551,13 +230,7 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         warm("DynamoDB (memory cache off)", &from_dynamodb),
     );
     println!("{body}");
-    let chat_spec = template
-        .functions()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|f| f.binary == "chat-stream")
-        .ok_or("no chat-stream function in the template")?;
-    let chat = chat_ttfb(&mut harness, root, &aws, env_of(&chat_spec)?, 50).await?;
+    let chat = chat_ttfb(&mut harness, root, &rig, &template, 50).await?;
     println!("{chat}");
     let path = root.join("docs/perf.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Performance\n".to_owned());
@@ -580,46 +253,13 @@ fn percentiles(sample: &mut [f64]) -> [f64; 3] {
 async fn chat_ttfb(
     harness: &mut Harness,
     root: &Path,
-    aws: &aws_config::SdkConfig,
-    mut env: Vec<(String, String)>,
+    rig: &Rig,
+    template: &Template,
     count: usize,
 ) -> Result<String, String> {
-    use crate::cloud::stubs::{AnthropicStub, Issuer, serve};
-    let issuer = Arc::new(Issuer::generate("https://bench.local", "bench"));
-    let jwks = serve(issuer.router()).await.map_err(|e| e.to_string())?;
-    let stub = AnthropicStub::new();
-    let anthropic = serve(stub.router()).await.map_err(|e| e.to_string())?;
-    let unlimited = r#"{"per_minute":1000000,"per_hour":null,"monthly_tokens":1000000000000}"#;
-    env.extend(
-        [
-            ("JWKS_URL", format!("{jwks}/.well-known/jwks.json")),
-            ("JWT_ISSUER", issuer.issuer.clone()),
-            ("JWT_AUDIENCES", issuer.audience.clone()),
-            ("ANTHROPIC_BASE_URL", anthropic.clone()),
-            (
-                "CHAT_TIERS",
-                format!(r#"{{"free":{unlimited},"pro":{unlimited},"enterprise":{unlimited}}}"#),
-            ),
-        ]
-        .map(|(k, v)| (k.to_owned(), v)),
-    );
-    let secret = env
-        .iter()
-        .find(|(k, _)| k == "ANTHROPIC_API_KEY_SECRET")
-        .map(|(_, v)| v.clone())
-        .ok_or("chat-stream has no ANTHROPIC_API_KEY_SECRET")?;
-    aws_sdk_secretsmanager::Client::new(aws)
-        .put_secret_value()
-        .secret_id(secret)
-        .secret_string(r#"{"api_key": "sk-ant-bench"}"#)
-        .send()
-        .await
-        .map_err(|e| format!("PutSecretValue: {e}"))?;
-    let mut event = sample_event(root, "chat-stream-chat")?;
-    event["headers"]["authorization"] = Value::String(format!(
-        "Bearer {}",
-        issuer.token("bench-user", Duration::from_secs(3600))
-    ));
+    let env = rig.env_of(&Rig::function(template, "chat-stream")?)?;
+    rig.anthropic_key(&env).await?;
+    let event = rig.chat_event(root, "bench-user")?;
     let answers = harness
         .warm(
             &release_dir(root).join("chat-stream"),
@@ -647,8 +287,8 @@ async fn chat_ttfb(
     for _ in 0..=count {
         let started = Instant::now();
         let response = http
-            .post(format!("{anthropic}/v1/messages"))
-            .header("x-api-key", "sk-ant-bench")
+            .post(format!("{}/v1/messages", rig.anthropic))
+            .header("x-api-key", "sk-ant-local")
             .header("anthropic-version", shared::chat::anthropic::API_VERSION)
             .json(&body)
             .send()
