@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 EMULATOR ?= ministack
 export INGOT_EMULATOR := $(EMULATOR)
 
-.PHONY: help venv browser dev trigger test lint unit template-check package package-check arm64-toolchain bench loadtest fuzz deploy destroy redrive branch clean
+.PHONY: help venv browser dev trigger test lint unit template-check iam-check package package-check arm64-toolchain bench loadtest fuzz deploy destroy redrive branch clean
 
 # Stage for deploy/destroy/redrive: dev, staging, prod (samconfig.toml), or
 # an ephemeral one such as pr-123. `local` is make dev's stack, in the emulator.
@@ -62,7 +62,7 @@ dev: venv
 trigger:
 	cargo run --quiet -p ingot-infra -- trigger $(FUNCTION)
 
-test: venv browser lint unit template-check
+test: venv browser lint unit template-check iam-check
 
 # The dashboard test renders the page in Debian's headless Chromium.
 browser:
@@ -72,8 +72,17 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The integration tests note every AWS call each function's code makes
+# (tests/support/calls.rs) for iam-check.
+SDK_CALLS := $(CURDIR)/.local/sdk-calls
 unit: venv browser
-	cargo test --workspace --locked
+	rm -rf $(SDK_CALLS) && mkdir -p $(SDK_CALLS)
+	INGOT_SDK_CALLS=$(SDK_CALLS) cargo test --workspace --locked
+
+# Least privilege: each function's grants in template.yaml against the calls
+# its code made under `make unit`, both ways.
+iam-check: unit
+	$(VENV)/bin/python infra/check_iam.py template.yaml $(SDK_CALLS)
 
 template-check: venv
 	$(VENV)/bin/python infra/check_template.py template.yaml

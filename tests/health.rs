@@ -73,7 +73,7 @@ async fn health_is_503_naming_the_dependency_that_failed() {
     let stack = support::stack().await;
     let mut config = ingest::Config::from_env(stack.env("ingest")).unwrap();
     config.tenants_table = support::unique("deleted-table");
-    let app = ingest::app(&config, &support::aws().await);
+    let app = ingest::app(&config, &support::aws_as("ingest").await);
 
     let (status, headers, body) = send(app, get("/health")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -168,7 +168,7 @@ async fn cors_allow_list_answers_only_listed_origins() {
     let stack = support::stack().await;
     let mut config = prices::Config::from_env(stack.env("prices")).unwrap();
     config.cors = CorsOrigins::List(vec![HeaderValue::from_static("https://app.example")]);
-    let app = prices::app(&config, &support::aws().await);
+    let app = prices::app(&config, &support::aws_as("prices").await);
 
     let from = |origin: &'static str| {
         Request::get("/health")

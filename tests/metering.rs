@@ -223,7 +223,7 @@ async fn a_rotated_key_works_for_the_grace_period_then_stops() {
     // With no grace period, the old key stops at once.
     let mut config = usage::Config::from_env(f.stack.env("usage")).unwrap();
     config.key_grace = TimeDelta::zero();
-    let strict = usage::app(&config, &support::aws().await);
+    let strict = usage::app(&config, &support::aws_as("usage").await);
     let (_, _, rotated) = send(
         &strict,
         request(
@@ -378,7 +378,7 @@ async fn each_bad_request_class_has_its_code() {
     .await;
     let fresh = ingest::app(
         &ingest::Config::from_env(f.stack.env("ingest")).unwrap(),
-        &support::aws().await,
+        &support::aws_as("ingest").await,
     );
     let (status, problem) = call(
         &fresh,
@@ -404,7 +404,7 @@ async fn a_queue_that_fails_is_a_503_with_retry_after() {
         support::emulator(),
         support::unique("gone")
     );
-    let app = ingest::app(&config, &support::aws().await);
+    let app = ingest::app(&config, &support::aws_as("ingest").await);
     let (status, headers, problem) = send(
         &app,
         request(

@@ -158,7 +158,7 @@ impl World {
         config.settings.policy.timeout = Duration::from_secs(2);
         config.settings.policy.breaker_failures = 2;
         config.settings.policy.breaker_cooldown = TimeDelta::seconds(2);
-        price_fetch::fetcher(&config, &support::aws().await)
+        price_fetch::fetcher(&config, &support::aws_as("price-fetch").await)
     }
 }
 
@@ -376,7 +376,7 @@ impl World {
             .iter()
             .map(|(id, s)| (*id, s.url.clone()))
             .collect();
-        prices::app(&config, &support::aws().await)
+        prices::app(&config, &support::aws_as("prices").await)
     }
 }
 

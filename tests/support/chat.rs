@@ -70,9 +70,12 @@ pub async fn fixture_with(overrides: &[(&str, &str)]) -> ChatFixture {
     };
     let chat = chat_stream::app(
         &chat_stream::Config::from_env(&env("chat-stream")).unwrap(),
-        &aws,
+        &crate::aws_as("chat-stream").await,
     );
-    let usage = usage::app(&usage::Config::from_env(&env("usage")).unwrap(), &aws);
+    let usage = usage::app(
+        &usage::Config::from_env(&env("usage")).unwrap(),
+        &crate::aws_as("usage").await,
+    );
     ChatFixture {
         stack,
         issuer,

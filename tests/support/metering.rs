@@ -20,13 +20,15 @@ pub struct Fixture {
 
 pub async fn fixture() -> Fixture {
     let stack = crate::stack().await;
-    let aws = crate::aws().await;
     Fixture {
         admin: stack.admin_token().await,
-        usage: usage::app(&usage::Config::from_env(stack.env("usage")).unwrap(), &aws),
+        usage: usage::app(
+            &usage::Config::from_env(stack.env("usage")).unwrap(),
+            &crate::aws_as("usage").await,
+        ),
         ingest: ingest::app(
             &ingest::Config::from_env(stack.env("ingest")).unwrap(),
-            &aws,
+            &crate::aws_as("ingest").await,
         ),
         stack,
     }
@@ -133,7 +135,7 @@ pub async fn pump_with(stack: &Stack, config: rollup::Config) -> Pump<RealRollup
             max_concurrency: None,
         },
         function: "rollup".into(),
-        invoker: RealRollup(rollup::consumer(&config, &aws)),
+        invoker: RealRollup(rollup::consumer(&config, &crate::aws_as("rollup").await)),
     }
 }
 

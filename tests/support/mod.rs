@@ -2,8 +2,11 @@
 //! whichever `INGOT_EMULATOR` names) per
 //! test binary on a free port, and unique names so tests never share state.
 
+pub mod calls;
 pub mod chat;
 pub mod metering;
+
+pub use calls::aws_as;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -118,31 +121,33 @@ pub async fn stack() -> Stack {
 /// Every HTTP function's real app, configured from its own template
 /// environment and the emulator.
 pub async fn http_apps(stack: &Stack) -> Vec<(&'static str, axum::Router)> {
-    let aws = aws().await;
     vec![
         (
             "prices",
             prices::app(
                 &prices::Config::from_env(stack.env("prices")).unwrap(),
-                &aws,
+                &aws_as("prices").await,
             ),
         ),
         (
             "ingest",
             ingest::app(
                 &ingest::Config::from_env(stack.env("ingest")).unwrap(),
-                &aws,
+                &aws_as("ingest").await,
             ),
         ),
         (
             "usage",
-            usage::app(&usage::Config::from_env(stack.env("usage")).unwrap(), &aws),
+            usage::app(
+                &usage::Config::from_env(stack.env("usage")).unwrap(),
+                &aws_as("usage").await,
+            ),
         ),
         (
             "chat-stream",
             chat_stream::app(
                 &chat_stream::Config::from_env(stack.env("chat-stream")).unwrap(),
-                &aws,
+                &aws_as("chat-stream").await,
             ),
         ),
     ]

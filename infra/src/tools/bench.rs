@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use shared::prices::store::PriceStore;
 
-use crate::cloud::template::{FunctionSpec, Template};
+use crate::cloud::template::Template;
 use crate::tools::rig::{Rig, sample_event};
 use crate::tools::runtime_api::{Harness, ms};
 
@@ -41,17 +41,16 @@ pub fn median(values: &[f64]) -> f64 {
 /// Measures every function of the template whose release binary is in `release_dir`.
 pub async fn measure(
     harness: &mut Harness,
+    rig: &Rig,
     template: &Template,
     root: &Path,
     release_dir: &Path,
-    env_of: impl Fn(&FunctionSpec) -> Result<Vec<(String, String)>, String>,
     runs: usize,
 ) -> Result<Vec<Figures>, String> {
     let mut all = Vec::new();
     for function in template.functions().map_err(|e| e.to_string())? {
         let binary = release_dir.join(&function.binary);
-        let event = sample_event(root, &function.binary)?;
-        let env = env_of(&function)?;
+        let (env, event) = rig.sample(root, &function).await?;
         let mut figures = Figures {
             function: function.binary.clone(),
             binary_bytes: std::fs::metadata(&binary)
@@ -99,6 +98,38 @@ pub fn zipped_size(binary: &Path) -> Result<u64, String> {
         return Err("zip failed".to_owned());
     }
     size.map_err(|e| e.to_string())
+}
+
+/// What users deploy: the arm64 artifacts of `make package` (`sam build`),
+/// sized next to this machine's native build. Only sizes: under qemu,
+/// timings measure the emulation, not the code (`make package-check` boots
+/// each one and says it answered).
+fn arm64_table(root: &Path, template: &Template, native: &[Figures]) -> Result<String, String> {
+    let mut out = format!(
+        "The deployed artifact: arm64 (`make package`, i.e. `sam build`; budget {} MiB \
+         zipped per function) next to the native build above. No timings: under qemu they \
+         would measure the emulator, not the code.\n\n\
+         | function | arm64 binary | arm64 zip | native binary | native zip |\n\
+         |---|---:|---:|---:|---:|\n",
+        crate::tools::package::ZIP_LIMIT_BYTES / 1_048_576,
+    );
+    let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / 1_048_576.0);
+    for function in template.functions().map_err(|e| e.to_string())? {
+        let artifact = crate::tools::package::artifact(root, &function);
+        let binary = std::fs::metadata(&artifact)
+            .map_err(|e| format!("{}: {e} (run `make package`)", artifact.display()))?
+            .len();
+        let here = native.iter().find(|f| f.function == function.binary);
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            function.binary,
+            mib(binary),
+            mib(zipped_size(&artifact)?),
+            here.map_or_else(String::new, |f| mib(f.binary_bytes)),
+            here.map_or_else(String::new, |f| mib(f.zip_bytes)),
+        ));
+    }
+    Ok(out)
 }
 
 /// The Markdown table for docs/perf.md.
@@ -165,17 +196,17 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         Template::load(&root.join("template.yaml").to_string_lossy()).map_err(|e| e.to_string())?;
 
     let rig = Rig::start(root, &template, "ingot-bench").await?;
-    let env_of = |function: &FunctionSpec| rig.env_of(function);
     let mut harness = Harness::start().await?;
     let figures = measure(
         &mut harness,
+        &rig,
         &template,
         root,
         &release_dir(root),
-        env_of,
         runs,
     )
     .await?;
+    let arm64 = arm64_table(root, &template, &figures)?;
 
     // Warm GET /api/prices: from this instance's memory, and with the memory
     // cache off, from DynamoDB (a fresh latest is seeded first).
@@ -221,7 +252,7 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
          release profile, native {} build.\n\n{}\n\
          Warm `GET /api/prices?metal=gold` in one instance (invocation handed out → answer), \
          DynamoDB being the local emulator:\n\n\
-         | served from | requests | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n{}{}",
+         | served from | requests | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n{}{}\n{arm64}",
         chrono::Utc::now().format("%Y-%m-%d"),
         machine(),
         std::env::consts::ARCH,

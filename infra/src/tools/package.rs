@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::cloud::template::{FunctionSpec, Template, Trigger};
-use crate::tools::rig::{Rig, sample_event};
+use crate::tools::rig::{Rig, streams};
 use crate::tools::runtime_api::{Answer, Harness};
 
 /// Each function's zip must stay at or under this (the budget; Lambda's
@@ -72,23 +72,13 @@ pub async fn check(root: &Path, only: &[String]) -> Result<(), String> {
                 function.binary
             ));
         }
-        let env = rig.env_of(function)?;
-        let streams = function
-            .triggers
-            .iter()
-            .any(|t| matches!(t, Trigger::Http { streaming: true }));
-        let event = if streams {
-            rig.anthropic_key(&env).await?;
-            rig.chat_event(root, "package-check")?
-        } else {
-            sample_event(root, &function.binary)?
-        };
-        let (init, _, _, answer) = harness
+        let (env, event) = rig.sample(root, function).await?;
+        let (_, _, _, answer) = harness
             .cold_start(&binary, &function.binary, &env, &event)
             .await?;
-        let answered = describe(function, streams, &answer)?;
+        let answered = describe(function, &answer)?;
         println!(
-            "{}: aarch64, {:.1} MiB zipped, booted under qemu in {init:.0} ms, {answered}",
+            "{}: aarch64, {:.1} MiB zipped, booted under qemu, {answered}",
             function.binary,
             zip as f64 / 1_048_576.0,
         );
@@ -97,9 +87,9 @@ pub async fn check(root: &Path, only: &[String]) -> Result<(), String> {
 }
 
 /// What `answer` shows, if it is the answer `function` should give.
-fn describe(function: &FunctionSpec, streams: bool, answer: &Answer) -> Result<String, String> {
+fn describe(function: &FunctionSpec, answer: &Answer) -> Result<String, String> {
     let name = &function.binary;
-    if streams {
+    if streams(function) {
         return match answer.first_delta {
             Some(_) => Ok("streamed a chat reply".to_owned()),
             None => Err(format!("{name} streamed no content_delta")),

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::cloud::emulator;
 use crate::cloud::stubs::{AnthropicStub, Issuer, serve};
-use crate::cloud::template::{FunctionSpec, Resolver, Template};
+use crate::cloud::template::{FunctionSpec, Resolver, Template, Trigger};
 
 const REGION: &str = "us-east-1";
 
@@ -125,6 +125,63 @@ impl Rig {
         Ok(())
     }
 
+    /// `function`'s environment and the event it answers as on Lambda: a
+    /// signed-in chat request for the streaming function (its key stored),
+    /// the SQS batch for the queue consumer (its tenants registered), the
+    /// schedule event, or `/health` for the other HTTP functions.
+    pub async fn sample(
+        &self,
+        root: &Path,
+        function: &FunctionSpec,
+    ) -> Result<(Vec<(String, String)>, Value), String> {
+        let env = self.env_of(function)?;
+        let event = if streams(function) {
+            self.anthropic_key(&env).await?;
+            self.chat_event(root, "sample-user")?
+        } else {
+            sample_event(root, &function.binary)?
+        };
+        if function
+            .triggers
+            .iter()
+            .any(|t| matches!(t, Trigger::Sqs(_)))
+        {
+            self.register_tenants(&env, &event).await?;
+        }
+        Ok((env, event))
+    }
+
+    /// Registers the tenants whose events an SQS batch carries, so the
+    /// rollup (with `env`) counts them rather than waiting for the tenant.
+    pub async fn register_tenants(
+        &self,
+        env: &[(String, String)],
+        batch: &Value,
+    ) -> Result<(), String> {
+        use shared::metering::tenants::{Tenant, register, signing_secret};
+        let table = env
+            .iter()
+            .find(|(k, _)| k == "TENANTS_TABLE")
+            .map(|(_, v)| v.clone())
+            .ok_or("the rollup has no TENANTS_TABLE")?;
+        let store = shared::aws::tenants::DynamoTenants::new(
+            aws_sdk_dynamodb::Client::new(&self.aws),
+            &table,
+        );
+        for record in batch["Records"].as_array().into_iter().flatten() {
+            let body: Value = serde_json::from_str(record["body"].as_str().unwrap_or_default())
+                .map_err(|e| format!("a batch message is not JSON: {e}"))?;
+            let tenant: Tenant = serde_json::from_value(serde_json::json!({
+                "id": body["tenant"], "name": "Sample", "monthly_quota": 1_000_000,
+                "billing_day": 1, "tier": "free", "webhooks": [], "enabled": true,
+                "signing_secret": signing_secret(), "created_at": chrono::Utc::now(),
+            }))
+            .map_err(|e| format!("sample tenant: {e}"))?;
+            register(&store, &tenant).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// events/chat-stream-chat.json, signed in as `user` by the issuer.
     pub fn chat_event(&self, root: &Path, user: &str) -> Result<Value, String> {
         let mut event = sample_event(root, "chat-stream-chat")?;
@@ -144,6 +201,14 @@ impl Rig {
             .find(|f| f.binary == binary)
             .ok_or_else(|| format!("no {binary} function in the template"))
     }
+}
+
+/// Whether `function` streams its responses (chat-stream).
+pub fn streams(function: &FunctionSpec) -> bool {
+    function
+        .triggers
+        .iter()
+        .any(|t| matches!(t, Trigger::Http { streaming: true }))
 }
 
 /// The sample event of `function` in `events/`: its own, else its `/health`,
