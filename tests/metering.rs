@@ -488,6 +488,34 @@ async fn a_resent_and_redelivered_event_counts_once() {
     );
 }
 
+/// A client that sends no event ids but an `Idempotency-Key` can retry a
+/// request (after a 503, a timeout) and have it counted once.
+#[tokio::test]
+async fn a_retried_request_with_an_idempotency_key_counts_once() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let body =
+        json!({"events": [{"feature": "chat", "tokens": 40}, {"feature": "chat", "tokens": 2}]});
+    let post = |idempotency: &'static str| {
+        let mut request = request("POST", "/events", Some(&key), Some(&body));
+        request.headers_mut().insert(
+            "idempotency-key",
+            http::HeaderValue::from_static(idempotency),
+        );
+        send(&f.ingest, request)
+    };
+    for idempotency in ["retry-me", "retry-me", "another-request"] {
+        assert_eq!(post(idempotency).await.0, StatusCode::ACCEPTED);
+    }
+    drain(&pump(&f.stack).await).await;
+
+    let (_, usage) = usage_of(&f, &id, &key, "").await;
+    assert_eq!(
+        (usage["totalTokens"].as_u64(), usage["events"].as_u64()),
+        (Some(84), Some(4))
+    );
+}
+
 /// The DynamoDB ledger, failing its `fail_at`-th commit as a crash would.
 struct CrashingLedger {
     inner: DynamoLedger,

@@ -103,6 +103,9 @@ impl From<AcceptError> for ApiError {
             }
             IngestError::Malformed(_) => ApiError::bad_request("invalid_json", detail),
             IngestError::Shape(_) => ApiError::bad_request("invalid_body", detail),
+            IngestError::IdempotencyKey(_) => {
+                ApiError::bad_request("invalid_idempotency_key", detail)
+            }
             IngestError::InvalidEvents(problems) => ApiError::bad_request("invalid_events", detail)
                 .with_extension(
                     "errors",

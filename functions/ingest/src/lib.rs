@@ -117,7 +117,8 @@ async fn post_events(
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = require_tenant(&headers, &app.keys).await?;
-    let accepted = accept(app.queue.as_ref(), &tenant.id, &body, app.clock.now())
+    let key = headers.get("idempotency-key").map(|v| v.as_bytes());
+    let accepted = accept(app.queue.as_ref(), &tenant.id, &body, key, app.clock.now())
         .await
         .inspect_err(|error| {
             if let AcceptError::Queue(error) = error {

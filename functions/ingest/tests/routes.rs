@@ -58,9 +58,22 @@ async fn ingest() -> Ingest {
 }
 
 async fn post(app: &Ingest, key: Option<&str>, body: impl Into<Body>) -> (StatusCode, Value) {
+    post_with(app, key, &[], body).await
+}
+
+/// [`post`] with extra headers (values as raw bytes).
+async fn post_with(
+    app: &Ingest,
+    key: Option<&str>,
+    headers: &[(&str, &[u8])],
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
     let mut request = Request::post("/events").header("content-type", "application/json");
     if let Some(key) = key {
         request = request.header("authorization", format!("Bearer {key}"));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, axum::http::HeaderValue::from_bytes(value).unwrap());
     }
     let response = app
         .router
@@ -109,6 +122,64 @@ async fn a_single_event_body_gets_an_id_when_it_has_none() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(answer["ids"].as_array().unwrap().len(), 1);
+}
+
+/// A retried request with the same `Idempotency-Key` gets the same ids for
+/// its id-less events (so the rollup counts them once); explicit ids stay.
+#[tokio::test]
+async fn an_idempotency_key_gives_id_less_events_the_same_ids_on_every_retry() {
+    let app = ingest().await;
+    let body = json!({"events": [
+        {"feature": "chat", "tokens": 1}, event("mine", 2), {"feature": "chat", "tokens": 3},
+    ]})
+    .to_string();
+    let send = |key: &'static str| {
+        let (app, body) = (&app, body.clone());
+        async move {
+            post_with(
+                app,
+                Some(&app.key),
+                &[("idempotency-key", key.as_bytes())],
+                body,
+            )
+            .await
+        }
+    };
+    let (status, first) = send("order-42").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, retry) = send("order-42").await;
+    let (_, other) = send("order-43").await;
+    assert_eq!(first["ids"], retry["ids"]);
+    assert_eq!(first["ids"][1], "mine");
+    assert_ne!(first["ids"][0], first["ids"][2]);
+    assert_ne!(first["ids"][0], other["ids"][0]);
+    assert!(first["ids"][0].as_str().unwrap().starts_with("idem_"));
+    let (_, unkeyed) = post(&app, Some(&app.key), body).await;
+    assert_ne!(first["ids"][0], unkeyed["ids"][0]);
+}
+
+#[tokio::test]
+async fn a_bad_idempotency_key_is_refused_and_nothing_is_queued() {
+    let app = ingest().await;
+    let long = "k".repeat(256);
+    for bad in [long.as_bytes(), b"", "clé".as_bytes(), b"a\tb"] {
+        let (status, problem) = post_with(
+            &app,
+            Some(&app.key),
+            &[("idempotency-key", bad)],
+            event("e1", 1).to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert_eq!(problem["code"], "invalid_idempotency_key");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Idempotency-Key")
+        );
+    }
+    assert!(app.queue.sent().is_empty());
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
+use super::types::{EventId, Feature, IdempotencyKey, TenantId, Tokens, UsageEvent};
 use crate::store::{Outage, StoreError};
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -41,10 +41,18 @@ pub enum IngestError {
     Shape(String),
     #[error("{} event(s) are invalid", .0.len())]
     InvalidEvents(Vec<EventProblem>),
+    #[error("{0}")]
+    IdempotencyKey(String),
 }
 
-/// Parses a body holding one event or `{"events": [...]}`.
-pub fn parse_events(body: &[u8], now: DateTime<Utc>) -> Result<Vec<UsageEvent>, IngestError> {
+/// Parses a body holding one event or `{"events": [...]}`. An event with no
+/// id gets one derived from `key` and its index when the request has an
+/// `Idempotency-Key`, else a fresh one.
+pub fn parse_events(
+    body: &[u8],
+    key: Option<&IdempotencyKey>,
+    now: DateTime<Utc>,
+) -> Result<Vec<UsageEvent>, IngestError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(IngestError::TooLarge);
     }
@@ -82,7 +90,8 @@ pub fn parse_events(body: &[u8], now: DateTime<Utc>) -> Result<Vec<UsageEvent>, 
     let mut events = Vec::with_capacity(raw.len());
     let mut problems = Vec::new();
     for (index, value) in raw.into_iter().enumerate() {
-        match parse_event(value, now) {
+        let fresh = || key.map_or_else(EventId::generate, |key| EventId::derived(key, index));
+        match parse_event(value, fresh, now) {
             Ok(event) => events.push(event),
             Err(reasons) => problems.push(EventProblem {
                 index,
@@ -97,7 +106,11 @@ pub fn parse_events(body: &[u8], now: DateTime<Utc>) -> Result<Vec<UsageEvent>, 
     }
 }
 
-fn parse_event(value: Value, now: DateTime<Utc>) -> Result<UsageEvent, Vec<String>> {
+fn parse_event(
+    value: Value,
+    fresh: impl FnOnce() -> EventId,
+    now: DateTime<Utc>,
+) -> Result<UsageEvent, Vec<String>> {
     let Value::Object(mut fields) = value else {
         return Err(vec!["an event must be a JSON object".to_owned()]);
     };
@@ -105,7 +118,7 @@ fn parse_event(value: Value, now: DateTime<Utc>) -> Result<UsageEvent, Vec<Strin
     let mut take = |name: &str| fields.remove(name);
 
     let id = match take("id") {
-        None | Some(Value::Null) => Some(EventId::generate()),
+        None | Some(Value::Null) => Some(fresh()),
         Some(Value::String(s)) => EventId::try_from(s).map_err(|e| reasons.push(e.0)).ok(),
         Some(_) => {
             reasons.push("id must be a string".to_owned());
@@ -242,14 +255,20 @@ pub struct Accepted {
 }
 
 /// Accepts `tenant`'s request body whole or not at all: every event valid,
-/// and all of them on the queue, before it says so.
+/// and all of them on the queue, before it says so. `key` is the request's
+/// `Idempotency-Key` header, if it has one.
 pub async fn accept(
     queue: &dyn EventSink,
     tenant: &TenantId,
     body: &[u8],
+    key: Option<&[u8]>,
     now: DateTime<Utc>,
 ) -> Result<Accepted, AcceptError> {
-    let events = parse_events(body, now)?;
+    let key = key
+        .map(|k| IdempotencyKey::try_from(String::from_utf8_lossy(k).into_owned()))
+        .transpose()
+        .map_err(|e| IngestError::IdempotencyKey(e.0))?;
+    let events = parse_events(body, key.as_ref(), now)?;
     let bodies = pack(tenant, &events);
     let queue_requests = queue.send(&bodies).await?;
     Ok(Accepted {
@@ -354,7 +373,7 @@ mod tests {
     }
 
     fn parse(body: Value) -> Result<Vec<UsageEvent>, IngestError> {
-        parse_events(body.to_string().as_bytes(), now())
+        parse_events(body.to_string().as_bytes(), None, now())
     }
 
     fn problems(body: Value) -> Vec<(usize, String)> {
@@ -456,7 +475,7 @@ mod tests {
     #[test]
     fn rejects_bodies_of_the_wrong_shape() {
         assert!(matches!(
-            parse_events(b"{not json", now()),
+            parse_events(b"{not json", None, now()),
             Err(IngestError::Malformed(_))
         ));
         assert!(matches!(parse(json!([1, 2])), Err(IngestError::Shape(_))));
@@ -480,7 +499,7 @@ mod tests {
             Err(IngestError::Shape(_))
         ));
         assert_eq!(
-            parse_events(&vec![b' '; MAX_BODY_BYTES + 1], now()),
+            parse_events(&vec![b' '; MAX_BODY_BYTES + 1], None, now()),
             Err(IngestError::TooLarge)
         );
     }

@@ -88,6 +88,20 @@ string_newtype!(
     }
 );
 
+string_newtype!(
+    /// An `Idempotency-Key` request header: 1–255 printable ASCII characters.
+    IdempotencyKey,
+    |s| {
+        if s.is_empty() || s.len() > 255 {
+            Err("Idempotency-Key must be 1 to 255 characters".to_owned())
+        } else if !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            Err("Idempotency-Key may only contain printable ASCII".to_owned())
+        } else {
+            Ok(())
+        }
+    }
+);
+
 impl TenantId {
     pub fn generate() -> Self {
         Self(format!("ten_{}", uuid::Uuid::new_v4().simple()))
@@ -98,6 +112,20 @@ impl EventId {
     /// A fresh id for an event the client sent without one.
     pub fn generate() -> Self {
         Self(format!("evt_{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// The id of the `index`th event of a request sent with `key` and no id
+    /// of its own: the same on every retry of that request, so a retry is
+    /// counted once (ids are unique per tenant, and so is the key).
+    pub fn derived(key: &IdempotencyKey, index: usize) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(key.as_str())
+            .chain_update([0])
+            .chain_update(index.to_string())
+            .finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        Self(format!("idem_{hex}"))
     }
 }
 
@@ -216,6 +244,32 @@ mod tests {
         assert!(EventId::try_from("x".repeat(129)).is_err());
         assert!(EventId::try_from(String::new()).is_err());
         assert!(EventId::try_from("a\nb".to_owned()).is_err());
+    }
+
+    #[test]
+    fn derived_event_ids_depend_on_the_key_and_the_index_only() {
+        let key = IdempotencyKey::try_from("order-42".to_owned()).unwrap();
+        let other = IdempotencyKey::try_from("order-43".to_owned()).unwrap();
+        let id = EventId::derived(&key, 0);
+        assert_eq!(id, EventId::derived(&key, 0));
+        assert_ne!(id, EventId::derived(&key, 1));
+        assert_ne!(id, EventId::derived(&other, 0));
+        assert_eq!(id.as_str().len(), "idem_".len() + 32);
+        assert!(EventId::try_from(id.as_str().to_owned()).is_ok());
+    }
+
+    #[test]
+    fn idempotency_keys_are_1_to_255_printable_ascii_characters() {
+        assert!(IdempotencyKey::try_from("a b~".to_owned()).is_ok());
+        assert!(IdempotencyKey::try_from("k".repeat(255)).is_ok());
+        for bad in [
+            String::new(),
+            "k".repeat(256),
+            "clé".to_owned(),
+            "a\tb".to_owned(),
+        ] {
+            assert!(IdempotencyKey::try_from(bad).is_err());
+        }
     }
 
     #[test]
