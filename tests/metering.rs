@@ -516,6 +516,38 @@ async fn a_retried_request_with_an_idempotency_key_counts_once() {
     );
 }
 
+/// CloudEvents from OpenMeter-style clients: a resend from the same source
+/// counts once, the same id from another source is another event.
+#[tokio::test]
+async fn cloudevents_count_once_per_source_and_id() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let event = |source: &str, tokens: u64| {
+        json!({"specversion": "1.0", "id": "run-1", "source": source, "type": "chat",
+               "data": {"tokens": tokens}})
+    };
+    let post = |content_type: &'static str, body: serde_json::Value| {
+        let mut request = request("POST", "/events", Some(&key), Some(&body));
+        request
+            .headers_mut()
+            .insert("content-type", http::HeaderValue::from_static(content_type));
+        send(&f.ingest, request)
+    };
+    let single = "application/cloudevents+json";
+    assert_eq!(post(single, event("/a", 30)).await.0, StatusCode::ACCEPTED);
+    assert_eq!(post(single, event("/a", 30)).await.0, StatusCode::ACCEPTED);
+    let batch = json!([event("/a", 30), event("/b", 12)]);
+    let status = post("application/cloudevents-batch+json", batch).await.0;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    drain(&pump(&f.stack).await).await;
+
+    let (_, usage) = usage_of(&f, &id, &key, "").await;
+    assert_eq!(
+        (usage["totalTokens"].as_u64(), usage["events"].as_u64()),
+        (Some(42), Some(2))
+    );
+}
+
 /// The DynamoDB ledger, failing its `fail_at`-th commit as a crash would.
 struct CrashingLedger {
     inner: DynamoLedger,

@@ -24,7 +24,7 @@ use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, RawBody, finish};
-use shared::metering::ingest::{AcceptError, EventSink, MAX_BODY_BYTES, accept};
+use shared::metering::ingest::{AcceptError, EventSink, MAX_BODY_BYTES, Submission, accept};
 use shared::metering::tenants::{CachedKeys, TenantStore};
 use shared::telemetry::{MetricUnit, Metrics};
 
@@ -117,8 +117,14 @@ async fn post_events(
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = require_tenant(&headers, &app.keys).await?;
-    let key = headers.get("idempotency-key").map(|v| v.as_bytes());
-    let accepted = accept(app.queue.as_ref(), &tenant.id, &body, key, app.clock.now())
+    let submission = Submission {
+        body: &body,
+        content_type: headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        idempotency_key: headers.get("idempotency-key").map(|v| v.as_bytes()),
+    };
+    let accepted = accept(app.queue.as_ref(), &tenant.id, &submission, app.clock.now())
         .await
         .inspect_err(|error| {
             if let AcceptError::Queue(error) = error {

@@ -65,22 +65,19 @@ async fn post(app: &Ingest, key: Option<&str>, body: impl Into<Body>) -> (Status
 async fn post_with(
     app: &Ingest,
     key: Option<&str>,
-    headers: &[(&str, &[u8])],
+    headers: &[(&'static str, &[u8])],
     body: impl Into<Body>,
 ) -> (StatusCode, Value) {
     let mut request = Request::post("/events").header("content-type", "application/json");
     if let Some(key) = key {
         request = request.header("authorization", format!("Bearer {key}"));
     }
+    let mut request = request.body(body.into()).unwrap();
     for (name, value) in headers {
-        request = request.header(*name, axum::http::HeaderValue::from_bytes(value).unwrap());
+        let value = axum::http::HeaderValue::from_bytes(value).unwrap();
+        request.headers_mut().insert(*name, value);
     }
-    let response = app
-        .router
-        .clone()
-        .oneshot(request.body(body.into()).unwrap())
-        .await
-        .unwrap();
+    let response = app.router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     if !status.is_success() {
         assert_eq!(
@@ -156,6 +153,72 @@ async fn an_idempotency_key_gives_id_less_events_the_same_ids_on_every_retry() {
     assert!(first["ids"][0].as_str().unwrap().starts_with("idem_"));
     let (_, unkeyed) = post(&app, Some(&app.key), body).await;
     assert_ne!(first["ids"][0], unkeyed["ids"][0]);
+}
+
+fn cloudevent(source: &str, id: &str, tokens: i64) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": source, "type": "chat",
+           "subject": "customer-7", "data": {"tokens": tokens, "model": "small"}})
+}
+
+/// CloudEvents 1.0 JSON, one or a batch: `type` → feature, `data.tokens` →
+/// tokens, the id derived from (source, id).
+#[tokio::test]
+async fn cloudevents_are_accepted_one_or_many() {
+    let app = ingest().await;
+    let single = ("content-type", b"application/cloudevents+json".as_slice());
+    let batch = (
+        "content-type",
+        b"application/cloudevents-batch+json".as_slice(),
+    );
+    let (status, one) = post_with(
+        &app,
+        Some(&app.key),
+        &[single],
+        cloudevent("/app", "e-1", 5).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{one}");
+    let many = json!([cloudevent("/app", "e-1", 5), cloudevent("/other", "e-1", 7)]);
+    let (status, two) = post_with(&app, Some(&app.key), &[batch], many.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{two}");
+    assert_eq!(
+        two["ids"][0], one["ids"][0],
+        "same source and id, same event"
+    );
+    assert_ne!(
+        two["ids"][0], two["ids"][1],
+        "another source, another event"
+    );
+
+    let sent = app.queue.sent();
+    let batch: EventBatch = serde_json::from_str(&sent[1]).unwrap();
+    let event = &batch.events[1];
+    assert_eq!((event.feature.as_str(), event.tokens.get()), ("chat", 7));
+    assert_eq!(event.properties["subject"], "customer-7");
+    assert_eq!(event.properties["model"], "small");
+}
+
+#[tokio::test]
+async fn a_bad_cloudevent_is_named_by_index_and_field_and_nothing_is_queued() {
+    let app = ingest().await;
+    let mut bad = cloudevent("/app", "e-2", 1);
+    bad["specversion"] = json!("0.3");
+    let body = json!([cloudevent("/app", "e-1", 1), bad]);
+    let (status, problem) = post_with(
+        &app,
+        Some(&app.key),
+        &[("content-type", b"application/cloudevents-batch+json")],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["code"], "invalid_events");
+    assert_eq!(problem["errors"][0]["index"], 1);
+    assert_eq!(
+        problem["errors"][0]["reason"],
+        "specversion must be \"1.0\""
+    );
+    assert!(app.queue.sent().is_empty());
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::cloudevents;
 use super::types::{EventId, Feature, IdempotencyKey, TenantId, Tokens, UsageEvent};
 use crate::store::{Outage, StoreError};
 
@@ -45,19 +46,46 @@ pub enum IngestError {
     IdempotencyKey(String),
 }
 
-/// Parses a body holding one event or `{"events": [...]}`. An event with no
-/// id gets one derived from `key` and its index when the request has an
+/// What a client sent to `POST /events`.
+#[derive(Debug, Clone, Copy)]
+pub struct Submission<'a> {
+    pub body: &'a [u8],
+    /// The `Content-Type` header: CloudEvents types pick that format
+    /// ([`super::cloudevents`]); anything else is Ingot's own.
+    pub content_type: Option<&'a str>,
+    /// The `Idempotency-Key` header, as sent.
+    pub idempotency_key: Option<&'a [u8]>,
+}
+
+/// Parses a submission into its events, in either format.
+pub fn parse_submission(
+    submission: &Submission<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<UsageEvent>, IngestError> {
+    if submission.body.len() > MAX_BODY_BYTES {
+        return Err(IngestError::TooLarge);
+    }
+    let key = submission
+        .idempotency_key
+        .map(|k| IdempotencyKey::try_from(String::from_utf8_lossy(k).into_owned()))
+        .transpose()
+        .map_err(|e| IngestError::IdempotencyKey(e.0))?;
+    let value: Value = serde_json::from_slice(submission.body)
+        .map_err(|e| IngestError::Malformed(e.to_string()))?;
+    match submission.content_type.and_then(cloudevents::mode) {
+        Some(batch) => cloudevents::parse(value, batch, now),
+        None => parse_events(value, key.as_ref(), now),
+    }
+}
+
+/// Parses one event or `{"events": [...]}`. An event with no id gets one
+/// derived from `key` and its index when the request has an
 /// `Idempotency-Key`, else a fresh one.
-pub fn parse_events(
-    body: &[u8],
+fn parse_events(
+    value: Value,
     key: Option<&IdempotencyKey>,
     now: DateTime<Utc>,
 ) -> Result<Vec<UsageEvent>, IngestError> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(IngestError::TooLarge);
-    }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| IngestError::Malformed(e.to_string()))?;
     let raw: Vec<Value> = match value {
         Value::Object(mut object) if object.contains_key("events") => {
             if object.len() > 1 {
@@ -77,15 +105,7 @@ pub fn parse_events(
             ));
         }
     };
-    if raw.is_empty() {
-        return Err(IngestError::Shape("\"events\" is empty".to_owned()));
-    }
-    if raw.len() > MAX_EVENTS {
-        return Err(IngestError::Shape(format!(
-            "at most {MAX_EVENTS} events per request, got {}",
-            raw.len()
-        )));
-    }
+    check_count(raw.len())?;
 
     let mut events = Vec::with_capacity(raw.len());
     let mut problems = Vec::new();
@@ -106,7 +126,22 @@ pub fn parse_events(
     }
 }
 
-fn parse_event(
+/// A request carries 1 to [`MAX_EVENTS`] events.
+pub(super) fn check_count(events: usize) -> Result<(), IngestError> {
+    if events == 0 {
+        return Err(IngestError::Shape("no events: send 1 or more".to_owned()));
+    }
+    if events > MAX_EVENTS {
+        return Err(IngestError::Shape(format!(
+            "at most {MAX_EVENTS} events per request, got {events}"
+        )));
+    }
+    Ok(())
+}
+
+/// One event object, or every reason it is not one (each starting with the
+/// field it is about).
+pub(super) fn parse_event(
     value: Value,
     fresh: impl FnOnce() -> EventId,
     now: DateTime<Utc>,
@@ -254,21 +289,15 @@ pub struct Accepted {
     pub queue_requests: usize,
 }
 
-/// Accepts `tenant`'s request body whole or not at all: every event valid,
-/// and all of them on the queue, before it says so. `key` is the request's
-/// `Idempotency-Key` header, if it has one.
+/// Accepts `tenant`'s submission whole or not at all: every event valid,
+/// and all of them on the queue, before it says so.
 pub async fn accept(
     queue: &dyn EventSink,
     tenant: &TenantId,
-    body: &[u8],
-    key: Option<&[u8]>,
+    submission: &Submission<'_>,
     now: DateTime<Utc>,
 ) -> Result<Accepted, AcceptError> {
-    let key = key
-        .map(|k| IdempotencyKey::try_from(String::from_utf8_lossy(k).into_owned()))
-        .transpose()
-        .map_err(|e| IngestError::IdempotencyKey(e.0))?;
-    let events = parse_events(body, key.as_ref(), now)?;
+    let events = parse_submission(submission, now)?;
     let bodies = pack(tenant, &events);
     let queue_requests = queue.send(&bodies).await?;
     Ok(Accepted {
@@ -373,7 +402,16 @@ mod tests {
     }
 
     fn parse(body: Value) -> Result<Vec<UsageEvent>, IngestError> {
-        parse_events(body.to_string().as_bytes(), None, now())
+        parse_bytes(body.to_string().as_bytes())
+    }
+
+    fn parse_bytes(body: &[u8]) -> Result<Vec<UsageEvent>, IngestError> {
+        let submission = Submission {
+            body,
+            content_type: Some("application/json"),
+            idempotency_key: None,
+        };
+        parse_submission(&submission, now())
     }
 
     fn problems(body: Value) -> Vec<(usize, String)> {
@@ -475,7 +513,7 @@ mod tests {
     #[test]
     fn rejects_bodies_of_the_wrong_shape() {
         assert!(matches!(
-            parse_events(b"{not json", None, now()),
+            parse_bytes(b"{not json"),
             Err(IngestError::Malformed(_))
         ));
         assert!(matches!(parse(json!([1, 2])), Err(IngestError::Shape(_))));
@@ -499,7 +537,7 @@ mod tests {
             Err(IngestError::Shape(_))
         ));
         assert_eq!(
-            parse_events(&vec![b' '; MAX_BODY_BYTES + 1], None, now()),
+            parse_bytes(&vec![b' '; MAX_BODY_BYTES + 1]),
             Err(IngestError::TooLarge)
         );
     }

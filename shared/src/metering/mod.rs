@@ -4,6 +4,7 @@
 //! [`crate::aws`].
 
 pub mod alerts;
+pub mod cloudevents;
 pub mod consumer;
 pub mod ingest;
 pub mod period;

@@ -118,14 +118,24 @@ impl EventId {
     /// of its own: the same on every retry of that request, so a retry is
     /// counted once (ids are unique per tenant, and so is the key).
     pub fn derived(key: &IdempotencyKey, index: usize) -> Self {
+        Self::digest("idem", key.as_str(), &index.to_string())
+    }
+
+    /// The id of a CloudEvent: its identity is (`source`, `id`).
+    pub fn from_cloudevent(source: &str, id: &str) -> Self {
+        Self::digest("ce", source, id)
+    }
+
+    /// `prefix_` + 32 hex digits of SHA-256 over the two parts.
+    fn digest(prefix: &str, first: &str, second: &str) -> Self {
         use sha2::{Digest, Sha256};
         let digest = Sha256::new()
-            .chain_update(key.as_str())
+            .chain_update(first)
             .chain_update([0])
-            .chain_update(index.to_string())
+            .chain_update(second)
             .finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        Self(format!("idem_{hex}"))
+        Self(format!("{prefix}_{hex}"))
     }
 }
 
