@@ -10,6 +10,11 @@
 //! for good. Holding requests here keeps its queues short. Latency measured
 //! through this door includes the wait, as it would behind Lambda's own
 //! throttling.
+//!
+//! Header values that are not UTF-8 are read as ISO-8859-1 (HTTP's own
+//! charset for such bytes) and passed on as UTF-8: a Lambda event is JSON,
+//! and cargo-lambda answers its own bare 500 to a value it cannot put in
+//! one, before any function runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +30,8 @@ pub const IN_FLIGHT: usize = 64;
 pub async fn serve(listener: tokio::net::TcpListener, upstream: &str) {
     let forwarder = Arc::new(Forwarder::new(upstream));
     let gates: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> = Arc::default();
-    proxy::serve(listener, move |request| {
+    proxy::serve(listener, move |mut request| {
+        latin1_to_utf8(request.headers_mut());
         let forwarder = forwarder.clone();
         let gate = function_of(request.uri().path()).map(|function| {
             gates
@@ -55,6 +61,18 @@ pub async fn serve(listener: tokio::net::TcpListener, upstream: &str) {
     .await;
 }
 
+/// Rewrites every header value that is not UTF-8 from ISO-8859-1 to UTF-8.
+fn latin1_to_utf8(headers: &mut hyper::HeaderMap) {
+    for value in headers.values_mut() {
+        if std::str::from_utf8(value.as_bytes()).is_err() {
+            let text: String = value.as_bytes().iter().map(|&b| char::from(b)).collect();
+            if let Ok(utf8) = hyper::header::HeaderValue::from_str(&text) {
+                *value = utf8;
+            }
+        }
+    }
+}
+
 /// The function a request is for: a function URL or an Invoke API call.
 fn function_of(path: &str) -> Option<&str> {
     let rest = path
@@ -66,6 +84,25 @@ fn function_of(path: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_that_are_not_utf8_are_read_as_latin1() {
+        let mut headers = hyper::HeaderMap::new();
+        let latin1 = hyper::header::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+        headers.insert("x-latin1", latin1);
+        headers.insert("x-ascii", hyper::header::HeaderValue::from_static("plain"));
+        latin1_to_utf8(&mut headers);
+        assert_eq!(
+            headers["x-latin1"].to_str().ok(),
+            None,
+            "non-ASCII is not to_str()"
+        );
+        assert_eq!(
+            std::str::from_utf8(headers["x-latin1"].as_bytes()),
+            Ok("café")
+        );
+        assert_eq!(headers["x-ascii"], "plain");
+    }
 
     #[test]
     fn requests_are_gated_by_the_function_they_are_for() {
