@@ -459,6 +459,30 @@ async fn events_flow_from_ingest_through_rollup_to_usage() {
     );
     assert_eq!(usage["series"]["resolution"], "minute");
 
+    // Any range, in hours, per feature.
+    let range = format!(
+        "?from={}&to={}&resolution=hour&group_by=feature",
+        (Utc::now() - TimeDelta::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        (Utc::now() + TimeDelta::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    let (status, grouped) = usage_of(&f, &id, &key, &range).await;
+    assert_eq!(status, StatusCode::OK, "{grouped}");
+    let by_feature: Vec<(String, u64)> = grouped["series"]["byFeature"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["feature"].as_str().unwrap().to_owned(),
+                g["tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_feature,
+        [("chat".to_owned(), 150), ("search".to_owned(), 25)]
+    );
+
     // The admin token reads it too; the period follows billing day 1.
     let (status, by_admin) = usage_of(&f, &id, &f.admin, "?window=period").await;
     assert_eq!(status, StatusCode::OK);

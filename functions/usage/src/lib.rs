@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 use shared::auth::{require_admin, require_admin_or_own};
 use shared::aws::SdkConfig;
@@ -40,7 +40,9 @@ use shared::metering::tenants::{
     self, CachedKeys, NewTenant, Tenant, TenantPatch, TenantStore, register,
 };
 use shared::metering::types::TenantId;
-use shared::metering::usage::{Resolution, UsageReader, UsageWindow, period_totals, report};
+use shared::metering::usage::{
+    Resolution, UsageQuery, UsageReader, UsageSpan, UsageWindow, period_totals, report,
+};
 use shared::secrets::{CachedSecret, SecretSource};
 
 pub const FUNCTION: &str = "usage";
@@ -331,7 +333,8 @@ async fn rotate_key(
     ))
 }
 
-/// `GET /usage/{tenant}?window=1h|24h|7d|period&resolution=minute|hour|day`.
+/// `GET /usage/{tenant}?window=1h|24h|7d|period` (or `from` and `to`)
+/// `&resolution=minute|hour|day&group_by=feature`.
 async fn usage(
     State(app): State<App>,
     headers: HeaderMap,
@@ -348,25 +351,8 @@ async fn usage(
     )
     .await?;
 
-    let window = match query.get("window") {
-        None => UsageWindow::Day,
-        Some(w) => {
-            UsageWindow::parse(w).map_err(|e| ApiError::bad_request("invalid_window", e.0))?
-        }
-    };
-    let resolution = query
-        .get("resolution")
-        .map(|r| Resolution::parse(r))
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_resolution", e.0))?;
-    let report = report(
-        app.usage.as_ref(),
-        &tenant,
-        window,
-        resolution,
-        app.clock.now(),
-    )
-    .await?;
+    let query = usage_query(&query, app.clock.now())?;
+    let report = report(app.usage.as_ref(), &tenant, query, app.clock.now()).await?;
     let (period, totals) = (&report.period, &report.totals);
 
     Ok(Json(json!({
@@ -383,11 +369,71 @@ async fn usage(
             json!({"feature": feature, "tokens": tokens, "events": events})
         }).collect::<Vec<_>>(),
         "series": {
-            "window": report.window,
+            "window": match report.span {
+                UsageSpan::Window(window) => json!(window),
+                UsageSpan::Range { .. } => Value::Null,
+            },
+            "from": report.from,
+            "to": report.to,
             "resolution": report.resolution,
             "points": report.series,
+            "byFeature": report.by_feature,
         },
     })))
+}
+
+/// The query of `GET /usage/{tenant}`: `window` (default 24h) or
+/// `from` and `to`, `resolution`, `group_by=feature`.
+fn usage_query(
+    query: &HashMap<String, String>,
+    now: DateTime<Utc>,
+) -> Result<UsageQuery, ApiError> {
+    let time = |name: &str| {
+        query
+            .get(name)
+            .map(|t| DateTime::parse_from_rfc3339(t).map(|t| t.to_utc()))
+            .transpose()
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_range",
+                    format!("{name} must be RFC 3339, e.g. 2026-11-22T10:00:00Z"),
+                )
+            })
+    };
+    let span = match (query.get("window"), time("from")?, time("to")?) {
+        (None, None, None) => UsageSpan::Window(UsageWindow::Day),
+        (Some(w), None, None) => UsageSpan::Window(
+            UsageWindow::parse(w).map_err(|e| ApiError::bad_request("invalid_window", e.0))?,
+        ),
+        (None, Some(from), Some(to)) => UsageSpan::range(from, to, now)
+            .map_err(|e| ApiError::bad_request("invalid_range", e.0))?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_range",
+                "give either window, or both from and to",
+            ));
+        }
+    };
+    let resolution = query
+        .get("resolution")
+        .map(|r| Resolution::parse(r))
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_resolution", e.0))?;
+    let by_feature = match query.get("group_by").map(String::as_str) {
+        None => false,
+        Some("feature") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_group_by",
+                "group_by must be feature",
+            ));
+        }
+    };
+    Ok(UsageQuery {
+        span,
+        resolution,
+        by_feature,
+    })
 }
 
 /// `GET /admin/usage`: every tenant's usage this period, by name.

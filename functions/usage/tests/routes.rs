@@ -369,6 +369,57 @@ async fn a_tenant_reads_its_own_usage_and_no_one_elses() {
     assert_eq!(admin.status, StatusCode::OK);
 }
 
+/// Any range (`from`, `to`) at a chosen resolution, in all and per feature.
+#[tokio::test]
+async fn usage_over_a_range_grouped_by_feature() {
+    let app = usage();
+    let (id, key) = create(&app, acme()).await;
+    let now = shared::clock::Clock::now(app.clock.as_ref());
+    let earlier = now - TimeDelta::hours(3);
+    counted(
+        &app,
+        &id,
+        &[("a", 200, earlier), ("b", 50, now - TimeDelta::minutes(5))],
+    )
+    .await;
+    let (from, to) = (
+        (now - TimeDelta::hours(4)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    let path = format!("/usage/{id}?from={from}&to={to}&resolution=hour&group_by=feature");
+    let answer = send(&app, request("GET", &path, Some(&key), None)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let series = &answer.json()["series"];
+    assert_eq!(series["window"], Value::Null);
+    assert_eq!(series["resolution"], "hour");
+    let points = series["points"].as_array().unwrap();
+    assert!((4..=5).contains(&points.len()), "{points:?}");
+    let groups = series["byFeature"].as_array().unwrap();
+    assert_eq!(
+        groups.len(),
+        1,
+        "both events are of one feature: {groups:?}"
+    );
+    assert_eq!(groups[0]["tokens"], 250);
+    let sum = |points: &Value| -> u64 {
+        points
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["tokens"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum(&groups[0]["points"]), 250);
+    assert_eq!(sum(&series["points"]), 250);
+
+    let plain = send(
+        &app,
+        request("GET", &format!("/usage/{id}"), Some(&key), None),
+    )
+    .await;
+    assert_eq!(plain.json()["series"]["byFeature"], Value::Null);
+}
+
 #[tokio::test]
 async fn bad_usage_queries_are_400s() {
     let app = usage();
@@ -377,6 +428,21 @@ async fn bad_usage_queries_are_400s() {
         ("window=2h", "invalid_window"),
         ("resolution=second", "invalid_resolution"),
         ("window=7d&resolution=minute", "invalid_resolution"),
+        ("from=2026-11-22T10:00:00Z", "invalid_range"),
+        (
+            "window=1h&from=2026-11-22T10:00:00Z&to=2026-11-22T11:00:00Z",
+            "invalid_range",
+        ),
+        ("from=yesterday&to=2026-11-22T11:00:00Z", "invalid_range"),
+        (
+            "from=2026-11-22T11:00:00Z&to=2026-11-22T10:00:00Z",
+            "invalid_range",
+        ),
+        (
+            "from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z",
+            "invalid_range",
+        ),
+        ("group_by=tenant", "invalid_group_by"),
     ] {
         let answer = send(
             &app,

@@ -13,7 +13,7 @@ use super::{failed, failed_condition, n, query_all, s};
 use crate::backoff::jittered;
 use crate::metering::rollup::{Chunk, Commit, Counter, Ledger};
 use crate::metering::types::TenantId;
-use crate::metering::usage::{MinuteUsage, PeriodUsage, UsageReader};
+use crate::metering::usage::{MINUTE_RETENTION, MinuteUsage, PeriodUsage, UsageReader};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
@@ -21,8 +21,6 @@ const STORE: &str = "usage table";
 
 /// Dedup records outlive the 35 days an event may be back-dated, with margin.
 const DEDUP_RETENTION: TimeDelta = TimeDelta::days(40);
-/// Minute rollups serve windows up to one billing period.
-const MINUTE_RETENTION: TimeDelta = TimeDelta::days(62);
 /// Transactions cancelled by a concurrent writer (another rollup instance on
 /// the same counter) are retried this often before the batch fails.
 const CONFLICT_RETRIES: u32 = 5;

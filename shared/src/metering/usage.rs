@@ -132,20 +132,76 @@ impl Resolution {
 /// 10,080, so long windows need a coarser resolution.
 pub const MAX_POINTS: i64 = 1440;
 
-/// The `[from, to)` range a window covers at `now`, aligned to `resolution`.
+/// How long per-minute usage is kept (the rollup's TTL on it; windows up
+/// to a billing period need it): a range cannot start earlier than this
+/// before now.
+pub const MINUTE_RETENTION: TimeDelta = TimeDelta::days(62);
+
+/// What a usage series covers: a window ending now, or any `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSpan {
+    Window(UsageWindow),
+    Range {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+}
+
+impl UsageSpan {
+    /// A `[from, to)` range, checked: `from` before `to`, and not before
+    /// the oldest per-minute usage kept at `now`.
+    pub fn range(
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, Invalid> {
+        if from >= to {
+            return Err(Invalid("from must be before to".to_owned()));
+        }
+        if from < now - MINUTE_RETENTION {
+            return Err(Invalid(format!(
+                "from may be at most {} days ago: per-minute usage is kept that long",
+                MINUTE_RETENTION.num_days()
+            )));
+        }
+        Ok(Self::Range { from, to })
+    }
+
+    /// The resolution used when none is asked for.
+    pub fn default_resolution(self) -> Resolution {
+        match self {
+            Self::Window(window) => window.default_resolution(),
+            Self::Range { from, to } if to - from <= TimeDelta::hours(6) => Resolution::Minute,
+            Self::Range { from, to } if to - from <= TimeDelta::days(14) => Resolution::Hour,
+            Self::Range { .. } => Resolution::Day,
+        }
+    }
+}
+
+/// The `[from, to)` range a span covers at `now`, aligned to `resolution`.
 pub fn range(
-    window: UsageWindow,
+    span: UsageSpan,
     resolution: Resolution,
     now: DateTime<Utc>,
     period: &BillingPeriod,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), Invalid> {
     let step = resolution.step();
-    let to = now.duration_trunc(step).unwrap_or(now) + step;
-    let from = match window {
-        UsageWindow::Hour => to - TimeDelta::hours(1),
-        UsageWindow::Day => to - TimeDelta::hours(24),
-        UsageWindow::Week => to - TimeDelta::days(7),
-        UsageWindow::Period => period.start,
+    let align = |t: DateTime<Utc>| t.duration_trunc(step).unwrap_or(t);
+    let (from, to) = match span {
+        UsageSpan::Range { from, to } => {
+            let end = align(to);
+            (align(from), if end < to { end + step } else { end })
+        }
+        UsageSpan::Window(window) => {
+            let to = align(now) + step;
+            let from = match window {
+                UsageWindow::Hour => to - TimeDelta::hours(1),
+                UsageWindow::Day => to - TimeDelta::hours(24),
+                UsageWindow::Week => to - TimeDelta::days(7),
+                UsageWindow::Period => period.start,
+            };
+            (from, to)
+        }
     };
     if (to - from).num_seconds() / step.num_seconds() > MAX_POINTS {
         return Err(Invalid(format!(
@@ -188,17 +244,50 @@ pub fn series(
         .collect()
 }
 
+/// One feature's series.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeatureSeries {
+    pub feature: String,
+    pub tokens: u64,
+    pub points: Vec<UsagePoint>,
+}
+
+/// [`series`] per feature (by name), each over the whole range.
+pub fn series_by_feature(
+    minutes: &[MinuteUsage],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    resolution: Resolution,
+) -> Vec<FeatureSeries> {
+    let mut by_feature: BTreeMap<&str, Vec<MinuteUsage>> = BTreeMap::new();
+    for m in minutes.iter().filter(|m| m.minute >= from && m.minute < to) {
+        by_feature.entry(&m.feature).or_default().push(m.clone());
+    }
+    by_feature
+        .into_iter()
+        .map(|(feature, minutes)| FeatureSeries {
+            feature: feature.to_owned(),
+            tokens: minutes.iter().map(|m| m.tokens).sum(),
+            points: series(&minutes, from, to, resolution),
+        })
+        .collect()
+}
+
 /// What `GET /usage/{tenant}` shows: this period's totals (by feature) and
-/// a series over a window.
+/// a series over a span, in all and (when asked) per feature.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageReport {
     /// The tenant's monthly quota.
     pub quota: u64,
     pub period: BillingPeriod,
     pub totals: PeriodUsage,
-    pub window: UsageWindow,
+    pub span: UsageSpan,
+    /// The aligned range the series covers.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
     pub resolution: Resolution,
     pub series: Vec<UsagePoint>,
+    pub by_feature: Option<Vec<FeatureSeries>>,
 }
 
 impl UsageReport {
@@ -221,18 +310,29 @@ pub enum ReportError {
     Store(#[from] StoreError),
 }
 
-/// `tenant`'s usage report at `now` (the resolution defaults to the
-/// window's own).
+/// What a usage report is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub span: UsageSpan,
+    /// The size of each point (defaults to the span's own).
+    pub resolution: Option<Resolution>,
+    /// A series per feature besides the total one.
+    pub by_feature: bool,
+}
+
+/// `tenant`'s usage report at `now`.
 pub async fn report(
     reader: &dyn UsageReader,
     tenant: &Tenant,
-    window: UsageWindow,
-    resolution: Option<Resolution>,
+    query: UsageQuery,
     now: DateTime<Utc>,
 ) -> Result<UsageReport, ReportError> {
-    let resolution = resolution.unwrap_or_else(|| window.default_resolution());
+    let resolution = query
+        .resolution
+        .unwrap_or_else(|| query.span.default_resolution());
     let period = BillingPeriod::containing(now, tenant.billing_day);
-    let (from, to) = range(window, resolution, now, &period).map_err(ReportError::TooManyPoints)?;
+    let (from, to) =
+        range(query.span, resolution, now, &period).map_err(ReportError::TooManyPoints)?;
     let period_key = period.key();
     let (totals, minutes) = tokio::try_join!(
         reader.period_usage(&tenant.id, &period_key),
@@ -242,9 +342,14 @@ pub async fn report(
         quota: tenant.monthly_quota,
         period,
         totals,
-        window,
+        span: query.span,
+        from,
+        to,
         resolution,
         series: series(&minutes, from, to, resolution),
+        by_feature: query
+            .by_feature
+            .then(|| series_by_feature(&minutes, from, to, resolution)),
     })
 }
 
@@ -344,7 +449,7 @@ mod tests {
     #[test]
     fn hour_window_at_minute_resolution_has_60_points_ending_now() {
         let (from, to) = range(
-            UsageWindow::Hour,
+            UsageSpan::Window(UsageWindow::Hour),
             Resolution::Minute,
             at("2026-11-22T10:30:20Z"),
             &period(),
@@ -360,7 +465,7 @@ mod tests {
     #[test]
     fn period_window_starts_at_the_period_start() {
         let (from, to) = range(
-            UsageWindow::Period,
+            UsageSpan::Window(UsageWindow::Period),
             Resolution::Day,
             at("2026-11-22T10:30:00Z"),
             &period(),
@@ -377,7 +482,7 @@ mod tests {
     fn too_many_points_is_an_error() {
         assert!(
             range(
-                UsageWindow::Week,
+                UsageSpan::Window(UsageWindow::Week),
                 Resolution::Minute,
                 at("2026-11-22T10:30:00Z"),
                 &period()
@@ -386,7 +491,7 @@ mod tests {
         );
         assert!(
             range(
-                UsageWindow::Day,
+                UsageSpan::Window(UsageWindow::Day),
                 Resolution::Minute,
                 at("2026-11-22T10:30:00Z"),
                 &period()
@@ -412,6 +517,50 @@ mod tests {
         let tokens: Vec<u64> = points.iter().map(|p| p.tokens).collect();
         assert_eq!(tokens, [15, 0, 1]);
         assert_eq!(points[0].ts, at("2026-11-22T09:00:00Z"));
+    }
+
+    #[test]
+    fn a_range_is_aligned_outward_and_checked() {
+        let now = at("2026-11-22T10:30:00Z");
+        let span =
+            UsageSpan::range(at("2026-11-22T09:10:00Z"), at("2026-11-22T10:05:00Z"), now).unwrap();
+        assert_eq!(span.default_resolution(), Resolution::Minute);
+        assert_eq!(
+            range(span, Resolution::Hour, now, &period()).unwrap(),
+            (at("2026-11-22T09:00:00Z"), at("2026-11-22T11:00:00Z"))
+        );
+        let backwards =
+            UsageSpan::range(at("2026-11-22T10:00:00Z"), at("2026-11-22T09:00:00Z"), now);
+        assert_eq!(backwards.unwrap_err().0, "from must be before to");
+        let too_old = UsageSpan::range(at("2026-09-01T00:00:00Z"), now, now);
+        assert!(too_old.unwrap_err().0.contains("62 days"));
+        let long = UsageSpan::range(at("2026-10-01T00:00:00Z"), now, now).unwrap();
+        assert_eq!(long.default_resolution(), Resolution::Day);
+    }
+
+    #[test]
+    fn series_by_feature_splits_the_total() {
+        let minutes = [
+            minute("2026-11-22T09:05:00Z", "chat", 10),
+            minute("2026-11-22T09:59:00Z", "search", 5),
+            minute("2026-11-22T11:00:00Z", "chat", 1),
+        ];
+        let (from, to) = (at("2026-11-22T09:00:00Z"), at("2026-11-22T12:00:00Z"));
+        let groups = series_by_feature(&minutes, from, to, Resolution::Hour);
+        let shape: Vec<(&str, u64, Vec<u64>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.feature.as_str(),
+                    g.tokens,
+                    g.points.iter().map(|p| p.tokens).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [("chat", 11, vec![10, 0, 1]), ("search", 5, vec![5, 0, 0])]
+        );
     }
 
     #[test]
