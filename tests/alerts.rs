@@ -24,14 +24,20 @@ fn quick_policy() -> RetryPolicy {
     }
 }
 
-/// A tenant with `quota` whose one webhook is a fresh receiver.
-async fn watched_tenant(f: &Fixture, quota: u64, fail_first: usize) -> (WebhookReceiver, String) {
+/// A tenant with `quota` whose one webhook is a fresh receiver: the
+/// receiver, the tenant's API key and its id.
+async fn watched_tenant(
+    f: &Fixture,
+    quota: u64,
+    fail_first: usize,
+) -> (WebhookReceiver, String, String) {
     let (receiver, url) = WebhookReceiver::start(fail_first).await;
     let body = json!({"name": "Acme", "monthly_quota": quota, "billing_day": 1, "tier": "pro", "webhooks": [url]});
     let (status, created) = f.as_admin("POST", "/admin/tenants", Some(&body)).await;
     assert_eq!(status, StatusCode::CREATED);
     receiver.set_secret(created["signing_secret"].as_str().unwrap());
-    (receiver, created["api_key"].as_str().unwrap().to_owned())
+    let text = |field: &str| created[field].as_str().unwrap().to_owned();
+    (receiver, text("api_key"), text("id"))
 }
 
 async fn use_tokens(f: &Fixture, key: &str, id: &str, tokens: u64) {
@@ -50,7 +56,7 @@ async fn use_tokens(f: &Fixture, key: &str, id: &str, tokens: u64) {
 #[tokio::test]
 async fn each_threshold_fires_once_with_a_valid_signature() {
     let f = fixture().await;
-    let (receiver, key) = watched_tenant(&f, 100, 0).await;
+    let (receiver, key, _) = watched_tenant(&f, 100, 0).await;
 
     use_tokens(&f, &key, "a", 79).await;
     assert!(
@@ -83,10 +89,37 @@ async fn each_threshold_fires_once_with_a_valid_signature() {
     assert_eq!(receiver.accepted().len(), 2, "nothing more this period");
 }
 
+/// A signing-secret rotation without a gap: while the old secret overlaps,
+/// every webhook carries both signatures, so a receiver still on the old
+/// secret and one already on the new accept it alike.
+#[tokio::test]
+async fn after_a_signing_secret_rotation_both_secrets_verify() {
+    let f = fixture().await;
+    let (receiver, key, id) = watched_tenant(&f, 100, 0).await;
+    let (status, rotated) = f
+        .as_admin("POST", &format!("/admin/tenants/{id}/signing-secret"), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+
+    // The receiver still checks with the old secret.
+    use_tokens(&f, &key, "a", 80).await;
+    let first = receiver.accepted();
+    assert_eq!(first.len(), 1);
+    assert!(first[0].signature_valid, "the old secret verifies");
+    assert_eq!(first[0].signatures, 2);
+
+    // It switches to the new one.
+    receiver.set_secret(rotated["signing_secret"].as_str().unwrap());
+    use_tokens(&f, &key, "b", 20).await;
+    let second = &receiver.accepted()[1];
+    assert!(second.signature_valid, "the new secret verifies");
+    assert_eq!(second.signatures, 2);
+}
+
 #[tokio::test]
 async fn a_failing_webhook_is_retried_until_it_answers() {
     let f = fixture().await;
-    let (receiver, key) = watched_tenant(&f, 100, 2).await;
+    let (receiver, key, _) = watched_tenant(&f, 100, 2).await;
     use_tokens(&f, &key, "a", 90).await;
 
     let deliveries = receiver.deliveries();
@@ -102,7 +135,7 @@ async fn a_failing_webhook_is_retried_until_it_answers() {
 async fn an_alert_whose_retries_run_out_is_delivered_by_a_later_batch() {
     let f = fixture().await;
     // 1 attempt + 3 retries all fail.
-    let (receiver, key) = watched_tenant(&f, 100, 4).await;
+    let (receiver, key, _) = watched_tenant(&f, 100, 4).await;
     use_tokens(&f, &key, "a", 85).await;
     assert_eq!(receiver.deliveries().len(), 4);
     assert!(receiver.accepted().is_empty());

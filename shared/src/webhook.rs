@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::backoff::jittered;
-use crate::metering::alerts::{Alert, Notifier, WebhookError, sign};
+use crate::metering::alerts::{Alert, Notifier, WebhookError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -58,10 +58,7 @@ impl WebhookSender {
             .header("content-type", "application/json")
             .header("webhook-id", &alert.id)
             .header("webhook-timestamp", now.timestamp().to_string())
-            .header(
-                "webhook-signature",
-                sign(&alert.signing_secret, &alert.id, now, &alert.body),
-            )
+            .header("webhook-signature", alert.signature(now))
             .body(alert.body.clone())
             .send()
             .await

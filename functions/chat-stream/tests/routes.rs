@@ -395,6 +395,7 @@ fn chat_user(enabled: bool) -> Tenant {
         webhooks: Vec::new(),
         enabled,
         signing_secret: "whsec_test".into(),
+        previous_signing_secret: None,
         created_at: Utc::now(),
     }
 }

@@ -180,6 +180,10 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: Healt
         .route("/admin/tenants", post(create_tenant).get(list_tenants))
         .route("/admin/tenants/{id}", get(get_tenant).patch(patch_tenant))
         .route("/admin/tenants/{id}/keys", post(rotate_key))
+        .route(
+            "/admin/tenants/{id}/signing-secret",
+            post(rotate_signing_secret),
+        )
         .route("/usage/{tenant}", get(usage))
         .route("/admin/usage", get(all_usage))
         .route("/dashboard", get(dashboard::page))
@@ -329,6 +333,29 @@ async fn rotate_key(
             "tenant": id,
             "api_key": rotated.key.expose(),
             "previous_key_valid_until": rotated.previous_valid_until,
+        })),
+    ))
+}
+
+/// A new webhook signing secret (shown once); the old one keeps signing
+/// beside it for the same grace period as a rotated key.
+async fn rotate_signing_secret(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&headers, &app.admin_token).await?;
+    let id = tenant_id(id)?;
+    let tenant =
+        tenants::rotate_signing_secret(app.tenants.as_ref(), &id, app.key_grace, app.clock.now())
+            .await?
+            .ok_or_else(|| no_such_tenant(&id))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "tenant": id,
+            "signing_secret": tenant.signing_secret,
+            "previous_secret_valid_until": tenant.previous_signing_secret.map(|p| p.until),
         })),
     ))
 }

@@ -277,6 +277,37 @@ async fn an_unknown_tenant_is_a_404() {
 }
 
 #[tokio::test]
+async fn an_admin_rotates_the_signing_secret_and_the_old_one_overlaps() {
+    let app = usage();
+    let created = send(
+        &app,
+        request("POST", "/admin/tenants", Some(ADMIN), Some(acme())),
+    )
+    .await
+    .json();
+    let id = created["id"].as_str().unwrap();
+    let path = format!("/admin/tenants/{id}/signing-secret");
+    let rotated = send(&app, as_admin("POST", &path)).await;
+    assert_eq!(rotated.status, StatusCode::CREATED);
+    let body = rotated.json();
+    let secret = body["signing_secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"));
+    assert_ne!(secret, created["signing_secret"].as_str().unwrap());
+    let until: chrono::DateTime<Utc> =
+        serde_json::from_value(body["previous_secret_valid_until"].clone()).unwrap();
+    let now = shared::clock::Clock::now(app.clock.as_ref());
+    assert_eq!(until - now, TimeDelta::hours(24));
+
+    let unknown = format!("/admin/tenants/{}/signing-secret", TenantId::generate());
+    assert_eq!(
+        send(&app, as_admin("POST", &unknown)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let no_admin = send(&app, request("POST", &path, None, None)).await;
+    assert_eq!(no_admin.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
     let app = usage();
     let (id, old) = create(&app, acme()).await;

@@ -545,6 +545,9 @@ pub struct Delivery {
     pub id: String,
     /// The Standard Webhooks signature verified against the receiver's secret.
     pub signature_valid: bool,
+    /// How many signatures `webhook-signature` carried (two while a
+    /// rotated-out secret still signs).
+    pub signatures: usize,
     pub answered: StatusCode,
     pub body: Value,
 }
@@ -638,6 +641,10 @@ async fn receive_webhook(
             .unwrap_or_default()
             .to_owned(),
         signature_valid: signature_valid(&secret, &headers, &body),
+        signatures: headers
+            .get("webhook-signature")
+            .and_then(|v| v.to_str().ok())
+            .map_or(0, |v| v.split(' ').count()),
         answered,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     });

@@ -199,6 +199,10 @@ impl TenantStore for DynamoTenants {
         if let Some(v) = &patch.enabled {
             set("enabled", attribute(v)?);
         }
+        if let Some((secret, previous)) = &patch.signing {
+            set("signing_secret", attribute(secret)?);
+            set("previous_signing_secret", attribute(previous)?);
+        }
         if sets.is_empty() {
             return self.get(id).await;
         }

@@ -121,6 +121,7 @@ impl Users {
             webhooks: Vec::new(),
             enabled: true,
             signing_secret: signing_secret(),
+            previous_signing_secret: None,
             created_at: now,
         };
         // The key is never shown: chat users sign in with JWTs, and the

@@ -44,6 +44,10 @@ pub struct Alert {
     pub threshold: u8,
     pub body: String,
     pub signing_secret: String,
+    /// A rotated-out secret still in its overlap when the alert was raised:
+    /// every delivery carries its signature too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_signing_secret: Option<String>,
     /// Webhooks not yet told.
     pub pending: Vec<String>,
 }
@@ -88,12 +92,26 @@ impl Alert {
             threshold,
             body: body.to_string(),
             signing_secret: tenant.signing_secret.clone(),
+            previous_signing_secret: tenant.signing_secrets(Utc::now()).into_iter().nth(1),
             pending: tenant
                 .webhooks
                 .iter()
                 .map(|w| w.as_str().to_owned())
                 .collect(),
         }
+    }
+}
+
+impl Alert {
+    /// The `webhook-signature` of a delivery at `timestamp`: one signature
+    /// per secret, space-separated (Standard Webhooks), so a receiver that
+    /// knows either secret accepts it.
+    pub fn signature(&self, timestamp: DateTime<Utc>) -> String {
+        std::iter::once(&self.signing_secret)
+            .chain(&self.previous_signing_secret)
+            .map(|secret| sign(secret, &self.id, timestamp, &self.body))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -364,6 +382,35 @@ mod tests {
         );
         assert_eq!(body["percent"], 81.2);
         assert_eq!(body["tenant"], t.id.as_str());
+    }
+
+    #[test]
+    fn an_alert_raised_in_a_rotation_overlap_carries_both_signatures() {
+        let mut t = tenant(100);
+        let period = BillingPeriod::containing(Utc::now(), BillingDay::try_from(1).unwrap());
+        let at = Utc::now();
+        let single = Alert::new(&t, &period, 80, 81);
+        assert_eq!(single.signature(at).split(' ').count(), 1);
+        let old = t.signing_secret.clone();
+        t.signing_secret = crate::metering::tenants::signing_secret();
+        t.previous_signing_secret = Some(crate::metering::tenants::RetiringSecret {
+            secret: old.clone(),
+            until: at + TimeDelta::hours(1),
+        });
+        let alert = Alert::new(&t, &period, 80, 81);
+        let signatures: Vec<String> = alert.signature(at).split(' ').map(str::to_owned).collect();
+        assert_eq!(
+            signatures,
+            [
+                sign(&t.signing_secret, &alert.id, at, &alert.body),
+                sign(&old, &alert.id, at, &alert.body)
+            ]
+        );
+        t.previous_signing_secret.as_mut().unwrap().until = at - TimeDelta::seconds(1);
+        assert_eq!(
+            Alert::new(&t, &period, 80, 81).previous_signing_secret,
+            None
+        );
     }
 
     #[test]

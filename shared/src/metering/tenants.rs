@@ -84,7 +84,33 @@ pub struct Tenant {
     pub enabled: bool,
     /// Standard Webhooks signing secret (`whsec_` + base64).
     pub signing_secret: String,
+    /// The secret a rotation replaced: webhooks are signed with both until
+    /// it retires, so receivers can switch without a gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_signing_secret: Option<RetiringSecret>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A signing secret still in use until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiringSecret {
+    pub secret: String,
+    pub until: DateTime<Utc>,
+}
+
+impl Tenant {
+    /// The secrets webhooks are signed with at `now`: the current one, and
+    /// the previous one while it has not retired.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<String> {
+        let previous = self
+            .previous_signing_secret
+            .as_ref()
+            .filter(|p| p.until > now)
+            .map(|p| p.secret.clone());
+        std::iter::once(self.signing_secret.clone())
+            .chain(previous)
+            .collect()
+    }
 }
 
 /// `POST /admin/tenants`.
@@ -109,6 +135,9 @@ pub struct TenantPatch {
     pub tier: Option<Tier>,
     pub webhooks: Option<Vec<WebhookUrl>>,
     pub enabled: Option<bool>,
+    /// Set by [`rotate_signing_secret`], never by a client's PATCH.
+    #[serde(skip)]
+    pub signing: Option<(String, RetiringSecret)>,
 }
 
 fn check_name(name: &str) -> Result<(), Invalid> {
@@ -150,6 +179,7 @@ impl NewTenant {
             webhooks: self.webhooks,
             enabled: true,
             signing_secret: signing_secret(),
+            previous_signing_secret: None,
             created_at: now,
         })
     }
@@ -187,6 +217,10 @@ impl TenantPatch {
         }
         if let Some(enabled) = self.enabled {
             tenant.enabled = enabled;
+        }
+        if let Some((secret, previous)) = self.signing {
+            tenant.signing_secret = secret;
+            tenant.previous_signing_secret = Some(previous);
         }
     }
 }
@@ -337,6 +371,33 @@ pub async fn rotate_key(
     }))
 }
 
+/// Gives tenant `id` a new webhook signing secret; the current one keeps
+/// signing too (a second signature on every webhook) for `overlap`.
+/// The updated tenant, or `None` if there is no such tenant.
+pub async fn rotate_signing_secret(
+    store: &dyn TenantStore,
+    id: &TenantId,
+    overlap: chrono::TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<Option<Tenant>, StoreError> {
+    let Some(tenant) = store.get(id).await? else {
+        return Ok(None);
+    };
+    let previous = RetiringSecret {
+        secret: tenant.signing_secret,
+        until: now + overlap,
+    };
+    let patch = TenantPatch {
+        signing: Some((signing_secret(), previous)),
+        ..TenantPatch::default()
+    };
+    let rotated = store.update(id, &patch).await?;
+    if rotated.is_some() {
+        tracing::info!(tenant = %id, "signing secret rotated");
+    }
+    Ok(rotated)
+}
+
 /// Tenants by API key, remembered per warm instance for `ttl`: ingest then
 /// costs no table read per request, and a disabled tenant or an expired key
 /// is refused within `ttl`. Unknown keys are remembered too, so a flood of
@@ -483,6 +544,40 @@ impl TenantStore for MemoryTenants {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_rotated_signing_secret_signs_beside_the_new_one_for_the_overlap() {
+        let store = MemoryTenants::default();
+        let new: NewTenant = serde_json::from_value(serde_json::json!(
+            {"name": "Acme", "monthly_quota": 100, "billing_day": 1, "tier": "free"}
+        ))
+        .unwrap();
+        let now = Utc::now();
+        let tenant = new.into_tenant(now).unwrap();
+        register(&store, &tenant).await.unwrap();
+        let overlap = chrono::TimeDelta::hours(24);
+        let rotated = rotate_signing_secret(&store, &tenant.id, overlap, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(rotated.signing_secret, tenant.signing_secret);
+        assert_eq!(
+            rotated.signing_secrets(now),
+            [
+                rotated.signing_secret.clone(),
+                tenant.signing_secret.clone()
+            ]
+        );
+        assert_eq!(rotated.signing_secrets(now + overlap).len(), 1);
+        assert_eq!(store.get(&tenant.id).await.unwrap(), Some(rotated));
+        let unknown = TenantId::generate();
+        assert_eq!(
+            rotate_signing_secret(&store, &unknown, overlap, now)
+                .await
+                .unwrap(),
+            None
+        );
+    }
 
     #[test]
     fn webhook_urls_are_printable_ascii_with_a_real_host() {
