@@ -13,6 +13,7 @@ use shared::metering::rollup::{Chunk, Commit, Ledger, count};
 use shared::metering::types::{
     BillingDay, EventBatch, EventId, Feature, TenantId, Tokens, UsageEvent,
 };
+use shared::metering::usage::UsageReader;
 use shared::store::StoreError;
 use support::metering::{drain, fixture, post_events, pump, tenant, usage_of};
 use support::{call, request, send};
@@ -569,6 +570,55 @@ async fn cloudevents_count_once_per_source_and_id() {
     assert_eq!(
         (usage["totalTokens"].as_u64(), usage["events"].as_u64()),
         (Some(42), Some(2))
+    );
+}
+
+/// Deleting a tenant: its key stops, events it queued before are dropped
+/// by the rollup (not retried into the DLQ), and it is gone from the admin
+/// API; the usage it had counted stays in the usage table.
+#[tokio::test]
+async fn a_deleted_tenants_key_stops_and_its_queued_events_are_dropped() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let first = json!({"id": "before", "feature": "chat", "tokens": 10});
+    assert_eq!(post_events(&f, &key, &first).await.0, StatusCode::ACCEPTED);
+    drain(&pump(&f.stack).await).await;
+    let queued = json!({"id": "queued", "feature": "chat", "tokens": 5});
+    assert_eq!(post_events(&f, &key, &queued).await.0, StatusCode::ACCEPTED);
+
+    let path = format!("/admin/tenants/{id}");
+    assert_eq!(
+        f.as_admin("DELETE", &path, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    // A fresh ingest instance (no cached key) refuses the key at once.
+    let fresh = ingest::app(
+        &ingest::Config::from_env(f.stack.env("ingest")).unwrap(),
+        &support::aws_as("ingest").await,
+    );
+    let later = request("POST", "/events", Some(&key), Some(&queued));
+    assert_eq!(send(&fresh, later).await.0, StatusCode::UNAUTHORIZED);
+    // `drain` fails on any redelivery: the queued event is acknowledged.
+    drain(&pump(&f.stack).await).await;
+    assert_eq!(
+        f.as_admin("GET", &path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        usage_of(&f, &id, &f.admin, "").await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let ledger = DynamoLedger::new(
+        aws_sdk_dynamodb::Client::new(&support::aws().await),
+        &f.stack.env("rollup").required("USAGE_TABLE").unwrap(),
+    );
+    let tenant = TenantId::try_from(id).unwrap();
+    let period =
+        shared::metering::period::BillingPeriod::containing(Utc::now(), 1.try_into().unwrap());
+    assert_eq!(
+        ledger.period_total(&tenant, &period.key()).await.unwrap(),
+        10
     );
 }
 

@@ -114,6 +114,7 @@ pub async fn handle(
             MetricUnit::Count,
             outcome.items_written as f64,
         )
+        .value("EventsDropped", MetricUnit::Count, outcome.dropped as f64)
         .emit();
     let mut response = SqsBatchResponse::default();
     for id in outcome.failed {

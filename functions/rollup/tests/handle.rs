@@ -165,6 +165,28 @@ async fn an_unknown_tenants_messages_are_retried_not_dropped() {
     assert_eq!(failed(&response), ["m1"]);
 }
 
+/// Events a deleted tenant sent before its keys stopped are acknowledged
+/// and not counted: retrying them could never succeed.
+#[tokio::test]
+async fn a_deleted_tenants_queued_events_are_dropped_not_retried() {
+    let rollup = rollup();
+    let acme = tenant(&rollup, 100).await;
+    let now = Utc::now();
+    assert!(
+        shared::metering::tenants::delete_tenant(rollup.tenants.as_ref(), &acme.id, now)
+            .await
+            .unwrap()
+    );
+    let response = handle(
+        &rollup.consumer,
+        delivery(vec![message("m1", &pack(&acme.id, &events("d", 3, 5))[0])]),
+    )
+    .await
+    .unwrap();
+    assert!(failed(&response).is_empty());
+    assert_eq!(period_total(&rollup, &acme.id).await, 0);
+}
+
 #[tokio::test]
 async fn a_failing_ledger_fails_the_messages_it_could_not_count() {
     let rollup = rollup();

@@ -178,7 +178,10 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: Healt
     };
     let routes = Router::new()
         .route("/admin/tenants", post(create_tenant).get(list_tenants))
-        .route("/admin/tenants/{id}", get(get_tenant).patch(patch_tenant))
+        .route(
+            "/admin/tenants/{id}",
+            get(get_tenant).patch(patch_tenant).delete(delete_tenant),
+        )
         .route("/admin/tenants/{id}/keys", post(rotate_key))
         .route(
             "/admin/tenants/{id}/signing-secret",
@@ -315,6 +318,21 @@ async fn patch_tenant(
     tenant
         .map(|t| Json(view(&t)))
         .ok_or_else(|| no_such_tenant(&id))
+}
+
+/// `DELETE /admin/tenants/{id}`: 204, or 404 if there is no such tenant.
+async fn delete_tenant(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&headers, &app.admin_token).await?;
+    let id = tenant_id(id)?;
+    if tenants::delete_tenant(app.tenants.as_ref(), &id, app.clock.now()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_such_tenant(&id))
+    }
 }
 
 async fn rotate_key(

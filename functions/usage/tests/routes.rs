@@ -308,6 +308,37 @@ async fn an_admin_rotates_the_signing_secret_and_the_old_one_overlaps() {
 }
 
 #[tokio::test]
+async fn a_deleted_tenant_is_gone_and_its_key_stops() {
+    let app = usage();
+    let (id, key) = create(&app, acme()).await;
+    let path = format!("/admin/tenants/{id}");
+    assert_eq!(
+        send(&app, request("DELETE", &path, None, None))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&app, as_admin("DELETE", &path)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(&app, as_admin("GET", &path)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(&app, as_admin("DELETE", &path)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let own = send(
+        &app,
+        request("GET", &format!("/usage/{id}"), Some(&key), None),
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
     let app = usage();
     let (id, old) = create(&app, acme()).await;

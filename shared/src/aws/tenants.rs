@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,8 @@ struct KeyItem {
 
 const PROFILE: &str = "PROFILE";
 const KEY: &str = "KEY";
+/// A deleted tenant's tombstone.
+const DELETED: &str = "DELETED";
 
 fn tenant_pk(id: &TenantId) -> String {
     format!("TENANT#{id}")
@@ -285,6 +287,64 @@ impl TenantStore for DynamoTenants {
             .await
             .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
         Ok(Some(()))
+    }
+
+    /// One transaction: the profile and the current key go, a tombstone
+    /// (`sk = DELETED`, with a TTL) comes. Keys still in a rotation's grace
+    /// find no profile, so they stop too.
+    async fn delete(
+        &self,
+        id: &TenantId,
+        now: DateTime<Utc>,
+        remember_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let Some(item) = self.get_item(tenant_pk(id), PROFILE, true).await? else {
+            return Ok(false);
+        };
+        let profile: ProfileItem = from_item(STORE, item)?;
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::corrupt(STORE, e);
+        let profile_gone = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(tenant_pk(id), PROFILE)))
+            .condition_expression("key_hash = :key")
+            .expression_attribute_values(":key", s(&profile.key_hash))
+            .build()
+            .map_err(build)?;
+        let key_gone = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("KEY#{}", profile.key_hash), KEY)))
+            .build()
+            .map_err(build)?;
+        let tombstone = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(HashMap::from([
+                ("pk".to_owned(), s(tenant_pk(id))),
+                ("sk".to_owned(), s(DELETED)),
+                ("deleted_at".to_owned(), s(now.to_rfc3339())),
+                (
+                    "expires_at".to_owned(),
+                    AttributeValue::N(remember_until.timestamp().to_string()),
+                ),
+            ])))
+            .build()
+            .map_err(build)?;
+        // A concurrent rotation or deletion cancels it: a 503 to retry.
+        self.client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(profile_gone).build())
+            .transact_items(TransactWriteItem::builder().delete(key_gone).build())
+            .transact_items(TransactWriteItem::builder().put(tombstone).build())
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
+        Ok(true)
+    }
+
+    async fn was_deleted(&self, id: &TenantId) -> Result<bool, StoreError> {
+        Ok(self
+            .get_item(tenant_pk(id), DELETED, false)
+            .await?
+            .is_some())
     }
 }
 

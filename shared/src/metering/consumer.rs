@@ -39,6 +39,8 @@ pub struct BatchOutcome {
     pub duplicates: u64,
     /// Items written by committed transactions (each costs 2 write units).
     pub items_written: u64,
+    /// Events of deleted tenants: acknowledged and not counted.
+    pub dropped: u64,
 }
 
 /// Why one tenant's events were not counted.
@@ -46,6 +48,9 @@ pub struct BatchOutcome {
 enum CountError {
     #[error("tenant {0} does not exist")]
     UnknownTenant(TenantId),
+    /// Its events are dropped (acknowledged, never counted).
+    #[error("tenant {0} was deleted")]
+    Deleted(TenantId),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -118,12 +123,17 @@ impl Consumer {
             },
         ) in work
         {
+            let received = events.len() as u64;
             match self.count_tenant(&tenant_id, events).await {
                 Ok(outcome) => {
                     delivery.counted += outcome.events;
                     delivery.duplicates += outcome.duplicates;
                     delivery.items_written += outcome.items_written;
                     touched.push((outcome.tenant, outcome.periods, message_ids));
+                }
+                Err(CountError::Deleted(_)) => {
+                    tracing::warn!(tenant = %tenant_id, events = received, "events of a deleted tenant dropped");
+                    delivery.dropped += received;
                 }
                 Err(error) => {
                     tracing::error!(tenant = %tenant_id, ?message_ids, %error, "events not counted; their messages will be retried");
@@ -149,11 +159,13 @@ impl Consumer {
         tenant_id: &TenantId,
         events: Vec<UsageEvent>,
     ) -> Result<TenantOutcome, CountError> {
-        let tenant = self
-            .tenants
-            .get(tenant_id)
-            .await?
-            .ok_or_else(|| CountError::UnknownTenant(tenant_id.clone()))?;
+        let Some(tenant) = self.tenants.get(tenant_id).await? else {
+            return Err(if self.tenants.was_deleted(tenant_id).await? {
+                CountError::Deleted(tenant_id.clone())
+            } else {
+                CountError::UnknownTenant(tenant_id.clone())
+            });
+        };
         let received = events.len();
         let events = unique_by_id(events);
         let repeats = (received - events.len()) as u64;

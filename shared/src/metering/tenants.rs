@@ -331,7 +331,24 @@ pub trait TenantStore: Send + Sync {
         new: &KeyHash,
         grace_until: DateTime<Utc>,
     ) -> Result<Option<()>, StoreError>;
+
+    /// Deletes the tenant (every key of it stops working, as a key finds its
+    /// tenant by id) and leaves a tombstone until `remember_until`; `false`
+    /// if there is no such tenant.
+    async fn delete(
+        &self,
+        id: &TenantId,
+        now: DateTime<Utc>,
+        remember_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Whether `id` was deleted (its tombstone is still kept).
+    async fn was_deleted(&self, id: &TenantId) -> Result<bool, StoreError>;
 }
+
+/// How long a deleted tenant is remembered: events of it still in the queue
+/// (at most the queue's retention, 4 days) are dropped, not retried.
+pub const TOMBSTONE_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(14);
 
 /// Stores a new tenant with a fresh API key: the key is returned once
 /// (only its hash is stored).
@@ -398,6 +415,22 @@ pub async fn rotate_signing_secret(
     Ok(rotated)
 }
 
+/// Deletes tenant `id`: its keys stop working (within the key cache's TTL
+/// in warm instances), the rollup drops its events still queued, and its
+/// counted usage stays until the usage table's TTLs (docs/data-model.md).
+/// `false` if there is no such tenant.
+pub async fn delete_tenant(
+    store: &dyn TenantStore,
+    id: &TenantId,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let deleted = store.delete(id, now, now + TOMBSTONE_RETENTION).await?;
+    if deleted {
+        tracing::info!(tenant = %id, "tenant deleted");
+    }
+    Ok(deleted)
+}
+
 /// Tenants by API key, remembered per warm instance for `ttl`: ingest then
 /// costs no table read per request, and a disabled tenant or an expired key
 /// is refused within `ttl`. Unknown keys are remembered too, so a flood of
@@ -461,6 +494,7 @@ struct TenantData {
     tenants: Vec<Tenant>,
     /// Key hash → tenant and, once rotated out, when it stops working.
     keys: HashMap<KeyHash, (TenantId, Option<DateTime<Utc>>)>,
+    deleted: std::collections::HashSet<TenantId>,
 }
 
 impl MemoryTenants {
@@ -538,6 +572,27 @@ impl TenantStore for MemoryTenants {
         }
         data.keys.insert(new.clone(), (id.clone(), None));
         Ok(Some(()))
+    }
+
+    async fn delete(
+        &self,
+        id: &TenantId,
+        _now: DateTime<Utc>,
+        _remember_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut data = self.data()?;
+        let before = data.tenants.len();
+        data.tenants.retain(|t| &t.id != id);
+        if data.tenants.len() == before {
+            return Ok(false);
+        }
+        data.keys.retain(|_, (tenant, _)| tenant != id);
+        data.deleted.insert(id.clone());
+        Ok(true)
+    }
+
+    async fn was_deleted(&self, id: &TenantId) -> Result<bool, StoreError> {
+        Ok(self.data()?.deleted.contains(id))
     }
 }
 
