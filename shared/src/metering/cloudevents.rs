@@ -16,7 +16,7 @@
 
 use serde_json::{Map, Value};
 
-use super::ingest::{EventProblem, IngestError, parse_event};
+use super::ingest::{IngestError, parse_all, parse_event};
 use super::types::{EventId, UsageEvent};
 
 /// The content type of one event.
@@ -68,23 +68,7 @@ pub fn parse(
             )));
         }
     };
-    super::ingest::check_count(raw.len())?;
-    let mut events = Vec::with_capacity(raw.len());
-    let mut problems = Vec::new();
-    for (index, value) in raw.into_iter().enumerate() {
-        match event(value, now) {
-            Ok(event) => events.push(event),
-            Err(reasons) => problems.push(EventProblem {
-                index,
-                reason: reasons.join("; "),
-            }),
-        }
-    }
-    if problems.is_empty() {
-        Ok(events)
-    } else {
-        Err(IngestError::InvalidEvents(problems))
-    }
+    parse_all(raw, |_, value| event(value, now))
 }
 
 /// One CloudEvent as a usage event, or every reason it is not one.

@@ -105,13 +105,23 @@ fn parse_events(
             ));
         }
     };
-    check_count(raw.len())?;
+    parse_all(raw, |index, value| {
+        let fresh = || key.map_or_else(EventId::generate, |key| EventId::derived(key, index));
+        parse_event(value, fresh, now)
+    })
+}
 
+/// Parses each of a request's 1 to [`MAX_EVENTS`] raw events with `parse`
+/// (given its index): all of them, or every bad one by index and reason.
+pub(super) fn parse_all(
+    raw: Vec<Value>,
+    mut parse: impl FnMut(usize, Value) -> Result<UsageEvent, Vec<String>>,
+) -> Result<Vec<UsageEvent>, IngestError> {
+    check_count(raw.len())?;
     let mut events = Vec::with_capacity(raw.len());
     let mut problems = Vec::new();
     for (index, value) in raw.into_iter().enumerate() {
-        let fresh = || key.map_or_else(EventId::generate, |key| EventId::derived(key, index));
-        match parse_event(value, fresh, now) {
+        match parse(index, value) {
             Ok(event) => events.push(event),
             Err(reasons) => problems.push(EventProblem {
                 index,
@@ -127,7 +137,7 @@ fn parse_events(
 }
 
 /// A request carries 1 to [`MAX_EVENTS`] events.
-pub(super) fn check_count(events: usize) -> Result<(), IngestError> {
+fn check_count(events: usize) -> Result<(), IngestError> {
     if events == 0 {
         return Err(IngestError::Shape("no events: send 1 or more".to_owned()));
     }
