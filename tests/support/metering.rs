@@ -89,7 +89,7 @@ pub async fn usage_of(f: &Fixture, id: &str, token: &str, query: &str) -> (Statu
 
 /// The real rollup handler, in process.
 #[derive(Clone)]
-pub struct RealRollup(pub shared::metering::consumer::Consumer);
+pub struct RealRollup(pub rollup::Rollup);
 
 impl Invoke for RealRollup {
     async fn invoke(&self, _function: &str, payload: &Value) -> Result<Value, InvokeError> {
@@ -117,9 +117,19 @@ pub async fn pump(stack: &Stack) -> Pump<RealRollup> {
 
 /// [`pump`] with a rollup configured by `config`.
 pub async fn pump_with(stack: &Stack, config: rollup::Config) -> Pump<RealRollup> {
-    let aws = crate::aws().await;
     let queue_url = stack.env("ingest").required("EVENTS_QUEUE_URL").unwrap();
-    let sqs = aws_sdk_sqs::Client::new(&aws);
+    rollup_pump("EventsQueue", queue_url, config).await
+}
+
+/// The real rollup behind the alerts queue (delivering alerts), configured
+/// by `config`.
+pub async fn alerts_pump(config: rollup::Config) -> Pump<RealRollup> {
+    let queue_url = config.alerts_queue_url.clone();
+    rollup_pump("AlertsQueue", queue_url, config).await
+}
+
+async fn rollup_pump(queue: &str, queue_url: String, config: rollup::Config) -> Pump<RealRollup> {
+    let sqs = aws_sdk_sqs::Client::new(&crate::aws().await);
     Pump {
         queue_arn: infra::cloud::bootstrap::queue_arn(&sqs, &queue_url)
             .await
@@ -128,14 +138,14 @@ pub async fn pump_with(stack: &Stack, config: rollup::Config) -> Pump<RealRollup
         queue_url,
         region: crate::REGION.into(),
         source: SqsSource {
-            queue: "EventsQueue".into(),
+            queue: queue.into(),
             batch_size: 10,
             max_batching_window_secs: 0,
             report_batch_item_failures: true,
             max_concurrency: None,
         },
         function: "rollup".into(),
-        invoker: RealRollup(rollup::consumer(&config, &crate::aws_as("rollup").await)),
+        invoker: RealRollup(rollup::rollup(&config, &crate::aws_as("rollup").await)),
     }
 }
 

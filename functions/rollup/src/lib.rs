@@ -9,9 +9,10 @@
 //! `ReportBatchItemFailures`): only it is retried, and after `maxReceiveCount`
 //! SQS moves it to the DLQ. Nothing is acknowledged that was not counted.
 //!
-//! Quota alerts run after every tenant of the batch is counted, within the
-//! invocation's remaining time, so a slow webhook never delays counting; an
-//! alert not delivered in time stays pending for a later batch.
+//! Counting raises the quota alerts a tenant reached onto the alerts queue,
+//! which this function consumes too (its second event source): records from
+//! that queue are alerts to deliver to webhooks, with a doubling backoff
+//! between attempts and then its DLQ.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use lambda_runtime::{Error, LambdaEvent};
 use shared::aws::SdkConfig;
 use shared::aws::alerts::DynamoAlerts;
 use shared::aws::ledger::DynamoLedger;
+use shared::aws::queue::SqsAlertQueue;
 use shared::aws::tenants::DynamoTenants;
 use shared::config::{ConfigError, Env};
 use shared::metering::consumer::{Consumer, Message};
@@ -33,6 +35,12 @@ pub const FUNCTION: &str = "rollup";
 pub struct Config {
     pub usage_table: String,
     pub tenants_table: String,
+    pub alerts_queue_url: String,
+    /// Records from this queue are alerts to deliver; any other's, events.
+    pub alerts_queue_arn: String,
+    /// The wait before an alert's second delivery, doubling per attempt
+    /// (`ALERT_BACKOFF_SECONDS`, 30).
+    pub alert_backoff: Duration,
     /// Webhook attempts: timeout each, retries, first backoff
     /// (`WEBHOOK_TIMEOUT_MS`, `WEBHOOK_RETRIES`, `WEBHOOK_BACKOFF_MS`).
     pub webhooks: RetryPolicy,
@@ -44,6 +52,9 @@ impl Config {
         Ok(Self {
             usage_table: env.required("USAGE_TABLE")?,
             tenants_table: env.required("TENANTS_TABLE")?,
+            alerts_queue_url: env.required("ALERTS_QUEUE_URL")?,
+            alerts_queue_arn: env.required("ALERTS_QUEUE_ARN")?,
+            alert_backoff: Duration::from_secs(env.parse_or("ALERT_BACKOFF_SECONDS", 30)?),
             webhooks: RetryPolicy {
                 timeout: Duration::from_millis(
                     env.parse_or("WEBHOOK_TIMEOUT_MS", default.timeout.as_millis() as u64)?,
@@ -57,43 +68,77 @@ impl Config {
     }
 }
 
-/// The consumer over AWS, built once per cold start.
-pub fn consumer(config: &Config, aws: &SdkConfig) -> Consumer {
+/// The consumer and which queue is which.
+#[derive(Clone)]
+pub struct Rollup {
+    pub consumer: Consumer,
+    pub alerts_queue_arn: String,
+}
+
+/// The rollup over AWS, built once per cold start.
+pub fn rollup(config: &Config, aws: &SdkConfig) -> Rollup {
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
     let ledger = Arc::new(DynamoLedger::new(dynamodb.clone(), &config.usage_table));
-    Consumer {
+    let consumer = Consumer {
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
         ledger: ledger.clone(),
         usage: ledger,
         alerts: Arc::new(DynamoAlerts::new(dynamodb, &config.usage_table)),
+        alert_queue: Arc::new(SqsAlertQueue::new(
+            aws_sdk_sqs::Client::new(aws),
+            &config.alerts_queue_url,
+        )),
         notifier: Arc::new(WebhookSender::new(config.webhooks)),
+        alert_backoff: config.alert_backoff,
+    };
+    Rollup {
+        consumer,
+        alerts_queue_arn: config.alerts_queue_arn.clone(),
     }
 }
 
 /// Time kept back from the invocation's deadline for answering Lambda.
 const ANSWER_MARGIN: Duration = Duration::from_secs(3);
 
-/// Handles one SQS batch, reporting each message that was not counted
-/// (the template enables `ReportBatchItemFailures`).
+/// Handles one SQS batch (one queue's: Lambda never mixes them), reporting
+/// each message to redeliver (the template enables
+/// `ReportBatchItemFailures`).
 pub async fn handle(
-    consumer: &Consumer,
+    rollup: &Rollup,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error> {
-    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    let left = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
-    let alerts_until = Instant::now() + left.saturating_sub(ANSWER_MARGIN);
-    let received = event.payload.records.len();
-    let messages = event
-        .payload
-        .records
+    let records = event.payload.records;
+    let received = records.len();
+    let alerts = records
+        .first()
+        .is_some_and(|r| r.event_source_arn.as_deref() == Some(&rollup.alerts_queue_arn));
+    let messages = records
         .into_iter()
         .map(|record| Message {
             id: record.message_id.unwrap_or_default(),
             body: record.body,
-            receive_count: record.attributes.get("ApproximateReceiveCount").cloned(),
+            receive_count: record
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|n| n.parse().ok()),
+            receipt_handle: record.receipt_handle,
         })
         .collect();
-    let outcome = consumer.consume(messages, alerts_until).await;
+    let mut response = SqsBatchResponse::default();
+    if alerts {
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let left = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        let until = Instant::now() + left.saturating_sub(ANSWER_MARGIN);
+        let failed = rollup.consumer.deliver_alerts(messages, until).await;
+        Metrics::new()
+            .dimension("Function", FUNCTION)
+            .value("AlertsReceived", MetricUnit::Count, received as f64)
+            .value("AlertsRetried", MetricUnit::Count, failed.len() as f64)
+            .emit();
+        failed.into_iter().for_each(|id| response.add_failure(id));
+        return Ok(response);
+    }
+    let outcome = rollup.consumer.consume(messages).await;
 
     Metrics::new()
         .dimension("Function", FUNCTION)
@@ -116,10 +161,10 @@ pub async fn handle(
         )
         .value("EventsDropped", MetricUnit::Count, outcome.dropped as f64)
         .emit();
-    let mut response = SqsBatchResponse::default();
-    for id in outcome.failed {
-        response.add_failure(id);
-    }
+    outcome
+        .failed
+        .into_iter()
+        .for_each(|id| response.add_failure(id));
     Ok(response)
 }
 

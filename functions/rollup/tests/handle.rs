@@ -2,12 +2,13 @@
 //! no emulator. tests/metering.rs and tests/alerts.rs drive it against it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{TimeDelta, Utc};
 use lambda_runtime::{Context, LambdaEvent};
 use rollup::handle;
-use shared::metering::alerts::{MemoryAlerts, RecordingNotifier};
+use shared::metering::alerts::{AlertKey, MemoryAlertQueue, MemoryAlerts, RecordingNotifier};
 use shared::metering::consumer::Consumer;
 use shared::metering::ingest::pack;
 use shared::metering::period::BillingPeriod;
@@ -16,11 +17,14 @@ use shared::metering::tenants::{ApiKey, MemoryTenants, NewTenant, Tenant, Tenant
 use shared::metering::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
 use shared::metering::usage::UsageReader;
 
+const ALERTS_QUEUE: &str = "arn:aws:sqs:us-east-1:000000000000:alerts";
+
 struct Rollup {
-    consumer: Consumer,
+    service: rollup::Rollup,
     tenants: Arc<MemoryTenants>,
     ledger: Arc<MemoryLedger>,
     alerts: Arc<MemoryAlerts>,
+    queue: Arc<MemoryAlertQueue>,
     notifier: Arc<RecordingNotifier>,
 }
 
@@ -28,18 +32,26 @@ fn rollup() -> Rollup {
     let tenants = Arc::new(MemoryTenants::default());
     let ledger = Arc::new(MemoryLedger::default());
     let alerts = Arc::new(MemoryAlerts::default());
+    let queue = Arc::new(MemoryAlertQueue::default());
     let notifier = Arc::new(RecordingNotifier::default());
+    let consumer = Consumer {
+        tenants: tenants.clone(),
+        ledger: ledger.clone(),
+        usage: ledger.clone(),
+        alerts: alerts.clone(),
+        alert_queue: queue.clone(),
+        notifier: notifier.clone(),
+        alert_backoff: Duration::from_secs(30),
+    };
     Rollup {
-        consumer: Consumer {
-            tenants: tenants.clone(),
-            ledger: ledger.clone(),
-            usage: ledger.clone(),
-            alerts: alerts.clone(),
-            notifier: notifier.clone(),
+        service: rollup::Rollup {
+            consumer,
+            alerts_queue_arn: ALERTS_QUEUE.into(),
         },
         tenants,
         ledger,
         alerts,
+        queue,
         notifier,
     }
 }
@@ -118,9 +130,7 @@ async fn counts_every_tenants_events_and_a_redelivery_adds_nothing() {
             message("m2", &pack(&b.id, &events("b", 2, 7))[0]),
         ]
     };
-    let response = handle(&rollup.consumer, delivery(messages()))
-        .await
-        .unwrap();
+    let response = handle(&rollup.service, delivery(messages())).await.unwrap();
     assert!(failed(&response).is_empty());
     assert_eq!(
         (
@@ -130,9 +140,7 @@ async fn counts_every_tenants_events_and_a_redelivery_adds_nothing() {
         (30, 14)
     );
 
-    let again = handle(&rollup.consumer, delivery(messages()))
-        .await
-        .unwrap();
+    let again = handle(&rollup.service, delivery(messages())).await.unwrap();
     assert!(failed(&again).is_empty());
     assert_eq!(period_total(&rollup, &a.id).await, 30);
 }
@@ -143,7 +151,7 @@ async fn an_unreadable_message_is_reported_and_the_rest_counted() {
     let a = tenant(&rollup, 1_000_000).await;
     let good = pack(&a.id, &events("a", 1, 5))[0].clone();
     let response = handle(
-        &rollup.consumer,
+        &rollup.service,
         delivery(vec![message("bad", "{not json"), message("good", &good)]),
     )
     .await
@@ -157,7 +165,7 @@ async fn an_unknown_tenants_messages_are_retried_not_dropped() {
     let rollup = rollup();
     let ghost = TenantId::generate();
     let response = handle(
-        &rollup.consumer,
+        &rollup.service,
         delivery(vec![message("m1", &pack(&ghost, &events("g", 1, 5))[0])]),
     )
     .await
@@ -178,7 +186,7 @@ async fn a_deleted_tenants_queued_events_are_dropped_not_retried() {
             .unwrap()
     );
     let response = handle(
-        &rollup.consumer,
+        &rollup.service,
         delivery(vec![message("m1", &pack(&acme.id, &events("d", 3, 5))[0])]),
     )
     .await
@@ -193,7 +201,7 @@ async fn a_failing_ledger_fails_the_messages_it_could_not_count() {
     let a = tenant(&rollup, 1_000_000).await;
     rollup.ledger.outage.begin();
     let response = handle(
-        &rollup.consumer,
+        &rollup.service,
         delivery(vec![message("m1", &pack(&a.id, &events("a", 1, 5))[0])]),
     )
     .await
@@ -203,17 +211,50 @@ async fn a_failing_ledger_fails_the_messages_it_could_not_count() {
     assert_eq!(period_total(&rollup, &a.id).await, 0);
 }
 
+/// The alerts queue's messages for `keys`, as Lambda delivers them (this
+/// many times before).
+fn alert_messages(keys: &[AlertKey], received_before: u32) -> Vec<SqsMessage> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let mut m = message(&format!("alert{i}"), &serde_json::to_string(key).unwrap());
+            m.event_source_arn = Some(ALERTS_QUEUE.into());
+            m.receipt_handle = Some(format!("receipt{i}"));
+            m.attributes.insert(
+                "ApproximateReceiveCount".into(),
+                (received_before + 1).to_string(),
+            );
+            m
+        })
+        .collect()
+}
+
+/// Delivers whatever counting queued; the messages to redeliver.
+async fn deliver_queued(rollup: &Rollup) -> Vec<String> {
+    let queued = rollup.queue.take();
+    let response = handle(&rollup.service, delivery(alert_messages(&queued, 0)))
+        .await
+        .unwrap();
+    failed(&response)
+}
+
 #[tokio::test]
 async fn crossing_80_and_100_percent_sends_each_alert_once() {
     let rollup = rollup();
     let a = tenant(&rollup, 100).await;
     let first = vec![message("m1", &pack(&a.id, &events("a", 1, 85))[0])];
-    handle(&rollup.consumer, delivery(first.clone()))
+    handle(&rollup.service, delivery(first.clone()))
         .await
         .unwrap();
-    handle(&rollup.consumer, delivery(first)).await.unwrap();
+    assert!(
+        rollup.notifier.sent().is_empty(),
+        "counting calls no webhook"
+    );
+    assert!(deliver_queued(&rollup).await.is_empty());
+    handle(&rollup.service, delivery(first)).await.unwrap();
     let second = vec![message("m2", &pack(&a.id, &events("b", 1, 20))[0])];
-    handle(&rollup.consumer, delivery(second)).await.unwrap();
+    handle(&rollup.service, delivery(second)).await.unwrap();
+    assert!(deliver_queued(&rollup).await.is_empty());
 
     let sent = rollup.notifier.sent();
     let thresholds: Vec<u8> = sent.iter().map(|(_, alert)| alert.threshold).collect();
@@ -229,10 +270,33 @@ async fn crossing_80_and_100_percent_sends_each_alert_once() {
             .iter()
             .all(|alert| alert.pending.is_empty())
     );
+    assert!(rollup.queue.take().is_empty(), "nothing queued twice");
+}
+
+/// The events that crossed a threshold are not acknowledged until its alert
+/// is on the alerts queue: their redelivery queues it.
+#[tokio::test]
+async fn a_crossing_the_alerts_queue_missed_is_queued_by_the_redelivery() {
+    let rollup = rollup();
+    let a = tenant(&rollup, 100).await;
+    let crossing = vec![message("m1", &pack(&a.id, &events("a", 1, 90))[0])];
+    rollup.queue.outage.begin();
+    let response = handle(&rollup.service, delivery(crossing.clone()))
+        .await
+        .unwrap();
+    assert_eq!(failed(&response), ["m1"], "counted, not yet alerted");
+    assert_eq!(period_total(&rollup, &a.id).await, 90);
+    rollup.queue.outage.end();
+
+    let again = handle(&rollup.service, delivery(crossing)).await.unwrap();
+    assert!(failed(&again).is_empty());
+    assert_eq!(period_total(&rollup, &a.id).await, 90, "counted once");
+    assert!(deliver_queued(&rollup).await.is_empty());
+    assert_eq!(rollup.notifier.sent().len(), 1);
 }
 
 #[tokio::test]
-async fn an_alert_a_webhook_refused_stays_pending_for_a_later_delivery() {
+async fn an_alert_a_webhook_refused_is_retried_after_a_doubling_backoff() {
     let rollup = rollup();
     let a = tenant(&rollup, 100).await;
     rollup
@@ -242,29 +306,70 @@ async fn an_alert_a_webhook_refused_stays_pending_for_a_later_delivery() {
         .unwrap()
         .push("https://hooks.example/ingot".into());
     let crossing = vec![message("m1", &pack(&a.id, &events("a", 1, 90))[0])];
-    let response = handle(&rollup.consumer, delivery(crossing)).await.unwrap();
-    assert!(failed(&response).is_empty(), "counted; the alert waits");
+    let response = handle(&rollup.service, delivery(crossing)).await.unwrap();
+    assert!(failed(&response).is_empty(), "counted and raised");
+    let queued = rollup.queue.take();
+    for received_before in [0, 1, 2] {
+        let response = handle(
+            &rollup.service,
+            delivery(alert_messages(&queued, received_before)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(failed(&response), ["alert0"]);
+    }
+    let delays: Vec<u64> = rollup
+        .queue
+        .retries()
+        .iter()
+        .map(|(receipt, delay)| {
+            assert_eq!(receipt, "receipt0");
+            delay.as_secs()
+        })
+        .collect();
+    assert_eq!(delays, [30, 60, 120]);
+    assert_eq!(rollup.alerts.all()[0].pending.len(), 1);
+
+    rollup.notifier.failing.lock().unwrap().clear();
+    let response = handle(&rollup.service, delivery(alert_messages(&queued, 3)))
+        .await
+        .unwrap();
+    assert!(failed(&response).is_empty());
+    assert!(rollup.alerts.all()[0].pending.is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_webhook_never_delays_counting_and_is_cut_off_before_the_deadline() {
+    let rollup = rollup();
+    let a = tenant(&rollup, 100).await;
+    *rollup.notifier.delay.lock().unwrap() = Duration::from_secs(30);
+    let crossing = vec![message("m1", &pack(&a.id, &events("a", 1, 90))[0])];
+    let started = Instant::now();
+    let response = handle(&rollup.service, delivery(crossing)).await.unwrap();
+    assert!(failed(&response).is_empty());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(period_total(&rollup, &a.id).await, 90);
+
+    // Four seconds left, three kept to answer Lambda: one for webhooks.
+    let queued = rollup.queue.take();
+    let started = Instant::now();
+    let response = handle(
+        &rollup.service,
+        delivery_with(alert_messages(&queued, 0), TimeDelta::seconds(4)),
+    )
+    .await
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(failed(&response), ["alert0"], "retried");
     assert!(rollup.notifier.sent().is_empty());
     assert_eq!(rollup.alerts.all()[0].pending.len(), 1);
 }
 
 #[tokio::test]
-async fn a_slow_webhook_is_cut_off_before_the_deadline_and_nothing_is_redelivered() {
+async fn an_unreadable_alert_message_is_retried_into_the_dead_letter_queue() {
     let rollup = rollup();
-    let a = tenant(&rollup, 100).await;
-    *rollup.notifier.delay.lock().unwrap() = std::time::Duration::from_secs(30);
-    // Four seconds left, three kept to answer Lambda: one for alerts.
-    let crossing = vec![message("m1", &pack(&a.id, &events("a", 1, 90))[0])];
-    let started = std::time::Instant::now();
-    let response = handle(
-        &rollup.consumer,
-        delivery_with(crossing, TimeDelta::seconds(4)),
-    )
-    .await
-    .unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_secs(3));
-    assert!(failed(&response).is_empty(), "counted; the alert waits");
-    assert_eq!(period_total(&rollup, &a.id).await, 90);
-    assert!(rollup.notifier.sent().is_empty());
-    assert_eq!(rollup.alerts.all()[0].pending.len(), 1);
+    let mut bad = message("alert0", "{not json");
+    bad.event_source_arn = Some(ALERTS_QUEUE.into());
+    let response = handle(&rollup.service, delivery(vec![bad])).await.unwrap();
+    assert_eq!(failed(&response), ["alert0"]);
 }

@@ -1,24 +1,21 @@
 //! Quota alert state in DynamoDB (the usage table; docs/data-model.md).
 //!
-//! Two items per alert: the permanent state item under the tenant, whose
-//! conditional creation makes each (tenant, period, threshold) fire once, and
-//! a pending item under `ALERTS#PENDING` that lives until every webhook has
-//! it, so later batches can find what is left to deliver in one query.
+//! One item per alert under its tenant (`ALERT#<period>#<threshold>`): its
+//! conditional creation makes each (tenant, period, threshold) fire once; it
+//! holds the alert with the webhooks still pending, its status
+//! (`recorded` → `queued` → `sent`) and the deliverer's lease.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
-use super::{failed, failed_condition, n, query_all, s};
-use crate::metering::alerts::{Alert, AlertStore};
+use super::{failed, is_condition_failure, n, query_all, s};
+use crate::metering::alerts::{Alert, AlertKey, AlertStore};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
 const STORE: &str = "usage table";
-
-const PENDING: &str = "ALERTS#PENDING";
 
 #[derive(Debug, Clone)]
 pub struct DynamoAlerts {
@@ -26,20 +23,25 @@ pub struct DynamoAlerts {
     table: String,
 }
 
-fn state_key(alert: &Alert) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        ("pk".to_owned(), s(format!("TENANT#{}", alert.tenant))),
-        (
-            "sk".to_owned(),
-            s(format!("ALERT#{}#{:03}", alert.period, alert.threshold)),
-        ),
-    ])
+fn pk(tenant: &str) -> AttributeValue {
+    s(format!("TENANT#{tenant}"))
 }
 
-fn pending_key(alert: &Alert) -> HashMap<String, AttributeValue> {
+fn sk_prefix(period: &str) -> String {
+    format!("ALERT#{period}#")
+}
+
+fn key(alert: &AlertKey) -> HashMap<String, AttributeValue> {
     HashMap::from([
-        ("pk".to_owned(), s(PENDING)),
-        ("sk".to_owned(), s(&alert.id)),
+        ("pk".to_owned(), pk(&alert.tenant)),
+        (
+            "sk".to_owned(),
+            s(format!(
+                "{}{:03}",
+                sk_prefix(&alert.period),
+                alert.threshold
+            )),
+        ),
     ])
 }
 
@@ -49,8 +51,10 @@ fn encode(alert: &Alert) -> Result<AttributeValue, StoreError> {
         .map_err(|e| StoreError::corrupt(STORE, e))
 }
 
-fn build(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError::corrupt(STORE, e)
+fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> &'a str {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map_or("", String::as_str)
 }
 
 impl DynamoAlerts {
@@ -64,65 +68,91 @@ impl DynamoAlerts {
 
 #[async_trait::async_trait]
 impl AlertStore for DynamoAlerts {
-    async fn create(&self, alert: &Alert, lease_until: DateTime<Utc>) -> Result<bool, StoreError> {
-        let state = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(state_key(alert)))
-            .item("alert_id", s(&alert.id))
-            .item("status", s("pending"))
-            .item("created_at", s(Utc::now().to_rfc3339()))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(build)?;
-        let pending = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(pending_key(alert)))
-            .item("alert", encode(alert)?)
-            .item("lease_until", n(lease_until.timestamp()))
-            .build()
-            .map_err(build)?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(state).build())
-            .transact_items(TransactWriteItem::builder().put(pending).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) => match e.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(c))
-                    if c.cancellation_reasons()
-                        .first()
-                        .is_some_and(failed_condition) =>
-                {
-                    Ok(false)
-                }
-                _ => Err(failed(STORE, "TransactWriteItems", &e)),
-            },
-        }
-    }
-
-    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+    async fn recorded(&self, tenant: &str, period: &str) -> Result<BTreeMap<u8, bool>, StoreError> {
         let request = self
             .client
             .query()
             .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .filter_expression("lease_until < :now")
-            .expression_attribute_values(":pk", s(PENDING))
-            .expression_attribute_values(":now", n(now.timestamp()));
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .projection_expression("sk, #status")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pk", pk(tenant))
+            .expression_attribute_values(":prefix", s(sk_prefix(period)))
+            .consistent_read(true);
         query_all(STORE, request)
             .await?
             .iter()
             .map(|item| {
-                let json = item
-                    .get("alert")
-                    .and_then(|v| v.as_s().ok())
-                    .map_or("", String::as_str);
-                serde_json::from_str(json).map_err(|e| StoreError::corrupt(STORE, e))
+                let threshold = text(item, "sk")
+                    .rsplit('#')
+                    .next()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| {
+                        StoreError::corrupt(STORE, "an alert key without a threshold")
+                    })?;
+                Ok((threshold, text(item, "status") != "recorded"))
             })
             .collect()
+    }
+
+    async fn create(&self, alert: &Alert) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(key(&alert.key())))
+            .item("alert", encode(alert)?)
+            .item("alert_id", s(&alert.id))
+            .item("status", s("recorded"))
+            .item("lease_until", n(0))
+            .item("created_at", s(Utc::now().to_rfc3339()))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(failed(STORE, "PutItem", &e)),
+        }
+    }
+
+    async fn queued(&self, alert: &AlertKey) -> Result<(), StoreError> {
+        // Only from `recorded`: a fast deliverer may have marked it sent.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(alert)))
+            .update_expression("SET #status = :queued")
+            .condition_expression("#status = :recorded")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":recorded", s("recorded"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
+        }
+    }
+
+    async fn get(&self, alert: &AlertKey) -> Result<Option<Alert>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(alert)))
+            .projection_expression("alert")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "GetItem", &e))?
+            .item;
+        item.map(|item| {
+            serde_json::from_str(text(&item, "alert")).map_err(|e| StoreError::corrupt(STORE, e))
+        })
+        .transpose()
     }
 
     async fn claim(
@@ -135,7 +165,7 @@ impl AlertStore for DynamoAlerts {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(pending_key(alert)))
+            .set_key(Some(key(&alert.key())))
             .update_expression("SET lease_until = :until ADD attempts :one")
             .condition_expression("attribute_exists(pk) AND lease_until < :now")
             .expression_attribute_values(":until", n(lease_until.timestamp()))
@@ -145,60 +175,43 @@ impl AlertStore for DynamoAlerts {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(e) if is_condition_failure(&e) => Ok(false),
             Err(e) => Err(failed(STORE, "UpdateItem", &e)),
         }
     }
 
     async fn settle(&self, alert: &Alert, delivered: &[String]) -> Result<(), StoreError> {
-        let remaining: Vec<String> = alert
-            .pending
-            .iter()
-            .filter(|u| !delivered.contains(u))
-            .cloned()
-            .collect();
-        if remaining.is_empty() {
-            let done = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(state_key(alert)))
-                .update_expression("SET #status = :sent")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":sent", s("sent"))
-                .build()
-                .map_err(build)?;
-            let remove = Delete::builder()
-                .table_name(&self.table)
-                .set_key(Some(pending_key(alert)))
-                .build()
-                .map_err(build)?;
-            self.client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().update(done).build())
-                .transact_items(TransactWriteItem::builder().delete(remove).build())
-                .send()
-                .await
-                .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
+        let left = Alert {
+            pending: alert
+                .pending
+                .iter()
+                .filter(|u| !delivered.contains(u))
+                .cloned()
+                .collect(),
+            ..alert.clone()
+        };
+        let update = if left.pending.is_empty() {
+            "SET alert = :alert, lease_until = :zero, #status = :sent"
         } else {
-            let left = Alert {
-                pending: remaining,
-                ..alert.clone()
-            };
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(pending_key(alert)))
-                .update_expression("SET alert = :alert, lease_until = :zero")
-                .expression_attribute_values(":alert", encode(&left)?)
-                .expression_attribute_values(":zero", n(0))
-                .send()
-                .await
-                .map_err(|e| failed(STORE, "UpdateItem", &e))?;
+            "SET alert = :alert, lease_until = :zero"
+        };
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(&alert.key())))
+            .update_expression(update)
+            .expression_attribute_values(":alert", encode(&left)?)
+            .expression_attribute_values(":zero", n(0));
+        if left.pending.is_empty() {
+            request = request
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":sent", s("sent"));
         }
+        request
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "UpdateItem", &e))?;
         Ok(())
     }
 }

@@ -1,8 +1,13 @@
-//! The events queue: how `ingest` (and chat) hand accepted events to `rollup`.
+//! The queues: the events queue, how `ingest` (and chat) hand accepted
+//! events to `rollup`, and the alerts queue, how `rollup` hands quota alerts
+//! to their delivery.
+
+use std::time::Duration;
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
-use super::describe;
+use super::{describe, failed};
+use crate::metering::alerts::{AlertKey, AlertQueue};
 use crate::metering::ingest::{EventSink, send_batches};
 use crate::store::StoreError;
 
@@ -74,5 +79,51 @@ impl EventSink for EventQueue {
             }
         }
         Ok(requests)
+    }
+}
+
+/// The alerts queue: the rollup raises alerts onto it and consumes it.
+#[derive(Debug, Clone)]
+pub struct SqsAlertQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl SqsAlertQueue {
+    pub fn new(client: aws_sdk_sqs::Client, url: &str) -> Self {
+        Self {
+            client,
+            url: url.to_owned(),
+        }
+    }
+}
+
+/// Names the alerts queue in errors.
+const ALERTS: &str = "alerts queue";
+
+#[async_trait::async_trait]
+impl AlertQueue for SqsAlertQueue {
+    async fn send(&self, key: &AlertKey) -> Result<(), StoreError> {
+        let body = serde_json::to_string(key).map_err(|e| StoreError::corrupt(ALERTS, e))?;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| failed(ALERTS, "SendMessage", &e))?;
+        Ok(())
+    }
+
+    async fn retry_in(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt)
+            .visibility_timeout(i32::try_from(delay.as_secs()).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| failed(ALERTS, "ChangeMessageVisibility", &e))?;
+        Ok(())
     }
 }

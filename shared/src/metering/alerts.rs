@@ -2,18 +2,22 @@
 //! its monthly quota, each of its webhooks is told once per threshold per
 //! period.
 //!
-//! Once-ness comes from the store: an alert is created with a conditional
-//! write, so of any number of concurrent or redelivered batches exactly one
-//! creates it, and only its creator (or, later, whoever takes its expired
-//! lease) delivers it. An alert whose webhooks fail stays pending and is
-//! retried on later batches; every delivery of one alert carries the same
-//! `webhook-id`, so a receiver that saw it already can tell.
+//! Counting raises them: the rollup records each crossing with a
+//! conditional write (so of any number of concurrent or redelivered batches
+//! exactly one creates it) and puts its key on the alerts queue before it
+//! acknowledges the events that crossed. The alerts queue's consumer
+//! delivers it out of band, so no alert waits for counting's leftover time
+//! or for later traffic: under a lease, so concurrent deliverers do not both
+//! send; with the same `webhook-id` on every attempt, so a receiver can drop
+//! repeats; retried with a doubling backoff between attempts, then
+//! dead-lettered.
 //!
 //! Payloads are Slack-compatible (`text`) with structured fields, signed per
 //! Standard Webhooks.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -127,17 +131,44 @@ pub fn sign(secret: &str, id: &str, timestamp: DateTime<Utc>, body: &str) -> Str
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
+/// What names one alert on the alerts queue: its tenant, period and
+/// threshold (the store's key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertKey {
+    pub tenant: String,
+    pub period: String,
+    pub threshold: u8,
+}
+
+impl Alert {
+    pub fn key(&self) -> AlertKey {
+        AlertKey {
+            tenant: self.tenant.clone(),
+            period: self.period.clone(),
+            threshold: self.threshold,
+        }
+    }
+}
+
 /// Where alerts are kept (DynamoDB in production).
 #[async_trait::async_trait]
 pub trait AlertStore: Send + Sync {
-    /// Records `alert` unless it exists; `true` if this call created it, in
-    /// which case the caller holds its lease until `lease_until`.
-    async fn create(&self, alert: &Alert, lease_until: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// The thresholds of `tenant`'s alerts in `period` that exist, each
+    /// with whether it is known to be on the alerts queue.
+    async fn recorded(&self, tenant: &str, period: &str) -> Result<BTreeMap<u8, bool>, StoreError>;
 
-    /// Pending alerts whose lease has expired.
-    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError>;
+    /// Records `alert`, not yet queued, unless it exists; `true` if this
+    /// call created it.
+    async fn create(&self, alert: &Alert) -> Result<bool, StoreError>;
 
-    /// Takes an expired lease; `false` if another deliverer has it.
+    /// Notes that the alert is on the alerts queue.
+    async fn queued(&self, key: &AlertKey) -> Result<(), StoreError>;
+
+    /// The alert as it stands (its webhooks still pending), if it exists.
+    async fn get(&self, key: &AlertKey) -> Result<Option<Alert>, StoreError>;
+
+    /// Takes the alert's lease until `lease_until` unless another deliverer
+    /// holds it at `now`; `false` if one does.
     async fn claim(
         &self,
         alert: &Alert,
@@ -145,9 +176,19 @@ pub trait AlertStore: Send + Sync {
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Records which webhooks now have it; done when none remain pending.
-    /// Releases the lease so the rest is retried by the next batch.
+    /// Records which webhooks now have it (sent once none remain pending)
+    /// and releases the lease.
     async fn settle(&self, alert: &Alert, delivered: &[String]) -> Result<(), StoreError>;
+}
+
+/// The alerts queue: its consumer delivers each alert named on it.
+#[async_trait::async_trait]
+pub trait AlertQueue: Send + Sync {
+    async fn send(&self, key: &AlertKey) -> Result<(), StoreError>;
+
+    /// Makes a received message (by its receipt handle) visible again only
+    /// after `delay`: the backoff between delivery attempts.
+    async fn retry_in(&self, receipt: &str, delay: Duration) -> Result<(), StoreError>;
 }
 
 /// Why a webhook did not take an alert.
@@ -172,38 +213,69 @@ pub trait Notifier: Send + Sync {
     async fn notify(&self, url: &str, alert: &Alert) -> Result<(), WebhookError>;
 }
 
+/// One stored alert: the alert, whether it is queued, and its lease.
+#[derive(Debug, Clone)]
+struct Stored {
+    alert: Alert,
+    queued: bool,
+    lease_until: DateTime<Utc>,
+}
+
 /// Alerts in memory: the double for handler tests (leases are kept).
 #[derive(Debug, Default)]
 pub struct MemoryAlerts {
-    alerts: Mutex<BTreeMap<String, (Alert, DateTime<Utc>)>>,
+    alerts: Mutex<BTreeMap<(String, String, u8), Stored>>,
+}
+
+fn memory_key(key: &AlertKey) -> (String, String, u8) {
+    (key.tenant.clone(), key.period.clone(), key.threshold)
 }
 
 impl MemoryAlerts {
     /// Every alert with the webhooks still pending on it.
     pub fn all(&self) -> Vec<Alert> {
         let alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        alerts.values().map(|(a, _)| a.clone()).collect()
+        alerts.values().map(|s| s.alert.clone()).collect()
     }
 }
 
 #[async_trait::async_trait]
 impl AlertStore for MemoryAlerts {
-    async fn create(&self, alert: &Alert, lease_until: DateTime<Utc>) -> Result<bool, StoreError> {
+    async fn recorded(&self, tenant: &str, period: &str) -> Result<BTreeMap<u8, bool>, StoreError> {
+        let alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(alerts
+            .iter()
+            .filter(|((t, p, _), _)| t == tenant && p == period)
+            .map(|((_, _, threshold), stored)| (*threshold, stored.queued))
+            .collect())
+    }
+
+    async fn create(&self, alert: &Alert) -> Result<bool, StoreError> {
         let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        if alerts.contains_key(&alert.id) {
+        let key = memory_key(&alert.key());
+        if alerts.contains_key(&key) {
             return Ok(false);
         }
-        alerts.insert(alert.id.clone(), (alert.clone(), lease_until));
+        let stored = Stored {
+            alert: alert.clone(),
+            queued: false,
+            lease_until: DateTime::<Utc>::MIN_UTC,
+        };
+        alerts.insert(key, stored);
         Ok(true)
     }
 
-    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+    async fn queued(&self, key: &AlertKey) -> Result<(), StoreError> {
+        let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stored) = alerts.get_mut(&memory_key(key)) {
+            stored.queued = true;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &AlertKey) -> Result<Option<Alert>, StoreError> {
         let alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(alerts
-            .values()
-            .filter(|(a, lease)| !a.pending.is_empty() && *lease <= now)
-            .map(|(a, _)| a.clone())
-            .collect())
+        Ok(alerts.get(&memory_key(key)).map(|s| s.alert.clone()))
     }
 
     async fn claim(
@@ -213,9 +285,9 @@ impl AlertStore for MemoryAlerts {
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        match alerts.get_mut(&alert.id) {
-            Some((_, lease)) if *lease <= now => {
-                *lease = lease_until;
+        match alerts.get_mut(&memory_key(&alert.key())) {
+            Some(stored) if stored.lease_until <= now => {
+                stored.lease_until = lease_until;
                 Ok(true)
             }
             _ => Ok(false),
@@ -224,10 +296,55 @@ impl AlertStore for MemoryAlerts {
 
     async fn settle(&self, alert: &Alert, delivered: &[String]) -> Result<(), StoreError> {
         let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((stored, lease)) = alerts.get_mut(&alert.id) {
-            stored.pending.retain(|url| !delivered.contains(url));
-            *lease = DateTime::<Utc>::MIN_UTC;
+        if let Some(stored) = alerts.get_mut(&memory_key(&alert.key())) {
+            stored.alert.pending.retain(|url| !delivered.contains(url));
+            stored.lease_until = DateTime::<Utc>::MIN_UTC;
         }
+        Ok(())
+    }
+}
+
+/// The alerts queue in memory: what was sent and each retry's delay, and
+/// an outage switch.
+#[derive(Debug, Default)]
+pub struct MemoryAlertQueue {
+    sent: Mutex<Vec<AlertKey>>,
+    retries: Mutex<Vec<(String, Duration)>>,
+    pub outage: crate::store::Outage,
+}
+
+impl MemoryAlertQueue {
+    /// Takes every key sent so far.
+    pub fn take(&self) -> Vec<AlertKey> {
+        std::mem::take(&mut *self.sent.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// (receipt handle, delay) of every retry asked for, in order.
+    pub fn retries(&self) -> Vec<(String, Duration)> {
+        self.retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl AlertQueue for MemoryAlertQueue {
+    async fn send(&self, key: &AlertKey) -> Result<(), StoreError> {
+        self.outage.check("alerts queue")?;
+        self.sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key.clone());
+        Ok(())
+    }
+
+    async fn retry_in(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
+        self.outage.check("alerts queue")?;
+        self.retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((receipt.to_owned(), delay));
         Ok(())
     }
 }
@@ -239,7 +356,7 @@ impl AlertStore for MemoryAlerts {
 pub struct RecordingNotifier {
     sent: Mutex<Vec<(String, Alert)>>,
     pub failing: Mutex<Vec<String>>,
-    pub delay: Mutex<std::time::Duration>,
+    pub delay: Mutex<Duration>,
 }
 
 impl RecordingNotifier {
@@ -264,18 +381,76 @@ impl Notifier for RecordingNotifier {
     }
 }
 
-/// Delivers `alert` to its pending webhooks (concurrently) and settles it.
+/// Records and queues the alerts `used` has reached for `tenant` in
+/// `period`. Safe to run again after any failure: an alert recorded but not
+/// known to be queued is queued again (its consumer drops repeats), so the
+/// caller retries until this succeeds and no crossing goes unsent.
+pub async fn raise(
+    store: &dyn AlertStore,
+    queue: &dyn AlertQueue,
+    tenant: &Tenant,
+    period: &BillingPeriod,
+    used: u64,
+) -> Result<(), StoreError> {
+    let mut reached = reached(used, tenant.monthly_quota).peekable();
+    if reached.peek().is_none() {
+        return Ok(());
+    }
+    let recorded = store.recorded(tenant.id.as_str(), &period.key()).await?;
+    for threshold in reached {
+        let alert = Alert::new(tenant, period, threshold, used);
+        match recorded.get(&threshold) {
+            Some(true) => continue,
+            Some(false) => {}
+            // Another raiser created it: it queues it, and its messages
+            // are retried until it has.
+            None if !store.create(&alert).await? => continue,
+            None => tracing::info!(
+                alert = alert.id,
+                tenant = alert.tenant,
+                threshold,
+                used,
+                "quota alert raised"
+            ),
+        }
+        queue.send(&alert.key()).await?;
+        store.queued(&alert.key()).await?;
+    }
+    Ok(())
+}
+
+/// What delivering one alert came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every webhook has it (or nothing is left to send).
+    Done,
+    /// Some webhook still lacks it, or another deliverer holds it: try again.
+    Again,
+}
+
+/// Delivers the alert `key` names to its pending webhooks (concurrently),
+/// holding its lease so concurrent deliverers do not both send, and
+/// settles it.
 pub async fn deliver(
     store: &dyn AlertStore,
     notifier: &dyn Notifier,
-    alert: &Alert,
-) -> Result<usize, StoreError> {
-    let results = futures_util::future::join_all(
-        alert
-            .pending
-            .iter()
-            .map(|url| async move { (url, notifier.notify(url, alert).await) }),
-    )
+    key: &AlertKey,
+) -> Result<Delivery, StoreError> {
+    let Some(alert) = store.get(key).await? else {
+        tracing::warn!(?key, "no such alert; nothing to deliver");
+        return Ok(Delivery::Done);
+    };
+    if alert.pending.is_empty() {
+        return Ok(Delivery::Done);
+    }
+    let now = Utc::now();
+    if !store.claim(&alert, now, now + LEASE).await? {
+        return Ok(Delivery::Again);
+    }
+    let results = futures_util::future::join_all(alert.pending.iter().map(|url| {
+        let alert = &alert;
+        async move { (url, notifier.notify(url, alert).await) }
+    }))
     .await;
     let mut delivered = Vec::new();
     for (url, result) in results {
@@ -289,44 +464,21 @@ pub async fn deliver(
             ),
         }
     }
-    store.settle(alert, &delivered).await?;
-    Ok(delivered.len())
+    store.settle(&alert, &delivered).await?;
+    Ok(if delivered.len() == alert.pending.len() {
+        Delivery::Done
+    } else {
+        Delivery::Again
+    })
 }
 
-/// Raises the alerts `used` has reached for `tenant` in `period`, delivering
-/// the ones this call created.
-pub async fn raise(
-    store: &dyn AlertStore,
-    notifier: &dyn Notifier,
-    tenant: &Tenant,
-    period: &BillingPeriod,
-    used: u64,
-) -> Result<(), StoreError> {
-    for threshold in reached(used, tenant.monthly_quota) {
-        let alert = Alert::new(tenant, period, threshold, used);
-        if store.create(&alert, Utc::now() + LEASE).await? {
-            tracing::info!(
-                alert = alert.id,
-                tenant = alert.tenant,
-                threshold,
-                used,
-                "quota alert raised"
-            );
-            deliver(store, notifier, &alert).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Retries every pending alert whose lease has expired.
-pub async fn retry_due(store: &dyn AlertStore, notifier: &dyn Notifier) -> Result<(), StoreError> {
-    let now = Utc::now();
-    for alert in store.due(now).await? {
-        if store.claim(&alert, now, now + LEASE).await? {
-            deliver(store, notifier, &alert).await?;
-        }
-    }
-    Ok(())
+/// The wait before the `attempt`th delivery (2 or more) of an alert:
+/// `first`, doubling per attempt, at most SQS's 12-hour visibility limit.
+pub fn retry_delay(first: Duration, attempt: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(12 * 3600);
+    first
+        .saturating_mul(1 << attempt.saturating_sub(2).min(16))
+        .min(MAX)
 }
 
 #[cfg(test)]
@@ -411,6 +563,37 @@ mod tests {
             Alert::new(&t, &period, 80, 81).previous_signing_secret,
             None
         );
+    }
+
+    #[test]
+    fn deliveries_back_off_doubling_up_to_the_visibility_limit() {
+        let first = Duration::from_secs(30);
+        let delays: Vec<u64> = (2..=8).map(|a| retry_delay(first, a).as_secs()).collect();
+        assert_eq!(delays, [30, 60, 120, 240, 480, 960, 1920]);
+        assert_eq!(retry_delay(first, 40), Duration::from_secs(12 * 3600));
+        assert_eq!(retry_delay(Duration::ZERO, 5), Duration::ZERO);
+    }
+
+    /// A run that recorded a crossing but could not queue it (the send
+    /// failed, or it crashed) leaves it `recorded`: the next run queues it,
+    /// and a queued one is not queued again.
+    #[tokio::test]
+    async fn raising_again_queues_what_a_failed_run_recorded() {
+        let (store, queue) = (MemoryAlerts::default(), MemoryAlertQueue::default());
+        let t = tenant(100);
+        let period = BillingPeriod::containing(Utc::now(), BillingDay::try_from(1).unwrap());
+        queue.outage.begin();
+        assert!(raise(&store, &queue, &t, &period, 85).await.is_err());
+        assert_eq!(
+            store.recorded(t.id.as_str(), &period.key()).await.unwrap(),
+            [(80, false)].into()
+        );
+        queue.outage.end();
+        raise(&store, &queue, &t, &period, 86).await.unwrap();
+        raise(&store, &queue, &t, &period, 87).await.unwrap();
+        let sent = queue.take();
+        assert_eq!(sent, [Alert::new(&t, &period, 80, 85).key()]);
+        assert_eq!(store.all()[0].body, Alert::new(&t, &period, 80, 85).body);
     }
 
     #[test]

@@ -1,19 +1,21 @@
-//! The events queue's consumer: one delivery (an SQS batch) counted per
-//! tenant, then the quota alerts it made due.
+//! The queues' consumer: a delivery (an SQS batch) of the events queue
+//! counted per tenant, with the quota alerts it reached raised; one of the
+//! alerts queue, delivered to the webhooks.
 //!
 //! Events are grouped per tenant across the delivery (so counters are
 //! pre-aggregated over all of it) and counted through the ledger, whose
 //! dedup records make redelivery harmless. A message whose events could not
-//! be counted is reported as failed, so only it is redelivered; nothing is
-//! acknowledged that was not counted. Quota alerts run after every tenant is
-//! counted, within the time left, so a slow webhook never delays counting;
-//! an alert not delivered in time stays pending for a later delivery.
+//! be counted, or whose crossings could not be raised, is reported as
+//! failed, so only it is redelivered; nothing is acknowledged that was not
+//! counted and raised. Raising only records and queues an alert: webhooks
+//! are called by the alerts queue's consumer, so a slow one never delays
+//! counting.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::alerts::{self, AlertStore, Notifier};
+use super::alerts::{self, AlertKey, AlertQueue, AlertStore, Delivery, Notifier};
 use super::period::BillingPeriod;
 use super::rollup::{Ledger, count, unique_by_id};
 use super::tenants::{Tenant, TenantStore};
@@ -26,8 +28,10 @@ use crate::store::StoreError;
 pub struct Message {
     pub id: String,
     pub body: Option<String>,
-    /// How often it was delivered (for the log of an unreadable one).
-    pub receive_count: Option<String>,
+    /// How often it was delivered, counting this time.
+    pub receive_count: Option<u32>,
+    /// What SQS needs to change its visibility.
+    pub receipt_handle: Option<String>,
 }
 
 /// What consuming one delivery did.
@@ -62,7 +66,10 @@ pub struct Consumer {
     pub ledger: Arc<dyn Ledger>,
     pub usage: Arc<dyn UsageReader>,
     pub alerts: Arc<dyn AlertStore>,
+    pub alert_queue: Arc<dyn AlertQueue>,
     pub notifier: Arc<dyn Notifier>,
+    /// The wait before an alert's second delivery; it doubles per attempt.
+    pub alert_backoff: Duration,
 }
 
 /// One tenant's share of a delivery: its events and the messages they came in.
@@ -82,10 +89,9 @@ struct TenantOutcome {
 }
 
 impl Consumer {
-    /// Counts `messages`, then runs quota alerts until `alerts_until` (the
-    /// invocation's deadline less the time to answer), however long
-    /// counting took.
-    pub async fn consume(&self, messages: Vec<Message>, alerts_until: Instant) -> BatchOutcome {
+    /// Counts `messages` (of the events queue) and raises the quota alerts
+    /// their tenants reached.
+    pub async fn consume(&self, messages: Vec<Message>) -> BatchOutcome {
         let mut delivery = BatchOutcome::default();
         let mut work: BTreeMap<TenantId, TenantWork> = BTreeMap::new();
         for message in messages {
@@ -142,15 +148,9 @@ impl Consumer {
             }
         }
 
-        let until = tokio::time::Instant::from_std(alerts_until);
-        match tokio::time::timeout_at(until, self.run_alerts(&touched)).await {
-            // A threshold check that could not be recorded is redone by
-            // redelivering the messages: their events are duplicates by then.
-            Ok(failed) => delivery.failed.extend(failed),
-            Err(_) => tracing::warn!(
-                "out of time for quota alerts; pending ones are retried on a later batch"
-            ),
-        }
+        // A crossing that could not be raised is raised again by
+        // redelivering its messages: their events are duplicates by then.
+        delivery.failed.extend(self.raise_alerts(&touched).await);
         delivery
     }
 
@@ -190,33 +190,77 @@ impl Consumer {
         })
     }
 
-    /// Retries alerts earlier deliveries left pending, then raises the ones
-    /// each touched tenant has reached (an alert failing now waits for the
-    /// next delivery). Returns the messages to redeliver because a check
-    /// failed.
-    async fn run_alerts(
+    /// Raises the alerts each touched tenant has reached. Returns the
+    /// messages to redeliver because raising failed.
+    async fn raise_alerts(
         &self,
         touched: &[(Tenant, BTreeSet<BillingPeriod>, Vec<String>)],
     ) -> Vec<String> {
-        let (store, notifier) = (self.alerts.as_ref(), self.notifier.as_ref());
-        if let Err(error) = alerts::retry_due(store, notifier).await {
-            tracing::error!(%error, "retrying pending alerts failed; a later batch will");
-        }
+        let (store, queue) = (self.alerts.as_ref(), self.alert_queue.as_ref());
         let mut failed = Vec::new();
         for (tenant, periods, message_ids) in touched {
             for period in periods {
                 let result = async {
                     let used = self.usage.period_total(&tenant.id, &period.key()).await?;
-                    alerts::raise(store, notifier, tenant, period, used).await
+                    alerts::raise(store, queue, tenant, period, used).await
                 }
                 .await;
                 if let Err(error) = result {
-                    tracing::error!(tenant = %tenant.id, %error, "quota check failed; its messages will be retried");
+                    tracing::error!(tenant = %tenant.id, %error, "quota alerts not raised; the messages will be retried");
                     failed.extend(message_ids.iter().cloned());
                     break;
                 }
             }
         }
         failed
+    }
+
+    /// Delivers the alerts `messages` (of the alerts queue) name, until
+    /// `until` (the invocation's deadline less the time to answer). Returns
+    /// the messages to redeliver: each after a backoff doubling per
+    /// attempt, and one cut off by `until` after the queue's visibility
+    /// timeout (its lease keeps others off until then).
+    pub async fn deliver_alerts(&self, messages: Vec<Message>, until: Instant) -> Vec<String> {
+        let deliveries = messages.iter().map(|message| async move {
+            let key = message
+                .body
+                .as_deref()
+                .map(serde_json::from_str::<AlertKey>);
+            let result = match key {
+                Some(Ok(key)) => {
+                    alerts::deliver(self.alerts.as_ref(), self.notifier.as_ref(), &key).await
+                }
+                unreadable => {
+                    tracing::error!(message_id = message.id, ?unreadable, "unreadable alert message; it will reach the DLQ");
+                    return false;
+                }
+            };
+            match result {
+                Ok(Delivery::Done) => return true,
+                Ok(Delivery::Again) => {}
+                Err(error) => tracing::error!(message_id = message.id, %error, "alert not delivered"),
+            }
+            let attempt = message.receive_count.unwrap_or(1) + 1;
+            let delay = alerts::retry_delay(self.alert_backoff, attempt);
+            if let Some(receipt) = &message.receipt_handle
+                && let Err(error) = self.alert_queue.retry_in(receipt, delay).await
+            {
+                tracing::warn!(message_id = message.id, %error, "backoff not set; the queue's visibility timeout applies");
+            }
+            false
+        });
+        let until = tokio::time::Instant::from_std(until);
+        let done = tokio::time::timeout_at(until, futures_util::future::join_all(deliveries))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!("out of time for alert deliveries; they are retried");
+                vec![false; messages.len()]
+            });
+        messages
+            .iter()
+            .zip(done)
+            .filter(|(_, done)| !done)
+            .map(|(message, _)| message.id.clone())
+            .collect()
     }
 }
