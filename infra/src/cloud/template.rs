@@ -784,7 +784,11 @@ Resources:
         let t = Template::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
         let r = resolver(&t);
         assert_eq!(t.tables(&r).unwrap().len(), 5);
-        assert_eq!(t.queues(&r).unwrap().len(), 2);
+        assert_eq!(
+            t.queues(&r).unwrap().len(),
+            4,
+            "events and alerts, each with a DLQ"
+        );
         assert_eq!(t.secrets(&r).unwrap().len(), 3);
         let binaries: Vec<_> = t
             .functions()
