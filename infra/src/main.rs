@@ -20,7 +20,7 @@ use infra::cloud::invoke::LambdaInvoker;
 use infra::cloud::schedule;
 use infra::cloud::template::{Template, Trigger};
 
-const USAGE: &str = "usage: infra dev | trigger <function> | bench | package-check [<function>...] | loadtest | redrive <stage> | branch <from> <to> [<time>]";
+const USAGE: &str = "usage: infra dev | trigger <function> | bench [chat] | package-check [<function>...] | loadtest | redrive <stage> | branch <from> <to> [<time>]";
 
 // One thread: the local cloud's hops are small, and cross-thread wake-ups cost
 // more than they do (each sandbox is its own process).
@@ -83,6 +83,7 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        ["bench", "chat"] => infra::tools::bench::run_chat(&root).await,
         ["bench"] => {
             let runs = std::env::var("INGOT_BENCH_RUNS")
                 .ok()

@@ -232,8 +232,14 @@ async fn the_eleventh_request_in_a_minute_is_refused_recorded_and_never_sent() {
         let answer = send(&chat.router, ask(Some(TOKEN), hello())).await;
         assert_eq!(answer.status, StatusCode::OK);
     }
+    let held = chat.budgets.held(&user_tenant(SUBJECT), &period());
     let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        chat.budgets.held(&user_tenant(SUBJECT), &period()),
+        held,
+        "the hold made alongside the rate windows is given back"
+    );
     assert_eq!(refused.problem()["code"], "rate_limited");
     assert_eq!(refused.headers["x-ratelimit-remaining"], "0");
     assert!(refused.headers.contains_key("retry-after"));

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
@@ -286,6 +286,8 @@ pub struct AnthropicStub {
     completed: AtomicUsize,
     cancelled: AtomicUsize,
     attempts: AtomicUsize,
+    /// When each streamed reply's first `content_block_delta` went out.
+    first_deltas: Mutex<Vec<Instant>>,
 }
 
 impl AnthropicStub {
@@ -310,6 +312,15 @@ impl AnthropicStub {
     /// HTTP requests received, including refused ones.
     pub fn attempts(&self) -> usize {
         self.attempts.load(Ordering::SeqCst)
+    }
+
+    /// When each streamed reply's first `content_block_delta` was handed
+    /// to the response body, in order.
+    pub fn first_deltas(&self) -> Vec<Instant> {
+        self.first_deltas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Streams that ran to `message_stop`.
@@ -499,6 +510,10 @@ async fn messages(
             if tx.send(frame(event)).await.is_err() {
                 stub.cancelled.fetch_add(1, Ordering::SeqCst);
                 return;
+            }
+            if i == first_delta {
+                let mut sent = stub.first_deltas.lock().unwrap_or_else(|e| e.into_inner());
+                sent.push(Instant::now());
             }
             if i == last {
                 stub.sent_last.store(true, Ordering::SeqCst);

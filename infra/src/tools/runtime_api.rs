@@ -297,23 +297,40 @@ impl Harness {
         event: &Value,
         count: usize,
     ) -> Result<Vec<(Option<f64>, Option<f64>, f64)>, String> {
-        let events = std::iter::repeat_n(event.clone(), count + 1).collect();
-        let mut child = self.spawn(binary, name, env, events, None)?;
-        let mut latencies = Vec::with_capacity(count);
-        for i in 0..=count {
-            let answer = self.answer(name).await?;
-            if i > 0 {
+        self.warm_answers(binary, name, env, event, count)
+            .await?
+            .into_iter()
+            .map(|answer| {
                 let handed = answer.handed.ok_or("no event handed")?;
                 let since = |t: Instant| ms(t - handed);
-                latencies.push((
+                Ok((
                     answer.first_byte.map(since),
                     answer.first_delta.map(since),
                     since(answer.at),
-                ));
-            }
+                ))
+            })
+            .collect()
+    }
+
+    /// One process answering `count + 1` invocations with `event`, one
+    /// after another: the answers but the first (cold) one.
+    pub async fn warm_answers(
+        &mut self,
+        binary: &Path,
+        name: &str,
+        env: &[(String, String)],
+        event: &Value,
+        count: usize,
+    ) -> Result<Vec<Answer>, String> {
+        let events = std::iter::repeat_n(event.clone(), count + 1).collect();
+        let mut child = self.spawn(binary, name, env, events, None)?;
+        let mut answers = Vec::with_capacity(count + 1);
+        for _ in 0..=count {
+            answers.push(self.answer(name).await?);
         }
         let _ = child.kill().await;
-        Ok(latencies)
+        answers.remove(0);
+        Ok(answers)
     }
 
     /// One process with `AWS_LAMBDA_MAX_CONCURRENCY=count`, handed `count`
