@@ -150,6 +150,22 @@ async fn streams_the_events_in_order_and_records_usage_exactly_once() {
     assert_eq!(usage_current(&f, &token).await["quota"]["used"], total);
 }
 
+/// The model's connection is opened alongside admission (an unbilled
+/// `HEAD`), and only while none is pooled: the second request finds it.
+#[tokio::test]
+async fn the_upstream_connection_is_warmed_alongside_admission_once_while_pooled() {
+    let f = fixture().await;
+    let (_, token) = f.user();
+    for _ in 0..2 {
+        let response = f.post(&token, &json!({"message": "hello"})).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut events = Events::new(response.into_body());
+        while events.next().await.is_some() {}
+    }
+    assert_eq!(f.stub.requests().len(), 2);
+    assert_eq!(f.stub.warm_ups(), 1);
+}
+
 #[tokio::test]
 async fn the_first_delta_reaches_the_client_before_upstream_sends_the_last() {
     let f = fixture().await;

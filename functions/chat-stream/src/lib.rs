@@ -34,7 +34,7 @@ use shared::aws::ratelimit::DynamoRateCounter;
 use shared::aws::secrets::SecretsManager;
 use shared::aws::tenants::DynamoTenants;
 use shared::chat::admission::Admission;
-use shared::chat::anthropic::AnthropicHttp;
+use shared::chat::anthropic::{self, AnthropicHttp};
 use shared::chat::budget::{Budget, Budgets};
 use shared::chat::gateway::{Ask, Gateway};
 use shared::chat::request::ChatRequest;
@@ -120,6 +120,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(anthropic::POOLED_FOR + Duration::from_secs(30))
         .build()
         .expect("the HTTP client builds with static settings");
     let r = &config.resources;

@@ -288,6 +288,8 @@ pub struct AnthropicStub {
     attempts: AtomicUsize,
     /// When each streamed reply's first `content_block_delta` went out.
     first_deltas: Mutex<Vec<Instant>>,
+    /// `HEAD`s of the Messages endpoint (connection warm-ups).
+    warm_ups: AtomicUsize,
 }
 
 impl AnthropicStub {
@@ -297,7 +299,7 @@ impl AnthropicStub {
 
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/v1/messages", post(messages))
+            .route("/v1/messages", post(messages).head(warm_up))
             .with_state(Arc::clone(self))
     }
 
@@ -307,6 +309,11 @@ impl AnthropicStub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// `HEAD /v1/messages` requests: connections warmed.
+    pub fn warm_ups(&self) -> usize {
+        self.warm_ups.load(Ordering::SeqCst)
     }
 
     /// HTTP requests received, including refused ones.
@@ -379,6 +386,13 @@ fn last_user_text(body: &Value) -> String {
 /// About four characters per token, like the real tokenizer on English.
 fn tokens(chars: usize) -> u64 {
     chars.div_ceil(4).max(1) as u64
+}
+
+/// A `HEAD` of the Messages endpoint: counted and refused as Anthropic
+/// refuses a method it does not serve.
+async fn warm_up(State(stub): State<Arc<AnthropicStub>>) -> StatusCode {
+    stub.warm_ups.fetch_add(1, Ordering::SeqCst);
+    StatusCode::METHOD_NOT_ALLOWED
 }
 
 async fn messages(

@@ -267,24 +267,50 @@ pub fn error_body(body: &[u8]) -> Option<(String, String)> {
 }
 
 /// Anthropic's Messages API over HTTPS: the production [`ModelApi`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AnthropicHttp {
     http: reqwest::Client,
     url: String,
+    /// When a connection was last opened or used.
+    last_used: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// A connection used this recently is still pooled: keep the client's
+/// `pool_idle_timeout` longer.
+pub const POOLED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl AnthropicHttp {
     pub fn new(http: reqwest::Client, base_url: &str) -> Self {
         Self {
             http,
             url: format!("{base_url}/v1/messages"),
+            last_used: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Notes a use now; whether the one before was within [`POOLED_FOR`].
+    fn touch(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        let pooled = last.is_some_and(|t| now.duration_since(t) < POOLED_FOR);
+        *last = Some(now);
+        pooled
     }
 }
 
 #[async_trait::async_trait]
 impl ModelApi for AnthropicHttp {
+    /// A `HEAD` of the Messages endpoint: answered without a key, a body
+    /// or a bill, it leaves a connection in the pool.
+    async fn warm(&self) {
+        if !self.touch() {
+            let head = self.http.head(&self.url).send();
+            let _ = tokio::time::timeout(HEADERS_TIMEOUT, head).await;
+        }
+    }
+
     async fn send(&self, api_key: &str, body: &Value) -> Answer {
+        self.touch();
         let sent = tokio::time::timeout(
             HEADERS_TIMEOUT,
             self.http

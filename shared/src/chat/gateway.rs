@@ -51,7 +51,9 @@ pub struct Gateway {
 impl Gateway {
     /// Starts relaying `ask`'s reply into `tx`; returns the binding rate
     /// window, for the response's headers. Every refusal happens before the
-    /// first byte is sent.
+    /// first byte is sent. The model's connection is opened alongside
+    /// admission; the request waits for it, since one sent before the
+    /// budget is held could be billed past the quota.
     pub async fn start(
         &self,
         ask: Ask,
@@ -60,6 +62,8 @@ impl Gateway {
         let deadline = ask
             .deadline
             .map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(ask.started));
+        let model = Arc::clone(&self.model);
+        tokio::spawn(async move { model.warm().await });
         let admitted = self
             .admission
             .admit(&ask.subject, ask.request, &ask.request_id, ask.now)

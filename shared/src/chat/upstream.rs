@@ -47,6 +47,11 @@ pub enum Answer {
 #[async_trait::async_trait]
 pub trait ModelApi: Send + Sync {
     async fn send(&self, api_key: &str, body: &Value) -> Answer;
+
+    /// Opens a connection to the model API unless one is likely pooled, so
+    /// the request admission lets through need not wait for TCP and TLS.
+    /// Sends nothing that could be billed; the answer is dropped.
+    async fn warm(&self) {}
 }
 
 /// Why no stream was opened.
@@ -143,6 +148,7 @@ pub struct ScriptedModel {
     script: Mutex<VecDeque<Answer>>,
     reply: Vec<String>,
     sent: Mutex<Vec<Value>>,
+    warmed: std::sync::atomic::AtomicUsize,
 }
 
 impl ScriptedModel {
@@ -196,6 +202,11 @@ impl ScriptedModel {
     pub fn sent(&self) -> Vec<Value> {
         self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// How often a connection was warmed.
+    pub fn warmed(&self) -> usize {
+        self.warmed.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 #[async_trait::async_trait]
@@ -218,6 +229,11 @@ impl ModelApi for ScriptedModel {
                 .collect();
             Answer::Streaming(Box::pin(futures_util::stream::iter(frames)))
         })
+    }
+
+    async fn warm(&self) {
+        self.warmed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
