@@ -89,6 +89,37 @@ async fn health_is_503_naming_the_dependency_that_failed() {
     );
 }
 
+/// `/health` is public: however often it is asked, its dependencies are
+/// probed once per `HEALTH_TTL`, and concurrent askers share one probe.
+#[tokio::test]
+async fn hammering_health_probes_each_dependency_once_per_ttl() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&hits);
+    let dependency = infra::cloud::stubs::serve(Router::new().route(
+        "/ready",
+        axum::routing::get(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { "ok" }
+        }),
+    ))
+    .await
+    .unwrap();
+    let app = shared::health::HealthChecks::new("probe", "test")
+        .url(
+            "dependency",
+            &reqwest::Client::new(),
+            &format!("{dependency}/ready"),
+        )
+        .route();
+
+    let asks = (0..50).map(|_| send(app.clone(), get("/health")));
+    for (status, _, body) in futures_util::future::join_all(asks).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["checks"]["dependency"], "ok");
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn health_is_503_when_aws_cannot_be_reached() {
     let stack = support::stack().await;

@@ -1,11 +1,13 @@
 //! `GET /health`: touches every dependency a function uses.
 //!
-//! A function lists its dependencies once at cold start; each request probes
+//! A function lists its dependencies once at cold start; a request probes
 //! them concurrently, each with its own timeout, and answers 200 with every
 //! check's result or 503 (problem+json) naming the ones that failed, so a load
 //! balancer or a person can tell which table, queue or secret is at fault.
 //! The route is public, so why a check failed (which can name roles and
-//! accounts) goes to the log, not the response.
+//! accounts) goes to the log, not the response, and the answer comes from a
+//! probe at most [`HEALTH_TTL`] old, one probe at a time: hammering it costs
+//! the dependencies nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,13 @@ use crate::secrets::SecretSource;
 use crate::store::StoreError;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long `/health` answers from one probe.
+pub const HEALTH_TTL: Duration = Duration::from_secs(5);
+
+/// Each dependency's state, and the failed ones with what a public page
+/// may say of each.
+type Probed = (Map<String, Value>, Vec<(&'static str, &'static str)>);
 
 #[derive(Debug, Clone)]
 enum Probe {
@@ -186,9 +195,10 @@ impl HealthChecks {
         self
     }
 
-    /// A router serving `GET /health` with these checks.
+    /// A router serving `GET /health` with these checks, each probe
+    /// answering for [`HEALTH_TTL`].
     pub fn route(self) -> Router {
-        let checks = Arc::new(self);
+        let checks = Arc::new(Cached::new(self, HEALTH_TTL));
         Router::new().route(
             "/health",
             get(move || {
@@ -205,9 +215,8 @@ impl HealthChecks {
         self
     }
 
-    /// Probes every dependency concurrently: each one's state, and the
-    /// failed ones with what a public page may say of each.
-    async fn probe_all(&self) -> (Map<String, Value>, Vec<(&'static str, &'static str)>) {
+    /// Probes every dependency concurrently.
+    async fn probe_all(&self) -> Probed {
         let results = join_all(
             self.probes
                 .iter()
@@ -229,39 +238,56 @@ impl HealthChecks {
         }
         (checks, failed)
     }
+}
 
-    /// Each dependency's state, always 200 (a status page, not a probe):
-    /// `status` is `ok` or `degraded`, with a reason per failed dependency.
-    pub async fn status(&self) -> Value {
-        let (checks, failed) = self.probe_all().await;
-        let reasons: Map<String, Value> = failed
-            .iter()
-            .map(|(label, reason)| ((*label).to_owned(), json!(reason)))
-            .collect();
-        json!({
-            "status": if failed.is_empty() { "ok" } else { "degraded" },
-            "version": self.version,
-            "dependencies": checks,
-            "reasons": reasons,
-        })
+/// Probes answered from memory for `ttl`, one probe at a time.
+struct Cached {
+    checks: HealthChecks,
+    ttl: Duration,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Probed)>>,
+}
+
+impl Cached {
+    fn new(checks: HealthChecks, ttl: Duration) -> Self {
+        Self {
+            checks,
+            ttl,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The latest probe, probing again once it is older than `ttl`.
+    async fn probed(&self) -> Probed {
+        let mut last = self.last.lock().await;
+        if let Some((at, probed)) = last.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return probed.clone();
+        }
+        let probed = self.checks.probe_all().await;
+        *last = Some((std::time::Instant::now(), probed.clone()));
+        probed
     }
 
     /// 200 with every check, or 503 naming the failed ones.
-    pub async fn report(&self) -> Response {
-        let (checks, failed) = self.probe_all().await;
+    async fn report(&self) -> Response {
+        let (checks, failed) = self.probed().await;
+        let HealthChecks {
+            function, version, ..
+        } = &self.checks;
         if failed.is_empty() {
             Json(json!({
                 "status": "ok",
-                "function": self.function,
-                "version": self.version,
+                "function": function,
+                "version": version,
                 "checks": checks,
             }))
             .into_response()
         } else {
             let labels: Vec<&str> = failed.iter().map(|(label, _)| *label).collect();
             ApiError::unavailable(&labels.join(", "), 5)
-                .with_extension("function", self.function)
-                .with_extension("version", self.version)
+                .with_extension("function", *function)
+                .with_extension("version", *version)
                 .with_extension("checks", Value::Object(checks))
                 .into_response()
         }
@@ -270,31 +296,26 @@ impl HealthChecks {
 
 /// A status page answered from a probe at most `ttl` old, one probe at a
 /// time: hammering a public route costs the dependencies nothing.
-pub struct StatusPage {
-    checks: HealthChecks,
-    ttl: Duration,
-    last: tokio::sync::Mutex<Option<(std::time::Instant, Value)>>,
-}
+pub struct StatusPage(Cached);
 
 impl StatusPage {
     pub fn new(checks: HealthChecks, ttl: Duration) -> Self {
-        Self {
-            checks,
-            ttl,
-            last: tokio::sync::Mutex::new(None),
-        }
+        Self(Cached::new(checks, ttl))
     }
 
-    /// The latest status, probing again once it is older than `ttl`.
+    /// Each dependency's state, always 200 (a status page, not a probe):
+    /// `status` is `ok` or `degraded`, with a reason per failed dependency.
     pub async fn get(&self) -> Value {
-        let mut last = self.last.lock().await;
-        if let Some((at, status)) = last.as_ref()
-            && at.elapsed() < self.ttl
-        {
-            return status.clone();
-        }
-        let status = self.checks.status().await;
-        *last = Some((std::time::Instant::now(), status.clone()));
-        status
+        let (checks, failed) = self.0.probed().await;
+        let reasons: Map<String, Value> = failed
+            .iter()
+            .map(|(label, reason)| ((*label).to_owned(), json!(reason)))
+            .collect();
+        json!({
+            "status": if failed.is_empty() { "ok" } else { "degraded" },
+            "version": self.0.checks.version,
+            "dependencies": checks,
+            "reasons": reasons,
+        })
     }
 }
