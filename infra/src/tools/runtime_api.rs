@@ -323,12 +323,7 @@ impl Harness {
         count: usize,
     ) -> Result<Vec<Answer>, String> {
         let events = std::iter::repeat_n(event.clone(), count + 1).collect();
-        let mut child = self.spawn(binary, name, env, events, None)?;
-        let mut answers = Vec::with_capacity(count + 1);
-        for _ in 0..=count {
-            answers.push(self.answer(name).await?);
-        }
-        let _ = child.kill().await;
+        let mut answers = self.answers(binary, name, env, events, None).await?;
         answers.remove(0);
         Ok(answers)
     }
@@ -351,7 +346,22 @@ impl Harness {
         ));
         let events = std::iter::repeat_n(event.clone(), count).collect();
         let barrier = Arc::new(Barrier::new(count));
-        let mut child = self.spawn(binary, name, &env, events, Some(barrier))?;
+        self.answers(binary, name, &env, events, Some(barrier))
+            .await
+    }
+
+    /// One process handed `events` (held by `barrier`, if any): an answer
+    /// to each, in the order they came.
+    async fn answers(
+        &mut self,
+        binary: &Path,
+        name: &str,
+        env: &[(String, String)],
+        events: Vec<Value>,
+        barrier: Option<Arc<Barrier>>,
+    ) -> Result<Vec<Answer>, String> {
+        let count = events.len();
+        let mut child = self.spawn(binary, name, env, events, barrier)?;
         let mut answers = Vec::with_capacity(count);
         for _ in 0..count {
             answers.push(self.answer(name).await?);
