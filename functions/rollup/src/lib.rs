@@ -170,6 +170,7 @@ pub async fn handle(
 
 #[cfg(test)]
 mod tests {
+    use shared::metering::alerts::AlertKey;
     use shared::metering::types::EventBatch;
 
     use super::*;
@@ -185,5 +186,21 @@ mod tests {
             .collect();
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].events[0].tokens.get(), 120);
+    }
+
+    #[test]
+    fn the_alerts_sample_names_an_alert_on_the_local_alerts_queue() {
+        let raw = include_str!("../../../events/rollup-alerts-batch.json");
+        let event: SqsEvent = serde_json::from_str(raw).unwrap();
+        let record = &event.records[0];
+        let key: AlertKey = serde_json::from_str(record.body.as_deref().unwrap()).unwrap();
+        assert_eq!((key.period.as_str(), key.threshold), ("2026-12-01", 80));
+        assert!(
+            record
+                .event_source_arn
+                .as_deref()
+                .unwrap()
+                .ends_with(":ingot-local-alerts")
+        );
     }
 }
