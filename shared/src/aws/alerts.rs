@@ -190,25 +190,22 @@ impl AlertStore for DynamoAlerts {
                 .collect(),
             ..alert.clone()
         };
-        let update = if left.pending.is_empty() {
-            "SET alert = :alert, lease_until = :zero, #status = :sent"
+        // Being delivered, it is on the queue whether or not the raiser
+        // has marked it so yet.
+        let status = if left.pending.is_empty() {
+            "sent"
         } else {
-            "SET alert = :alert, lease_until = :zero"
+            "queued"
         };
-        let mut request = self
-            .client
+        self.client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(&alert.key())))
-            .update_expression(update)
+            .update_expression("SET alert = :alert, lease_until = :zero, #status = :status")
+            .expression_attribute_names("#status", "status")
             .expression_attribute_values(":alert", encode(&left)?)
-            .expression_attribute_values(":zero", n(0));
-        if left.pending.is_empty() {
-            request = request
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":sent", s("sent"));
-        }
-        request
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":status", s(status))
             .send()
             .await
             .map_err(|e| failed(STORE, "UpdateItem", &e))?;

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Up
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{decode_cursor, encode_cursor, failed, from_item, is_condition_failure, s, to_item};
+use super::{decode_cursor, encode_cursor, failed, from_item, is_condition_failure, n, s, to_item};
 use crate::metering::tenants::{KeyHash, Tenant, TenantPage, TenantPatch, TenantStore};
 use crate::metering::types::TenantId;
 use crate::store::StoreError;
@@ -262,10 +262,7 @@ impl TenantStore for DynamoTenants {
             .table_name(&self.table)
             .set_key(Some(key(format!("KEY#{}", profile.key_hash), KEY)))
             .update_expression("SET expires_at = :at")
-            .expression_attribute_values(
-                ":at",
-                AttributeValue::N(grace_until.timestamp().to_string()),
-            )
+            .expression_attribute_values(":at", n(grace_until.timestamp()))
             .build()
             .map_err(build)?;
         // Guards against a concurrent rotation from the same old key.
@@ -321,10 +318,7 @@ impl TenantStore for DynamoTenants {
                 ("pk".to_owned(), s(tenant_pk(id))),
                 ("sk".to_owned(), s(DELETED)),
                 ("deleted_at".to_owned(), s(now.to_rfc3339())),
-                (
-                    "expires_at".to_owned(),
-                    AttributeValue::N(remember_until.timestamp().to_string()),
-                ),
+                ("expires_at".to_owned(), n(remember_until.timestamp())),
             ])))
             .build()
             .map_err(build)?;

@@ -288,13 +288,21 @@ impl AnthropicHttp {
         }
     }
 
-    /// Notes a use now; whether the one before was within [`POOLED_FOR`].
-    fn touch(&self) -> bool {
+    /// Notes a use of the connection now.
+    fn used(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// Whether to open a connection: none used within [`POOLED_FOR`]. A
+    /// `true` counts as a use, so concurrent requests open one between them.
+    fn needs_warming(&self) -> bool {
         let now = std::time::Instant::now();
         let mut last = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
-        let pooled = last.is_some_and(|t| now.duration_since(t) < POOLED_FOR);
+        if last.is_some_and(|t| now.duration_since(t) < POOLED_FOR) {
+            return false;
+        }
         *last = Some(now);
-        pooled
+        true
     }
 }
 
@@ -303,14 +311,14 @@ impl ModelApi for AnthropicHttp {
     /// A `HEAD` of the Messages endpoint: answered without a key, a body
     /// or a bill, it leaves a connection in the pool.
     async fn warm(&self) {
-        if !self.touch() {
+        if self.needs_warming() {
             let head = self.http.head(&self.url).send();
             let _ = tokio::time::timeout(HEADERS_TIMEOUT, head).await;
         }
     }
 
     async fn send(&self, api_key: &str, body: &Value) -> Answer {
-        self.touch();
+        self.used();
         let sent = tokio::time::timeout(
             HEADERS_TIMEOUT,
             self.http

@@ -133,7 +133,7 @@ pub fn sign(secret: &str, id: &str, timestamp: DateTime<Utc>, body: &str) -> Str
 
 /// What names one alert on the alerts queue: its tenant, period and
 /// threshold (the store's key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AlertKey {
     pub tenant: String,
     pub period: String,
@@ -224,11 +224,7 @@ struct Stored {
 /// Alerts in memory: the double for handler tests (leases are kept).
 #[derive(Debug, Default)]
 pub struct MemoryAlerts {
-    alerts: Mutex<BTreeMap<(String, String, u8), Stored>>,
-}
-
-fn memory_key(key: &AlertKey) -> (String, String, u8) {
-    (key.tenant.clone(), key.period.clone(), key.threshold)
+    alerts: Mutex<BTreeMap<AlertKey, Stored>>,
 }
 
 impl MemoryAlerts {
@@ -245,14 +241,14 @@ impl AlertStore for MemoryAlerts {
         let alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
         Ok(alerts
             .iter()
-            .filter(|((t, p, _), _)| t == tenant && p == period)
-            .map(|((_, _, threshold), stored)| (*threshold, stored.queued))
+            .filter(|(key, _)| key.tenant == tenant && key.period == period)
+            .map(|(key, stored)| (key.threshold, stored.queued))
             .collect())
     }
 
     async fn create(&self, alert: &Alert) -> Result<bool, StoreError> {
         let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        let key = memory_key(&alert.key());
+        let key = alert.key();
         if alerts.contains_key(&key) {
             return Ok(false);
         }
@@ -267,7 +263,7 @@ impl AlertStore for MemoryAlerts {
 
     async fn queued(&self, key: &AlertKey) -> Result<(), StoreError> {
         let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stored) = alerts.get_mut(&memory_key(key)) {
+        if let Some(stored) = alerts.get_mut(key) {
             stored.queued = true;
         }
         Ok(())
@@ -275,7 +271,7 @@ impl AlertStore for MemoryAlerts {
 
     async fn get(&self, key: &AlertKey) -> Result<Option<Alert>, StoreError> {
         let alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(alerts.get(&memory_key(key)).map(|s| s.alert.clone()))
+        Ok(alerts.get(key).map(|s| s.alert.clone()))
     }
 
     async fn claim(
@@ -285,7 +281,7 @@ impl AlertStore for MemoryAlerts {
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        match alerts.get_mut(&memory_key(&alert.key())) {
+        match alerts.get_mut(&alert.key()) {
             Some(stored) if stored.lease_until <= now => {
                 stored.lease_until = lease_until;
                 Ok(true)
@@ -296,7 +292,7 @@ impl AlertStore for MemoryAlerts {
 
     async fn settle(&self, alert: &Alert, delivered: &[String]) -> Result<(), StoreError> {
         let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stored) = alerts.get_mut(&memory_key(&alert.key())) {
+        if let Some(stored) = alerts.get_mut(&alert.key()) {
             stored.alert.pending.retain(|url| !delivered.contains(url));
             stored.lease_until = DateTime::<Utc>::MIN_UTC;
         }
@@ -396,25 +392,35 @@ pub async fn raise(
     if reached.peek().is_none() {
         return Ok(());
     }
-    let recorded = store.recorded(tenant.id.as_str(), &period.key()).await?;
+    let period_key = period.key();
+    let recorded = store.recorded(tenant.id.as_str(), &period_key).await?;
     for threshold in reached {
-        let alert = Alert::new(tenant, period, threshold, used);
         match recorded.get(&threshold) {
             Some(true) => continue,
             Some(false) => {}
-            // Another raiser created it: it queues it, and its messages
-            // are retried until it has.
-            None if !store.create(&alert).await? => continue,
-            None => tracing::info!(
-                alert = alert.id,
-                tenant = alert.tenant,
-                threshold,
-                used,
-                "quota alert raised"
-            ),
+            None => {
+                let alert = Alert::new(tenant, period, threshold, used);
+                // Another raiser created it: it queues it, and its
+                // messages are retried until it has.
+                if !store.create(&alert).await? {
+                    continue;
+                }
+                tracing::info!(
+                    alert = alert.id,
+                    tenant = alert.tenant,
+                    threshold,
+                    used,
+                    "quota alert raised"
+                );
+            }
         }
-        queue.send(&alert.key()).await?;
-        store.queued(&alert.key()).await?;
+        let key = AlertKey {
+            tenant: tenant.id.to_string(),
+            period: period_key.clone(),
+            threshold,
+        };
+        queue.send(&key).await?;
+        store.queued(&key).await?;
     }
     Ok(())
 }

@@ -221,34 +221,7 @@ impl Consumer {
     /// attempt, and one cut off by `until` after the queue's visibility
     /// timeout (its lease keeps others off until then).
     pub async fn deliver_alerts(&self, messages: Vec<Message>, until: Instant) -> Vec<String> {
-        let deliveries = messages.iter().map(|message| async move {
-            let key = message
-                .body
-                .as_deref()
-                .map(serde_json::from_str::<AlertKey>);
-            let result = match key {
-                Some(Ok(key)) => {
-                    alerts::deliver(self.alerts.as_ref(), self.notifier.as_ref(), &key).await
-                }
-                unreadable => {
-                    tracing::error!(message_id = message.id, ?unreadable, "unreadable alert message; it will reach the DLQ");
-                    return false;
-                }
-            };
-            match result {
-                Ok(Delivery::Done) => return true,
-                Ok(Delivery::Again) => {}
-                Err(error) => tracing::error!(message_id = message.id, %error, "alert not delivered"),
-            }
-            let attempt = message.receive_count.unwrap_or(1) + 1;
-            let delay = alerts::retry_delay(self.alert_backoff, attempt);
-            if let Some(receipt) = &message.receipt_handle
-                && let Err(error) = self.alert_queue.retry_in(receipt, delay).await
-            {
-                tracing::warn!(message_id = message.id, %error, "backoff not set; the queue's visibility timeout applies");
-            }
-            false
-        });
+        let deliveries = messages.iter().map(|message| self.deliver_alert(message));
         let until = tokio::time::Instant::from_std(until);
         let done = tokio::time::timeout_at(until, futures_util::future::join_all(deliveries))
             .await
@@ -262,5 +235,35 @@ impl Consumer {
             .filter(|(_, done)| !done)
             .map(|(message, _)| message.id.clone())
             .collect()
+    }
+
+    /// Delivers the alert one message names; `false` if the message is to
+    /// be redelivered, after the backoff its attempt is due.
+    async fn deliver_alert(&self, message: &Message) -> bool {
+        let key = message
+            .body
+            .as_deref()
+            .map(serde_json::from_str::<AlertKey>);
+        let Some(Ok(key)) = key else {
+            tracing::error!(
+                message_id = message.id,
+                ?key,
+                "unreadable alert message; it will reach the DLQ"
+            );
+            return false;
+        };
+        match alerts::deliver(self.alerts.as_ref(), self.notifier.as_ref(), &key).await {
+            Ok(Delivery::Done) => return true,
+            Ok(Delivery::Again) => {}
+            Err(error) => tracing::error!(message_id = message.id, %error, "alert not delivered"),
+        }
+        let attempt = message.receive_count.unwrap_or(1) + 1;
+        let delay = alerts::retry_delay(self.alert_backoff, attempt);
+        if let Some(receipt) = &message.receipt_handle
+            && let Err(error) = self.alert_queue.retry_in(receipt, delay).await
+        {
+            tracing::warn!(message_id = message.id, %error, "backoff not set; the queue's visibility timeout applies");
+        }
+        false
     }
 }
