@@ -238,7 +238,7 @@ async fn the_eleventh_request_in_a_minute_is_refused_recorded_and_never_sent() {
     assert_eq!(
         chat.budgets.held(&user_tenant(SUBJECT), &period()),
         held,
-        "the hold made alongside the rate windows is given back"
+        "a request the windows refuse holds no budget"
     );
     assert_eq!(refused.problem()["code"], "rate_limited");
     assert_eq!(refused.headers["x-ratelimit-remaining"], "0");

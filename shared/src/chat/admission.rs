@@ -98,11 +98,9 @@ impl Admission {
 
     /// Admits `request` of the signed-in `subject`, or says why not. After
     /// sign-in (from memory when warm), the rate windows are counted while
-    /// the history is read and the budget holds the worst case, so
-    /// admission waits for one store round trip (two when a conversation's
-    /// history must be read first). A request the rate windows refuse gives
-    /// its hold back at once: a burst holds budget for one round trip at
-    /// most, never more than the quota allows.
+    /// the history is read, then the budget holds the worst case. The hold
+    /// waits for the rate windows so that a burst refused by them never
+    /// holds budget, even briefly, that an admitted request needs.
     pub async fn admit(
         &self,
         subject: &str,
@@ -114,28 +112,19 @@ impl Admission {
         if !tenant.enabled {
             return Err(Refusal::Disabled);
         }
+        let (limits, history) = tokio::join!(
+            self.rate_limit(subject, &tenant, request_id, now),
+            self.history(subject, &request),
+        );
+        let (limits, history) = (limits?, history?);
+        let body = anthropic::messages_body(&self.settings.system_prompt, &history, &request);
         let quota = self.settings.tiers.limits(tenant.tier).monthly_tokens;
-        let hold = async {
-            let history = self.history(subject, &request).await?;
-            let body = anthropic::messages_body(&self.settings.system_prompt, &history, &request);
-            let held = self
-                .budget
-                .reserve(&tenant, quota, worst_case(&body), now)
-                .await?;
-            Ok::<_, StoreError>((body, held))
-        };
-        let (limits, held) = tokio::join!(self.rate_limit(subject, &tenant, request_id, now), hold);
-        let limits = match limits {
-            Ok(limits) => limits,
-            Err(refusal) => {
-                if let Ok((_, Ok(reservation))) = &held {
-                    self.release(reservation).await;
-                }
-                return Err(refusal);
-            }
-        };
-        match held? {
-            (body, Ok(reservation)) => Ok(Admitted {
+        match self
+            .budget
+            .reserve(&tenant, quota, worst_case(&body), now)
+            .await?
+        {
+            Ok(reservation) => Ok(Admitted {
                 subject: subject.to_owned(),
                 tenant,
                 request,
@@ -144,7 +133,7 @@ impl Admission {
                 reservation,
                 at: now,
             }),
-            (_, Err(over)) => Err(Refusal::QuotaExceeded {
+            Err(over) => Err(Refusal::QuotaExceeded {
                 quota: over.quota,
                 used: over.used,
                 resets_at: over.resets_at,
