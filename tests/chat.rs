@@ -10,13 +10,16 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
+use shared::aws::budget::DynamoBudgets;
 use shared::aws::chat::DynamoChat;
-use shared::aws::ratelimit::DynamoRateCounter;
+use shared::aws::ledger::DynamoLedger;
+use shared::chat::budget::{Budget, Refused};
 use shared::chat::store::ChatStore;
 use shared::jwt::TokenVerifier;
 use shared::jwt::{JwtSettings, Verifier, VerifyError};
 use shared::metering::ingest::EventSink;
-use shared::ratelimit::{RateLimiter, RateWindow};
+use shared::metering::tenants::{NewTenant, Tenant};
+use shared::ratelimit::RateWindow;
 use support::call;
 use support::chat::{
     AUDIENCE, ChatFixture, Event, Events, ISSUER, away_from_minute_end, fixture, fixture_with,
@@ -337,18 +340,28 @@ async fn concurrent_requests_never_exceed_the_limit() {
     assert_eq!((ok, refused), (10, 10));
 }
 
-#[tokio::test]
-async fn minute_and_hour_windows_allow_exactly_their_limits() {
-    let aws = support::aws().await;
-    let f = fixture().await;
-    let limiter = RateLimiter::new(std::sync::Arc::new(DynamoRateCounter::new(
-        aws_sdk_dynamodb::Client::new(&aws),
-        &f.stack
-            .env("chat-stream")
-            .required("RATE_LIMIT_TABLE")
-            .unwrap(),
-    )));
-    let windows = [
+/// A budget over the emulated usage table, with this client's own SDK
+/// client and window guesses, as one instance of chat-stream has.
+async fn budget_client(f: &ChatFixture) -> Budget {
+    let table = f.stack.env("chat-stream").required("USAGE_TABLE").unwrap();
+    let dynamodb = aws_sdk_dynamodb::Client::new(&support::aws().await);
+    Budget::new(
+        std::sync::Arc::new(DynamoBudgets::new(dynamodb.clone(), &table)),
+        std::sync::Arc::new(DynamoLedger::new(dynamodb, &table)),
+    )
+}
+
+fn window_tenant(name: &str) -> Tenant {
+    serde_json::from_value::<NewTenant>(json!({
+        "name": name, "monthly_quota": 1, "billing_day": 1, "tier": "free"}))
+    .unwrap()
+    .into_tenant(Utc::now())
+    .unwrap()
+}
+
+/// A minute (10) and an hour (`per_hour`).
+fn windows(per_hour: u32) -> [RateWindow; 2] {
+    [
         RateWindow {
             name: "minute",
             length: TimeDelta::minutes(1),
@@ -357,10 +370,28 @@ async fn minute_and_hour_windows_allow_exactly_their_limits() {
         RateWindow {
             name: "hour",
             length: TimeDelta::hours(1),
-            limit: 50,
+            limit: per_hour,
         },
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn minute_and_hour_windows_allow_exactly_their_limits() {
+    let f = fixture().await;
+    let budget = budget_client(&f).await;
+    let tenant = window_tenant("boundaries");
+    let windows = windows(50);
     let hour = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+    let reserve = |windows: &[RateWindow], at| {
+        let (budget, tenant) = (&budget, &tenant);
+        let windows = windows.to_vec();
+        async move {
+            budget
+                .reserve(tenant, 1_000_000, 1, &windows, at)
+                .await
+                .unwrap()
+        }
+    };
     let mut allowed = 0;
     // 11 tries a minute for 6 minutes: the minute window stops the 11th each
     // minute, and the hour stops everything after the 50th; a refused
@@ -369,19 +400,19 @@ async fn minute_and_hour_windows_allow_exactly_their_limits() {
         let mut this_minute = 0;
         for attempt in 0..11 {
             let at = hour + TimeDelta::minutes(minute) + TimeDelta::seconds(5);
-            let verdict = limiter
-                .hit_windows("chat#boundaries", &windows, at)
-                .await
-                .unwrap()
-                .unwrap();
-            if verdict.binding.allowed {
-                allowed += 1;
-                this_minute += 1;
-            } else if this_minute == 10 {
-                assert_eq!((attempt, verdict.window), (10, "minute"));
-            } else {
-                assert_eq!(verdict.window, "hour");
-                assert_eq!(verdict.binding.reset, hour + TimeDelta::hours(1));
+            match reserve(&windows, at).await {
+                Ok(_) => {
+                    allowed += 1;
+                    this_minute += 1;
+                }
+                Err(Refused::Limited(verdict)) if this_minute == 10 => {
+                    assert_eq!((attempt, verdict.window), (10, "minute"));
+                }
+                Err(Refused::Limited(verdict)) => {
+                    assert_eq!(verdict.window, "hour");
+                    assert_eq!(verdict.binding.reset, hour + TimeDelta::hours(1));
+                }
+                Err(other) => panic!("{other:?}"),
             }
         }
         assert_eq!(this_minute, if minute < 5 { 10 } else { 0 });
@@ -393,66 +424,46 @@ async fn minute_and_hour_windows_allow_exactly_their_limits() {
         length: TimeDelta::minutes(1),
         limit: 0,
     }];
-    let verdict = limiter
-        .hit_windows("chat#closed", &closed, hour)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!verdict.binding.allowed);
+    assert!(matches!(
+        reserve(&closed, hour).await,
+        Err(Refused::Limited(_))
+    ));
     // A new hour starts afresh.
-    let next = limiter
-        .hit_windows("chat#boundaries", &windows, hour + TimeDelta::hours(1))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(next.binding.allowed);
+    assert!(reserve(&windows, hour + TimeDelta::hours(1)).await.is_ok());
 }
 
-/// Eight clients (each its own SDK client and connection pool, as eight
-/// instances would be) race one user's windows: the limits hold exactly,
-/// and refused requests leave no count behind in any window.
+/// Eight clients (each its own SDK client, connection pool and window
+/// guesses, as eight instances would be) race one user's windows: the
+/// limits hold exactly, and refused requests leave no count and no hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn rate_windows_are_exact_and_refuse_cleanly_across_eight_clients() {
-    let aws = support::aws().await;
     let f = fixture().await;
-    let table = f
-        .stack
-        .env("chat-stream")
-        .required("RATE_LIMIT_TABLE")
-        .unwrap();
-    let windows = [
-        RateWindow {
-            name: "minute",
-            length: TimeDelta::minutes(1),
-            limit: 10,
-        },
-        RateWindow {
-            name: "hour",
-            length: TimeDelta::hours(1),
-            limit: 12,
-        },
-    ];
+    let tenant = window_tenant("race");
+    let windows = windows(12);
     let hour = Utc.with_ymd_and_hms(2026, 11, 22, 11, 0, 0).unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(budget_client(&f).await);
+    }
     let race = |at: chrono::DateTime<Utc>| {
-        let (aws, table) = (aws.clone(), table.clone());
-        async move {
-            let clients = (0..8).map(|_| {
-                let limiter = RateLimiter::new(std::sync::Arc::new(DynamoRateCounter::new(
-                    aws_sdk_dynamodb::Client::new(&aws),
-                    &table,
-                )));
+        let tasks: Vec<_> = clients
+            .iter()
+            .map(|budget| {
+                let (budget, tenant) = (budget.clone(), tenant.clone());
                 tokio::spawn(async move {
                     let mut allowed = 0;
                     for _ in 0..5 {
-                        let verdict = limiter.hit_windows("chat#race", &windows, at).await;
-                        allowed += u32::from(verdict.unwrap().unwrap().binding.allowed);
+                        let reserved = budget.reserve(&tenant, 1_000_000, 1, &windows, at).await;
+                        allowed += u32::from(reserved.unwrap().is_ok());
                     }
                     allowed
                 })
-            });
+            })
+            .collect();
+        async move {
             let mut total = 0;
-            for client in join_all(clients).await {
-                total += client.unwrap();
+            for task in join_all(tasks).await {
+                total += task.unwrap();
             }
             total
         }
@@ -462,25 +473,28 @@ async fn rate_windows_are_exact_and_refuse_cleanly_across_eight_clients() {
     // 40 in the next: the hour has 2 left, and the 30 refused first
     // minute requests took none of them.
     assert_eq!(race(hour + TimeDelta::minutes(1)).await, 2);
-    let record = aws_sdk_dynamodb::Client::new(&aws)
+    let period = shared::metering::period::BillingPeriod::containing(hour, tenant.billing_day);
+    let record = aws_sdk_dynamodb::Client::new(&support::aws().await)
         .get_item()
-        .table_name(&table)
-        .key("pk", AttributeValue::S("chat#race".into()))
-        .key("sk", AttributeValue::S(hour.timestamp().to_string()))
+        .table_name(f.stack.env("chat-stream").required("USAGE_TABLE").unwrap())
+        .key("pk", AttributeValue::S(format!("TENANT#{}", tenant.id)))
+        .key("sk", AttributeValue::S(format!("BUDGET#{}", period.key())))
         .send()
         .await
         .unwrap()
         .item
         .unwrap();
-    let count = |name: String| record[&name].as_n().unwrap().parse::<u32>().unwrap();
-    let minute = |m: i64| format!("minute#{}", (hour + TimeDelta::minutes(m)).timestamp());
+    let number = |name: &str| record[name].as_n().unwrap().parse::<i64>().unwrap();
+    let minute_one = (hour + TimeDelta::minutes(1)).timestamp();
     assert_eq!(
         (
-            count(minute(0)),
-            count(minute(1)),
-            count(format!("hour#{}", hour.timestamp()))
+            number("minute_start"),
+            number("minute_count"),
+            number("hour_start"),
+            number("hour_count"),
+            number("held"),
         ),
-        (10, 2, 12)
+        (minute_one, 2, hour.timestamp(), 12, 12)
     );
 }
 
@@ -884,27 +898,18 @@ async fn status_is_degraded_with_the_reason_when_the_key_is_empty_or_the_model_u
     assert_eq!(again["reasons"]["anthropic_api_key"], "not set");
 }
 
+/// The rate windows are counted with the budget's hold: without the usage
+/// table nothing can be counted or held, so nothing goes upstream.
 #[tokio::test]
-async fn a_rate_limit_store_outage_fails_open_or_closed_as_configured() {
-    let open = fixture_with(&[("RATE_LIMIT_TABLE", "no-such-table")]).await;
-    let (_, token) = open.user();
-    let response = open.post(&token, &json!({"message": "hi"})).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(!response.headers().contains_key("x-ratelimit-limit"));
-
-    let closed = fixture_with(&[
-        ("RATE_LIMIT_TABLE", "no-such-table"),
-        ("RATE_LIMIT_FAIL_CLOSED", "true"),
-    ])
-    .await;
-    let (_, token) = closed.user();
-    let (status, headers, problem) = closed
-        .send_chat(Some(&token), &json!({"message": "hi"}))
-        .await;
+async fn a_usage_table_outage_refuses_with_a_503_before_any_upstream_call() {
+    let f = fixture_with(&[("USAGE_TABLE", "no-such-table")]).await;
+    let (_, token) = f.user();
+    let (status, headers, problem) = f.send_chat(Some(&token), &json!({"message": "hi"})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(problem["code"], "dependency_unavailable");
+    assert_eq!(problem["dependency"], "usage table");
     assert!(headers.contains_key("retry-after"));
-    assert_eq!(closed.stub.attempts(), 0);
+    assert_eq!(f.stub.attempts(), 0);
 }
 
 /// A verifier for the fixture's issuer, reading its keys from `jwks_url`.

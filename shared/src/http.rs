@@ -152,7 +152,6 @@ impl From<Refusal> for ApiError {
                     .flat_map(|l| rate_limit_headers(&l.binding))
                     .fold(problem, |p, (name, value)| p.with_header(name, value))
             }
-            Refusal::RateLimitsUnavailable(_) => ApiError::unavailable("rate-limit table", 5),
             Refusal::Store(error) => error.into(),
         }
     }

@@ -1,14 +1,15 @@
 //! Fixed-window rate limits, exact across any number of Lambda instances,
 //! refusing cleanly.
 //!
-//! All of a subject's windows (say a minute and an hour) are counters in one
-//! record, keyed by the start of its longest window, and a request counts
-//! against all of them in one conditional write (DynamoDB in production: one
-//! `UpdateItem`): either every window has room and each counts it, or none
-//! does. So no instance can let `limit × instances` through (as an in-memory
-//! pre-check would), and a request refused by one window uses up no slot in
-//! another. Rendering a [`Decision`] as HTTP headers or a 429 is the HTTP
-//! layer's job ([`crate::http`]).
+//! A subject's windows are counters in one record, keyed by the start of its
+//! longest window, and a request counts against all of them in one
+//! conditional write (DynamoDB in production: one `UpdateItem`): either
+//! every window has room and each counts it, or none does. So no instance
+//! can let `limit × instances` through (as an in-memory pre-check would).
+//! [`WindowsAt`] turns counts into a [`Verdict`] for any store of them (chat
+//! keeps its windows beside its budget: [`crate::chat::budget`]). Rendering
+//! a [`Decision`] as HTTP headers or a 429 is the HTTP layer's job
+//! ([`crate::http`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -110,24 +111,9 @@ impl RateLimiter {
         Ok(verdict.binding)
     }
 
-    /// Counts one request of `subject` against every window at once: all
-    /// of them count it, or, when any is full, none does. The verdict names
-    /// the refusing window (the first full one), or the one with the fewest
-    /// requests left. `None` if there are no windows.
-    pub async fn hit_windows(
-        &self,
-        subject: &str,
-        windows: &[RateWindow],
-        now: DateTime<Utc>,
-    ) -> Result<Option<Verdict>, StoreError> {
-        match windows.iter().map(|w| w.length).max() {
-            Some(longest) => Ok(Some(self.count(subject, windows, longest, now).await?)),
-            None => Ok(None),
-        }
-    }
-
-    /// [`Self::hit_windows`] for `windows` (not empty), the longest of
-    /// which is `longest`.
+    /// Counts one request of `subject` against every one of `windows` (not
+    /// empty, the longest `longest`): all of them count it, or, when any is
+    /// full, none does.
     async fn count(
         &self,
         subject: &str,
@@ -135,33 +121,14 @@ impl RateLimiter {
         longest: TimeDelta,
         now: DateTime<Utc>,
     ) -> Result<Verdict, StoreError> {
-        let bucket = window_start(now, longest);
-        let starts: Vec<i64> = windows
-            .iter()
-            .map(|w| window_start(now, w.length))
-            .collect();
-        let decision = |window: &RateWindow, start: i64, count: u32, allowed: bool| Decision {
-            allowed,
-            limit: window.limit,
-            remaining: if allowed {
-                window.limit.saturating_sub(count)
-            } else {
-                0
-            },
-            reset: DateTime::from_timestamp(start + window.length.num_seconds().max(1), 0)
-                .unwrap_or(now),
-        };
-        if let Some((window, start)) = windows.iter().zip(&starts).find(|(w, _)| w.limit == 0) {
-            // A zero limit refuses without a write (a record created on
-            // first use would let one through).
-            return Ok(Verdict {
-                binding: decision(window, *start, 0, false),
-                window: window.name,
-            });
+        let at = WindowsAt::new(windows, now);
+        if let Some(refused) = at.closed() {
+            return Ok(refused);
         }
+        let bucket = window_start(now, longest);
         let slots: Vec<Slot> = windows
             .iter()
-            .zip(&starts)
+            .zip(&at.starts)
             .map(|(w, start)| Slot {
                 counter: format!("{}#{start}", w.name),
                 limit: w.limit,
@@ -173,32 +140,79 @@ impl RateLimiter {
             .counter
             .increment(subject, bucket, &slots, expires_at)
             .await?;
-        let (counts, allowed) = match counted {
-            Ok(counts) => (counts, true),
-            Err(counts) => (counts, false),
-        };
-        let decisions: Vec<Decision> = windows
-            .iter()
-            .zip(&starts)
-            .zip(&counts)
-            .map(|((w, start), count)| decision(w, *start, *count, allowed))
-            .collect();
-        // Allowed: the window with the fewest left. Refused: the first full
-        // one (the first window if the store's counts do not say which).
-        let binding = if allowed {
-            (0..decisions.len())
-                .min_by_key(|&i| decisions[i].remaining)
-                .unwrap_or(0)
-        } else {
-            (0..decisions.len())
-                .find(|&i| counts[i] >= windows[i].limit)
-                .unwrap_or(0)
-        };
-        Ok(Verdict {
-            // A counter answers one count per slot, so one decision per window.
-            binding: decisions[binding],
-            window: windows[binding].name,
+        Ok(match counted {
+            Ok(counts) => at.verdict(&counts, true),
+            Err(counts) => at.verdict(&counts, false),
         })
+    }
+}
+
+/// A request's windows at one instant, and the start of each: how any
+/// store of counts turns them into a [`Verdict`].
+#[derive(Debug, Clone)]
+pub struct WindowsAt<'a> {
+    pub windows: &'a [RateWindow],
+    /// Each window's start (epoch seconds).
+    pub starts: Vec<i64>,
+    now: DateTime<Utc>,
+}
+
+impl<'a> WindowsAt<'a> {
+    pub fn new(windows: &'a [RateWindow], now: DateTime<Utc>) -> Self {
+        Self {
+            windows,
+            starts: windows
+                .iter()
+                .map(|w| window_start(now, w.length))
+                .collect(),
+            now,
+        }
+    }
+
+    /// The refusal of a window with a zero limit, which refuses without a
+    /// write (a record created on first use would let one through).
+    pub fn closed(&self) -> Option<Verdict> {
+        let i = self.windows.iter().position(|w| w.limit == 0)?;
+        Some(self.decided(i, &[], false))
+    }
+
+    /// The verdict for `counts` (one per window: after counting the
+    /// request if `allowed`, as they stood if not). Allowed: the window
+    /// with the fewest left binds. Refused: the first full one (the first
+    /// window if the counts do not say which). `windows` is not empty.
+    pub fn verdict(&self, counts: &[u32], allowed: bool) -> Verdict {
+        let remaining = |i: usize| {
+            let count = counts.get(i).copied().unwrap_or(0);
+            self.windows[i].limit.saturating_sub(count)
+        };
+        let binding = if allowed {
+            (0..self.windows.len()).min_by_key(|&i| remaining(i))
+        } else {
+            (0..self.windows.len()).find(|&i| remaining(i) == 0)
+        };
+        self.decided(binding.unwrap_or(0), counts, allowed)
+    }
+
+    fn decided(&self, i: usize, counts: &[u32], allowed: bool) -> Verdict {
+        let window = &self.windows[i];
+        let count = counts.get(i).copied().unwrap_or(0);
+        Verdict {
+            binding: Decision {
+                allowed,
+                limit: window.limit,
+                remaining: if allowed {
+                    window.limit.saturating_sub(count)
+                } else {
+                    0
+                },
+                reset: DateTime::from_timestamp(
+                    self.starts[i] + window.length.num_seconds().max(1),
+                    0,
+                )
+                .unwrap_or(self.now),
+            },
+            window: window.name,
+        }
     }
 }
 
@@ -286,45 +300,17 @@ mod tests {
         assert!(!d.unwrap().allowed);
     }
 
-    #[tokio::test]
-    async fn the_binding_window_is_the_one_with_fewest_left() {
-        let limiter = limiter();
-        let first = limiter.hit_windows("u", &MINUTE_AND_HOUR, at(0)).await;
-        let v = first.unwrap().unwrap();
+    #[test]
+    fn the_binding_window_is_the_one_with_fewest_left_or_the_full_one() {
+        let at0 = WindowsAt::new(&MINUTE_AND_HOUR, at(0));
+        let v = at0.verdict(&[1, 1], true);
         assert_eq!(
             (v.window, v.binding.remaining, v.binding.reset),
             ("minute", 1, at(60))
         );
-    }
-
-    /// One request of `u` against a minute (2) and an hour (3) at `secs`.
-    async fn hit(limiter: &RateLimiter, secs: i64) -> (&'static str, bool, u32) {
-        let v = limiter.hit_windows("u", &MINUTE_AND_HOUR, at(secs)).await;
-        let v = v.unwrap().unwrap();
-        (v.window, v.binding.allowed, v.binding.remaining)
-    }
-
-    #[tokio::test]
-    async fn a_request_refused_by_the_minute_uses_up_no_hour_slot() {
-        let limiter = limiter();
-        for s in [0, 1] {
-            assert!(hit(&limiter, s).await.1);
-        }
-        assert_eq!(hit(&limiter, 2).await, ("minute", false, 0));
-        // The hour counted 2 of 3: the next minute has exactly one left.
-        assert_eq!(hit(&limiter, 61).await, ("hour", true, 0));
-    }
-
-    #[tokio::test]
-    async fn a_request_refused_by_the_hour_uses_up_no_minute_slot() {
-        let limiter = limiter();
-        for s in [0, 1, 61] {
-            assert!(hit(&limiter, s).await.1);
-        }
-        assert_eq!(hit(&limiter, 62).await, ("hour", false, 0));
-        // The minute still has its second slot: the hour alone refuses.
-        assert_eq!(hit(&limiter, 63).await.0, "hour");
-        assert!(hit(&limiter, 3600).await.1, "a new hour starts afresh");
+        let v = at0.verdict(&[1, 3], false);
+        assert_eq!((v.window, v.binding.remaining), ("hour", 0));
+        assert_eq!(v.binding.reset, at(3600));
     }
 
     #[tokio::test]

@@ -30,7 +30,6 @@ use shared::aws::budget::DynamoBudgets;
 use shared::aws::chat::DynamoChat;
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::queue::EventQueue;
-use shared::aws::ratelimit::DynamoRateCounter;
 use shared::aws::secrets::SecretsManager;
 use shared::aws::tenants::DynamoTenants;
 use shared::chat::admission::Admission;
@@ -52,7 +51,7 @@ use shared::jwt::{JwtSettings, TokenVerifier, Verifier};
 use shared::metering::ingest::EventSink;
 use shared::metering::tenants::TenantStore;
 use shared::metering::usage::UsageReader;
-use shared::ratelimit::{Decision, RateCounter, RateLimiter};
+use shared::ratelimit::Decision;
 use shared::secrets::{CachedSecret, SecretSource};
 use shared::telemetry::current_request_id;
 use tokio::sync::mpsc;
@@ -99,7 +98,6 @@ pub struct Edges {
     pub verifier: Option<Arc<dyn TokenVerifier>>,
     pub chat: Arc<dyn ChatStore>,
     pub tenants: Arc<dyn TenantStore>,
-    pub rate_counter: Arc<dyn RateCounter>,
     pub usage: Arc<dyn UsageReader>,
     pub budgets: Arc<dyn Budgets>,
     pub queue: Arc<dyn EventSink>,
@@ -131,10 +129,6 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             .map(|jwt| Arc::new(Verifier::new(jwt, http.clone())) as Arc<dyn TokenVerifier>),
         chat: Arc::new(DynamoChat::new(dynamodb.clone(), &r.chat_table)),
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &r.tenants_table)),
-        rate_counter: Arc::new(DynamoRateCounter::new(
-            dynamodb.clone(),
-            &r.rate_limit_table,
-        )),
         usage: Arc::new(DynamoLedger::new(dynamodb.clone(), &r.usage_table)),
         budgets: Arc::new(DynamoBudgets::new(dynamodb, &r.usage_table)),
         queue: Arc::new(EventQueue::new(
@@ -160,7 +154,6 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
         gateway: Gateway {
             admission: Admission::new(
                 users,
-                RateLimiter::new(edges.rate_counter),
                 budget.clone(),
                 edges.chat.clone(),
                 config.chat.clone(),

@@ -25,7 +25,6 @@ use shared::metering::period::BillingPeriod;
 use shared::metering::rollup::{MemoryLedger, count};
 use shared::metering::tenants::{ApiKey, MemoryTenants, Tenant, TenantStore, Tier};
 use shared::metering::types::{EventId, Feature, Tokens, UsageEvent};
-use shared::ratelimit::MemoryCounter;
 use shared::secrets::MemorySecrets;
 use tower::ServiceExt;
 
@@ -36,7 +35,6 @@ struct Chat {
     router: Router,
     chat: Arc<MemoryChat>,
     tenants: Arc<MemoryTenants>,
-    counter: Arc<MemoryCounter>,
     usage: Arc<MemoryLedger>,
     budgets: Arc<MemoryBudgets>,
     queue: Arc<MemoryQueue>,
@@ -75,7 +73,6 @@ fn chat_signed_in_by(
 ) -> Chat {
     let chat = Arc::new(MemoryChat::default());
     let tenants = Arc::new(MemoryTenants::default());
-    let counter = Arc::new(MemoryCounter::default());
     let usage = Arc::new(MemoryLedger::default());
     let budgets = Arc::new(MemoryBudgets::default());
     let queue = Arc::new(MemoryQueue::default());
@@ -84,7 +81,6 @@ fn chat_signed_in_by(
         verifier: tokens.map(|t| Arc::new(t) as Arc<dyn shared::jwt::TokenVerifier>),
         chat: chat.clone(),
         tenants: tenants.clone(),
-        rate_counter: counter.clone(),
         usage: usage.clone(),
         budgets: budgets.clone(),
         queue: queue.clone(),
@@ -97,7 +93,6 @@ fn chat_signed_in_by(
         router,
         chat,
         tenants,
-        counter,
         usage,
         budgets,
         queue,
@@ -418,24 +413,17 @@ async fn a_disabled_account_is_forbidden() {
     assert!(chat.model.sent().is_empty());
 }
 
+/// The rate windows live with the budget: with the usage table down no
+/// request can be counted or held, so none goes upstream.
 #[tokio::test]
-async fn a_failing_rate_limit_store_fails_open_unless_told_to_fail_closed() {
-    let open = chat();
-    open.counter.outage.begin();
-    let answer = send(&open.router, ask(Some(TOKEN), hello())).await;
-    assert_eq!(answer.status, StatusCode::OK);
-    assert!(!answer.headers.contains_key("x-ratelimit-limit"));
-
-    let closed = chat_with(
-        ScriptedModel::replying("x", 1, 1),
-        "k",
-        &[("RATE_LIMIT_FAIL_CLOSED", "true")],
-    );
-    closed.counter.outage.begin();
-    let refused = send(&closed.router, ask(Some(TOKEN), hello())).await;
+async fn a_failing_budget_store_is_a_503_and_nothing_goes_upstream() {
+    let chat = chat();
+    chat.budgets.outage.begin();
+    let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(refused.problem()["dependency"], "rate-limit table");
-    assert!(closed.model.sent().is_empty());
+    assert_eq!(refused.problem()["dependency"], "usage table");
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(chat.model.sent().is_empty());
 }
 
 #[tokio::test]

@@ -410,9 +410,9 @@ async fn chat_ttfb(
          | upstream's first `content_block_delta` → client's first `content_delta` | {r50:.2} ms | {r95:.2} ms | {r99:.2} ms |\n\n\
          **Added by the proxy before its first byte: {:.2} ms** (p50; target: 2 ms plus one \
          store round trip, {:.2} ms here): sign-in (keys, user and secret cached per \
-         instance), the rate windows' `UpdateItem` (alongside the history read and the \
-         upstream connection's warm-up), then the budget's hold, then the upstream \
-         request. **Added before the first delta: {:.2} ms** (p50, against \
+         instance), one `UpdateItem` counting the rate windows and holding the budget \
+         (alongside the upstream connection's warm-up; a new conversation reads no \
+         history), then the upstream request. **Added before the first delta: {:.2} ms** (p50, against \
          the stub's first `content_block_delta`); **relaying a delta: {r50:.2} ms** (p50, \
          upstream's first delta out → client's first delta in; target 2 ms). The Runtime \
          API connection sets `TCP_NODELAY` (patched client, \

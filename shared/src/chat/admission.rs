@@ -1,8 +1,8 @@
 //! Admission: every check a chat request passes before anything is sent
-//! upstream or streamed — the user's account, the tier's rate windows, the
-//! monthly budget (its worst case held: [`super::budget`]) — and the body
-//! for Anthropic with the conversation's history. A request that fails a
-//! check gets a [`Refusal`], which the HTTP layer renders once.
+//! upstream or streamed — the user's account, then the tier's rate windows
+//! and the monthly budget together (one write: [`super::budget`]) — and the
+//! body for Anthropic with the conversation's history. A request that fails
+//! a check gets a [`Refusal`], which the HTTP layer renders once.
 
 use std::sync::Arc;
 
@@ -11,14 +11,14 @@ use serde_json::Value;
 
 use super::FUNCTION;
 use super::anthropic;
-use super::budget::{Budget, Reservation, worst_case};
+use super::budget::{Budget, Refused, Reservation, worst_case};
 use super::history::{Turn, trim};
 use super::request::ChatRequest;
 use super::settings::ChatSettings;
 use super::store::ChatStore;
 use super::users::Users;
 use crate::metering::tenants::{Tenant, Tier};
-use crate::ratelimit::{RateLimiter, RateWindow, Verdict};
+use crate::ratelimit::{RateWindow, Verdict};
 use crate::store::StoreError;
 use crate::telemetry::{MetricUnit, Metrics};
 
@@ -44,9 +44,6 @@ pub enum Refusal {
         limits: Option<Verdict>,
         at: DateTime<Utc>,
     },
-    /// The rate-limit store failed and `RATE_LIMIT_FAIL_CLOSED` is set.
-    #[error("the rate-limit store is unavailable: {0}")]
-    RateLimitsUnavailable(StoreError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -59,8 +56,7 @@ pub struct Admitted {
     pub request: ChatRequest,
     /// The Messages API body, history included.
     pub body: Value,
-    /// The binding rate window, for the response's headers (`None` when
-    /// the rate-limit store failed open).
+    /// The binding rate window, for the response's headers.
     pub limits: Option<Verdict>,
     /// The worst case held against the quota until the stream settles it.
     pub reservation: Reservation,
@@ -69,7 +65,6 @@ pub struct Admitted {
 
 pub struct Admission {
     users: Users,
-    limiter: RateLimiter,
     budget: Budget,
     chat: Arc<dyn ChatStore>,
     settings: ChatSettings,
@@ -78,14 +73,12 @@ pub struct Admission {
 impl Admission {
     pub fn new(
         users: Users,
-        limiter: RateLimiter,
         budget: Budget,
         chat: Arc<dyn ChatStore>,
         settings: ChatSettings,
     ) -> Self {
         Self {
             users,
-            limiter,
             budget,
             chat,
             settings,
@@ -96,11 +89,10 @@ impl Admission {
         &self.settings
     }
 
-    /// Admits `request` of the signed-in `subject`, or says why not. After
-    /// sign-in (from memory when warm), the rate windows are counted while
-    /// the history is read, then the budget holds the worst case. The hold
-    /// waits for the rate windows so that a burst refused by them never
-    /// holds budget, even briefly, that an admitted request needs.
+    /// Admits `request` of the signed-in `subject`, or says why not: after
+    /// sign-in (from memory when warm) and the history (read only when the
+    /// conversation continues), one conditional write counts the request in
+    /// the tier's rate windows and holds its worst case against the quota.
     pub async fn admit(
         &self,
         subject: &str,
@@ -112,19 +104,22 @@ impl Admission {
         if !tenant.enabled {
             return Err(Refusal::Disabled);
         }
-        let (limits, history) = tokio::join!(
-            self.rate_limit(subject, &tenant, request_id, now),
-            self.history(subject, &request),
-        );
-        let (limits, history) = (limits?, history?);
+        let history = self.history(subject, &request).await?;
         let body = anthropic::messages_body(&self.settings.system_prompt, &history, &request);
-        let quota = self.settings.tiers.limits(tenant.tier).monthly_tokens;
-        match self
+        let limits = self.settings.tiers.limits(tenant.tier);
+        let windows = self.windows(tenant.tier);
+        let reserved = self
             .budget
-            .reserve(&tenant, quota, worst_case(&body), now)
-            .await?
-        {
-            Ok(reservation) => Ok(Admitted {
+            .reserve(
+                &tenant,
+                limits.monthly_tokens,
+                worst_case(&body),
+                &windows,
+                now,
+            )
+            .await?;
+        match reserved {
+            Ok((reservation, limits)) => Ok(Admitted {
                 subject: subject.to_owned(),
                 tenant,
                 request,
@@ -133,7 +128,15 @@ impl Admission {
                 reservation,
                 at: now,
             }),
-            Err(over) => Err(Refusal::QuotaExceeded {
+            Err(Refused::Limited(verdict)) => {
+                self.limited(subject, request_id, &verdict, now).await;
+                Err(Refusal::RateLimited {
+                    verdict,
+                    tier: tenant.tier,
+                    at: now,
+                })
+            }
+            Err(Refused::OverQuota { over, limits }) => Err(Refusal::QuotaExceeded {
                 quota: over.quota,
                 used: over.used,
                 resets_at: over.resets_at,
@@ -165,74 +168,47 @@ impl Admission {
         Ok(trim(&turns, self.settings.history_budget_tokens))
     }
 
-    /// Counts the request against the tier's windows. A store failure lets
-    /// the request through (logged, counted in `RateLimitStoreErrors`)
-    /// unless `RATE_LIMIT_FAIL_CLOSED` is set.
-    async fn rate_limit(
-        &self,
-        subject: &str,
-        tenant: &Tenant,
-        request_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Verdict>, Refusal> {
-        let limits = self.settings.tiers.limits(tenant.tier);
-        let mut windows = vec![RateWindow {
+    /// The tier's rate windows: a minute, and an hour if it has one.
+    fn windows(&self, tier: Tier) -> Vec<RateWindow> {
+        let limits = self.settings.tiers.limits(tier);
+        let minute = RateWindow {
             name: "minute",
             length: TimeDelta::minutes(1),
             limit: limits.per_minute,
-        }];
-        if let Some(per_hour) = limits.per_hour {
-            windows.push(RateWindow {
-                name: "hour",
-                length: TimeDelta::hours(1),
-                limit: per_hour,
-            });
-        }
-        let verdict = match self
-            .limiter
-            .hit_windows(&format!("chat#{subject}"), &windows, now)
+        };
+        let hour = limits.per_hour.map(|limit| RateWindow {
+            name: "hour",
+            length: TimeDelta::hours(1),
+            limit,
+        });
+        std::iter::once(minute).chain(hour).collect()
+    }
+
+    /// Counts and records a refusal by a rate window (a failure to record
+    /// it is logged: the refusal stands).
+    async fn limited(
+        &self,
+        subject: &str,
+        request_id: &str,
+        verdict: &Verdict,
+        now: DateTime<Utc>,
+    ) {
+        Metrics::new()
+            .dimension("Function", FUNCTION)
+            .value("RateLimited", MetricUnit::Count, 1.0)
+            .emit();
+        if let Err(error) = self
+            .chat
+            .record_refusal(
+                subject,
+                request_id,
+                verdict.window,
+                verdict.binding.limit,
+                now,
+            )
             .await
         {
-            Ok(verdict) => verdict,
-            Err(error) if self.settings.rate_limit_fail_closed => {
-                tracing::error!(%error, "rate-limit store unavailable; refusing (fail closed)");
-                return Err(Refusal::RateLimitsUnavailable(error));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "rate-limit store unavailable; allowing (fail open)");
-                Metrics::new()
-                    .dimension("Function", FUNCTION)
-                    .value("RateLimitStoreErrors", MetricUnit::Count, 1.0)
-                    .emit();
-                return Ok(None);
-            }
-        };
-        match verdict {
-            Some(verdict) if !verdict.binding.allowed => {
-                Metrics::new()
-                    .dimension("Function", FUNCTION)
-                    .value("RateLimited", MetricUnit::Count, 1.0)
-                    .emit();
-                if let Err(error) = self
-                    .chat
-                    .record_refusal(
-                        subject,
-                        request_id,
-                        verdict.window,
-                        verdict.binding.limit,
-                        now,
-                    )
-                    .await
-                {
-                    tracing::warn!(%error, "could not record the rate-limit refusal");
-                }
-                Err(Refusal::RateLimited {
-                    verdict,
-                    tier: tenant.tier,
-                    at: now,
-                })
-            }
-            other => Ok(other),
+            tracing::warn!(%error, "could not record the rate-limit refusal");
         }
     }
 }

@@ -150,8 +150,6 @@ pub struct ChatSettings {
     /// Prior turns sent upstream, newest first, up to about this many tokens.
     pub history_budget_tokens: u64,
     pub system_prompt: Arc<str>,
-    /// Refuse (503) rather than allow when the rate-limit table fails.
-    pub rate_limit_fail_closed: bool,
 }
 
 fn json_or<T: for<'de> Deserialize<'de>>(
@@ -202,7 +200,6 @@ impl ChatSettings {
                 .optional("CHAT_SYSTEM_PROMPT")
                 .unwrap_or(DEFAULT_SYSTEM_PROMPT)
                 .into(),
-            rate_limit_fail_closed: env.parse_or("RATE_LIMIT_FAIL_CLOSED", false)?,
         })
     }
 }
@@ -219,7 +216,6 @@ impl std::fmt::Debug for ChatSettings {
             .field("max_tokens_cap", &self.max_tokens_cap)
             .field("history_budget_tokens", &self.history_budget_tokens)
             .field("system_prompt_bytes", &self.system_prompt.len())
-            .field("rate_limit_fail_closed", &self.rate_limit_fail_closed)
             .finish()
     }
 }
