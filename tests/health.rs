@@ -240,3 +240,57 @@ fn each_function_names_its_first_missing_variable() {
         ]
     );
 }
+
+/// A GET of `path` from `ip`, as API Gateway or a function URL hands it in.
+fn get_from(path: &str, ip: &str) -> Request<Body> {
+    let mut http = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContextHttpDescription::default();
+    http.source_ip = Some(ip.to_owned());
+    let mut context =
+        lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
+    context.http = http;
+    let mut request = get(path);
+    request
+        .extensions_mut()
+        .insert(lambda_http::request::RequestContext::ApiGatewayV2(context));
+    request
+}
+
+/// Every unauthenticated route of every HTTP function counts its client's
+/// requests in the rate-limit table: 120 a minute, then a 429 problem, while
+/// another client is still served.
+#[tokio::test]
+async fn every_public_route_allows_each_client_120_a_minute() {
+    let stack = support::stack().await;
+    support::chat::away_from_minute_end().await;
+    let public: [(&str, &[&str]); 4] = [
+        ("prices", &["/health", "/api/config"]),
+        ("ingest", &["/health"]),
+        ("usage", &["/health", "/api/v1/status", "/dashboard"]),
+        ("chat-stream", &["/health"]),
+    ];
+    let apps = support::http_apps(&stack).await;
+    for (n, ((name, app), (expected, paths))) in apps.into_iter().zip(public).enumerate() {
+        assert_eq!(name, expected);
+        let ip = format!("203.0.113.{}", 10 + n);
+        for i in 0..120 {
+            let path = paths[i % paths.len()];
+            let (status, headers, body) = send(app.clone(), get_from(path, &ip)).await;
+            assert!(status.is_success(), "{name} {path}: {status} {body}");
+            assert_eq!(headers["x-ratelimit-remaining"], (119 - i).to_string());
+        }
+        for path in paths.iter() {
+            let (status, headers, body) = send(app.clone(), get_from(path, &ip)).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{name} {path}");
+            assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+            assert!(headers.contains_key(header::RETRY_AFTER));
+            assert_eq!(body["code"], "rate_limited");
+            assert!(body["request_id"].is_string());
+        }
+        let (status, _, _) = send(app.clone(), get_from(paths[0], "198.51.100.1")).await;
+        assert!(status.is_success(), "{name}: another client");
+    }
+    // The count is the table's: a fresh instance refuses the client too.
+    let (_, fresh) = support::http_apps(&stack).await.swap_remove(0);
+    let (status, _, _) = send(fresh, get_from("/health", "203.0.113.10")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}

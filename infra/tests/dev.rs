@@ -205,7 +205,35 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
         .await;
     assert!(delivered, "the message never reached rollup");
 
+    public_routes_refuse_a_client_past_120_a_minute(&dev, &http).await;
+
     dev.stop().await;
+}
+
+/// Every call above came from 127.0.0.1, as these do: within 121 more,
+/// the public limit (120 a minute per client) answers a 429 problem.
+async fn public_routes_refuse_a_client_past_120_a_minute(dev: &Dev, http: &reqwest::Client) {
+    let second = chrono::Utc::now().timestamp().rem_euclid(60);
+    if second >= 45 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+    for sent in 1..=121 {
+        let response = http.get(dev.url("prices", "/health")).send().await.unwrap();
+        if response.status().as_u16() == 200 {
+            assert_eq!(response.headers()["x-ratelimit-limit"], "120");
+            continue;
+        }
+        assert_eq!(response.status().as_u16(), 429, "request {sent}");
+        assert!(response.headers().contains_key("retry-after"));
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "rate_limited");
+        return;
+    }
+    panic!("121 requests in a minute and none refused");
 }
 
 /// A tenant with a quota of 100 tokens uses 85, then 20 more, through the

@@ -34,6 +34,7 @@ pub mod jwt;
 pub mod lambda;
 pub mod metering;
 pub mod prices;
+pub mod public_limit;
 pub mod ratelimit;
 pub mod secrets;
 pub mod store;

@@ -30,6 +30,7 @@ use shared::aws::budget::DynamoBudgets;
 use shared::aws::chat::DynamoChat;
 use shared::aws::ledger::DynamoLedger;
 use shared::aws::queue::EventQueue;
+use shared::aws::ratelimit::DynamoRateCounter;
 use shared::aws::secrets::SecretsManager;
 use shared::aws::tenants::DynamoTenants;
 use shared::chat::admission::Admission;
@@ -51,7 +52,8 @@ use shared::jwt::{JwtSettings, TokenVerifier, Verifier};
 use shared::metering::ingest::EventSink;
 use shared::metering::tenants::TenantStore;
 use shared::metering::usage::UsageReader;
-use shared::ratelimit::Decision;
+use shared::public_limit::PublicLimit;
+use shared::ratelimit::{Decision, RateCounter};
 use shared::secrets::{CachedSecret, SecretSource};
 use shared::telemetry::current_request_id;
 use tokio::sync::mpsc;
@@ -98,6 +100,7 @@ pub struct Edges {
     pub verifier: Option<Arc<dyn TokenVerifier>>,
     pub chat: Arc<dyn ChatStore>,
     pub tenants: Arc<dyn TenantStore>,
+    pub rate_counter: Arc<dyn RateCounter>,
     pub usage: Arc<dyn UsageReader>,
     pub budgets: Arc<dyn Budgets>,
     pub queue: Arc<dyn EventSink>,
@@ -129,6 +132,10 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             .map(|jwt| Arc::new(Verifier::new(jwt, http.clone())) as Arc<dyn TokenVerifier>),
         chat: Arc::new(DynamoChat::new(dynamodb.clone(), &r.chat_table)),
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &r.tenants_table)),
+        rate_counter: Arc::new(DynamoRateCounter::new(
+            dynamodb.clone(),
+            &r.rate_limit_table,
+        )),
         usage: Arc::new(DynamoLedger::new(dynamodb.clone(), &r.usage_table)),
         budgets: Arc::new(DynamoBudgets::new(dynamodb, &r.usage_table)),
         queue: Arc::new(EventQueue::new(
@@ -148,6 +155,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
 /// The function's router over any edges (`/health` answers from `health`).
 pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
     let users = Users::new(edges.chat.clone(), edges.tenants, config.chat.tiers);
+    let public = PublicLimit::new(edges.rate_counter, edges.clock.clone());
     let budget = Budget::new(edges.budgets, edges.usage);
     let state = Arc::new(App {
         verifier: edges.verifier,
@@ -179,7 +187,7 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
         .route("/api/v1/chat/stream", post(chat_stream))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-        .merge(health.route());
+        .merge(public.guard(health.route()));
     finish(routes, &config.cors)
 }
 

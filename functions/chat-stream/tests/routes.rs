@@ -25,6 +25,7 @@ use shared::metering::period::BillingPeriod;
 use shared::metering::rollup::{MemoryLedger, count};
 use shared::metering::tenants::{ApiKey, MemoryTenants, Tenant, TenantStore, Tier};
 use shared::metering::types::{EventId, Feature, Tokens, UsageEvent};
+use shared::ratelimit::MemoryCounter;
 use shared::secrets::MemorySecrets;
 use tower::ServiceExt;
 
@@ -81,6 +82,7 @@ fn chat_signed_in_by(
         verifier: tokens.map(|t| Arc::new(t) as Arc<dyn shared::jwt::TokenVerifier>),
         chat: chat.clone(),
         tenants: tenants.clone(),
+        rate_counter: Arc::new(MemoryCounter::default()),
         usage: usage.clone(),
         budgets: budgets.clone(),
         queue: queue.clone(),

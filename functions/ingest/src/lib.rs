@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use shared::auth::require_tenant;
 use shared::aws::SdkConfig;
 use shared::aws::queue::EventQueue;
+use shared::aws::ratelimit::DynamoRateCounter;
 use shared::aws::tenants::DynamoTenants;
 use shared::clock::{Clock, SystemClock};
 use shared::config::{ConfigError, Env};
@@ -26,6 +27,8 @@ use shared::health::HealthChecks;
 use shared::http::{CorsOrigins, RawBody, finish};
 use shared::metering::ingest::{AcceptError, EventSink, MAX_BODY_BYTES, Submission, accept};
 use shared::metering::tenants::{CachedKeys, TenantStore};
+use shared::public_limit::PublicLimit;
+use shared::ratelimit::RateCounter;
 use shared::telemetry::{MetricUnit, Metrics};
 
 pub const FUNCTION: &str = "ingest";
@@ -33,6 +36,8 @@ pub const FUNCTION: &str = "ingest";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub tenants_table: String,
+    /// Counts the public routes' per-client limit.
+    pub rate_limit_table: String,
     pub events_queue_url: String,
     /// How long a key lookup is remembered per instance (`KEY_CACHE_SECONDS`):
     /// the most a disabled tenant or expired key keeps working.
@@ -44,6 +49,7 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             tenants_table: env.required("TENANTS_TABLE")?,
+            rate_limit_table: env.required("RATE_LIMIT_TABLE")?,
             events_queue_url: env.required("EVENTS_QUEUE_URL")?,
             key_cache: Duration::from_secs(env.parse_or("KEY_CACHE_SECONDS", 30)?),
             cors: CorsOrigins::from_env(env)?,
@@ -55,6 +61,7 @@ impl Config {
 pub struct Edges {
     pub tenants: Arc<dyn TenantStore>,
     pub queue: Arc<dyn EventSink>,
+    pub rate_counter: Arc<dyn RateCounter>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -84,8 +91,9 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         .table("tenants_table", &dynamodb, &config.tenants_table)
         .queue("events_queue", &sqs, &config.events_queue_url);
     let edges = Edges {
-        tenants: Arc::new(DynamoTenants::new(dynamodb, &config.tenants_table)),
+        tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
         queue: Arc::new(EventQueue::new(sqs, &config.events_queue_url)),
+        rate_counter: Arc::new(DynamoRateCounter::new(dynamodb, &config.rate_limit_table)),
         clock: Arc::new(SystemClock),
     };
     router(config, edges, health)
@@ -93,6 +101,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
 
 /// The function's router over any edges (`/health` answers from `health`).
 pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
+    let public = PublicLimit::new(edges.rate_counter, edges.clock.clone());
     let app = App {
         keys: Arc::new(CachedKeys::new(
             edges.tenants,
@@ -107,7 +116,7 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
         // One byte over the limit is enough to know it is too large.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1))
         .with_state(app)
-        .merge(health.route());
+        .merge(public.guard(health.route()));
     finish(routes, &config.cors)
 }
 

@@ -16,6 +16,7 @@ use shared::health::HealthChecks;
 use shared::metering::ingest::MemoryQueue;
 use shared::metering::tenants::{ApiKey, MemoryTenants, NewTenant, TenantPatch, TenantStore};
 use shared::metering::types::EventBatch;
+use shared::ratelimit::MemoryCounter;
 use tower::ServiceExt;
 
 struct Ingest {
@@ -28,6 +29,7 @@ struct Ingest {
 async fn ingest() -> Ingest {
     let env = Env::from_pairs([
         ("TENANTS_TABLE", "tenants"),
+        ("RATE_LIMIT_TABLE", "limits"),
         ("EVENTS_QUEUE_URL", "http://queue"),
         ("KEY_CACHE_SECONDS", "0"),
     ]);
@@ -43,6 +45,7 @@ async fn ingest() -> Ingest {
     let edges = Edges {
         tenants: tenants.clone(),
         queue: queue.clone(),
+        rate_counter: Arc::new(MemoryCounter::default()),
         clock: Arc::new(FixedClock::at(Utc::now())),
     };
     Ingest {

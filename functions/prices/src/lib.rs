@@ -21,8 +21,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::TimeDelta;
-use lambda_http::RequestExt;
-use lambda_http::request::RequestContext;
 use serde_json::{Value, json};
 use shared::aws::SdkConfig;
 use shared::aws::prices::DynamoPrices;
@@ -42,6 +40,7 @@ use shared::prices::settings::PriceSettings;
 use shared::prices::types::{HistoryWindow, WeightUnit};
 use shared::prices::upstream::HttpQuotes;
 use shared::prices::view;
+use shared::public_limit::{PublicLimit, source_ip};
 use shared::ratelimit::{RateCounter, RateLimiter};
 
 pub const FUNCTION: &str = "prices";
@@ -135,21 +134,25 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
         config.settings.clone(),
         config.read_policy(),
         edges.prices,
-        RateLimiter::new(edges.rate_counter),
+        RateLimiter::new(Arc::clone(&edges.rate_counter)),
         &config.provider_keys_secret,
     );
+    let public = PublicLimit::new(Arc::clone(&edges.rate_counter), Arc::clone(&clock));
     let app = App {
         config: Arc::new(config.clone()),
         prices: Arc::new(service),
         clock,
     };
-    let routes = Router::new()
+    let limited = Router::new()
         .route("/api/prices", get(prices))
-        .route("/api/proxy/{provider}", get(proxy))
         .route("/api/config", get(public_config))
-        .with_state(app)
+        .with_state(app.clone())
         .merge(health.route());
-    finish(routes, &config.cors)
+    // The proxy counts against its own limit.
+    let proxied = Router::new()
+        .route("/api/proxy/{provider}", get(proxy))
+        .with_state(app);
+    finish(public.guard(limited).merge(proxied), &config.cors)
 }
 
 async fn prices(
@@ -195,24 +198,14 @@ fn respond(answer: &Rendered, headers: &HeaderMap, max_age: Duration) -> Respons
         .into_response()
 }
 
-/// The caller's IP as API Gateway saw it (never a client-set header).
-/// Outside API Gateway (tests, tools) every caller shares one bucket.
-fn client_ip(context: Option<&RequestContext>) -> String {
-    if let Some(RequestContext::ApiGatewayV2(ctx)) = context
-        && let Some(ip) = &ctx.http.source_ip
-    {
-        return ip.clone();
-    }
-    "unknown".to_owned()
-}
-
 async fn proxy(
     State(app): State<App>,
     Path(provider): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let client = client_ip(request.request_context_ref());
+    // Outside API Gateway (tests, tools) every caller shares one bucket.
+    let client = source_ip(&request).unwrap_or_else(|| "unknown".to_owned());
     let (latest, decision) = app.prices.proxy(&client, &provider, &params).await?;
     let body = view::latest(&latest, WeightUnit::Toz, app.clock.now());
     let mut response = Json(body).into_response();

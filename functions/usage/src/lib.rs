@@ -24,6 +24,7 @@ use shared::auth::{require_admin, require_admin_or_own};
 use shared::aws::SdkConfig;
 use shared::aws::chat::DynamoChat;
 use shared::aws::ledger::DynamoLedger;
+use shared::aws::ratelimit::DynamoRateCounter;
 use shared::aws::secrets::SecretsManager;
 use shared::aws::tenants::DynamoTenants;
 use shared::chat::account::Account;
@@ -43,6 +44,8 @@ use shared::metering::types::TenantId;
 use shared::metering::usage::{
     Resolution, UsageQuery, UsageReader, UsageSpan, UsageWindow, period_totals, report,
 };
+use shared::public_limit::PublicLimit;
+use shared::ratelimit::RateCounter;
 use shared::secrets::{CachedSecret, SecretSource};
 
 pub const FUNCTION: &str = "usage";
@@ -87,6 +90,7 @@ pub struct Edges {
     pub secrets: Arc<dyn SecretSource>,
     /// `None` while sign-in is not configured.
     pub verifier: Option<Arc<dyn TokenVerifier>>,
+    pub rate_counter: Arc<dyn RateCounter>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -136,7 +140,8 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let edges = Edges {
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &r.tenants_table)),
         usage: Arc::new(DynamoLedger::new(dynamodb.clone(), &r.usage_table)),
-        chat: Arc::new(DynamoChat::new(dynamodb, &r.chat_table)),
+        chat: Arc::new(DynamoChat::new(dynamodb.clone(), &r.chat_table)),
+        rate_counter: Arc::new(DynamoRateCounter::new(dynamodb, &r.rate_limit_table)),
         secrets: Arc::new(SecretsManager::new(secrets)),
         verifier: config
             .jwt
@@ -150,6 +155,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
 /// The function's router over any edges: `/health` answers from `health`,
 /// `/api/v1/status` from `status`.
 pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: HealthChecks) -> Router {
+    let public = PublicLimit::new(edges.rate_counter, edges.clock.clone());
     let app = App {
         keys: Arc::new(CachedKeys::new(
             edges.tenants.clone(),
@@ -189,18 +195,20 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: Healt
         )
         .route("/usage/{tenant}", get(usage))
         .route("/admin/usage", get(all_usage))
-        .route("/dashboard", get(dashboard::page))
         .route("/api/v1/usage/current", get(chat::current))
         .route("/api/v1/usage/history", get(chat::history))
-        .route("/api/v1/status", get(chat::status))
         .route("/api/v1/conversations", get(chat::conversations))
         .route(
             "/api/v1/conversations/{id}",
             get(chat::conversation).delete(chat::delete_conversation),
         )
+        .with_state(app.clone());
+    let unauthenticated = Router::new()
+        .route("/dashboard", get(dashboard::page))
+        .route("/api/v1/status", get(chat::status))
         .with_state(app)
         .merge(health.route());
-    finish(routes, &config.cors)
+    finish(routes.merge(public.guard(unauthenticated)), &config.cors)
 }
 
 /// `?limit=` of a paginated list: 1 to 100.

@@ -17,6 +17,7 @@ use shared::jwt::MemoryTokens;
 use shared::metering::rollup::{MemoryLedger, count};
 use shared::metering::tenants::MemoryTenants;
 use shared::metering::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
+use shared::ratelimit::MemoryCounter;
 use shared::secrets::MemorySecrets;
 use tower::ServiceExt;
 use usage::{Config, Edges, FUNCTION, router};
@@ -53,6 +54,7 @@ fn usage() -> Usage {
         chat: chat.clone(),
         secrets: Arc::new(MemorySecrets::default().with("admin", ADMIN)),
         verifier: Some(Arc::new(MemoryTokens::default().with(USER_TOKEN, SUBJECT))),
+        rate_counter: Arc::new(MemoryCounter::default()),
         clock: clock.clone(),
     };
     let router = router(
