@@ -416,6 +416,27 @@ async fn a_memory_hit_touches_neither_dynamodb_nor_the_provider() {
     assert_eq!(headers[header::CACHE_CONTROL], "public, max-age=60");
 }
 
+/// Sixteen concurrent misses of one price, through the real app against
+/// the emulator, while the provider takes its time: one provider call
+/// (single flight), one answer for all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_fill_once_with_one_provider_call() {
+    let w = world().await;
+    w.stub(ProviderId::MetalsDev).set(|_| {
+        std::thread::sleep(Duration::from_millis(300));
+        metals_dev_ok(2650.0)
+    });
+    let api = w.api().await;
+    let answers =
+        futures_util::future::join_all((0..16).map(|_| get(&api, "/api/prices?metal=gold"))).await;
+    for (status, _, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert_eq!(body["latest"], answers[0].2["latest"]);
+    }
+    assert_eq!(w.stub(ProviderId::MetalsDev).calls(), 1);
+    assert_eq!(w.stub(ProviderId::MetalPriceApi).calls(), 0);
+}
+
 #[tokio::test]
 async fn a_fresh_latest_in_dynamodb_is_served_without_asking_a_provider() {
     let w = world().await;

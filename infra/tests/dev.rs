@@ -155,6 +155,15 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
         assert_eq!(status.ok(), Some(200), "{function}");
     }
 
+    // The schedule (EventBridge's rate, run locally) invokes price-fetch at
+    // start, and the read API serves what it stored.
+    let ran = r#"scheduled invocation function="price-fetch" result"#;
+    let scheduled = dev.seen.iter().any(|l| l.contains(ran))
+        || dev.wait_for_line(ran, Duration::from_secs(120)).await;
+    assert!(scheduled, "price-fetch was never invoked on schedule");
+    let gold = json_of(http.get(dev.url("prices", "/api/prices?metal=gold"))).await;
+    assert_eq!(gold["latest"]["provider"], "gold-api.com", "{gold}");
+
     // Chat streams: the stub sends 50 deltas 100 ms apart, and the first
     // reaches us long before the last (what `curl -N` shows).
     let token =
