@@ -60,10 +60,14 @@ async fn answer(State(stub): State<Stub>, uri: Uri) -> (StatusCode, String) {
 }
 
 fn metals_dev_ok(gold: f64) -> (u16, String) {
+    metals_dev_in("USD", gold)
+}
+
+fn metals_dev_in(currency: &str, gold: f64) -> (u16, String) {
     (
         200,
         format!(
-            r#"{{"status":"success","currency":"USD","unit":"toz","metals":{{"gold":{gold},"silver":31.05,"platinum":960.4,"palladium":1010.2}},"currencies":{{}},"timestamps":{{"metal":"{}","currency":"{}"}}}}"#,
+            r#"{{"status":"success","currency":"{currency}","unit":"toz","metals":{{"gold":{gold},"silver":31.05,"platinum":960.4,"palladium":1010.2}},"currencies":{{}},"timestamps":{{"metal":"{}","currency":"{}"}}}}"#,
             Utc::now().to_rfc3339(),
             Utc::now().to_rfc3339()
         ),
@@ -74,7 +78,7 @@ fn metalpriceapi_ok(gold: f64) -> (u16, String) {
     (
         200,
         format!(
-            r#"{{"success":true,"base":"USD","timestamp":{},"rates":{{"XAU":{},"USDXAU":{gold},"XAG":0.0322,"XPT":0.00104,"XPD":0.00099}}}}"#,
+            r#"{{"success":true,"base":"USD","timestamp":{},"rates":{{"EUR":0.9213,"JPY":151.62,"XAU":{},"USDXAU":{gold},"XAG":0.0322,"XPT":0.00104,"XPD":0.00099}}}}"#,
             Utc::now().timestamp(),
             1.0 / gold
         ),
@@ -106,6 +110,8 @@ fn server_error(_: &str) -> (u16, String) {
 struct World {
     stack: support::Stack,
     stubs: Vec<(ProviderId, Stub)>,
+    /// What both price functions fetch and serve (USD unless a test says).
+    currencies: Vec<Currency>,
 }
 
 impl World {
@@ -155,6 +161,7 @@ impl World {
             .iter()
             .map(|(id, s)| (*id, s.url.clone()))
             .collect();
+        config.settings.currencies = self.currencies.clone();
         config.settings.policy.timeout = Duration::from_secs(2);
         config.settings.policy.breaker_failures = 2;
         config.settings.policy.breaker_cooldown = TimeDelta::seconds(2);
@@ -182,6 +189,7 @@ async fn world() -> World {
     let world = World {
         stack: support::stack().await,
         stubs,
+        currencies: vec![usd()],
     };
     world
         .set_keys(serde_json::json!({"metals.dev": "k1", "metalpriceapi": "k2", "metals-api": "k3", "goldapi.io": "k4"}))
@@ -309,6 +317,7 @@ async fn seed_gold(w: &World, price: f64, age: TimeDelta) {
         ask: None,
         provider: "seed".into(),
         ts: Utc::now() - age,
+        fx: None,
     };
     w.prices()
         .await
@@ -371,6 +380,7 @@ impl World {
     /// The prices app, its providers pointed at the stubs.
     async fn api(&self) -> axum::Router {
         let mut config = prices::Config::from_env(self.stack.env("prices")).unwrap();
+        config.settings.currencies = self.currencies.clone();
         config.settings.providers = self
             .stubs
             .iter()
@@ -622,4 +632,46 @@ async fn config_lists_providers_with_keys_and_circuits() {
     assert_eq!(body["units"], serde_json::json!(["toz", "g", "kg"]));
     assert_eq!(body["schedule"], "rate(5 minutes)");
     assert!(!body.to_string().contains("k1"), "keys are never returned");
+}
+
+/// USD and EUR quoted directly by metals.dev; JPY, which it refuses,
+/// converted by MetalPriceAPI from its dollar price with its own rate, in
+/// decimal; each served with the rate it was converted with, if any.
+#[tokio::test]
+async fn every_configured_currency_is_quoted_directly_or_converted_with_its_rate() {
+    let mut w = world().await;
+    let code = |c: &str| Currency::try_from(c.to_owned()).unwrap();
+    w.currencies = vec![usd(), code("EUR"), code("JPY")];
+    w.stub(ProviderId::MetalsDev).set(|path| {
+        if path.contains("currency=JPY") {
+            let refused =
+                r#"{"status":"failure","error_code":1203,"error_message":"Unsupported currency."}"#;
+            (200, refused.to_owned())
+        } else if path.contains("currency=EUR") {
+            metals_dev_in("EUR", 2441.56)
+        } else {
+            metals_dev_ok(2650.0)
+        }
+    });
+    let report = run(&w.fetcher().await).await.unwrap();
+    assert_eq!(report.written.len(), 12, "{report:?}");
+
+    let api = w.api().await;
+    let (status, _, jpy) = get(&api, "/api/prices?metal=gold&currency=JPY").await;
+    assert_eq!(status, StatusCode::OK, "{jpy}");
+    assert_eq!(jpy["latest"]["provider"], "metalpriceapi");
+    // 2651 × 151.62, to the cent: floating point would say 401944.62000000005.
+    assert_eq!(jpy["latest"]["price"], 401_944.62);
+    assert_eq!(jpy["latest"]["fx"]["rate"], 151.62);
+    assert_eq!(jpy["latest"]["fx"]["source"], "metalpriceapi");
+    assert!(jpy["latest"]["fx"]["ts"].is_string());
+
+    let (_, _, eur) = get(&api, "/api/prices?metal=gold&currency=EUR&unit=g").await;
+    assert_eq!(eur["latest"]["provider"], "metals.dev");
+    assert_eq!(eur["latest"]["fx"], serde_json::Value::Null);
+    assert_eq!(eur["unit"], "g");
+
+    let (status, _, unknown) = get(&api, "/api/prices?metal=gold&currency=CHF").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(unknown["allowed"], serde_json::json!(["USD", "EUR", "JPY"]));
 }

@@ -163,6 +163,14 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
     assert!(scheduled, "price-fetch was never invoked on schedule");
     let gold = json_of(http.get(dev.url("prices", "/api/prices?metal=gold"))).await;
     assert_eq!(gold["latest"]["provider"], "gold-api.com", "{gold}");
+    // Every configured currency (the template's default list) is served,
+    // with the rate the provider converted at.
+    for currency in ["EUR", "GBP", "JPY"] {
+        let path = format!("/api/prices?metal=gold&currency={currency}");
+        let gold = json_of(http.get(dev.url("prices", &path))).await;
+        assert_eq!(gold["currency"], currency, "{gold}");
+        assert_eq!(gold["latest"]["fx"]["source"], "gold-api.com", "{gold}");
+    }
 
     // Chat streams: the stub sends 50 deltas 100 ms apart, and the first
     // reaches us long before the last (what `curl -N` shows).

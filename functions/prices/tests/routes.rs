@@ -69,6 +69,7 @@ impl World {
             ask: None,
             provider: "seed".into(),
             ts: self.doubles.clock.now() - age,
+            fx: None,
         };
         self.doubles
             .store

@@ -52,26 +52,45 @@ pub async fn serve(router: Router) -> std::io::Result<String> {
 }
 
 /// gold-api.com's `GET /price/{symbol}/{currency}`, in its real format, at
-/// steady prices.
+/// steady prices: dollars converted at steady rates (the provider's own
+/// practice, naming the rate), or a 400 for a currency it does not know.
 pub fn gold_api_com() -> Router {
-    async fn price(uri: axum::http::Uri) -> axum::Json<Value> {
+    async fn price(uri: axum::http::Uri) -> (axum::http::StatusCode, axum::Json<Value>) {
         let mut parts = uri.path().trim_start_matches("/price/").split('/');
         let symbol = parts.next().unwrap_or("XAU").to_owned();
         let currency = parts.next().unwrap_or("USD");
-        let price = match symbol.as_str() {
+        let usd = match symbol.as_str() {
             "XAG" => 31.2,
             "XPT" => 962.5,
             "XPD" => 1004.0,
             _ => 2650.0,
         };
-        axum::Json(json!({
-            "currency": currency, "currencySymbol": "$", "exchangeRate": 1, "name": symbol,
+        let Some(&(_, sign, rate)) = RATES.iter().find(|(code, ..)| *code == currency) else {
+            let error = json!({"error": format!("Currency {currency} not supported")});
+            return (axum::http::StatusCode::BAD_REQUEST, axum::Json(error));
+        };
+        let price = (usd * rate * 100.0_f64).round() / 100.0;
+        let body = json!({
+            "currency": currency, "currencySymbol": sign, "exchangeRate": rate, "name": symbol,
             "price": price, "symbol": symbol, "updatedAt": chrono::Utc::now().to_rfc3339(),
             "updatedAtReadable": "a few seconds ago",
-        }))
+        });
+        (axum::http::StatusCode::OK, axum::Json(body))
     }
     Router::new().fallback(price)
 }
+
+/// The stub's exchange rates: currency, symbol, units per US dollar.
+const RATES: [(&str, &str, f64); 8] = [
+    ("USD", "$", 1.0),
+    ("EUR", "€", 0.9213),
+    ("GBP", "£", 0.7862),
+    ("CHF", "CHF", 0.8814),
+    ("CAD", "C$", 1.3931),
+    ("AUD", "A$", 1.5324),
+    ("JPY", "¥", 151.62),
+    ("INR", "₹", 84.37),
+];
 
 /// Chat's upstreams for `make dev`: the local issuer always, and the
 /// Anthropic stub unless `ANTHROPIC_BASE_URL` points at a real API.

@@ -226,6 +226,7 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         ask: None,
         provider: "bench".into(),
         ts: chrono::Utc::now(),
+        fx: None,
     };
     shared::aws::prices::DynamoPrices::new(aws_sdk_dynamodb::Client::new(&rig.aws), &prices_table)
         .record(&seeded, chrono::TimeDelta::days(1))

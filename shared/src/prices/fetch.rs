@@ -1,5 +1,5 @@
-//! The scheduled fetch: for every configured currency, one failover round
-//! over every metal (breakers and outlier guard, see [`super::failover`]),
+//! The scheduled fetch: for every configured currency (at once), one
+//! failover round over every metal (breakers and outlier guard, see [`super::failover`]),
 //! each accepted quote written as the latest and a history point.
 //!
 //! The last stored price of each metal is what the outlier guard compares
@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::failover::{Attempt, Failover, Round};
-use super::providers::ProviderKeys;
+use super::providers::{Provider, ProviderKeys};
 use super::settings::PriceSettings;
 use super::store::PriceStore;
-use super::types::Quote;
+use super::types::{Currency, Quote};
 use super::{PriceEdges, PriceError};
 
 pub struct PriceFetcher {
@@ -69,35 +69,55 @@ impl PriceFetcher {
         }
     }
 
-    /// One scheduled run. Fails early only when the keys or the store
-    /// cannot be read; providers failing is in the [`FetchRun`].
+    /// One scheduled run: a round per currency, all at once (so a run with
+    /// every provider timing out still ends within one round's worst case).
+    /// Fails early only when the keys or the store cannot be read;
+    /// providers failing is in the [`FetchRun`].
     pub async fn run(&self) -> Result<FetchRun, PriceError> {
         let providers = self.keys.providers().await?;
-        let settings = &self.settings;
+        let rounds = futures_util::future::join_all(
+            self.settings
+                .currencies
+                .iter()
+                .map(|currency| self.round(&providers, currency)),
+        )
+        .await;
         let mut run = FetchRun::default();
-        for currency in &settings.currencies {
-            let mut last = BTreeMap::new();
-            for metal in &settings.metals {
-                if let Some(q) = self.store.latest(*metal, currency).await? {
-                    last.insert(*metal, q.price);
-                }
-            }
-            let round = self
-                .failover
-                .round(&providers, &settings.metals, currency, &last)
-                .await?;
-            for (provider, reason) in &round.skipped {
-                tracing::info!(provider = provider.name(), %reason, "provider skipped");
-            }
-            for quote in &round.rejected {
-                tracing::warn!(metal = %quote.metal, currency = %quote.currency, provider = quote.provider, price = quote.price, "outlier rejected: no second provider confirmed it");
-            }
-            for quote in round.accepted.values() {
-                self.store.record(quote, settings.retention).await?;
-                run.written.push(quote.clone());
-            }
+        for round in rounds {
+            let round = round?;
+            run.written.extend(round.accepted.values().cloned());
             run.rounds.push(round);
         }
         Ok(run)
+    }
+
+    /// One currency's failover round over every metal, its accepted quotes
+    /// written.
+    async fn round(
+        &self,
+        providers: &[Provider],
+        currency: &Currency,
+    ) -> Result<Round, PriceError> {
+        let settings = &self.settings;
+        let mut last = BTreeMap::new();
+        for metal in &settings.metals {
+            if let Some(q) = self.store.latest(*metal, currency).await? {
+                last.insert(*metal, q.price);
+            }
+        }
+        let round = self
+            .failover
+            .round(providers, &settings.metals, currency, &last)
+            .await?;
+        for (provider, reason) in &round.skipped {
+            tracing::info!(provider = provider.name(), %reason, "provider skipped");
+        }
+        for quote in &round.rejected {
+            tracing::warn!(metal = %quote.metal, currency = %quote.currency, provider = quote.provider, price = quote.price, "outlier rejected: no second provider confirmed it");
+        }
+        for quote in round.accepted.values() {
+            self.store.record(quote, settings.retention).await?;
+        }
+        Ok(round)
     }
 }

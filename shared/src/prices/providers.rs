@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::PriceError;
-use super::types::{Currency, Metal, Quote, Unknown, find};
+use super::types::{Currency, Fx, Metal, Quote, Unknown, find};
 use crate::config::Upstream;
 use crate::secrets::{CachedSecret, SecretSource};
 
@@ -239,12 +239,16 @@ pub fn parse_metals_dev(
                 ask: None,
                 provider: ProviderId::MetalsDev.name().to_owned(),
                 ts,
+                fx: None,
             })
         })
         .collect()
 }
 
-/// MetalPriceAPI and Metals-API: `{success, base, timestamp, rates: {XAU: oz per unit, USDXAU: price}}`.
+/// MetalPriceAPI and Metals-API, asked with `base=USD` (every plan allows
+/// it): `{success, base, timestamp, rates: {XAU: oz per USD, USDXAU: USD per
+/// oz, EUR: EUR per USD}}`. Another `currency` is converted from the dollar
+/// price with the same answer's rate, named in the quote's `fx`.
 pub fn parse_inverse_rates(
     id: ProviderId,
     status: u16,
@@ -258,18 +262,32 @@ pub fn parse_inverse_rates(
             upstream_message(&v).unwrap_or_else(|| "success is not true".into()),
         ));
     }
-    if v["base"].as_str() != Some(currency.as_str()) {
+    if v["base"].as_str() != Some("USD") {
         return Err(ProviderError::Invalid(format!("base is {}", v["base"])));
     }
     let ts =
         timestamp(&v["timestamp"]).ok_or_else(|| ProviderError::Invalid("no timestamp".into()))?;
+    let fx = match currency.as_str() {
+        "USD" => None,
+        code => Some(Fx {
+            rate: positive(v["rates"][code].as_f64(), code)?,
+            source: id.name().to_owned(),
+            ts,
+        }),
+    };
     metals
         .iter()
         .map(|m| {
-            let direct = v["rates"][format!("{currency}{}", m.symbol())].as_f64();
-            let price = match direct {
+            let direct = v["rates"][format!("USD{}", m.symbol())].as_f64();
+            let usd = match direct {
                 Some(p) => positive(Some(p), m.symbol())?,
                 None => 1.0 / positive(v["rates"][m.symbol()].as_f64(), m.symbol())?,
+            };
+            let price = match &fx {
+                None => usd,
+                Some(fx) => fx.convert(usd).ok_or_else(|| {
+                    ProviderError::Invalid(format!("{} cannot be converted", m.symbol()))
+                })?,
             };
             Ok(Quote {
                 metal: *m,
@@ -279,6 +297,7 @@ pub fn parse_inverse_rates(
                 ask: None,
                 provider: id.name().to_owned(),
                 ts,
+                fx: fx.clone(),
             })
         })
         .collect()
@@ -309,6 +328,16 @@ pub fn parse_single(
         )));
     }
     let optional = |field: &str| v[field].as_f64().filter(|p| p.is_finite() && *p > 0.0);
+    let ts = ts.ok_or_else(|| ProviderError::Invalid("no timestamp".into()))?;
+    // gold-api.com quotes in dollars and converts, naming its rate.
+    let fx = match (id, currency.as_str()) {
+        (ProviderId::GoldApiCom, code) if code != "USD" => Some(Fx {
+            rate: positive(v["exchangeRate"].as_f64(), "exchangeRate")?,
+            source: id.name().to_owned(),
+            ts,
+        }),
+        _ => None,
+    };
     Ok(Quote {
         metal,
         currency: currency.clone(),
@@ -316,7 +345,8 @@ pub fn parse_single(
         bid: optional("bid"),
         ask: optional("ask"),
         provider: id.name().to_owned(),
-        ts: ts.ok_or_else(|| ProviderError::Invalid("no timestamp".into()))?,
+        ts,
+        fx,
     })
 }
 
@@ -374,6 +404,48 @@ mod tests {
         assert_eq!(
             quotes[0].ts,
             DateTime::from_timestamp(1_795_341_600, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn another_currency_is_converted_with_the_answers_own_rate_in_decimal() {
+        let eur = Currency::try_from("EUR".to_owned()).unwrap();
+        let body = r#"{"success":true,"base":"USD","timestamp":1795341600,"rates":{"EUR":0.9213,"USDXAU":2650.12,"XAG":0.032206}}"#;
+        let quotes =
+            parse_inverse_rates(ProviderId::MetalPriceApi, 200, body, &METALS, &eur).unwrap();
+        assert_eq!(
+            (quotes[0].price, quotes[0].currency.as_str()),
+            (2441.56, "EUR")
+        );
+        let fx = quotes[0].fx.as_ref().unwrap();
+        assert_eq!((fx.rate, fx.source.as_str()), (0.9213, "metalpriceapi"));
+        assert_eq!(fx.ts, DateTime::from_timestamp(1_795_341_600, 0).unwrap());
+        // Without the currency's rate, or in another base, nothing is guessed.
+        let no_rate = r#"{"success":true,"base":"USD","timestamp":1795341600,"rates":{"USDXAU":2650.12,"XAG":0.032206}}"#;
+        assert!(matches!(
+            parse_inverse_rates(ProviderId::MetalsApi, 200, no_rate, &METALS, &eur),
+            Err(ProviderError::Invalid(_))
+        ));
+        let euro_base =
+            r#"{"success":true,"base":"EUR","timestamp":1795341600,"rates":{"EURXAU":2441.5}}"#;
+        assert!(matches!(
+            parse_inverse_rates(ProviderId::MetalsApi, 200, euro_base, &METALS, &eur),
+            Err(ProviderError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn gold_api_com_names_the_rate_it_converted_with() {
+        let jpy = Currency::try_from("JPY".to_owned()).unwrap();
+        let body = r#"{"currency":"JPY","currencySymbol":"¥","exchangeRate":151.62,"name":"Gold","price":401805.0,"symbol":"XAU","updatedAt":"2026-11-22T10:00:00Z","updatedAtReadable":"a few seconds ago"}"#;
+        let q = parse_single(ProviderId::GoldApiCom, 200, body, Metal::Gold, &jpy).unwrap();
+        assert_eq!(q.price, 401_805.0);
+        let fx = q.fx.unwrap();
+        assert_eq!((fx.rate, fx.source.as_str()), (151.62, "gold-api.com"));
+        let unknown = r#"{"error":"Currency XXX not supported"}"#;
+        assert_eq!(
+            parse_single(ProviderId::GoldApiCom, 400, unknown, Metal::Gold, &jpy),
+            Err(ProviderError::Upstream("Currency XXX not supported".into()))
         );
     }
 

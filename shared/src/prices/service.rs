@@ -389,6 +389,7 @@ mod tests {
                 ask: None,
                 provider: "p".into(),
                 ts: start + TimeDelta::minutes(i.into()),
+                fx: None,
             })
             .collect();
         let points = downsample(&quotes, 3);

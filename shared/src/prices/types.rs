@@ -219,11 +219,58 @@ pub struct Quote {
     pub provider: String,
     /// When the provider says the price was observed.
     pub ts: DateTime<Utc>,
+    /// The exchange rate the price was converted from US dollars with, when
+    /// it was (`None`: quoted in its currency directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fx: Option<Fx>,
+}
+
+/// An exchange rate: `rate` units of a currency per US dollar, from
+/// `source`, as of `ts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fx {
+    pub rate: f64,
+    pub source: String,
+    pub ts: DateTime<Utc>,
+}
+
+impl Fx {
+    /// `usd` dollars in the rate's currency, multiplied in decimal and
+    /// rounded half to even to the dollar price's own decimal places (at
+    /// least 2): exact to the provider's precision, where floating point
+    /// would add digits of its own. `None` if either is not a finite number.
+    pub fn convert(&self, usd: f64) -> Option<f64> {
+        use rust_decimal::prelude::ToPrimitive;
+        let decimal = |v: f64| v.to_string().parse::<rust_decimal::Decimal>().ok();
+        let (price, rate) = (decimal(usd)?, decimal(self.rate)?);
+        let places = price.scale().max(2);
+        price.checked_mul(rate)?.round_dp(places).to_f64()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fx(rate: f64) -> Fx {
+        Fx {
+            rate,
+            source: "test".into(),
+            ts: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn conversion_is_decimal_to_the_dollar_prices_precision() {
+        // 2650.12 × 0.9213 = 2441.555556: two places, as the dollar price.
+        assert_eq!(fx(0.9213).convert(2650.12), Some(2441.56));
+        // Floating point says 0.30000000000000004.
+        assert_eq!(fx(3.0).convert(0.1), Some(0.3));
+        // Finer dollar prices keep their places; half goes to even.
+        assert_eq!(fx(151.5).convert(31.0512), Some(4704.2568));
+        assert_eq!(fx(0.5).convert(0.05), Some(0.02));
+        assert_eq!(fx(f64::NAN).convert(1.0), None);
+    }
 
     #[test]
     fn metals_parse_by_name_or_symbol_and_name_the_allowed_values() {

@@ -85,11 +85,13 @@ impl QuoteSource for HttpQuotes {
             (None, false) => "",
             (None, true) => return Err(ProviderError::NoKey),
         };
-        let symbols = metals
-            .iter()
-            .map(|m| m.symbol())
-            .collect::<Vec<_>>()
-            .join(",");
+        // The rate-quoting providers answer in dollars plus the currency's
+        // rate (see `parse_inverse_rates`).
+        let mut symbols: Vec<&str> = metals.iter().map(|m| m.symbol()).collect();
+        if currency.as_str() != "USD" {
+            symbols.push(currency.as_str());
+        }
+        let symbols = symbols.join(",");
         let cur = currency.as_str();
         match provider.id {
             ProviderId::MetalsDev => {
@@ -98,12 +100,12 @@ impl QuoteSource for HttpQuotes {
                 parse_metals_dev(status, &body, metals, currency)
             }
             ProviderId::MetalPriceApi => {
-                let path = format!("/v1/latest?api_key={key}&base={cur}&currencies={symbols}");
+                let path = format!("/v1/latest?api_key={key}&base=USD&currencies={symbols}");
                 let (status, body) = self.get(provider, &path).await?;
                 parse_inverse_rates(provider.id, status, &body, metals, currency)
             }
             ProviderId::MetalsApi => {
-                let path = format!("/api/latest?access_key={key}&base={cur}&symbols={symbols}");
+                let path = format!("/api/latest?access_key={key}&base=USD&symbols={symbols}");
                 let (status, body) = self.get(provider, &path).await?;
                 parse_inverse_rates(provider.id, status, &body, metals, currency)
             }
@@ -209,6 +211,7 @@ impl QuoteSource for MemoryQuotes {
                 ask: None,
                 provider: provider.id.name().to_owned(),
                 ts: self.observed,
+                fx: None,
             })
             .collect())
     }

@@ -26,6 +26,7 @@ pub fn latest(latest: &Latest, unit: WeightUnit, now: DateTime<Utc>) -> Value {
             "bid": convert(quote.bid),
             "ask": convert(quote.ask),
             "provider": quote.provider,
+            "fx": quote.fx,
         },
         "age_seconds": (now - quote.ts).num_seconds().max(0),
         "stale": latest.stale,
@@ -81,6 +82,7 @@ mod tests {
                 ask: None,
                 provider: "seed".into(),
                 ts: now - TimeDelta::seconds(90),
+                fx: None,
             },
             stale: true,
         };
