@@ -15,7 +15,7 @@ use shared::aws::prices::DynamoPrices;
 use shared::prices::failover::{BreakerState, BreakerStore};
 use shared::prices::fetch::PriceFetcher;
 use shared::prices::providers::ProviderId;
-use shared::prices::store::PriceStore;
+use shared::prices::store::{Keeping, PriceStore};
 use shared::prices::types::{Currency, Metal, Quote};
 
 type Respond = Box<dyn Fn(&str) -> (u16, String) + Send + Sync>;
@@ -321,7 +321,13 @@ async fn seed_gold(w: &World, price: f64, age: TimeDelta) {
     };
     w.prices()
         .await
-        .record(&quote, TimeDelta::days(1))
+        .record(
+            &quote,
+            &Keeping {
+                slot: TimeDelta::minutes(5),
+                retention: TimeDelta::days(1),
+            },
+        )
         .await
         .unwrap();
 }
@@ -553,7 +559,7 @@ async fn unknown_parameters_are_400_with_the_allowed_values() {
         ("/api/prices?metal=tin", "invalid_metal", "gold"),
         ("/api/prices?currency=EUR", "invalid_currency", "USD"),
         ("/api/prices?unit=lb", "invalid_unit", "kg"),
-        ("/api/prices?window=1y", "invalid_window", "30d"),
+        ("/api/prices?window=2y", "invalid_window", "5y"),
         ("/api/proxy/kitco", "invalid_provider", "gold-api.com"),
     ] {
         let (status, headers, body) = get(&api, path).await;
@@ -674,4 +680,68 @@ async fn every_configured_currency_is_quoted_directly_or_converted_with_its_rate
     let (status, _, unknown) = get(&api, "/api/prices?metal=gold&currency=CHF").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(unknown["allowed"], serde_json::json!(["USD", "EUR", "JPY"]));
+}
+
+/// The DynamoDB store: quotes recorded out of order, repeated, and two in
+/// one fetch slot leave one history point per slot and one candle per day
+/// with the day's open, high, low and close.
+#[tokio::test]
+async fn history_keeps_a_point_per_slot_and_a_candle_per_day_in_any_order() {
+    let w = world().await;
+    let prices = w.prices().await;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 3).unwrap();
+    let at = |h: u32, m: u32| day.and_hms_opt(h, m, 0).unwrap().and_utc();
+    let quote = |price: f64, ts, provider: &str| Quote {
+        metal: Metal::Silver,
+        currency: usd(),
+        price,
+        bid: None,
+        ask: None,
+        provider: provider.into(),
+        ts,
+        fx: None,
+    };
+    let keeping = Keeping {
+        slot: TimeDelta::minutes(5),
+        retention: TimeDelta::days(400),
+    };
+    for q in [
+        quote(27.0, at(12, 0), "metals.dev"),
+        quote(26.5, at(23, 55), "metals.dev"),
+        quote(26.0, at(9, 0), "metals.dev"),
+        quote(25.5, at(15, 0), "metals.dev"),
+        quote(27.0, at(12, 0), "metals.dev"),
+        // Another provider in the 12:00 slot: it rewrites that point.
+        quote(27.1, at(12, 2), "gold-api.com"),
+    ] {
+        prices.record(&q, &keeping).await.unwrap();
+    }
+    let points = prices
+        .series(Metal::Silver, &usd(), at(0, 0), at(23, 59))
+        .await
+        .unwrap();
+    let seen: Vec<(f64, &str)> = points
+        .iter()
+        .map(|q| (q.price, q.provider.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (26.0, "metals.dev"),
+            (27.1, "gold-api.com"),
+            (25.5, "metals.dev"),
+            (26.5, "metals.dev")
+        ]
+    );
+    let candles = prices
+        .candles(Metal::Silver, &usd(), day, day)
+        .await
+        .unwrap();
+    assert_eq!(candles.len(), 1);
+    let c = &candles[0];
+    assert_eq!(
+        (c.day, c.open, c.high, c.low, c.close),
+        (day, 26.0, 27.1, 25.5, 26.5)
+    );
+    assert_eq!((c.open_ts, c.close_ts), (at(9, 0), at(23, 55)));
 }

@@ -171,6 +171,10 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
         assert_eq!(gold["currency"], currency, "{gold}");
         assert_eq!(gold["latest"]["fx"]["source"], "gold-api.com", "{gold}");
     }
+    // A year of daily candles: today's, from the fetch.
+    let year = json_of(http.get(dev.url("prices", "/api/prices?metal=gold&window=1y"))).await;
+    assert_eq!(year["window"], "1y", "{year}");
+    assert!(year["candles"][0]["close"].as_f64() > Some(0.0), "{year}");
 
     // Chat streams: the stub sends 50 deltas 100 ms apart, and the first
     // reaches us long before the last (what `curl -N` shows).

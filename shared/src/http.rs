@@ -209,6 +209,7 @@ impl From<PriceError> for ApiError {
                 let allowed: Vec<&str> = unknown.allowed.split(", ").collect();
                 ApiError::bad_request(code, unknown.to_string()).with_extension("allowed", allowed)
             }
+            PriceError::Range(detail) => ApiError::bad_request("invalid_range", detail),
             PriceError::NotConfigured(_) => {
                 ApiError::bad_request("provider_not_configured", error.to_string())
             }

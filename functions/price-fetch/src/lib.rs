@@ -89,6 +89,7 @@ impl From<FetchError> for lambda_runtime::Diagnostic {
             PriceError::AllProvidersFailed(_) => "AllProvidersFailed",
             // The read API's refusals; a run never meets them.
             PriceError::Invalid(_)
+            | PriceError::Range(_)
             | PriceError::NotConfigured(_)
             | PriceError::Provider { .. }
             | PriceError::RateLimited { .. } => "PriceFetchFailed",

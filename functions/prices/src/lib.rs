@@ -20,7 +20,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::TimeDelta;
 use serde_json::{Value, json};
 use shared::aws::SdkConfig;
 use shared::aws::prices::DynamoPrices;
@@ -53,9 +52,6 @@ pub struct Config {
     pub settings: PriceSettings,
     /// `MEMORY_CACHE_SECONDS` (60).
     pub memory_ttl: Duration,
-    /// The fetch schedule (`FETCH_EVERY_MINUTES`, 5): a latest price older
-    /// than two periods is stale.
-    pub schedule: TimeDelta,
     /// `PROXY_RATE_LIMIT` per client IP per minute (120).
     pub proxy_limit: u32,
     pub cors: CorsOrigins,
@@ -69,7 +65,6 @@ impl Config {
             provider_keys_secret: env.required("PROVIDER_KEYS_SECRET")?,
             settings: PriceSettings::from_env(env)?,
             memory_ttl: Duration::from_secs(env.parse_or("MEMORY_CACHE_SECONDS", 60)?),
-            schedule: TimeDelta::minutes(env.parse_or("FETCH_EVERY_MINUTES", 5)?),
             proxy_limit: env.parse_or("PROXY_RATE_LIMIT", 120)?,
             cors: CorsOrigins::from_env(env)?,
         })
@@ -78,7 +73,8 @@ impl Config {
     fn read_policy(&self) -> ReadPolicy {
         ReadPolicy {
             memory_ttl: self.memory_ttl,
-            stale_after: self.schedule * 2,
+            // A latest price older than two fetch periods is stale.
+            stale_after: self.settings.keeping.slot * 2,
             proxy_limit: self.proxy_limit,
         }
     }
@@ -160,7 +156,8 @@ async fn prices(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let query = PriceQuery::parse(&params, &app.config.settings)?;
+    let today = app.clock.now().date_naive();
+    let query = PriceQuery::parse(&params, &app.config.settings, today)?;
     let answer = app.prices.answer(&query).await?;
     Ok(respond(&answer, &headers, app.config.memory_ttl))
 }
@@ -239,7 +236,7 @@ async fn public_config(State(app): State<App>) -> Result<Json<Value>, ApiError> 
         "windows": HistoryWindow::ALL.map(HistoryWindow::name),
         "providers": providers,
         "cache": {"memory_seconds": config.memory_ttl.as_secs(), "stale_after_seconds": config.read_policy().stale_after.num_seconds()},
-        "schedule": format!("rate({} minutes)", config.schedule.num_minutes()),
+        "schedule": format!("rate({} minutes)", config.settings.keeping.slot.num_minutes()),
         "proxy_rate_limit_per_minute": config.proxy_limit,
     })))
 }

@@ -18,7 +18,7 @@ use shared::prices::MemoryEdges;
 use shared::prices::failover::Breaker;
 use shared::prices::providers::ProviderError;
 use shared::prices::providers::ProviderId::{self, GoldApiCom, MetalPriceApi, MetalsDev};
-use shared::prices::store::PriceStore;
+use shared::prices::store::{Keeping, PriceStore};
 use shared::prices::types::{Currency, Metal, Quote};
 use shared::ratelimit::MemoryCounter;
 use shared::secrets::MemorySecrets;
@@ -73,7 +73,13 @@ impl World {
         };
         self.doubles
             .store
-            .record(&quote, TimeDelta::days(1))
+            .record(
+                &quote,
+                &Keeping {
+                    slot: TimeDelta::minutes(5),
+                    retention: TimeDelta::days(1),
+                },
+            )
             .await
             .unwrap();
     }
@@ -167,9 +173,9 @@ async fn each_unknown_parameter_is_400_naming_it_and_every_allowed_value() {
             json!(["toz", "g", "kg"]),
         ),
         (
-            "/api/prices?window=1y",
+            "/api/prices?window=2y",
             "invalid_window",
-            json!(["1h", "24h", "7d", "30d"]),
+            json!(["1h", "24h", "7d", "30d", "1y", "5y"]),
         ),
         ("/api/proxy/gold-api.com?metal=tin", "invalid_metal", metals),
         (
@@ -462,4 +468,61 @@ async fn config_is_500_when_the_provider_keys_secret_is_not_json() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["code"], "internal");
     assert!(!body.to_string().contains("sekret"));
+}
+
+/// A day's quotes fold into one candle; `window=1y` answers the year's
+/// candles, `from`/`to` any range of days, and bad ranges are 400s.
+#[tokio::test]
+async fn long_windows_and_ranges_answer_daily_candles() {
+    let w = world();
+    let now = w.doubles.clock.now();
+    let midnight = now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let day = midnight - TimeDelta::days(3);
+    w.seed_gold(2500.0, now - (midnight - TimeDelta::days(400)))
+        .await;
+    for (hours, price) in [(1, 2600.0), (5, 2700.0), (10, 2550.0), (20, 2650.0)] {
+        w.seed_gold(price, now - (day + TimeDelta::hours(hours)))
+            .await;
+    }
+    w.seed_gold(2660.0, TimeDelta::minutes(1)).await;
+    let app = w.app();
+
+    let (status, _, year) = get(&app, "/api/prices?metal=gold&window=1y").await;
+    assert_eq!(status, StatusCode::OK, "{year}");
+    assert_eq!(
+        (year["window"].as_str(), year["count"].as_u64()),
+        (Some("1y"), Some(2))
+    );
+    assert_eq!(
+        year["candles"][0],
+        json!({"day": day.date_naive(), "open": 2600.0, "high": 2700.0, "low": 2550.0, "close": 2650.0})
+    );
+    assert_eq!(year["candles"][1]["close"], 2660.0);
+
+    let old = (midnight - TimeDelta::days(400)).date_naive();
+    let path = format!("/api/prices?metal=gold&unit=g&from={old}&to={old}");
+    let (status, _, range) = get(&app, &path).await;
+    assert_eq!(status, StatusCode::OK, "{range}");
+    assert_eq!(
+        (range["window"].clone(), range["count"].as_u64()),
+        (Value::Null, Some(1))
+    );
+    assert_eq!(range["candles"][0]["open"], 80.376866);
+
+    for bad in [
+        "/api/prices?metal=gold&window=1y&from=2026-01-01",
+        "/api/prices?metal=gold&to=2026-01-01",
+        "/api/prices?metal=gold&from=2026-02-01&to=2026-01-01",
+        "/api/prices?metal=gold&from=01%2F02%2F2026",
+        "/api/prices?metal=gold&from=1990-01-01",
+    ] {
+        let (status, headers, body) = get(&app, bad).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (StatusCode::BAD_REQUEST, &json!("invalid_range")),
+            "{bad}"
+        );
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert!(body["detail"].is_string());
+    }
 }

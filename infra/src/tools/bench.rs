@@ -229,7 +229,13 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         fx: None,
     };
     shared::aws::prices::DynamoPrices::new(aws_sdk_dynamodb::Client::new(&rig.aws), &prices_table)
-        .record(&seeded, chrono::TimeDelta::days(1))
+        .record(
+            &seeded,
+            &shared::prices::store::Keeping {
+                slot: chrono::TimeDelta::minutes(5),
+                retention: chrono::TimeDelta::days(1),
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     let event = sample_event(root, "prices-gold")?;

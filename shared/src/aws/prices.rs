@@ -1,18 +1,21 @@
 //! Prices in DynamoDB (layout: docs/data-model.md, "prices"): the latest
-//! quote and the history per (metal, currency) as a [`PriceStore`], and
-//! provider breakers as a [`BreakerStore`], in one table.
+//! quote, the history points and the daily candles per (metal, currency) as
+//! a [`PriceStore`], and provider breakers as a [`BreakerStore`], in one
+//! table.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{failed, from_item, n, put_item, query_all, s, to_item};
+use super::{failed, from_item, is_condition_failure, n, put_item, query_all, s, to_item};
+use crate::prices::candles::Candle;
 use crate::prices::failover::{Breaker, BreakerStore};
 use crate::prices::providers::ProviderId;
-use crate::prices::store::PriceStore;
+use crate::prices::store::{Keeping, PriceStore};
 use crate::prices::types::{Currency, Metal, Quote};
 use crate::store::StoreError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 
 /// Names this store in errors and 503s.
 const STORE: &str = "prices table";
@@ -27,9 +30,22 @@ fn series_pk(metal: Metal, currency: &Currency) -> String {
     format!("PRICE#{metal}#{currency}")
 }
 
-/// History points sort by time: fixed-width UTC with milliseconds.
+/// Fixed-width UTC with milliseconds: sorts (and compares) as time.
+fn sortable(ts: DateTime<Utc>) -> String {
+    ts.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// History points sort by time.
 fn history_sk(ts: DateTime<Utc>) -> String {
-    format!("TS#{}", ts.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+    format!("TS#{}", sortable(ts))
+}
+
+fn candles_pk(metal: Metal, currency: &Currency) -> String {
+    format!("CANDLE#{metal}#{currency}")
+}
+
+fn candle_sk(day: NaiveDate) -> String {
+    format!("D#{day}")
 }
 
 fn key(pk: String, sk: impl Into<String>) -> HashMap<String, AttributeValue> {
@@ -43,21 +59,130 @@ impl DynamoPrices {
             table: table.to_owned(),
         }
     }
+
+    /// Every item of partition `pk` with a sort key in `[from, to]`.
+    async fn between<T: serde::de::DeserializeOwned>(
+        &self,
+        pk: String,
+        from: String,
+        to: String,
+    ) -> Result<Vec<T>, StoreError> {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":from", s(from))
+            .expression_attribute_values(":to", s(to));
+        query_all(STORE, request)
+            .await?
+            .into_iter()
+            .map(|item| from_item(STORE, item))
+            .collect()
+    }
+
+    /// Folds `quote` into its day's candle ([`Candle::fold`]) with
+    /// conditional updates, each order-free: the close (and, on a new day,
+    /// everything) moves when the quote is the latest; otherwise the open
+    /// when it is the earliest; then the high or low when it passes them.
+    /// Usually one write, two on a new extreme.
+    async fn fold(&self, quote: &Quote) -> Result<(), StoreError> {
+        let candle = key(
+            candles_pk(quote.metal, &quote.currency),
+            candle_sk(quote.ts.date_naive()),
+        );
+        let (price, ts) = (n(quote.price), s(sortable(quote.ts)));
+        let update = |expression: &str, condition: &str| {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(candle.clone()))
+                .update_expression(expression)
+                .condition_expression(condition)
+                .expression_attribute_values(":p", price.clone())
+        };
+        let latest = update(
+            "SET #close = :p, close_ts = :ts, #day = :day, #open = if_not_exists(#open, :p), \
+             open_ts = if_not_exists(open_ts, :ts), high = if_not_exists(high, :p), \
+             low = if_not_exists(low, :p)",
+            "attribute_not_exists(close_ts) OR close_ts < :ts",
+        )
+        .expression_attribute_names("#open", "open")
+        .expression_attribute_names("#close", "close")
+        .expression_attribute_names("#day", "day")
+        .expression_attribute_values(":day", s(quote.ts.date_naive().to_string()))
+        .expression_attribute_values(":ts", ts.clone())
+        .return_values(ReturnValue::AllNew)
+        .return_values_on_condition_check_failure(
+            aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+        )
+        .send()
+        .await;
+        let item = match latest {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e) if is_condition_failure(&e) => {
+                let old = match e.into_service_error() {
+                    UpdateItemError::ConditionalCheckFailedException(e) => e.item,
+                    _ => None,
+                };
+                let earlier = old
+                    .as_ref()
+                    .and_then(|i| i.get("open_ts"))
+                    .and_then(|v| v.as_s().ok())
+                    .is_some_and(|open| sortable(quote.ts) < *open);
+                if earlier {
+                    let open = update("SET #open = :p, open_ts = :ts", "open_ts > :ts")
+                        .expression_attribute_names("#open", "open")
+                        .expression_attribute_values(":ts", ts.clone());
+                    conditional(open.send().await)?;
+                }
+                old.unwrap_or_default()
+            }
+            Err(e) => return Err(failed(STORE, "UpdateItem", &e)),
+        };
+        let number = |name: &str| {
+            item.get(name)
+                .and_then(|v| v.as_n().ok()?.parse::<f64>().ok())
+        };
+        if number("high").is_some_and(|high| quote.price > high) {
+            conditional(update("SET high = :p", "high < :p").send().await)?;
+        }
+        if number("low").is_some_and(|low| quote.price < low) {
+            conditional(update("SET low = :p", "low > :p").send().await)?;
+        }
+        Ok(())
+    }
+}
+
+/// A conditional write's result: a failed condition means another writer
+/// got there first, which is as good.
+fn conditional<T, E>(
+    result: Result<T, aws_sdk_dynamodb::error::SdkError<E>>,
+) -> Result<(), StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Err(e) if !is_condition_failure(&e) => Err(failed(STORE, "UpdateItem", &e)),
+        _ => Ok(()),
+    }
 }
 
 #[async_trait::async_trait]
 impl PriceStore for DynamoPrices {
-    async fn record(&self, quote: &Quote, retention: TimeDelta) -> Result<(), StoreError> {
+    async fn record(&self, quote: &Quote, keeping: &Keeping) -> Result<(), StoreError> {
         let pk = series_pk(quote.metal, &quote.currency);
         let mut latest = to_item(STORE, quote)?;
         latest.extend(key(pk.clone(), "LATEST"));
         let mut point = to_item(STORE, quote)?;
-        point.extend(key(pk, history_sk(quote.ts)));
-        point.insert("expires_at".into(), n((quote.ts + retention).timestamp()));
+        point.extend(key(pk, history_sk(keeping.slot_of(quote.ts))));
+        let expires = quote.ts + keeping.retention;
+        point.insert("expires_at".into(), n(expires.timestamp()));
         for item in [point, latest] {
             put_item(STORE, &self.client, &self.table, item).await?;
         }
-        Ok(())
+        self.fold(quote).await
     }
 
     async fn latest(&self, metal: Metal, currency: &Currency) -> Result<Option<Quote>, StoreError> {
@@ -73,6 +198,17 @@ impl PriceStore for DynamoPrices {
         item.map(|i| from_item(STORE, i)).transpose()
     }
 
+    async fn candles(
+        &self,
+        metal: Metal,
+        currency: &Currency,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Candle>, StoreError> {
+        let pk = candles_pk(metal, currency);
+        self.between(pk, candle_sk(from), candle_sk(to)).await
+    }
+
     async fn series(
         &self,
         metal: Metal,
@@ -80,19 +216,8 @@ impl PriceStore for DynamoPrices {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Quote>, StoreError> {
-        let request = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-            .expression_attribute_values(":pk", s(series_pk(metal, currency)))
-            .expression_attribute_values(":from", s(history_sk(from)))
-            .expression_attribute_values(":to", s(history_sk(to)));
-        query_all(STORE, request)
-            .await?
-            .into_iter()
-            .map(|item| from_item(STORE, item))
-            .collect()
+        let pk = series_pk(metal, currency);
+        self.between(pk, history_sk(from), history_sk(to)).await
     }
 }
 

@@ -116,7 +116,7 @@ impl PriceFetcher {
             tracing::warn!(metal = %quote.metal, currency = %quote.currency, provider = quote.provider, price = quote.price, "outlier rejected: no second provider confirmed it");
         }
         for quote in round.accepted.values() {
-            self.store.record(quote, settings.retention).await?;
+            self.store.record(quote, &settings.keeping).await?;
         }
         Ok(round)
     }

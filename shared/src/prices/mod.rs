@@ -10,6 +10,7 @@
 //! [`crate::aws::prices`].
 
 pub mod cache;
+pub mod candles;
 pub mod failover;
 pub mod fetch;
 pub mod providers;
@@ -88,6 +89,9 @@ pub enum PriceError {
     /// A parameter names no metal, currency, unit, window or provider we know.
     #[error(transparent)]
     Invalid(#[from] Unknown),
+    /// `from`/`to` name no range of days we answer.
+    #[error("{0}")]
+    Range(String),
     #[error("{} has no API key configured", .0.name())]
     NotConfigured(ProviderId),
     #[error("provider keys: {0}")]

@@ -6,33 +6,84 @@
 
 use std::collections::HashMap;
 
+use chrono::NaiveDate;
+
 use super::PriceError;
+use super::candles::{DayRange, WINDOWS};
 use super::providers::ProviderId;
 use super::settings::PriceSettings;
 use super::types::{Currency, HistoryWindow, Metal, WeightUnit};
 
-/// `GET /api/prices?metal=&currency=&unit=&window=`; without a metal, the
-/// latest of every metal.
+/// `GET /api/prices?metal=&currency=&unit=&window=` (or `&from=&to=`);
+/// without a metal, the latest of every metal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriceQuery {
     pub metal: Option<Metal>,
     pub currency: Currency,
     pub unit: WeightUnit,
-    pub window: HistoryWindow,
+    pub history: History,
+}
+
+/// The history an answer carries: the points of a short window, or the
+/// daily candles of a long one or of any `from`/`to` range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    Points(HistoryWindow),
+    Candles(DayRange),
+}
+
+impl History {
+    /// `window` (a short or a long one) or `from`/`to`, not both; by
+    /// default the last 24 hours.
+    fn parse(
+        window: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+        today: NaiveDate,
+    ) -> Result<Self, PriceError> {
+        match (window, from, to) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(PriceError::Range(
+                "give a window or from/to, not both".into(),
+            )),
+            (None, None, Some(_)) => Err(PriceError::Range("to needs a from".into())),
+            (None, Some(from), to) => Ok(Self::Candles(DayRange::range(from, to, today)?)),
+            (Some(window), None, None) => match DayRange::window(window, today) {
+                Some(days) => Ok(Self::Candles(days)),
+                None => HistoryWindow::parse(window)
+                    .map(Self::Points)
+                    .map_err(|mut e| {
+                        for (name, _) in WINDOWS {
+                            e.allowed = format!("{}, {name}", e.allowed);
+                        }
+                        e.into()
+                    }),
+            },
+            (None, None, None) => Ok(Self::Points(HistoryWindow::Day)),
+        }
+    }
+
+    fn key(&self) -> String {
+        match self {
+            Self::Points(window) => window.name().to_owned(),
+            Self::Candles(days) => format!("{}..{}", days.from, days.to),
+        }
+    }
 }
 
 impl PriceQuery {
-    /// Checks metal, currency, unit and window, in that order.
+    /// Checks metal, currency, unit and the history asked for, in that
+    /// order; long windows end `today`.
     pub fn parse(
         params: &HashMap<String, String>,
         settings: &PriceSettings,
+        today: NaiveDate,
     ) -> Result<Self, PriceError> {
         let param = |name: &str| params.get(name).map(String::as_str);
         Ok(Self {
             metal: param("metal").map(Metal::parse).transpose()?,
             currency: settings.currency(param("currency"))?,
             unit: param("unit").map_or(Ok(WeightUnit::Toz), WeightUnit::parse)?,
-            window: param("window").map_or(Ok(HistoryWindow::Day), HistoryWindow::parse)?,
+            history: History::parse(param("window"), param("from"), param("to"), today)?,
         })
     }
 
@@ -43,7 +94,7 @@ impl PriceQuery {
             self.metal,
             self.currency,
             self.unit.name(),
-            self.window.name()
+            self.history.key()
         )
     }
 }
@@ -88,6 +139,10 @@ mod tests {
             .collect()
     }
 
+    fn today() -> NaiveDate {
+        "2026-12-05".parse().unwrap()
+    }
+
     fn unknown(result: Result<impl std::fmt::Debug, PriceError>) -> &'static str {
         match result {
             Err(PriceError::Invalid(unknown)) => unknown.what,
@@ -97,14 +152,14 @@ mod tests {
 
     #[test]
     fn defaults_to_every_metal_in_the_first_currency_per_ounce_over_a_day() {
-        let query = PriceQuery::parse(&params(&[]), &settings()).unwrap();
+        let query = PriceQuery::parse(&params(&[]), &settings(), today()).unwrap();
         assert_eq!(
             query,
             PriceQuery {
                 metal: None,
                 currency: Currency::usd(),
                 unit: WeightUnit::Toz,
-                window: HistoryWindow::Day,
+                history: History::Points(HistoryWindow::Day),
             }
         );
     }
@@ -119,13 +174,14 @@ mod tests {
                 ("window", "7d"),
             ]),
             &settings(),
+            today(),
         )
         .unwrap();
         assert_eq!(query.metal, Some(Metal::Silver));
         assert_eq!(query.currency.as_str(), "EUR");
         assert_eq!(
-            (query.unit, query.window),
-            (WeightUnit::Kg, HistoryWindow::Week)
+            (query.unit, query.history),
+            (WeightUnit::Kg, History::Points(HistoryWindow::Week))
         );
         assert_eq!(query.key(), "Some(Silver)|EUR|kg|7d");
     }
@@ -133,11 +189,37 @@ mod tests {
     #[test]
     fn names_the_first_unknown_parameter() {
         let s = settings();
-        let parse = |pairs: &[(&str, &str)]| PriceQuery::parse(&params(pairs), &s);
+        let parse = |pairs: &[(&str, &str)]| PriceQuery::parse(&params(pairs), &s, today());
         assert_eq!(unknown(parse(&[("metal", "tin"), ("unit", "lb")])), "metal");
         assert_eq!(unknown(parse(&[("currency", "GBP")])), "currency");
         assert_eq!(unknown(parse(&[("unit", "lb")])), "unit");
-        assert_eq!(unknown(parse(&[("window", "1y")])), "window");
+        let Err(PriceError::Invalid(window)) = parse(&[("window", "2y")]) else {
+            panic!("2y is no window");
+        };
+        assert_eq!(window.allowed, "1h, 24h, 7d, 30d, 1y, 5y");
+    }
+
+    #[test]
+    fn long_windows_and_ranges_ask_for_daily_candles() {
+        let s = settings();
+        let parse = |pairs: &[(&str, &str)]| PriceQuery::parse(&params(pairs), &s, today());
+        let Ok(PriceQuery {
+            history: History::Candles(year),
+            ..
+        }) = parse(&[("window", "5y")])
+        else {
+            panic!("5y is candles");
+        };
+        assert_eq!((year.window, year.to), (Some("5y"), today()));
+        let range = parse(&[("from", "2026-01-01"), ("to", "2026-03-31")]).unwrap();
+        assert_eq!(range.key(), "None|USD|toz|2026-01-01..2026-03-31");
+        for bad in [
+            &[("window", "1y"), ("from", "2026-01-01")][..],
+            &[("to", "2026-01-01")],
+            &[("from", "yesterday")],
+        ] {
+            assert!(matches!(parse(bad), Err(PriceError::Range(_))), "{bad:?}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::cache::{AnswerCache, Rendered};
 use super::failover::{BreakerState, Failover};
 use super::providers::{Provider, ProviderError, ProviderId, ProviderKeys};
-use super::query::{PriceQuery, ProxyQuery};
+use super::query::{History, PriceQuery, ProxyQuery};
 use super::settings::PriceSettings;
 use super::store::PriceStore;
 use super::types::{Currency, HistoryWindow, Metal, Quote};
@@ -129,9 +129,20 @@ impl PriceService {
         let body = match query.metal {
             Some(metal) => {
                 let latest = self.latest(metal, &query.currency).await?;
-                let series = self.series(metal, &query.currency, query.window).await?;
                 let now = self.clock.now();
-                view::with_series(&latest, &series, query.unit, query.window, now)
+                match query.history {
+                    History::Points(window) => {
+                        let series = self.series(metal, &query.currency, window).await?;
+                        view::with_series(&latest, &series, query.unit, window, now)
+                    }
+                    History::Candles(days) => {
+                        let candles = self
+                            .store
+                            .candles(metal, &query.currency, days.from, days.to)
+                            .await?;
+                        view::with_candles(&latest, &candles, query.unit, &days, now)
+                    }
+                }
             }
             None => {
                 let mut all = Vec::with_capacity(self.settings.metals.len());
@@ -170,7 +181,7 @@ impl PriceService {
             .round(&providers, &[metal], currency, &last)
             .await?;
         if let Some(quote) = round.accepted.get(&metal) {
-            if let Err(error) = self.store.record(quote, self.settings.retention).await {
+            if let Err(error) = self.store.record(quote, &self.settings.keeping).await {
                 tracing::warn!(%error, "could not store a live quote");
             }
             return Ok(Latest {
@@ -322,7 +333,7 @@ mod tests {
             metal: Some(Metal::Gold),
             currency: Currency::usd(),
             unit: WeightUnit::Toz,
-            window: HistoryWindow::Day,
+            history: History::Points(HistoryWindow::Day),
         }
     }
 

@@ -7,6 +7,7 @@ use chrono::TimeDelta;
 
 use super::failover::Policy;
 use super::providers::ProviderId;
+use super::store::Keeping;
 use super::types::{Currency, Metal, Unknown};
 use crate::config::{ConfigError, Env};
 
@@ -21,9 +22,9 @@ pub struct PriceSettings {
     /// `PROVIDER_TIMEOUT_MS`, `BREAKER_FAILURES`, `BREAKER_COOLDOWN_SECONDS`,
     /// `OUTLIER_PERCENT`.
     pub policy: Policy,
-    /// How long a history point is kept, whoever fetched it
-    /// (`HISTORY_RETENTION_DAYS`, 400).
-    pub retention: TimeDelta,
+    /// One history point per fetch period (`FETCH_EVERY_MINUTES`, 5), kept
+    /// `HISTORY_RETENTION_DAYS` (400), whoever fetched it.
+    pub keeping: Keeping,
 }
 
 impl PriceSettings {
@@ -61,7 +62,10 @@ impl PriceSettings {
                 ),
                 outlier_percent: env.parse_or("OUTLIER_PERCENT", default.outlier_percent)?,
             },
-            retention: TimeDelta::days(env.parse_or("HISTORY_RETENTION_DAYS", 400)?),
+            keeping: Keeping {
+                slot: TimeDelta::minutes(env.parse_or("FETCH_EVERY_MINUTES", 5)?),
+                retention: TimeDelta::days(env.parse_or("HISTORY_RETENTION_DAYS", 400)?),
+            },
         })
     }
 
@@ -142,8 +146,11 @@ mod tests {
 
     #[test]
     fn history_is_kept_400_days_unless_configured() {
-        assert_eq!(settings(&[]).unwrap().retention, TimeDelta::days(400));
+        assert_eq!(
+            settings(&[]).unwrap().keeping.retention,
+            TimeDelta::days(400)
+        );
         let s = settings(&[("HISTORY_RETENTION_DAYS", "30")]).unwrap();
-        assert_eq!(s.retention, TimeDelta::days(30));
+        assert_eq!(s.keeping.retention, TimeDelta::days(30));
     }
 }

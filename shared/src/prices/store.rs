@@ -1,21 +1,41 @@
-//! Where quotes are kept: the latest per (metal, currency) and its history.
-//! DynamoDB in production ([`crate::aws::prices::DynamoPrices`]);
-//! [`MemoryPrices`] is the double handler tests use.
+//! Where quotes are kept: the latest per (metal, currency), its history
+//! points and its daily candles. DynamoDB in production
+//! ([`crate::aws::prices::DynamoPrices`]); [`MemoryPrices`] is the double
+//! handler tests use.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
+use super::candles::Candle;
 use super::types::{Currency, Metal, Quote};
 use crate::store::{Outage, StoreError};
 
+/// How history is kept: one point per `slot` of time (the fetch period),
+/// each for `retention`; daily candles for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keeping {
+    pub slot: TimeDelta,
+    pub retention: TimeDelta,
+}
+
+impl Keeping {
+    /// The start of the slot `ts` falls in.
+    pub fn slot_of(&self, ts: DateTime<Utc>) -> DateTime<Utc> {
+        let slot = self.slot.num_milliseconds().max(1);
+        let ms = ts.timestamp_millis();
+        DateTime::from_timestamp_millis(ms - ms.rem_euclid(slot)).unwrap_or(ts)
+    }
+}
+
 #[async_trait::async_trait]
 pub trait PriceStore: Send + Sync {
-    /// Writes `quote` as the latest and as a history point keyed by its own
-    /// timestamp, so a repeated fetch of the same observation rewrites the
-    /// same point (idempotent). The point expires after `retention`.
-    async fn record(&self, quote: &Quote, retention: TimeDelta) -> Result<(), StoreError>;
+    /// Writes `quote` as the latest, as the history point of its slot (a
+    /// second quote in the slot, another provider's or a repeat, rewrites
+    /// it: one point per slot), expiring after the retention, and folds it
+    /// into its day's candle. Idempotent.
+    async fn record(&self, quote: &Quote, keeping: &Keeping) -> Result<(), StoreError>;
 
     async fn latest(&self, metal: Metal, currency: &Currency) -> Result<Option<Quote>, StoreError>;
 
@@ -27,6 +47,15 @@ pub trait PriceStore: Send + Sync {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Quote>, StoreError>;
+
+    /// Daily candles of the days in `[from, to]` that have one, oldest first.
+    async fn candles(
+        &self,
+        metal: Metal,
+        currency: &Currency,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Candle>, StoreError>;
 }
 
 type Series = (Metal, Currency);
@@ -40,6 +69,7 @@ type Points = BTreeMap<DateTime<Utc>, (Quote, DateTime<Utc>)>;
 pub struct MemoryPrices {
     latest: Mutex<HashMap<Series, Quote>>,
     history: Mutex<HashMap<Series, Points>>,
+    candles: Mutex<HashMap<Series, BTreeMap<NaiveDate, Candle>>>,
     pub outage: Outage,
 }
 
@@ -49,14 +79,15 @@ impl MemoryPrices {
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         history
             .get(&(quote.metal, quote.currency.clone()))?
-            .get(&quote.ts)
+            .values()
+            .find(|(point, _)| point.ts == quote.ts)
             .map(|(_, expires)| *expires)
     }
 }
 
 #[async_trait::async_trait]
 impl PriceStore for MemoryPrices {
-    async fn record(&self, quote: &Quote, retention: TimeDelta) -> Result<(), StoreError> {
+    async fn record(&self, quote: &Quote, keeping: &Keeping) -> Result<(), StoreError> {
         self.outage.check("prices table")?;
         let series = (quote.metal, quote.currency.clone());
         self.history
@@ -64,7 +95,18 @@ impl PriceStore for MemoryPrices {
             .unwrap_or_else(|e| e.into_inner())
             .entry(series.clone())
             .or_default()
-            .insert(quote.ts, (quote.clone(), quote.ts + retention));
+            .insert(
+                keeping.slot_of(quote.ts),
+                (quote.clone(), quote.ts + keeping.retention),
+            );
+        self.candles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(series.clone())
+            .or_default()
+            .entry(quote.ts.date_naive())
+            .and_modify(|candle| candle.fold(quote))
+            .or_insert_with(|| Candle::of(quote));
         self.latest
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -90,6 +132,23 @@ impl PriceStore for MemoryPrices {
         Ok(history
             .get(&(metal, currency.clone()))
             .map(|points| points.range(from..=to).map(|(_, (q, _))| q.clone()))
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    async fn candles(
+        &self,
+        metal: Metal,
+        currency: &Currency,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Candle>, StoreError> {
+        self.outage.check("prices table")?;
+        let candles = self.candles.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(candles
+            .get(&(metal, currency.clone()))
+            .map(|days| days.range(from..=to).map(|(_, c)| c.clone()))
             .into_iter()
             .flatten()
             .collect())

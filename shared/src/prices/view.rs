@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::candles::{Candle, DayRange};
 use super::service::{Latest, PricePoint};
 use super::types::{Currency, HistoryWindow, WeightUnit};
 
@@ -49,6 +50,31 @@ pub fn with_series(
     body["window"] = json!(window.name());
     body["count"] = json!(points.len());
     body["series"] = json!(points);
+    body
+}
+
+/// One metal's latest quote and the daily candles of `days`.
+pub fn with_candles(
+    latest: &Latest,
+    candles: &[Candle],
+    unit: WeightUnit,
+    days: &DayRange,
+    now: DateTime<Utc>,
+) -> Value {
+    let price = |p: f64| round(unit.from_troy_ounce(p));
+    let candles: Vec<Value> = candles
+        .iter()
+        .map(|c| {
+            json!({"day": c.day, "open": price(c.open), "high": price(c.high),
+                   "low": price(c.low), "close": price(c.close)})
+        })
+        .collect();
+    let mut body = self::latest(latest, unit, now);
+    body["window"] = json!(days.window);
+    body["from"] = json!(days.from);
+    body["to"] = json!(days.to);
+    body["count"] = json!(candles.len());
+    body["candles"] = json!(candles);
     body
 }
 
