@@ -23,7 +23,12 @@ async fn every_http_function_is_healthy_against_the_template_resources() {
     let expected: [(&str, &[&str]); 4] = [
         (
             "prices",
-            &["prices_table", "provider_keys_secret", "rate_limit_table"],
+            &[
+                "prices_table",
+                "provider_keys_secret",
+                "rate_limit_table",
+                "tenants_table",
+            ],
         ),
         ("ingest", &["events_queue", "tenants_table"]),
         (
@@ -134,9 +139,14 @@ async fn health_is_503_when_aws_cannot_be_reached() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         body["dependency"],
-        "prices_table, rate_limit_table, provider_keys_secret"
+        "prices_table, rate_limit_table, tenants_table, provider_keys_secret"
     );
-    for check in ["prices_table", "rate_limit_table", "provider_keys_secret"] {
+    for check in [
+        "prices_table",
+        "rate_limit_table",
+        "tenants_table",
+        "provider_keys_secret",
+    ] {
         assert_eq!(body["checks"][check], "unavailable", "{body}");
     }
 }

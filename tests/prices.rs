@@ -13,7 +13,6 @@ use chrono::{TimeDelta, Utc};
 use price_fetch::{Config, ScheduledFetch};
 use shared::aws::prices::DynamoPrices;
 use shared::prices::failover::{BreakerState, BreakerStore};
-use shared::prices::fetch::PriceFetcher;
 use shared::prices::providers::ProviderId;
 use shared::prices::store::{Keeping, PriceStore};
 use shared::prices::types::{Currency, Metal, Quote};
@@ -154,7 +153,7 @@ impl World {
     }
 
     /// A fetcher whose providers are the stubs, with a quick breaker.
-    async fn fetcher(&self) -> PriceFetcher {
+    async fn fetcher(&self) -> price_fetch::Fetch {
         let mut config = Config::from_env(self.stack.env("price-fetch")).unwrap();
         config.settings.providers = self
             .stubs
@@ -197,7 +196,7 @@ async fn world() -> World {
     world
 }
 
-async fn run(fetcher: &PriceFetcher) -> Result<price_fetch::FetchReport, String> {
+async fn run(fetcher: &price_fetch::Fetch) -> Result<price_fetch::FetchReport, String> {
     let event = ScheduledFetch {
         scheduled_time: Utc::now(),
         execution_id: "test".into(),
@@ -744,4 +743,89 @@ async fn history_keeps_a_point_per_slot_and_a_candle_per_day_in_any_order() {
         (day, 26.0, 27.1, 25.5, 26.5)
     );
     assert_eq!((c.open_ts, c.close_ts), (at(9, 0), at(23, 55)));
+}
+
+/// Price alerts through the real apps against the emulator: a tenant's key
+/// registers, lists and deletes them on `prices`; a fetch finding gold past
+/// one records its crossing and puts it on the alerts queue once; the next
+/// fetch, still past it, does not.
+#[tokio::test]
+async fn a_price_alert_registered_with_a_tenant_key_fires_once_per_crossing() {
+    use shared::aws::tenants::DynamoTenants;
+    use shared::metering::tenants::{NewTenant, register};
+    let w = world().await;
+    let aws = support::aws().await;
+    let tenants = DynamoTenants::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        &w.stack.env("prices").required("TENANTS_TABLE").unwrap(),
+    );
+    let tenant = serde_json::from_value::<NewTenant>(serde_json::json!({
+        "name": "Acme", "monthly_quota": 1000, "billing_day": 1, "tier": "pro"}))
+    .unwrap()
+    .into_tenant(Utc::now())
+    .unwrap();
+    let key = register(&tenants, &tenant).await.unwrap();
+    let key = key.expose();
+    let api = w.api().await;
+    let post = |body: serde_json::Value| {
+        support::send(
+            &api,
+            support::request("POST", "/api/alerts", Some(key), Some(&body)),
+        )
+    };
+    let (status, _, above) = post(serde_json::json!({"metal": "gold", "direction": "above",
+        "price": 2600, "webhook": "https://hooks.example/gold"}))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{above}");
+    let (_, _, below) = post(serde_json::json!({"metal": "gold", "direction": "below",
+        "price": 2000, "webhook": "https://hooks.example/gold"}))
+    .await;
+    let (status, _, listed) = support::send(
+        &api,
+        support::request("GET", "/api/alerts", Some(key), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["alerts"], serde_json::json!([above, below]));
+    let path = format!("/api/alerts/{}", below["id"].as_str().unwrap());
+    let (status, _, _) =
+        support::send(&api, support::request("DELETE", &path, Some(key), None)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let fetcher = w.fetcher().await;
+    assert_eq!(run(&fetcher).await.unwrap().alerts_fired, 1);
+    assert_eq!(run(&fetcher).await.unwrap().alerts_fired, 0);
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let queue = w
+        .stack
+        .env("price-fetch")
+        .required("ALERTS_QUEUE_URL")
+        .unwrap();
+    let received = sqs
+        .receive_message()
+        .queue_url(&queue)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    let bodies: Vec<serde_json::Value> = received
+        .messages()
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+        .collect();
+    let crossing = format!("price:{}:1", above["id"].as_str().unwrap());
+    assert_eq!(
+        bodies,
+        [serde_json::json!({"tenant": tenant.id, "period": crossing, "threshold": 0})]
+    );
+    let (_, _, listed) = support::send(
+        &api,
+        support::request("GET", "/api/alerts", Some(key), None),
+    )
+    .await;
+    assert_eq!(
+        (&listed["alerts"][0]["armed"], &listed["alerts"][0]["fired"]),
+        (&serde_json::json!(false), &serde_json::json!(1))
+    );
 }

@@ -13,12 +13,10 @@
 //!   into another's at a point in time (`make branch`).
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use infra::cloud::dev::{self, DevOptions, Log};
-use infra::cloud::invoke::LambdaInvoker;
 use infra::cloud::schedule;
-use infra::cloud::template::{Template, Trigger};
+use infra::cloud::template::Template;
 
 const USAGE: &str = "usage: infra dev | trigger <function> | bench [chat] | package-check [<function>...] | loadtest | redrive <stage> | branch <from> <to> [<time>]";
 
@@ -151,23 +149,8 @@ async fn trigger(
     options: &DevOptions,
     function: &str,
 ) -> Result<(), String> {
-    let template =
-        Template::load(&root.join("template.yaml").to_string_lossy()).map_err(|e| e.to_string())?;
-    let source = template
-        .functions()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|f| f.binary == function)
-        .flat_map(|f| f.triggers)
-        .find_map(|t| match t {
-            Trigger::Schedule(source) => Some(source),
-            _ => None,
-        })
-        .ok_or_else(|| format!("{function} has no schedule in template.yaml"))?;
-    let invoker = LambdaInvoker::new(&options.lambda_endpoint(), Duration::from_secs(900));
-    let result = schedule::fire(&invoker, function, &options.region, &source)
-        .await
-        .map_err(|e| e.to_string())?;
+    let endpoint = options.lambda_endpoint();
+    let result = schedule::trigger(root, &endpoint, &options.region, function).await?;
     println!("{result}");
     Ok(())
 }

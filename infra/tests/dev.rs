@@ -206,6 +206,7 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
     );
 
     quota_alerts_arrive_signed_once_each(&dev, &http).await;
+    price_alert_fires_once_per_crossing(&dev, &http).await;
 
     // A message on the queue is delivered to rollup by the event source.
     let sqs = aws_sdk_sqs::Client::new(&dev.aws().await);
@@ -315,6 +316,106 @@ async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client)
     assert!(alerts.iter().all(|a| a.signature_valid), "{alerts:?}");
     assert_ne!(alerts[0].id, alerts[1].id);
     assert_eq!(alerts[1].body["used"], 105);
+}
+
+/// A tenant's "gold above 2,700 USD/toz", registered with its API key: the
+/// stub moves gold to 2,750 and a fetch fires it (signed, at its webhook);
+/// another fetch at 2,750 does not; at 2,620 it re-arms, and at 2,750 again
+/// it fires once more, under a new webhook-id.
+async fn price_alert_fires_once_per_crossing(dev: &Dev, http: &reqwest::Client) {
+    let admin = aws_sdk_secretsmanager::Client::new(&dev.aws().await)
+        .get_secret_value()
+        .secret_id("ingot-local/admin-token")
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_owned();
+    let tenant = json_of(
+        http.post(dev.url("usage", "/admin/tenants"))
+            .bearer_auth(&admin)
+            .json(
+                &json!({"name": "Watcher", "monthly_quota": 1000, "billing_day": 1, "tier": "pro"}),
+            ),
+    )
+    .await;
+    let (receiver, hook) = WebhookReceiver::start(0).await;
+    receiver.set_secret(tenant["signing_secret"].as_str().unwrap());
+    let key = tenant["api_key"].as_str().unwrap();
+    let alert = json_of(
+        http.post(dev.url("prices", "/api/alerts"))
+            .bearer_auth(key)
+            .json(&json!({"metal": "gold", "direction": "above", "price": 2700, "webhook": hook})),
+    )
+    .await;
+    assert_eq!(alert["armed"], true, "{alert}");
+
+    let env = std::fs::read_to_string(dev.state.join("functions.env")).unwrap();
+    let stub = env
+        .lines()
+        .find_map(|l| l.strip_prefix("GOLD_API_COM_BASE_URL="))
+        .expect("make dev runs the gold-api.com stub")
+        .to_owned();
+    let root = infra::workspace_root().unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", dev.lambda_port);
+    let fetch_at = |usd: u32| {
+        let (http, stub, root, endpoint) = (http, &stub, &root, &endpoint);
+        async move {
+            let moved = http
+                .put(format!("{stub}/__stub/price/XAU"))
+                .body(usd.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(moved.status().as_u16(), 204);
+            infra::cloud::schedule::trigger(root, endpoint, "us-east-1", "price-fetch")
+                .await
+                .unwrap()
+        }
+    };
+    let arrivals = |count: usize| {
+        let receiver = &receiver;
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while receiver.accepted().len() < count {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    assert_eq!(fetch_at(2750).await["alerts_fired"], 1);
+    assert!(
+        arrivals(1).await,
+        "no price alert: {:?}",
+        receiver.deliveries()
+    );
+    assert_eq!(fetch_at(2750).await["alerts_fired"], 0);
+    // Past the band, and within the outlier guard's 5% of the last price.
+    assert_eq!(
+        fetch_at(2620).await["alerts_fired"],
+        0,
+        "re-armed, not fired"
+    );
+    assert_eq!(fetch_at(2750).await["alerts_fired"], 1);
+    assert!(
+        arrivals(2).await,
+        "no second crossing: {:?}",
+        receiver.deliveries()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alerts = receiver.accepted();
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert!(alerts.iter().all(|a| a.signature_valid), "{alerts:?}");
+    assert_ne!(alerts[0].id, alerts[1].id);
+    assert_eq!(
+        (&alerts[0].body["type"], &alerts[1].body["crossing"]),
+        (&json!("price.alert"), &json!(2))
+    );
+    // Back where the rest of the run expects it.
+    fetch_at(2650).await;
 }
 
 /// Two clones with different code (ingest reports a different version)

@@ -210,6 +210,10 @@ impl From<PriceError> for ApiError {
                 ApiError::bad_request(code, unknown.to_string()).with_extension("allowed", allowed)
             }
             PriceError::Range(detail) => ApiError::bad_request("invalid_range", detail),
+            PriceError::Alert(detail) => ApiError::bad_request("invalid_alert", detail),
+            PriceError::NoAlert(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "alert_not_found", error.to_string())
+            }
             PriceError::NotConfigured(_) => {
                 ApiError::bad_request("provider_not_configured", error.to_string())
             }

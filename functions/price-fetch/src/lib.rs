@@ -8,7 +8,9 @@
 //! currency, latest and history written); this crate wires its edges,
 //! reports each provider attempt as metrics, and returns what was written.
 //! A run where every provider fails writes nothing and returns an error, so
-//! the error alarm counts it.
+//! the error alarm counts it. After the fetch, the price alerts on every
+//! series with a new quote are evaluated (`shared::prices::alerts`); their
+//! firings go onto the alerts queue, which `rollup` delivers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,12 +19,19 @@ use chrono::{DateTime, Utc};
 use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
 use shared::aws::SdkConfig;
+use shared::aws::alerts::DynamoAlerts;
 use shared::aws::prices::DynamoPrices;
+use shared::aws::queue::SqsAlertQueue;
 use shared::aws::secrets::SecretsManager;
+use shared::aws::tenants::DynamoTenants;
 use shared::clock::SystemClock;
 use shared::config::{ConfigError, Env};
+use shared::metering::alerts::{AlertQueue, AlertStore};
+use shared::metering::tenants::TenantStore;
+use shared::prices::alerts::{self, AlertEdges, PriceAlerts};
 use shared::prices::fetch::{FetchRun, PriceFetcher};
 use shared::prices::settings::PriceSettings;
+use shared::prices::types::Quote;
 use shared::prices::upstream::HttpQuotes;
 use shared::prices::{PriceEdges, PriceError};
 use shared::telemetry::{MetricUnit, Metrics};
@@ -35,6 +44,14 @@ pub struct Config {
     pub provider_keys_secret: String,
     /// Providers, metals, currencies, policy and `HISTORY_RETENTION_DAYS`.
     pub settings: PriceSettings,
+    /// Price alerts' tenants (their signing secrets).
+    pub tenants_table: String,
+    /// Where firings are recorded, as quota alerts are.
+    pub usage_table: String,
+    pub alerts_queue_url: String,
+    /// How far back past its threshold the price must go before a fired
+    /// alert re-arms (`PRICE_ALERT_HYSTERESIS_PERCENT`, 0.5).
+    pub hysteresis_percent: f64,
 }
 
 impl Config {
@@ -43,27 +60,69 @@ impl Config {
             prices_table: env.required("PRICES_TABLE")?,
             provider_keys_secret: env.required("PROVIDER_KEYS_SECRET")?,
             settings: PriceSettings::from_env(env)?,
+            tenants_table: env.required("TENANTS_TABLE")?,
+            usage_table: env.required("USAGE_TABLE")?,
+            alerts_queue_url: env.required("ALERTS_QUEUE_URL")?,
+            hysteresis_percent: env.parse_or("PRICE_ALERT_HYSTERESIS_PERCENT", 0.5)?,
         })
     }
 }
 
-/// The fetcher as deployed, built once per cold start: DynamoDB, Secrets
+/// One run's work: the fetch, then the price alerts.
+pub struct Fetch {
+    pub fetcher: PriceFetcher,
+    pub alerts: Arc<dyn PriceAlerts>,
+    pub tenants: Arc<dyn TenantStore>,
+    pub deliveries: Arc<dyn AlertStore>,
+    pub queue: Arc<dyn AlertQueue>,
+    pub hysteresis_percent: f64,
+}
+
+/// The run as deployed, built once per cold start: DynamoDB, SQS, Secrets
 /// Manager and the providers' HTTP APIs.
-pub fn fetcher(config: &Config, aws: &SdkConfig) -> PriceFetcher {
-    let prices = Arc::new(DynamoPrices::new(
-        aws_sdk_dynamodb::Client::new(aws),
-        &config.prices_table,
-    ));
+pub fn fetcher(config: &Config, aws: &SdkConfig) -> Fetch {
+    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let prices = Arc::new(DynamoPrices::new(dynamodb.clone(), &config.prices_table));
     let edges = PriceEdges {
         store: prices.clone(),
-        breakers: prices,
+        breakers: prices.clone(),
         quotes: Arc::new(HttpQuotes::new(config.settings.policy.timeout)),
         secrets: Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(
             aws,
         ))),
         clock: Arc::new(SystemClock),
     };
-    PriceFetcher::new(config.settings.clone(), edges, &config.provider_keys_secret)
+    Fetch {
+        fetcher: PriceFetcher::new(config.settings.clone(), edges, &config.provider_keys_secret),
+        alerts: prices,
+        tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
+        deliveries: Arc::new(DynamoAlerts::new(dynamodb, &config.usage_table)),
+        queue: Arc::new(SqsAlertQueue::new(
+            aws_sdk_sqs::Client::new(aws),
+            &config.alerts_queue_url,
+        )),
+        hysteresis_percent: config.hysteresis_percent,
+    }
+}
+
+impl Fetch {
+    /// Evaluates the alerts of every written quote's series; how many fired.
+    async fn evaluate(&self, written: &[Quote]) -> Result<usize, PriceError> {
+        let edges = AlertEdges {
+            alerts: self.alerts.as_ref(),
+            tenants: self.tenants.as_ref(),
+            deliveries: self.deliveries.as_ref(),
+            queue: self.queue.as_ref(),
+        };
+        let runs = written
+            .iter()
+            .map(|quote| alerts::evaluate(&edges, quote, self.hysteresis_percent));
+        let mut fired = 0;
+        for result in futures_util::future::join_all(runs).await {
+            fired += result?;
+        }
+        Ok(fired)
+    }
 }
 
 /// The scheduled event. `time` is accepted too, so a classic EventBridge rule
@@ -90,6 +149,8 @@ impl From<FetchError> for lambda_runtime::Diagnostic {
             // The read API's refusals; a run never meets them.
             PriceError::Invalid(_)
             | PriceError::Range(_)
+            | PriceError::Alert(_)
+            | PriceError::NoAlert(_)
             | PriceError::NotConfigured(_)
             | PriceError::Provider { .. }
             | PriceError::RateLimited { .. } => "PriceFetchFailed",
@@ -109,19 +170,25 @@ pub struct FetchReport {
     /// `metal/currency → provider` of every quote written.
     pub written: BTreeMap<String, String>,
     pub rejected_outliers: usize,
+    /// Price alerts that fired (each queued for delivery).
+    pub alerts_fired: usize,
 }
 
+/// One scheduled run. Alerts are evaluated after the prices are written; a
+/// failure there fails the run (Scheduler retries it; a crossing already
+/// recorded is not recorded twice).
 pub async fn handle(
-    fetcher: &PriceFetcher,
+    fetch: &Fetch,
     event: LambdaEvent<ScheduledFetch>,
 ) -> Result<FetchReport, FetchError> {
     let ScheduledFetch {
         scheduled_time,
         execution_id,
     } = event.payload;
-    let run = fetcher.run().await?;
+    let run = fetch.fetcher.run().await?;
     emit_metrics(&run);
     let run = run.require_quotes()?;
+    let alerts_fired = fetch.evaluate(&run.written).await?;
     let report = FetchReport {
         scheduled_time,
         execution_id,
@@ -131,6 +198,7 @@ pub async fn handle(
             .map(|q| (format!("{}/{}", q.metal, q.currency), q.provider.clone()))
             .collect(),
         rejected_outliers: run.rejected_outliers(),
+        alerts_fired,
     };
     tracing::info!(written = ?report.written, "prices fetched");
     Ok(report)

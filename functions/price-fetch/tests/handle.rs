@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 use lambda_runtime::LambdaEvent;
-use price_fetch::{Config, FetchError, FetchReport, ScheduledFetch, handle};
+use price_fetch::{Config, Fetch, FetchError, FetchReport, ScheduledFetch, handle};
 use shared::clock::Clock;
 use shared::config::Env;
+use shared::metering::alerts::{MemoryAlertQueue, MemoryAlerts};
+use shared::metering::tenants::{ApiKey, MemoryTenants, NewTenant, TenantStore};
 use shared::prices::MemoryEdges;
+use shared::prices::alerts::{MemoryPriceAlerts, NewPriceAlert, PriceAlerts, register};
 use shared::prices::fetch::PriceFetcher;
 use shared::prices::providers::ProviderError;
 use shared::prices::providers::ProviderId::{GoldApiCom, MetalPriceApi, MetalsDev};
@@ -19,6 +22,10 @@ use shared::prices::types::{Currency, Metal};
 struct World {
     doubles: MemoryEdges,
     config: Config,
+    alerts: Arc<MemoryPriceAlerts>,
+    tenants: Arc<MemoryTenants>,
+    deliveries: Arc<MemoryAlerts>,
+    queue: Arc<MemoryAlertQueue>,
 }
 
 /// Default settings with history kept 30 days; metals.dev and
@@ -28,6 +35,9 @@ fn world() -> World {
         ("PRICES_TABLE", "prices"),
         ("PROVIDER_KEYS_SECRET", "keys"),
         ("HISTORY_RETENTION_DAYS", "30"),
+        ("TENANTS_TABLE", "tenants"),
+        ("USAGE_TABLE", "usage"),
+        ("ALERTS_QUEUE_URL", "http://alerts"),
     ]);
     let doubles = MemoryEdges::new("keys", r#"{"metals.dev": "k1", "metalpriceapi": "k2"}"#);
     doubles.quotes.quote(MetalsDev, 2650.0);
@@ -35,18 +45,29 @@ fn world() -> World {
     World {
         doubles,
         config: Config::from_env(&env).unwrap(),
+        alerts: Arc::default(),
+        tenants: Arc::default(),
+        deliveries: Arc::default(),
+        queue: Arc::default(),
     }
 }
 
 impl World {
     async fn run(&self) -> Result<FetchReport, FetchError> {
         let settings = self.config.settings.clone();
-        let fetcher = PriceFetcher::new(settings, self.doubles.edges(), "keys");
+        let fetch = Fetch {
+            fetcher: PriceFetcher::new(settings, self.doubles.edges(), "keys"),
+            alerts: self.alerts.clone(),
+            tenants: self.tenants.clone(),
+            deliveries: self.deliveries.clone(),
+            queue: self.queue.clone(),
+            hysteresis_percent: self.config.hysteresis_percent,
+        };
         let event = ScheduledFetch {
             scheduled_time: self.doubles.clock.now(),
             execution_id: "run-1".into(),
         };
-        handle(&fetcher, LambdaEvent::new(event, Default::default())).await
+        handle(&fetch, LambdaEvent::new(event, Default::default())).await
     }
 }
 
@@ -158,4 +179,40 @@ async fn an_unreachable_prices_table_fails_the_run() {
     let error = w.run().await.unwrap_err();
     assert!(error.to_string().starts_with("prices table: "), "{error}");
     assert_eq!(error_type(error), "PricesTableUnavailable");
+}
+
+/// A tenant's "gold above 2,600" fires once when a run finds gold at 2,650,
+/// queued for delivery with its webhook; the next run, still above, does not
+/// fire it again.
+#[tokio::test]
+async fn a_price_alert_fires_once_per_crossing_after_the_fetch() {
+    let w = world();
+    let tenant = serde_json::from_value::<NewTenant>(serde_json::json!({
+        "name": "Acme", "monthly_quota": 1000, "billing_day": 1, "tier": "pro"}))
+    .unwrap()
+    .into_tenant(w.doubles.clock.now())
+    .unwrap();
+    w.tenants
+        .create(&tenant, &ApiKey::generate().hash())
+        .await
+        .unwrap();
+    let new: NewPriceAlert = serde_json::from_value(serde_json::json!({
+        "metal": "gold", "direction": "above", "price": 2600, "webhook": "https://hooks.example/gold"}))
+    .unwrap();
+    let alert = register(
+        w.alerts.as_ref(),
+        &tenant.id,
+        new,
+        &w.config.settings,
+        w.doubles.clock.now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.run().await.unwrap().alerts_fired, 1);
+    assert_eq!(w.run().await.unwrap().alerts_fired, 0);
+    assert_eq!(w.queue.take(), [alert.crossing_key(1)]);
+    let delivery = &w.deliveries.all()[0];
+    assert_eq!(delivery.pending, ["https://hooks.example/gold"]);
+    let stored = w.alerts.list(&tenant.id).await.unwrap();
+    assert_eq!((stored[0].armed, stored[0].fired), (false, 1));
 }

@@ -18,19 +18,22 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use shared::auth::require_tenant;
 use shared::aws::SdkConfig;
 use shared::aws::prices::DynamoPrices;
 use shared::aws::ratelimit::DynamoRateCounter;
 use shared::aws::secrets::SecretsManager;
+use shared::aws::tenants::DynamoTenants;
 use shared::clock::{Clock, SystemClock};
 use shared::config::{ConfigError, Env};
 use shared::error::ApiError;
 use shared::health::HealthChecks;
-use shared::http::{CorsOrigins, finish, rate_limit_headers};
-use shared::prices::PriceEdges;
+use shared::http::{CorsOrigins, JsonBody, finish, rate_limit_headers};
+use shared::metering::tenants::{CachedKeys, TenantStore};
+use shared::prices::alerts::{NewPriceAlert, PriceAlerts, is_alert_id, register};
 use shared::prices::cache::Rendered;
 use shared::prices::failover::BreakerState;
 use shared::prices::query::PriceQuery;
@@ -39,6 +42,7 @@ use shared::prices::settings::PriceSettings;
 use shared::prices::types::{HistoryWindow, WeightUnit};
 use shared::prices::upstream::HttpQuotes;
 use shared::prices::view;
+use shared::prices::{PriceEdges, PriceError};
 use shared::public_limit::{PublicLimit, source_ip};
 use shared::ratelimit::{RateCounter, RateLimiter};
 
@@ -48,6 +52,10 @@ pub const FUNCTION: &str = "prices";
 pub struct Config {
     pub prices_table: String,
     pub rate_limit_table: String,
+    /// Tenant API keys sign in to the price-alert routes.
+    pub tenants_table: String,
+    /// How long a key lookup is remembered per instance (`KEY_CACHE_SECONDS`).
+    pub key_cache: Duration,
     pub provider_keys_secret: String,
     pub settings: PriceSettings,
     /// `MEMORY_CACHE_SECONDS` (60).
@@ -62,6 +70,8 @@ impl Config {
         Ok(Self {
             prices_table: env.required("PRICES_TABLE")?,
             rate_limit_table: env.required("RATE_LIMIT_TABLE")?,
+            tenants_table: env.required("TENANTS_TABLE")?,
+            key_cache: Duration::from_secs(env.parse_or("KEY_CACHE_SECONDS", 30)?),
             provider_keys_secret: env.required("PROVIDER_KEYS_SECRET")?,
             settings: PriceSettings::from_env(env)?,
             memory_ttl: Duration::from_secs(env.parse_or("MEMORY_CACHE_SECONDS", 60)?),
@@ -84,6 +94,8 @@ impl Config {
 struct App {
     config: Arc<Config>,
     prices: Arc<PriceService>,
+    alerts: Arc<dyn PriceAlerts>,
+    keys: Arc<CachedKeys>,
     clock: Arc<dyn Clock>,
 }
 
@@ -93,6 +105,8 @@ pub struct Edges {
     /// The price store, breakers, providers, provider-keys secret and clock.
     pub prices: PriceEdges,
     pub rate_counter: Arc<dyn RateCounter>,
+    pub alerts: Arc<dyn PriceAlerts>,
+    pub tenants: Arc<dyn TenantStore>,
 }
 
 /// The function as deployed: DynamoDB, Secrets Manager and the providers'
@@ -103,6 +117,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
         .table("prices_table", &dynamodb, &config.prices_table)
         .table("rate_limit_table", &dynamodb, &config.rate_limit_table)
+        .table("tenants_table", &dynamodb, &config.tenants_table)
         .secret(
             "provider_keys_secret",
             &secrets,
@@ -112,12 +127,17 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let edges = Edges {
         prices: PriceEdges {
             store: prices.clone(),
-            breakers: prices,
+            breakers: prices.clone(),
             quotes: Arc::new(HttpQuotes::new(config.settings.policy.timeout)),
             secrets: Arc::new(SecretsManager::new(secrets)),
             clock: Arc::new(SystemClock),
         },
-        rate_counter: Arc::new(DynamoRateCounter::new(dynamodb, &config.rate_limit_table)),
+        rate_counter: Arc::new(DynamoRateCounter::new(
+            dynamodb.clone(),
+            &config.rate_limit_table,
+        )),
+        alerts: prices,
+        tenants: Arc::new(DynamoTenants::new(dynamodb, &config.tenants_table)),
     };
     router(config, edges, health)
 }
@@ -137,6 +157,12 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
     let app = App {
         config: Arc::new(config.clone()),
         prices: Arc::new(service),
+        alerts: edges.alerts,
+        keys: Arc::new(CachedKeys::new(
+            edges.tenants,
+            config.key_cache,
+            Arc::clone(&clock),
+        )),
         clock,
     };
     let limited = Router::new()
@@ -144,9 +170,11 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks) -> Router {
         .route("/api/config", get(public_config))
         .with_state(app.clone())
         .merge(health.route());
-    // The proxy counts against its own limit.
+    // The proxy counts against its own limit; alerts sign in with a key.
     let proxied = Router::new()
         .route("/api/proxy/{provider}", get(proxy))
+        .route("/api/alerts", post(create_alert).get(list_alerts))
+        .route("/api/alerts/{id}", delete(delete_alert))
         .with_state(app);
     finish(public.guard(limited).merge(proxied), &config.cors)
 }
@@ -160,6 +188,58 @@ async fn prices(
     let query = PriceQuery::parse(&params, &app.config.settings, today)?;
     let answer = app.prices.answer(&query).await?;
     Ok(respond(&answer, &headers, app.config.memory_ttl))
+}
+
+/// `POST /api/alerts` (tenant key): registers a price alert.
+async fn create_alert(
+    State(app): State<App>,
+    headers: HeaderMap,
+    JsonBody(new): JsonBody<NewPriceAlert>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tenant = require_tenant(&headers, &app.keys).await?;
+    let now = app.clock.now();
+    let alert = register(
+        app.alerts.as_ref(),
+        &tenant.id,
+        new,
+        &app.config.settings,
+        now,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(view::alert(&alert))))
+}
+
+/// `GET /api/alerts` (tenant key): the caller's alerts, oldest first.
+async fn list_alerts(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let tenant = require_tenant(&headers, &app.keys).await?;
+    let alerts = app
+        .alerts
+        .list(&tenant.id)
+        .await
+        .map_err(PriceError::from)?;
+    let alerts: Vec<Value> = alerts.iter().map(view::alert).collect();
+    Ok(Json(json!({ "alerts": alerts })))
+}
+
+/// `DELETE /api/alerts/{id}` (tenant key): 204, or 404 when the caller has
+/// no alert by that id.
+async fn delete_alert(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = require_tenant(&headers, &app.keys).await?;
+    let deleted = is_alert_id(&id)
+        && app
+            .alerts
+            .delete(&tenant.id, &id)
+            .await
+            .map_err(PriceError::from)?;
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(PriceError::NoAlert(id).into())
+    }
 }
 
 /// The answer with its ETag, or 304 when the client already has it.

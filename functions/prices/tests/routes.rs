@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use shared::clock::Clock;
 use shared::config::Env;
 use shared::health::HealthChecks;
+use shared::metering::tenants::MemoryTenants;
 use shared::prices::MemoryEdges;
+use shared::prices::alerts::MemoryPriceAlerts;
 use shared::prices::failover::Breaker;
 use shared::prices::providers::ProviderError;
 use shared::prices::providers::ProviderId::{self, GoldApiCom, MetalPriceApi, MetalsDev};
@@ -28,6 +30,8 @@ struct World {
     config: Config,
     doubles: MemoryEdges,
     counter: Arc<MemoryCounter>,
+    alerts: Arc<MemoryPriceAlerts>,
+    tenants: Arc<MemoryTenants>,
 }
 
 /// Default settings but a proxy limit of 3; only metals.dev has a key
@@ -37,6 +41,8 @@ fn world() -> World {
     let env = Env::from_pairs([
         ("PRICES_TABLE", "prices"),
         ("RATE_LIMIT_TABLE", "limits"),
+        ("TENANTS_TABLE", "tenants"),
+        ("KEY_CACHE_SECONDS", "0"),
         ("PROVIDER_KEYS_SECRET", "keys"),
         ("PROXY_RATE_LIMIT", "3"),
     ]);
@@ -47,6 +53,8 @@ fn world() -> World {
         config: Config::from_env(&env).unwrap(),
         doubles,
         counter: Arc::default(),
+        alerts: Arc::default(),
+        tenants: Arc::default(),
     }
 }
 
@@ -55,6 +63,8 @@ impl World {
         let edges = Edges {
             prices: self.doubles.edges(),
             rate_counter: self.counter.clone(),
+            alerts: self.alerts.clone(),
+            tenants: self.tenants.clone(),
         };
         router(&self.config, edges, HealthChecks::new(FUNCTION, "test"))
     }
@@ -525,4 +535,132 @@ async fn long_windows_and_ranges_answer_daily_candles() {
         assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
         assert!(body["detail"].is_string());
     }
+}
+
+impl World {
+    /// A tenant and its API key, in the tenants double.
+    async fn tenant(&self) -> String {
+        use shared::metering::tenants::{ApiKey, NewTenant, TenantStore};
+        let tenant = serde_json::from_value::<NewTenant>(json!({
+            "name": "Acme", "monthly_quota": 1000, "billing_day": 1, "tier": "pro"}))
+        .unwrap()
+        .into_tenant(self.doubles.clock.now())
+        .unwrap();
+        let key = ApiKey::generate();
+        self.tenants.create(&tenant, &key.hash()).await.unwrap();
+        key.expose().to_owned()
+    }
+}
+
+/// `method path` with a bearer key and a JSON body.
+fn alert_request(
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Request<Body> {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(key) = key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    request
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn price_alerts_are_created_listed_and_deleted_by_their_tenant_only() {
+    let w = world();
+    let app = w.app();
+    let (mine, theirs) = (w.tenant().await, w.tenant().await);
+    let new = json!({"metal": "gold", "direction": "above", "price": 85, "unit": "g",
+                     "webhook": "https://hooks.example/gold"});
+    let (status, _, created) = send(
+        &app,
+        alert_request("POST", "/api/alerts", Some(&mine), Some(new.clone())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (
+            &created["currency"],
+            &created["unit"],
+            &created["armed"],
+            &created["fired"]
+        ),
+        (&json!("USD"), &json!("g"), &json!(true), &json!(0))
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let (_, _, listed) = send(&app, alert_request("GET", "/api/alerts", Some(&mine), None)).await;
+    assert_eq!(listed["alerts"], json!([created]));
+    let (_, _, none) = send(
+        &app,
+        alert_request("GET", "/api/alerts", Some(&theirs), None),
+    )
+    .await;
+    assert_eq!(none["alerts"], json!([]));
+
+    let path = format!("/api/alerts/{id}");
+    let (status, _, body) = send(&app, alert_request("DELETE", &path, Some(&theirs), None)).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::NOT_FOUND, &json!("alert_not_found"))
+    );
+    let (status, _, _) = send(&app, alert_request("DELETE", &path, Some(&mine), None)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = send(&app, alert_request("DELETE", &path, Some(&mine), None)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Each bad request says why, and stores nothing.
+    let (status, _, body) = send(&app, alert_request("GET", "/api/alerts", None, None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    for (body, code) in [
+        (
+            json!({"metal": "tin", "direction": "above", "price": 1, "webhook": "https://h.example"}),
+            "invalid_metal",
+        ),
+        (
+            json!({"metal": "gold", "currency": "JPY", "direction": "above", "price": 1, "webhook": "https://h.example"}),
+            "invalid_currency",
+        ),
+        (
+            json!({"metal": "gold", "direction": "above", "price": -5, "webhook": "https://h.example"}),
+            "invalid_alert",
+        ),
+        (
+            json!({"metal": "gold", "direction": "sideways", "price": 1, "webhook": "https://h.example"}),
+            "invalid_body",
+        ),
+        (
+            json!({"metal": "gold", "direction": "above", "price": 1, "webhook": "ftp://h.example"}),
+            "invalid_body",
+        ),
+        (
+            json!({"metal": "gold", "direction": "above", "price": 1}),
+            "invalid_body",
+        ),
+    ] {
+        let (status, headers, problem) = send(
+            &app,
+            alert_request("POST", "/api/alerts", Some(&mine), Some(body.clone())),
+        )
+        .await;
+        assert_eq!(
+            (status, &problem["code"]),
+            (StatusCode::BAD_REQUEST, &json!(code)),
+            "{body}"
+        );
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    }
+    let (status, _, _) = send(
+        &app,
+        alert_request("DELETE", "/api/alerts/..%2Fx", Some(&mine), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, _, listed) = send(&app, alert_request("GET", "/api/alerts", Some(&mine), None)).await;
+    assert_eq!(listed["alerts"], json!([]));
 }

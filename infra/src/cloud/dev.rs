@@ -362,6 +362,7 @@ async fn start(
     // Prices from a local gold-api.com unless the real providers are wanted
     // (they need the network, and keys for all but gold-api.com).
     let live_providers = std::env::var("INGOT_LIVE_PROVIDERS").as_deref() == Ok("1");
+    let mut price_stub = None;
     if !live_providers {
         let stub = crate::cloud::stubs::serve(crate::cloud::stubs::gold_api_com())
             .await
@@ -372,6 +373,7 @@ async fn start(
         ] {
             override_var(&mut env, name, value);
         }
+        price_stub = Some(stub);
     }
     if let Some((_, secret)) = env.iter().find(|(n, _)| n == "ANTHROPIC_API_KEY_SECRET") {
         aws_sdk_secretsmanager::Client::new(&aws)
@@ -548,10 +550,12 @@ async fn start(
     summary.push_str(&format!(
         "  prices       {}\n  chat         {} ({}); sign-in token for dev-user in {}:\n\
          \x20              curl -N -H \"Authorization: Bearer $(cat {})\" -d '{{\"message\":\"hello\"}}' {}/lambda-url/chat-stream/api/v1/chat/stream\n",
-        if live_providers {
-            "live providers (INGOT_LIVE_PROVIDERS=1)"
-        } else {
-            "gold-api.com stub (INGOT_LIVE_PROVIDERS=1 for the real providers)"
+        match &price_stub {
+            None => "live providers (INGOT_LIVE_PROVIDERS=1)".to_owned(),
+            Some(stub) => format!(
+                "gold-api.com stub {stub} (INGOT_LIVE_PROVIDERS=1 for the real providers);\n\
+                 \x20              move gold: curl -X PUT -d 2750 {stub}/__stub/price/XAU, then make trigger FUNCTION=price-fetch"
+            ),
         },
         if upstreams.stubbed { "Anthropic stub" } else { "Anthropic" },
         upstreams.anthropic_url,

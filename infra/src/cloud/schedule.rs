@@ -76,6 +76,34 @@ pub async fn fire<I: Invoke>(
     invoker.invoke(function, &payload).await
 }
 
+/// Fires `function`'s schedule in the template at `root` now, through the
+/// Lambda endpoint at `endpoint` (`make trigger`); its answer.
+pub async fn trigger(
+    root: &std::path::Path,
+    endpoint: &str,
+    region: &str,
+    function: &str,
+) -> Result<Value, String> {
+    let template =
+        crate::cloud::template::Template::load(&root.join("template.yaml").to_string_lossy())
+            .map_err(|e| e.to_string())?;
+    let source = template
+        .functions()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|f| f.binary == function)
+        .flat_map(|f| f.triggers)
+        .find_map(|t| match t {
+            crate::cloud::template::Trigger::Schedule(source) => Some(source),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{function} has no schedule in template.yaml"))?;
+    let invoker = crate::cloud::invoke::LambdaInvoker::new(endpoint, Duration::from_secs(900));
+    fire(&invoker, function, region, &source)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Fires at start (so a fresh `make dev` has data at once), then every period.
 pub async fn run<I: Invoke>(
     invoker: I,

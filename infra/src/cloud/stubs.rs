@@ -17,7 +17,7 @@
 //! - `[slow]`: 50 deltas, 100 ms apart;
 //! - anything else: echoes the message back word by word.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,23 +51,29 @@ pub async fn serve(router: Router) -> std::io::Result<String> {
     Ok(format!("http://{address}"))
 }
 
-/// gold-api.com's `GET /price/{symbol}/{currency}`, in its real format, at
-/// steady prices: dollars converted at steady rates (the provider's own
-/// practice, naming the rate), or a 400 for a currency it does not know.
+/// gold-api.com's `GET /price/{symbol}/{currency}`, in its real format:
+/// dollars converted at steady rates (the provider's own practice, naming
+/// the rate), or a 400 for a currency it does not know. Its dollar prices
+/// hold still unless moved: `PUT /__stub/price/{symbol}` with a number (how
+/// `make dev` users and tests cross a price alert).
 pub fn gold_api_com() -> Router {
-    async fn price(uri: axum::http::Uri) -> (axum::http::StatusCode, axum::Json<Value>) {
+    type Prices = Arc<Mutex<HashMap<String, f64>>>;
+    async fn price(
+        State(prices): State<Prices>,
+        uri: axum::http::Uri,
+    ) -> (StatusCode, axum::Json<Value>) {
         let mut parts = uri.path().trim_start_matches("/price/").split('/');
         let symbol = parts.next().unwrap_or("XAU").to_owned();
         let currency = parts.next().unwrap_or("USD");
-        let usd = match symbol.as_str() {
-            "XAG" => 31.2,
-            "XPT" => 962.5,
-            "XPD" => 1004.0,
-            _ => 2650.0,
-        };
+        let usd = prices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&symbol)
+            .copied()
+            .unwrap_or(2650.0);
         let Some(&(_, sign, rate)) = RATES.iter().find(|(code, ..)| *code == currency) else {
             let error = json!({"error": format!("Currency {currency} not supported")});
-            return (axum::http::StatusCode::BAD_REQUEST, axum::Json(error));
+            return (StatusCode::BAD_REQUEST, axum::Json(error));
         };
         let price = (usd * rate * 100.0_f64).round() / 100.0;
         let body = json!({
@@ -75,9 +81,37 @@ pub fn gold_api_com() -> Router {
             "price": price, "symbol": symbol, "updatedAt": chrono::Utc::now().to_rfc3339(),
             "updatedAtReadable": "a few seconds ago",
         });
-        (axum::http::StatusCode::OK, axum::Json(body))
+        (StatusCode::OK, axum::Json(body))
     }
-    Router::new().fallback(price)
+    async fn set(
+        State(prices): State<Prices>,
+        axum::extract::Path(symbol): axum::extract::Path<String>,
+        body: String,
+    ) -> StatusCode {
+        match body.trim().parse::<f64>() {
+            Ok(usd) if usd.is_finite() && usd > 0.0 => {
+                prices
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(symbol, usd);
+                StatusCode::NO_CONTENT
+            }
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+    let prices: Prices = Arc::new(Mutex::new(HashMap::from(
+        [
+            ("XAU", 2650.0),
+            ("XAG", 31.2),
+            ("XPT", 962.5),
+            ("XPD", 1004.0),
+        ]
+        .map(|(symbol, usd)| (symbol.to_owned(), usd)),
+    )));
+    Router::new()
+        .route("/__stub/price/{symbol}", axum::routing::put(set))
+        .fallback(price)
+        .with_state(prices)
 }
 
 /// The stub's exchange rates: currency, symbol, units per US dollar.

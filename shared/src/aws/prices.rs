@@ -5,10 +5,14 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, KeysAndAttributes, Put, ReturnValue, TransactWriteItem,
+};
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{failed, from_item, is_condition_failure, n, put_item, query_all, s, to_item};
+use crate::metering::types::TenantId;
+use crate::prices::alerts::{PriceAlert, PriceAlerts};
 use crate::prices::candles::Candle;
 use crate::prices::failover::{Breaker, BreakerStore};
 use crate::prices::providers::ProviderId;
@@ -305,5 +309,182 @@ impl BreakerStore for DynamoPrices {
             .await
             .map_err(|e| failed(STORE, "UpdateItem", &e))?;
         Ok(())
+    }
+}
+
+/// Price alerts: each in its series' partition (`ALERTS#<metal>#<currency>`,
+/// `sk = <id>`), which an evaluation queries, with a pointer in its
+/// tenant's (`OWNER#<tenant>`, `sk = <id>`, the series), which a listing
+/// queries. Created and deleted together in one transaction.
+fn alert_key(metal: Metal, currency: &Currency, id: &str) -> HashMap<String, AttributeValue> {
+    key(format!("ALERTS#{metal}#{currency}"), id)
+}
+
+fn owner_key(tenant: &TenantId, id: &str) -> HashMap<String, AttributeValue> {
+    key(format!("OWNER#{tenant}"), id)
+}
+
+/// An owner pointer: which series partition holds the alert.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pointer {
+    metal: Metal,
+    currency: Currency,
+}
+
+#[async_trait::async_trait]
+impl PriceAlerts for DynamoPrices {
+    async fn create(&self, alert: &PriceAlert) -> Result<(), StoreError> {
+        let mut item = to_item(STORE, alert)?;
+        item.extend(alert_key(alert.metal, &alert.currency, &alert.id));
+        let pointer = Pointer {
+            metal: alert.metal,
+            currency: alert.currency.clone(),
+        };
+        let mut owner = to_item(STORE, &pointer)?;
+        owner.extend(owner_key(&alert.tenant, &alert.id));
+        let put = |item| {
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map(|put| TransactWriteItem::builder().put(put).build())
+                .map_err(|e| StoreError::corrupt(STORE, e))
+        };
+        self.client
+            .transact_write_items()
+            .transact_items(put(item)?)
+            .transact_items(put(owner)?)
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
+        Ok(())
+    }
+
+    async fn list(&self, tenant: &TenantId) -> Result<Vec<PriceAlert>, StoreError> {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(format!("OWNER#{tenant}")));
+        let mut keys = Vec::new();
+        for item in query_all(STORE, request).await? {
+            let id = item.get("sk").and_then(|v| v.as_s().ok()).cloned();
+            let pointer: Pointer = from_item(STORE, item)?;
+            if let Some(id) = id {
+                keys.push(alert_key(pointer.metal, &pointer.currency, &id));
+            }
+        }
+        let mut alerts = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut wanted = KeysAndAttributes::builder()
+                .set_keys(Some(chunk.to_vec()))
+                .build()
+                .map_err(|e| StoreError::corrupt(STORE, e))?;
+            // BatchGetItem may leave keys unprocessed under load: ask again.
+            for attempt in 0.. {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, wanted.clone())
+                    .send()
+                    .await
+                    .map_err(|e| failed(STORE, "BatchGetItem", &e))?;
+                for item in out
+                    .responses
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|(_, items)| items)
+                {
+                    alerts.push(from_item::<PriceAlert>(STORE, item)?);
+                }
+                match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
+                    Some(rest) if !rest.keys.is_empty() && attempt < 5 => wanted = rest,
+                    Some(rest) if !rest.keys.is_empty() => {
+                        return Err(StoreError::Unavailable {
+                            store: STORE,
+                            operation: "BatchGetItem",
+                            message: "keys left unprocessed".into(),
+                        });
+                    }
+                    _ => break,
+                }
+            }
+        }
+        alerts.sort_by_key(|a| a.created_at);
+        Ok(alerts)
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        let owner = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(owner_key(tenant, id)))
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "GetItem", &e))?
+            .item;
+        let Some(owner) = owner else {
+            return Ok(false);
+        };
+        let pointer: Pointer = from_item(STORE, owner)?;
+        let delete = |key| {
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .build()
+                .map(|delete| TransactWriteItem::builder().delete(delete).build())
+                .map_err(|e| StoreError::corrupt(STORE, e))
+        };
+        self.client
+            .transact_write_items()
+            .transact_items(delete(owner_key(tenant, id))?)
+            .transact_items(delete(alert_key(pointer.metal, &pointer.currency, id))?)
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
+        Ok(true)
+    }
+
+    async fn watching(
+        &self,
+        metal: Metal,
+        currency: &Currency,
+    ) -> Result<Vec<PriceAlert>, StoreError> {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(format!("ALERTS#{metal}#{currency}")));
+        query_all(STORE, request)
+            .await?
+            .into_iter()
+            .map(|item| from_item(STORE, item))
+            .collect()
+    }
+
+    async fn set_armed(&self, alert: &PriceAlert, armed: bool) -> Result<bool, StoreError> {
+        let fired = if armed { alert.fired } else { alert.fired + 1 };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(alert_key(alert.metal, &alert.currency, &alert.id)))
+            .update_expression("SET armed = :armed, fired = :next")
+            .condition_expression("armed = :was AND fired = :fired")
+            .expression_attribute_values(":armed", AttributeValue::Bool(armed))
+            .expression_attribute_values(":was", AttributeValue::Bool(!armed))
+            .expression_attribute_values(":fired", n(alert.fired))
+            .expression_attribute_values(":next", n(fired))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
+        }
     }
 }

@@ -64,9 +64,16 @@ pub fn reached(used: u64, quota: u64) -> impl Iterator<Item = u8> {
 }
 
 impl Alert {
-    pub fn new(tenant: &Tenant, period: &BillingPeriod, threshold: u8, used: u64) -> Self {
-        let period_key = period.key();
-        let digest = Sha256::digest(format!("{}|{period_key}|{threshold}", tenant.id));
+    /// An alert of `tenant`'s named by `key`, for its `pending` webhooks,
+    /// signed with its secret (and the rotated-out one in its overlap); its
+    /// id, the `webhook-id`, comes from the key, so every attempt carries it.
+    pub fn for_tenant(
+        tenant: &Tenant,
+        key: AlertKey,
+        body: &serde_json::Value,
+        pending: Vec<String>,
+    ) -> Self {
+        let digest = Sha256::digest(format!("{}|{}|{}", key.tenant, key.period, key.threshold));
         let id = format!(
             "msg_{}",
             digest[..12]
@@ -74,6 +81,20 @@ impl Alert {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         );
+        Self {
+            id,
+            tenant: key.tenant,
+            period: key.period,
+            threshold: key.threshold,
+            body: body.to_string(),
+            signing_secret: tenant.signing_secret.clone(),
+            previous_signing_secret: tenant.signing_secrets(Utc::now()).into_iter().nth(1),
+            pending,
+        }
+    }
+
+    pub fn new(tenant: &Tenant, period: &BillingPeriod, threshold: u8, used: u64) -> Self {
+        let period_key = period.key();
         let percent = quota_percent(used, tenant.monthly_quota);
         let body = json!({
             "text": format!(
@@ -89,20 +110,17 @@ impl Alert {
             "percent": percent,
             "period": {"start": period.start, "end": period.end},
         });
-        Self {
-            id,
+        let key = AlertKey {
             tenant: tenant.id.to_string(),
             period: period_key,
             threshold,
-            body: body.to_string(),
-            signing_secret: tenant.signing_secret.clone(),
-            previous_signing_secret: tenant.signing_secrets(Utc::now()).into_iter().nth(1),
-            pending: tenant
-                .webhooks
-                .iter()
-                .map(|w| w.as_str().to_owned())
-                .collect(),
-        }
+        };
+        let pending = tenant
+            .webhooks
+            .iter()
+            .map(|w| w.as_str().to_owned())
+            .collect();
+        Self::for_tenant(tenant, key, &body, pending)
     }
 }
 
@@ -132,7 +150,8 @@ pub fn sign(secret: &str, id: &str, timestamp: DateTime<Utc>, body: &str) -> Str
 }
 
 /// What names one alert on the alerts queue: its tenant, period and
-/// threshold (the store's key).
+/// threshold (the store's key). A price alert's crossing is named
+/// `price:<alert id>:<crossing>` with threshold 0 ([`crate::prices::alerts`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AlertKey {
     pub tenant: String,
@@ -419,10 +438,20 @@ pub async fn raise(
             period: period_key.clone(),
             threshold,
         };
-        queue.send(&key).await?;
-        store.queued(&key).await?;
+        enqueue(store, queue, &key).await?;
     }
     Ok(())
+}
+
+/// Puts the recorded alert `key` on the alerts queue and notes it there.
+/// Sending again is harmless: a delivered alert has nothing pending.
+pub async fn enqueue(
+    store: &dyn AlertStore,
+    queue: &dyn AlertQueue,
+    key: &AlertKey,
+) -> Result<(), StoreError> {
+    queue.send(key).await?;
+    store.queued(key).await
 }
 
 /// What delivering one alert came to.

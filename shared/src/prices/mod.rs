@@ -9,6 +9,7 @@
 //! ([`crate::secrets::SecretSource`]) and the clock. DynamoDB lives in
 //! [`crate::aws::prices`].
 
+pub mod alerts;
 pub mod cache;
 pub mod candles;
 pub mod failover;
@@ -92,6 +93,12 @@ pub enum PriceError {
     /// `from`/`to` name no range of days we answer.
     #[error("{0}")]
     Range(String),
+    /// A price alert that cannot be (its price, or too many of them).
+    #[error("{0}")]
+    Alert(String),
+    /// No price alert of the caller's by that id.
+    #[error("no price alert {0}")]
+    NoAlert(String),
     #[error("{} has no API key configured", .0.name())]
     NotConfigured(ProviderId),
     #[error("provider keys: {0}")]

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::alerts::PriceAlert;
 use super::candles::{Candle, DayRange};
 use super::service::{Latest, PricePoint};
 use super::types::{Currency, HistoryWindow, WeightUnit};
@@ -76,6 +77,22 @@ pub fn with_candles(
     body["count"] = json!(candles.len());
     body["candles"] = json!(candles);
     body
+}
+
+/// A price alert as its owner sees it.
+pub fn alert(alert: &PriceAlert) -> Value {
+    json!({
+        "id": alert.id,
+        "metal": alert.metal,
+        "currency": alert.currency,
+        "unit": alert.unit.name(),
+        "direction": alert.direction,
+        "price": alert.price,
+        "webhook": alert.webhook,
+        "armed": alert.armed,
+        "fired": alert.fired,
+        "created_at": alert.created_at,
+    })
 }
 
 /// The latest quote of every metal: `{currency, unit, prices: [...]}`.
