@@ -113,6 +113,19 @@ impl Dev {
         .await
     }
 
+    /// The admin token `make dev` generated.
+    async fn admin_token(&self) -> String {
+        aws_sdk_secretsmanager::Client::new(&self.aws().await)
+            .get_secret_value()
+            .secret_id("ingot-local/admin-token")
+            .send()
+            .await
+            .unwrap()
+            .secret_string()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Ctrl-C: everything stops and both ports are free again.
     async fn stop(mut self) {
         // SAFETY: signalling the child we spawned.
@@ -264,15 +277,7 @@ async fn public_routes_refuse_a_client_past_120_a_minute(dev: &Dev, http: &reqwe
 /// that crossed being accepted (so of its being counted), with no traffic
 /// after.
 async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client) {
-    let admin = aws_sdk_secretsmanager::Client::new(&dev.aws().await)
-        .get_secret_value()
-        .secret_id("ingot-local/admin-token")
-        .send()
-        .await
-        .unwrap()
-        .secret_string()
-        .unwrap()
-        .to_owned();
+    let admin = dev.admin_token().await;
     let (receiver, hook) = WebhookReceiver::start(0).await;
     let tenant = json_of(
         http.post(dev.url("usage", "/admin/tenants"))
@@ -323,15 +328,7 @@ async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client)
 /// another fetch at 2,750 does not; at 2,620 it re-arms, and at 2,750 again
 /// it fires once more, under a new webhook-id.
 async fn price_alert_fires_once_per_crossing(dev: &Dev, http: &reqwest::Client) {
-    let admin = aws_sdk_secretsmanager::Client::new(&dev.aws().await)
-        .get_secret_value()
-        .secret_id("ingot-local/admin-token")
-        .send()
-        .await
-        .unwrap()
-        .secret_string()
-        .unwrap()
-        .to_owned();
+    let admin = dev.admin_token().await;
     let tenant = json_of(
         http.post(dev.url("usage", "/admin/tenants"))
             .bearer_auth(&admin)

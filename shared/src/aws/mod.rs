@@ -58,6 +58,25 @@ pub(crate) fn failed_condition(reason: &aws_sdk_dynamodb::types::CancellationRea
     reason.code() == Some("ConditionalCheckFailed")
 }
 
+/// A transaction's put of `item` into `table`, on condition it is new.
+pub(crate) fn put_new(
+    store: &'static str,
+    table: &str,
+    item: HashMap<String, AttributeValue>,
+) -> Result<aws_sdk_dynamodb::types::TransactWriteItem, StoreError> {
+    aws_sdk_dynamodb::types::Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(pk)")
+        .build()
+        .map(|put| {
+            aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                .put(put)
+                .build()
+        })
+        .map_err(|e| StoreError::corrupt(store, e))
+}
+
 /// A value as a DynamoDB item.
 pub(crate) fn to_item<T: serde::Serialize>(
     store: &'static str,

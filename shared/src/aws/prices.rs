@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, KeysAndAttributes, Put, ReturnValue, TransactWriteItem,
+    AttributeValue, Delete, KeysAndAttributes, ReturnValue, TransactWriteItem,
 };
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{failed, from_item, is_condition_failure, n, put_item, query_all, s, to_item};
+use super::{failed, from_item, is_condition_failure, n, put_item, put_new, query_all, s, to_item};
 use crate::metering::types::TenantId;
 use crate::prices::alerts::{PriceAlert, PriceAlerts};
 use crate::prices::candles::Candle;
@@ -342,19 +342,10 @@ impl PriceAlerts for DynamoPrices {
         };
         let mut owner = to_item(STORE, &pointer)?;
         owner.extend(owner_key(&alert.tenant, &alert.id));
-        let put = |item| {
-            Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map(|put| TransactWriteItem::builder().put(put).build())
-                .map_err(|e| StoreError::corrupt(STORE, e))
-        };
         self.client
             .transact_write_items()
-            .transact_items(put(item)?)
-            .transact_items(put(owner)?)
+            .transact_items(put_new(STORE, &self.table, item)?)
+            .transact_items(put_new(STORE, &self.table, owner)?)
             .send()
             .await
             .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;

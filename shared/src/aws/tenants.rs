@@ -6,7 +6,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Up
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{decode_cursor, encode_cursor, failed, from_item, is_condition_failure, n, s, to_item};
+use super::{
+    decode_cursor, encode_cursor, failed, from_item, is_condition_failure, n, put_new, s, to_item,
+};
 use crate::metering::tenants::{KeyHash, Tenant, TenantPage, TenantPatch, TenantStore};
 use crate::metering::types::TenantId;
 use crate::store::StoreError;
@@ -100,15 +102,7 @@ impl TenantStore for DynamoTenants {
             tenant: tenant.id.clone(),
             expires_at: None,
         };
-        let put = |item| {
-            Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map(|p| TransactWriteItem::builder().put(p).build())
-                .map_err(|e| StoreError::corrupt(STORE, e))
-        };
+        let put = |item| put_new(STORE, &self.table, item);
         self.client
             .transact_write_items()
             .transact_items(put(to_item(STORE, &profile)?)?)
