@@ -33,6 +33,10 @@ use crate::store::{Outage, StoreError};
 /// At most this many alerts per tenant.
 pub const MAX_ALERTS: usize = 100;
 
+/// A threshold is a price: finer than any currency's smallest unit is no
+/// price, and so is one a number store cannot hold.
+const PRICES: std::ops::RangeInclusive<f64> = 1e-6..=1e12;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -85,10 +89,12 @@ impl NewPriceAlert {
             .unit
             .as_deref()
             .map_or(Ok(WeightUnit::Toz), WeightUnit::parse)?;
-        if !(self.price.is_finite() && self.price > 0.0) {
+        if !PRICES.contains(&self.price) {
             return Err(PriceError::Alert(format!(
-                "price {} is not a positive number",
-                self.price
+                "price {} is not between {} and {}",
+                self.price,
+                PRICES.start(),
+                PRICES.end()
             )));
         }
         Ok(PriceAlert {
@@ -420,7 +426,7 @@ mod tests {
             yen.into_alert(&tenant, &s, Utc::now()),
             Err(PriceError::Invalid(_))
         ));
-        for price in [0.0, -1.0, f64::NAN] {
+        for price in [0.0, -1.0, f64::NAN, 5e-324, 1e300] {
             let bad = new(Direction::Above, price, None).into_alert(&tenant, &s, Utc::now());
             assert!(matches!(bad, Err(PriceError::Alert(_))), "{price}");
         }
