@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use infra::cloud::emulator::{Emulator, free_port, port_open};
-use infra::cloud::stubs::WebhookReceiver;
+use infra::cloud::stubs::{Delivery, WebhookReceiver};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -315,12 +315,19 @@ async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client)
         );
     }
     // Nothing more arrives: one alert per threshold.
+    let alerts = exactly_two_signed(&receiver).await;
+    assert_eq!(alerts[1].body["used"], 105);
+}
+
+/// What `receiver` holds once nothing more arrives for 3 s: exactly two
+/// deliveries, both signed with its secret, under distinct webhook-ids.
+async fn exactly_two_signed(receiver: &WebhookReceiver) -> Vec<Delivery> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let alerts = receiver.accepted();
     assert_eq!(alerts.len(), 2, "{alerts:?}");
     assert!(alerts.iter().all(|a| a.signature_valid), "{alerts:?}");
     assert_ne!(alerts[0].id, alerts[1].id);
-    assert_eq!(alerts[1].body["used"], 105);
+    alerts
 }
 
 /// A tenant's "gold above 2,700 USD/toz", registered with its API key: the
@@ -402,11 +409,7 @@ async fn price_alert_fires_once_per_crossing(dev: &Dev, http: &reqwest::Client) 
         "no second crossing: {:?}",
         receiver.deliveries()
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let alerts = receiver.accepted();
-    assert_eq!(alerts.len(), 2, "{alerts:?}");
-    assert!(alerts.iter().all(|a| a.signature_valid), "{alerts:?}");
-    assert_ne!(alerts[0].id, alerts[1].id);
+    let alerts = exactly_two_signed(&receiver).await;
     assert_eq!(
         (&alerts[0].body["type"], &alerts[1].body["crossing"]),
         (&json!("price.alert"), &json!(2))
