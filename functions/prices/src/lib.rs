@@ -212,11 +212,7 @@ async fn create_alert(
 /// `GET /api/alerts` (tenant key): the caller's alerts, oldest first.
 async fn list_alerts(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let tenant = require_tenant(&headers, &app.keys).await?;
-    let alerts = app
-        .alerts
-        .list(&tenant.id)
-        .await
-        .map_err(PriceError::from)?;
+    let alerts = app.alerts.list(&tenant.id).await?;
     let alerts: Vec<Value> = alerts.iter().map(view::alert).collect();
     Ok(Json(json!({ "alerts": alerts })))
 }
@@ -229,12 +225,7 @@ async fn delete_alert(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = require_tenant(&headers, &app.keys).await?;
-    let deleted = is_alert_id(&id)
-        && app
-            .alerts
-            .delete(&tenant.id, &id)
-            .await
-            .map_err(PriceError::from)?;
+    let deleted = is_alert_id(&id) && app.alerts.delete(&tenant.id, &id).await?;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
-use super::{failed, is_condition_failure, n, query_all, s};
+use super::{applied, failed, n, query_all, s};
 use crate::metering::alerts::{Alert, AlertKey, AlertStore};
 use crate::store::StoreError;
 
@@ -109,11 +109,7 @@ impl AlertStore for DynamoAlerts {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(failed(STORE, "PutItem", &e)),
-        }
+        applied(STORE, "PutItem", result)
     }
 
     async fn queued(&self, alert: &AlertKey) -> Result<(), StoreError> {
@@ -130,11 +126,7 @@ impl AlertStore for DynamoAlerts {
             .expression_attribute_values(":recorded", s("recorded"))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
-        }
+        applied(STORE, "UpdateItem", result).map(drop)
     }
 
     async fn get(&self, alert: &AlertKey) -> Result<Option<Alert>, StoreError> {
@@ -173,11 +165,7 @@ impl AlertStore for DynamoAlerts {
             .expression_attribute_values(":one", n(1))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
-        }
+        applied(STORE, "UpdateItem", result)
     }
 
     async fn settle(&self, alert: &Alert, delivered: &[String]) -> Result<(), StoreError> {

@@ -9,9 +9,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRe
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    decode_cursor, encode_cursor, failed, is_condition_failure, n, put_item, query_all, s,
-};
+use super::{applied, decode_cursor, encode_cursor, failed, n, put_item, query_all, s};
 use crate::chat::history::Turn;
 use crate::chat::store::{
     ChatStore, ConversationSummary, UsagePage, UsageRecord, UserProfile, title_of,
@@ -161,19 +159,15 @@ impl ChatStore for DynamoChat {
             expires_at: None,
             value: profile,
         })?;
-        match self
+        let created = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(failed(STORE, "PutItem", &e)),
-        }
+            .await;
+        applied(STORE, "PutItem", created).map(drop)
     }
 
     /// Moves `last_active_at` to `now` unless it moved in the last minute
@@ -184,7 +178,7 @@ impl ChatStore for DynamoChat {
         now: DateTime<Utc>,
         cutoff: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        match self
+        let touched = self
             .client
             .update_item()
             .table_name(&self.table)
@@ -195,12 +189,8 @@ impl ChatStore for DynamoChat {
             .expression_attribute_values(":now", s(now.to_rfc3339()))
             .expression_attribute_values(":cutoff", s(cutoff.to_rfc3339()))
             .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
-        }
+            .await;
+        applied(STORE, "UpdateItem", touched)
     }
 
     async fn history(

@@ -52,6 +52,25 @@ where
         .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException"))
 }
 
+/// A conditional write's outcome: `true` if it was applied, `false` if its
+/// condition refused it (another writer got there first, or there was
+/// nothing to do); any other error is the store's.
+pub(crate) fn applied<T, E, R>(
+    store: &'static str,
+    operation: &'static str,
+    result: Result<T, aws_sdk_dynamodb::error::SdkError<E, R>>,
+) -> Result<bool, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_condition_failure(&e) => Ok(false),
+        Err(e) => Err(failed(store, operation, &e)),
+    }
+}
+
 /// Whether a cancelled transaction's item failed its condition (rather
 /// than conflicting with another writer).
 pub(crate) fn failed_condition(reason: &aws_sdk_dynamodb::types::CancellationReason) -> bool {

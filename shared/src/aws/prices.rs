@@ -10,7 +10,11 @@ use aws_sdk_dynamodb::types::{
 };
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{failed, from_item, is_condition_failure, n, put_item, put_new, query_all, s, to_item};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+
+use super::{
+    applied, failed, from_item, is_condition_failure, n, put_item, put_new, query_all, s, to_item,
+};
 use crate::metering::types::TenantId;
 use crate::prices::alerts::{PriceAlert, PriceAlerts};
 use crate::prices::candles::Candle;
@@ -19,7 +23,6 @@ use crate::prices::providers::ProviderId;
 use crate::prices::store::{Keeping, PriceStore};
 use crate::prices::types::{Currency, Metal, Quote};
 use crate::store::StoreError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 
 /// Names this store in errors and 503s.
 const STORE: &str = "prices table";
@@ -62,6 +65,20 @@ impl DynamoPrices {
             client,
             table: table.to_owned(),
         }
+    }
+
+    /// Every item of partition `pk`.
+    async fn partition(
+        &self,
+        pk: String,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk));
+        query_all(STORE, request).await
     }
 
     /// Every item of partition `pk` with a sort key in `[from, to]`.
@@ -139,7 +156,7 @@ impl DynamoPrices {
                     let open = update("SET #open = :p, open_ts = :ts", "open_ts > :ts")
                         .expression_attribute_names("#open", "open")
                         .expression_attribute_values(":ts", ts.clone());
-                    conditional(open.send().await)?;
+                    applied(STORE, "UpdateItem", open.send().await)?;
                 }
                 old.unwrap_or_default()
             }
@@ -150,26 +167,14 @@ impl DynamoPrices {
                 .and_then(|v| v.as_n().ok()?.parse::<f64>().ok())
         };
         if number("high").is_some_and(|high| quote.price > high) {
-            conditional(update("SET high = :p", "high < :p").send().await)?;
+            let high = update("SET high = :p", "high < :p").send().await;
+            applied(STORE, "UpdateItem", high)?;
         }
         if number("low").is_some_and(|low| quote.price < low) {
-            conditional(update("SET low = :p", "low > :p").send().await)?;
+            let low = update("SET low = :p", "low > :p").send().await;
+            applied(STORE, "UpdateItem", low)?;
         }
         Ok(())
-    }
-}
-
-/// A conditional write's result: a failed condition means another writer
-/// got there first, which is as good.
-fn conditional<T, E>(
-    result: Result<T, aws_sdk_dynamodb::error::SdkError<E>>,
-) -> Result<(), StoreError>
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    match result {
-        Err(e) if !is_condition_failure(&e) => Err(failed(STORE, "UpdateItem", &e)),
-        _ => Ok(()),
     }
 }
 
@@ -316,12 +321,20 @@ impl BreakerStore for DynamoPrices {
 /// `sk = <id>`), which an evaluation queries, with a pointer in its
 /// tenant's (`OWNER#<tenant>`, `sk = <id>`, the series), which a listing
 /// queries. Created and deleted together in one transaction.
+fn alerts_pk(metal: Metal, currency: &Currency) -> String {
+    format!("ALERTS#{metal}#{currency}")
+}
+
+fn owner_pk(tenant: &TenantId) -> String {
+    format!("OWNER#{tenant}")
+}
+
 fn alert_key(metal: Metal, currency: &Currency, id: &str) -> HashMap<String, AttributeValue> {
-    key(format!("ALERTS#{metal}#{currency}"), id)
+    key(alerts_pk(metal, currency), id)
 }
 
 fn owner_key(tenant: &TenantId, id: &str) -> HashMap<String, AttributeValue> {
-    key(format!("OWNER#{tenant}"), id)
+    key(owner_pk(tenant), id)
 }
 
 /// An owner pointer: which series partition holds the alert.
@@ -353,14 +366,8 @@ impl PriceAlerts for DynamoPrices {
     }
 
     async fn list(&self, tenant: &TenantId) -> Result<Vec<PriceAlert>, StoreError> {
-        let request = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(format!("OWNER#{tenant}")));
         let mut keys = Vec::new();
-        for item in query_all(STORE, request).await? {
+        for item in self.partition(owner_pk(tenant)).await? {
             let id = item.get("sk").and_then(|v| v.as_s().ok()).cloned();
             let pointer: Pointer = from_item(STORE, item)?;
             if let Some(id) = id {
@@ -444,13 +451,7 @@ impl PriceAlerts for DynamoPrices {
         metal: Metal,
         currency: &Currency,
     ) -> Result<Vec<PriceAlert>, StoreError> {
-        let request = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(format!("ALERTS#{metal}#{currency}")));
-        query_all(STORE, request)
+        self.partition(alerts_pk(metal, currency))
             .await?
             .into_iter()
             .map(|item| from_item(STORE, item))
@@ -472,10 +473,6 @@ impl PriceAlerts for DynamoPrices {
             .expression_attribute_values(":next", n(fired))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
-        }
+        applied(STORE, "UpdateItem", result)
     }
 }

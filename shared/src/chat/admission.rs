@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::FUNCTION;
@@ -18,7 +18,7 @@ use super::settings::ChatSettings;
 use super::store::ChatStore;
 use super::users::Users;
 use crate::metering::tenants::{Tenant, Tier};
-use crate::ratelimit::{RateWindow, Verdict};
+use crate::ratelimit::Verdict;
 use crate::store::StoreError;
 use crate::telemetry::{MetricUnit, Metrics};
 
@@ -107,14 +107,13 @@ impl Admission {
         let history = self.history(subject, &request).await?;
         let body = anthropic::messages_body(&self.settings.system_prompt, &history, &request);
         let limits = self.settings.tiers.limits(tenant.tier);
-        let windows = self.windows(tenant.tier);
         let reserved = self
             .budget
             .reserve(
                 &tenant,
                 limits.monthly_tokens,
                 worst_case(&body),
-                &windows,
+                &limits.windows(),
                 now,
             )
             .await?;
@@ -166,22 +165,6 @@ impl Admission {
             .history(subject, request.conversation_id.as_str(), HISTORY_TURNS)
             .await?;
         Ok(trim(&turns, self.settings.history_budget_tokens))
-    }
-
-    /// The tier's rate windows: a minute, and an hour if it has one.
-    fn windows(&self, tier: Tier) -> Vec<RateWindow> {
-        let limits = self.settings.tiers.limits(tier);
-        let minute = RateWindow {
-            name: "minute",
-            length: TimeDelta::minutes(1),
-            limit: limits.per_minute,
-        };
-        let hour = limits.per_hour.map(|limit| RateWindow {
-            name: "hour",
-            length: TimeDelta::hours(1),
-            limit,
-        });
-        std::iter::once(minute).chain(hour).collect()
     }
 
     /// Counts and records a refusal by a rate window (a failure to record

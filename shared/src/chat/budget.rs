@@ -195,6 +195,9 @@ impl Budget {
         if let Some(closed) = at.closed() {
             return Ok(Err(Refused::Limited(closed)));
         }
+        let verdict = |at: &WindowsAt, counts: &[u32], allowed| {
+            (!windows.is_empty()).then(|| at.verdict(counts, allowed))
+        };
         let mut known = self.known(&tenant.id);
         for _ in 0..HOLD_ATTEMPTS {
             let slots: Vec<WindowSlot> = windows
@@ -208,9 +211,6 @@ impl Budget {
                     fresh: known.get(i) != Some(&start),
                 })
                 .collect();
-            let verdict = |at: &WindowsAt, counts: &[u32], allowed| {
-                (!windows.is_empty()).then(|| at.verdict(counts, allowed))
-            };
             let stored = match self
                 .budgets
                 .hold(&tenant.id, &period, tokens, quota, &slots)

@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Env};
 use crate::metering::tenants::Tier;
+use crate::ratelimit::RateWindow;
 
 /// Limits of one tier. Windows are fixed (minute, hour); `None` = unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +20,23 @@ pub struct TierLimits {
     pub per_minute: u32,
     pub per_hour: Option<u32>,
     pub monthly_tokens: u64,
+}
+
+impl TierLimits {
+    /// The tier's rate windows: a minute, and an hour if it has one.
+    pub fn windows(&self) -> Vec<RateWindow> {
+        let minute = RateWindow {
+            name: "minute",
+            length: TimeDelta::minutes(1),
+            limit: self.per_minute,
+        };
+        let hour = self.per_hour.map(|limit| RateWindow {
+            name: "hour",
+            length: TimeDelta::hours(1),
+            limit,
+        });
+        std::iter::once(minute).chain(hour).collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
