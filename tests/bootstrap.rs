@@ -40,13 +40,23 @@ async fn creates_every_declared_resource_with_its_settings() {
         .await
         .unwrap();
     let attributes = attributes.attributes().unwrap();
-    assert_eq!(attributes[&QueueAttributeName::VisibilityTimeout], "185");
+    assert_eq!(attributes[&QueueAttributeName::VisibilityTimeout], "180");
+    assert_eq!(attributes[&QueueAttributeName::FifoQueue], "true");
+    assert!(!attributes.contains_key(&QueueAttributeName::RedrivePolicy));
+    let alerts = sqs
+        .get_queue_attributes()
+        .queue_url(resolver.reference("AlertsQueue").unwrap())
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .unwrap();
     let redrive: serde_json::Value =
-        serde_json::from_str(&attributes[&QueueAttributeName::RedrivePolicy]).unwrap();
-    assert_eq!(redrive["maxReceiveCount"], 5);
+        serde_json::from_str(&alerts.attributes().unwrap()[&QueueAttributeName::RedrivePolicy])
+            .unwrap();
+    assert_eq!(redrive["maxReceiveCount"], 8);
     assert_eq!(
         redrive["deadLetterTargetArn"],
-        resolver.arn("EventsDeadLetterQueue").unwrap()
+        resolver.arn("AlertsDeadLetterQueue").unwrap()
     );
 
     let secrets = aws_sdk_secretsmanager::Client::new(&aws);

@@ -146,7 +146,7 @@ async fn streams_the_events_in_order_and_records_usage_exactly_once() {
             .unwrap(),
     );
     queue
-        .send(&shared::metering::ingest::pack(&tenant, &events))
+        .send(&tenant, &shared::metering::ingest::pack(&tenant, &events))
         .await
         .unwrap();
     assert_eq!(drain(&pump).await, 1);

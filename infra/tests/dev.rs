@@ -225,13 +225,15 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
     let sqs = aws_sdk_sqs::Client::new(&dev.aws().await);
     let queue = sqs
         .get_queue_url()
-        .queue_name("ingot-local-events")
+        .queue_name("ingot-local-events.fifo")
         .send()
         .await
         .unwrap();
     sqs.send_message()
         .queue_url(queue.queue_url().unwrap())
         .message_body("not an event batch")
+        .message_group_id("dev-test")
+        .message_deduplication_id(uuid::Uuid::new_v4().to_string())
         .send()
         .await
         .unwrap();

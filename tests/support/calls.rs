@@ -137,6 +137,13 @@ pub fn actions(target: &str, input: &Value) -> Vec<(String, String)> {
                 .flat_map(|tables| tables.keys())
                 .map(|table| (format!("dynamodb:{operation}"), table.clone()))
                 .collect(),
+            // PartiQL is authorised per statement verb, on the table it names.
+            "BatchExecuteStatement" => input["Statements"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|statement| partiql(statement["Statement"].as_str()?))
+                .collect(),
             _ => vec![(format!("dynamodb:{operation}"), str_at(input, "TableName"))],
         },
         "AmazonSQS" => {
@@ -153,10 +160,28 @@ pub fn actions(target: &str, input: &Value) -> Vec<(String, String)> {
     }
 }
 
+/// `dynamodb:PartiQL<Verb>` and the quoted table of a PartiQL statement.
+fn partiql(statement: &str) -> Option<(String, String)> {
+    let verb = statement.split_whitespace().next()?.to_ascii_lowercase();
+    let table = statement.split('"').nth(1)?;
+    let verb = format!("{}{}", verb[..1].to_ascii_uppercase(), &verb[1..]);
+    Some((format!("dynamodb:PartiQL{verb}"), table.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_partiql_statement_needs_its_verbs_action() {
+        let input =
+            json!({"Statements": [{"Statement": "INSERT INTO \"s-usage\" VALUE {'pk': ?}"}]});
+        assert_eq!(
+            actions("DynamoDB_20120810.BatchExecuteStatement", &input),
+            [("dynamodb:PartiQLInsert".to_owned(), "s-usage".to_owned())]
+        );
+    }
 
     #[test]
     fn a_transaction_needs_its_items_actions_on_their_tables() {

@@ -226,11 +226,19 @@ pub async fn call(
     (status, body)
 }
 
-/// Puts `body` on the queue at `url`; returns the message id.
+/// Puts `body` on the queue at `url`; returns the message id. On a FIFO
+/// queue, into the group of the tenant the body names, as ingest sends.
 pub async fn send_message(sqs: &aws_sdk_sqs::Client, url: &str, body: &str) -> String {
+    let fifo = url.ends_with(".fifo");
+    let group = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["tenant"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "tests".to_owned());
     sqs.send_message()
         .queue_url(url)
         .message_body(body)
+        .set_message_group_id(fifo.then_some(group))
+        .set_message_deduplication_id(fifo.then(|| uuid::Uuid::new_v4().to_string()))
         .send()
         .await
         .expect("SendMessage")

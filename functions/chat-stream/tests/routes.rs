@@ -22,7 +22,7 @@ use shared::health::HealthChecks;
 use shared::jwt::MemoryTokens;
 use shared::metering::ingest::MemoryQueue;
 use shared::metering::period::BillingPeriod;
-use shared::metering::rollup::{MemoryLedger, count};
+use shared::metering::rollup::{MemoryLedger, Seq, count};
 use shared::metering::tenants::{ApiKey, MemoryTenants, Tenant, TenantStore, Tier};
 use shared::metering::types::{EventId, Feature, Tokens, UsageEvent};
 use shared::ratelimit::MemoryCounter;
@@ -257,9 +257,14 @@ async fn a_used_up_quota_is_refused_with_its_reset_and_no_upstream_call() {
         properties: Default::default(),
     };
     let day = 1.try_into().unwrap();
-    count(chat.usage.as_ref(), &user_tenant(SUBJECT), day, &[used])
-        .await
-        .unwrap();
+    count(
+        chat.usage.as_ref(),
+        &user_tenant(SUBJECT),
+        day,
+        &[(Seq(1), vec![used])],
+    )
+    .await
+    .unwrap();
     let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     let problem = refused.problem();
@@ -366,9 +371,14 @@ async fn each_tier_gets_its_own_configured_quota() {
         timestamp: Utc::now(),
         properties: Default::default(),
     };
-    count(chat.usage.as_ref(), &pro.id, pro.billing_day, &[used])
-        .await
-        .unwrap();
+    count(
+        chat.usage.as_ref(),
+        &pro.id,
+        pro.billing_day,
+        &[(Seq(1), vec![used])],
+    )
+    .await
+    .unwrap();
     let refused = send(&chat.router, ask(Some(TOKEN), hello())).await;
     // Pro's 2,000,000 from CHAT_TIERS' defaults, not the tenant's 100,000.
     assert_eq!(refused.problem()["quota"], 2_000_000);

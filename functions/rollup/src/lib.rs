@@ -1,13 +1,16 @@
 //! `rollup`: counts the events queue into per-minute and per-period totals,
 //! exactly once.
 //!
-//! Lambda delivers SQS batches; each message is one tenant's accepted events.
-//! Events are grouped per tenant across the batch (so counters are
-//! pre-aggregated over the whole batch) and counted through the ledger, whose
-//! dedup records make redelivery harmless. A message whose events could not
-//! be counted is reported in `batchItemFailures` (the template enables
-//! `ReportBatchItemFailures`): only it is retried, and after `maxReceiveCount`
-//! SQS moves it to the DLQ. Nothing is acknowledged that was not counted.
+//! Lambda delivers batches of the FIFO events queue; each message is one
+//! tenant's accepted events, in the tenant's message group. Events are
+//! grouped per tenant across the batch (so counters are pre-aggregated over
+//! the whole batch) and counted in the group's order, which makes
+//! redelivery harmless (shared::metering::rollup). A tenant's messages whose
+//! events could not be counted are reported in `batchItemFailures` (the
+//! template enables `ReportBatchItemFailures`) and retried until they are:
+//! the queue has no redrive policy, because skipping a message would break
+//! the order counting relies on. Unreadable messages are set aside on the
+//! DLQ. Nothing is acknowledged that was not counted.
 //!
 //! Counting raises the quota alerts a tenant reached onto the alerts queue,
 //! which this function consumes too (its second event source): records from
@@ -22,7 +25,7 @@ use lambda_runtime::{Error, LambdaEvent};
 use shared::aws::SdkConfig;
 use shared::aws::alerts::DynamoAlerts;
 use shared::aws::ledger::DynamoLedger;
-use shared::aws::queue::SqsAlertQueue;
+use shared::aws::queue::{SqsAlertQueue, SqsDeadLetters};
 use shared::aws::tenants::DynamoTenants;
 use shared::config::{ConfigError, Env};
 use shared::metering::consumer::{Consumer, Message};
@@ -36,6 +39,8 @@ pub struct Config {
     pub usage_table: String,
     pub tenants_table: String,
     pub alerts_queue_url: String,
+    /// Where unreadable events messages are set aside.
+    pub events_dlq_url: String,
     /// Records from this queue are alerts to deliver; any other's, events.
     pub alerts_queue_arn: String,
     /// The wait before an alert's second delivery, doubling per attempt
@@ -53,6 +58,7 @@ impl Config {
             usage_table: env.required("USAGE_TABLE")?,
             tenants_table: env.required("TENANTS_TABLE")?,
             alerts_queue_url: env.required("ALERTS_QUEUE_URL")?,
+            events_dlq_url: env.required("EVENTS_DLQ_URL")?,
             alerts_queue_arn: env.required("ALERTS_QUEUE_ARN")?,
             alert_backoff: Duration::from_secs(env.parse_or("ALERT_BACKOFF_SECONDS", 30)?),
             webhooks: RetryPolicy {
@@ -78,17 +84,16 @@ pub struct Rollup {
 /// The rollup over AWS, built once per cold start.
 pub fn rollup(config: &Config, aws: &SdkConfig) -> Rollup {
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let sqs = aws_sdk_sqs::Client::new(aws);
     let ledger = Arc::new(DynamoLedger::new(dynamodb.clone(), &config.usage_table));
     let consumer = Consumer {
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
         ledger: ledger.clone(),
         usage: ledger,
         alerts: Arc::new(DynamoAlerts::new(dynamodb, &config.usage_table)),
-        alert_queue: Arc::new(SqsAlertQueue::new(
-            aws_sdk_sqs::Client::new(aws),
-            &config.alerts_queue_url,
-        )),
+        alert_queue: Arc::new(SqsAlertQueue::new(sqs.clone(), &config.alerts_queue_url)),
         notifier: Arc::new(WebhookSender::new(config.webhooks)),
+        dead_letters: Arc::new(SqsDeadLetters::new(sqs, &config.events_dlq_url)),
         alert_backoff: config.alert_backoff,
     };
     Rollup {
@@ -122,6 +127,10 @@ pub async fn handle(
                 .get("ApproximateReceiveCount")
                 .and_then(|n| n.parse().ok()),
             receipt_handle: record.receipt_handle,
+            sequence: record
+                .attributes
+                .get("SequenceNumber")
+                .and_then(|n| n.parse().ok()),
         })
         .collect();
     let mut response = SqsBatchResponse::default();
@@ -154,12 +163,9 @@ pub async fn handle(
             MetricUnit::Count,
             outcome.duplicates as f64,
         )
-        .value(
-            "TransactionItems",
-            MetricUnit::Count,
-            outcome.items_written as f64,
-        )
+        .value("WriteUnits", MetricUnit::Count, outcome.write_units)
         .value("EventsDropped", MetricUnit::Count, outcome.dropped as f64)
+        .value("MessagesParked", MetricUnit::Count, outcome.parked as f64)
         .emit();
     outcome
         .failed
@@ -186,6 +192,13 @@ mod tests {
             .collect();
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].events[0].tokens.get(), 120);
+        // Counted in their group's order: each carries its sequence number.
+        assert!(
+            event
+                .records
+                .iter()
+                .all(|r| r.attributes["SequenceNumber"].parse::<u128>().is_ok())
+        );
     }
 
     #[test]

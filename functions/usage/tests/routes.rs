@@ -14,7 +14,7 @@ use shared::clock::FixedClock;
 use shared::config::Env;
 use shared::health::HealthChecks;
 use shared::jwt::MemoryTokens;
-use shared::metering::rollup::{MemoryLedger, count};
+use shared::metering::rollup::{MemoryLedger, Seq, count};
 use shared::metering::tenants::MemoryTenants;
 use shared::metering::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
 use shared::ratelimit::MemoryCounter;
@@ -137,6 +137,23 @@ async fn create(app: &Usage, body: Value) -> (String, String) {
     )
 }
 
+/// `events` as the next message of `tenant`'s group, counted as the rollup
+/// would.
+async fn count_message(app: &Usage, tenant: &TenantId, events: Vec<UsageEvent>) {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let seq = Seq(SEQUENCE
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .into());
+    count(
+        app.usage.as_ref(),
+        tenant,
+        1.try_into().unwrap(),
+        &[(seq, events)],
+    )
+    .await
+    .unwrap();
+}
+
 /// Counts `(id, tokens, at)` events of tenant `id` as the rollup would.
 async fn counted(app: &Usage, id: &str, events: &[(&str, u64, chrono::DateTime<Utc>)]) {
     let events: Vec<UsageEvent> = events
@@ -150,9 +167,7 @@ async fn counted(app: &Usage, id: &str, events: &[(&str, u64, chrono::DateTime<U
         })
         .collect();
     let tenant = TenantId::try_from(id.to_owned()).unwrap();
-    count(app.usage.as_ref(), &tenant, 1.try_into().unwrap(), &events)
-        .await
-        .unwrap();
+    count_message(app, &tenant, events).await;
 }
 
 #[tokio::test]
@@ -590,9 +605,7 @@ async fn a_signed_in_user_reads_this_periods_usage_and_request_history() {
             properties: Default::default(),
         })
         .collect();
-    count(app.usage.as_ref(), &user, 1.try_into().unwrap(), &events)
-        .await
-        .unwrap();
+    count_message(&app, &user, events).await;
     let current = send(
         &app,
         request("GET", "/api/v1/usage/current", Some(USER_TOKEN), None),

@@ -226,6 +226,9 @@ async fn ensure_queue(
                 request = request
                     .attributes(QueueAttributeName::MessageRetentionPeriod, secs.to_string());
             }
+            if queue.fifo {
+                request = request.attributes(QueueAttributeName::FifoQueue, "true");
+            }
             request
                 .send()
                 .await

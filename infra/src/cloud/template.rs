@@ -71,6 +71,8 @@ pub struct QueueSpec {
     pub visibility_timeout_secs: Option<u32>,
     pub retention_secs: Option<u32>,
     pub redrive: Option<Redrive>,
+    /// `FifoQueue: true`: ordered per message group.
+    pub fifo: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +279,7 @@ impl Template {
                         .map(|v| number(v, id))
                         .transpose()?,
                     redrive,
+                    fifo: props.get("FifoQueue").and_then(Value::as_bool) == Some(true),
                 })
             })
             .collect()

@@ -322,7 +322,7 @@ impl Local {
         let sqs = aws_sdk_sqs::Client::new(&aws);
         let queue_url = sqs
             .get_queue_url()
-            .queue_name(format!("{stack}-events"))
+            .queue_name(format!("{stack}-events.fifo"))
             .send()
             .await
             .map_err(|e| e.to_string())?
@@ -923,15 +923,13 @@ fn costs(
          | emulator CPU per accepted event | {:.0} µs |\n\
          | SQS send requests per event (ingest) | {:.3} |\n\
          | SQS messages per event | {:.3} |\n\
-         | DynamoDB transaction items per counted event | {:.2} |\n\
-         | DynamoDB write units per counted event (2 per transactional item) | {:.2} |\n",
+         | DynamoDB write units per counted event (as DynamoDB reported them to rollup) | {:.2} |\n",
         cpu("ingest") * 1000.0 / accepted,
         cpu("rollup") * 1000.0 / counted,
         cpu("emulator") * 1000.0 / accepted,
         metric("ingest", "SqsRequests") / accepted,
         metric("ingest", "QueueMessages") / accepted,
-        metric("rollup", "TransactionItems") / counted,
-        2.0 * metric("rollup", "TransactionItems") / counted,
+        metric("rollup", "WriteUnits") / counted,
     ));
     report
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::{
     AttributeValue, DeleteRequest, PutRequest, TableStatus, WriteRequest,
 };
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+};
 use chrono::{DateTime, Utc};
 
 use shared::aws::describe;
@@ -55,7 +57,7 @@ pub fn tables_of(template: &Template, stack: &str, region: &str) -> Result<Vec<T
         .map_err(|e| e.to_string())
 }
 
-/// The names of `stack`'s queue with a dead-letter queue, and of that DLQ.
+/// The names of `stack`'s events queue and of its dead-letter queue.
 pub fn dead_letter_pair(
     template: &Template,
     stack: &str,
@@ -64,16 +66,14 @@ pub fn dead_letter_pair(
     let queues: Vec<QueueSpec> = template
         .queues(&resolver(template, stack, region)?)
         .map_err(|e| e.to_string())?;
-    let queue = queues
-        .iter()
-        .find(|q| q.redrive.is_some())
-        .ok_or("the template declares no queue with a dead-letter queue")?;
-    let dead = queue.redrive.as_ref().map(|r| r.dead_letter_queue.as_str());
-    let dlq = queues
-        .iter()
-        .find(|q| Some(q.logical_id.as_str()) == dead)
-        .ok_or("the dead-letter queue is not declared")?;
-    Ok((queue.name.clone(), dlq.name.clone()))
+    let named = |id: &str| {
+        queues
+            .iter()
+            .find(|q| q.logical_id == id)
+            .map(|q| q.name.clone())
+            .ok_or(format!("the template declares no {id}"))
+    };
+    Ok((named("EventsQueue")?, named("EventsDeadLetterQueue")?))
 }
 
 /// Moves every message of `dead_letter_url` to `queue_url`: sent first,
@@ -93,6 +93,7 @@ pub async fn redrive(
             .max_number_of_messages(10)
             .wait_time_seconds(1)
             .visibility_timeout(60)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .send()
             .await
             .map_err(|e| format!("ReceiveMessage: {}", describe(&e)))?;
@@ -112,11 +113,22 @@ pub async fn redrive(
                 .iter()
                 .enumerate()
                 .map(|(i, body)| {
-                    SendMessageBatchRequestEntry::builder()
+                    let entry = SendMessageBatchRequestEntry::builder()
                         .id((offset + i).to_string())
-                        .message_body(body)
-                        .build()
-                        .map_err(|e| e.to_string())
+                        .message_body(body);
+                    // FIFO: back into its own group (the tenant's), after
+                    // everything already there.
+                    let message = &messages[offset + i];
+                    let entry = match message
+                        .attributes()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                    {
+                        Some(group) => entry
+                            .message_group_id(group)
+                            .set_message_deduplication_id(message.message_id().map(str::to_owned)),
+                        None => entry,
+                    };
+                    entry.build().map_err(|e| e.to_string())
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             offset += batch.len();

@@ -3,32 +3,35 @@
 //! API serves from.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, KeysAndAttributes,
+    ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
+};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{failed, failed_condition, n, query_all, s};
-use crate::backoff::jittered;
-use crate::metering::rollup::{Chunk, Commit, Counter, Ledger};
-use crate::metering::types::TenantId;
+use super::{failed, is_condition_failure, n, query_all, s};
+use crate::metering::rollup::{Added, Counter, Ledger, Owner, Seq, Share};
+use crate::metering::types::{TenantId, UsageEvent};
 use crate::metering::usage::{MINUTE_RETENTION, MinuteUsage, PeriodUsage, UsageReader};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
 const STORE: &str = "usage table";
 
-/// Dedup records outlive the 35 days an event may be back-dated, with margin.
+/// Claims outlive the 35 days an event may be back-dated, with margin.
 const DEDUP_RETENTION: TimeDelta = TimeDelta::days(40);
-/// Transactions cancelled by a concurrent writer (another rollup instance on
-/// the same counter) are retried this often before the batch fails.
-const CONFLICT_RETRIES: u32 = 5;
+/// DynamoDB's limit on statements per `BatchExecuteStatement`.
+const CLAIMS_PER_CALL: usize = 25;
 
 #[derive(Debug, Clone)]
 pub struct DynamoLedger {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    /// The claim statement, built once: `INSERT` fails on an existing item,
+    /// a conditional put that batches.
+    insert: String,
 }
 
 fn minute_key(minute: DateTime<Utc>) -> String {
@@ -49,6 +52,10 @@ fn counter_key(tenant: &TenantId, counter: &Counter) -> (String, String) {
     }
 }
 
+fn claim_pk(tenant: &TenantId, event: &UsageEvent) -> String {
+    format!("EVENT#{tenant}#{}", event.id)
+}
+
 fn key(pk: String, sk: String) -> HashMap<String, AttributeValue> {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
@@ -66,64 +73,225 @@ fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> &'a str {
         .map_or("", String::as_str)
 }
 
+/// Who a stored claim names; a claim without `claimed_by` was written with
+/// its counters in one transaction (before claims named messages).
+fn owner(item: &HashMap<String, AttributeValue>) -> Owner {
+    text(item, "claimed_by")
+        .parse()
+        .map_or(Owner::Counted, Owner::Message)
+}
+
 impl DynamoLedger {
     pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
         Self {
             client,
+            insert: format!(
+                "INSERT INTO \"{table}\" VALUE {{'pk': ?, 'sk': 'EVENT', 'claimed_by': ?, \
+                 'feature': ?, 'tokens': ?, 'timestamp': ?, 'expires_at': ?}}"
+            ),
             table: table.to_owned(),
         }
     }
 
-    fn transaction(
+    /// Claims up to [`CLAIMS_PER_CALL`] events; `None` for each event
+    /// claimed before. Returns the write units spent too.
+    async fn insert_claims(
         &self,
         tenant: &TenantId,
-        chunk: &Chunk<'_>,
-    ) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let now = Utc::now();
-        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::corrupt(STORE, e);
-        let mut items = Vec::with_capacity(chunk.items());
-        for event in &chunk.events {
-            let put = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(format!("EVENT#{tenant}#{}", event.id)))
-                .item("sk", s("EVENT"))
-                .item("feature", s(event.feature.as_str()))
-                .item("tokens", n(event.tokens.get()))
-                .item("timestamp", s(event.timestamp.to_rfc3339()))
-                .item("expires_at", n((now + DEDUP_RETENTION).timestamp()))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map_err(build)?;
-            items.push(TransactWriteItem::builder().put(put).build());
+        events: &[(Seq, &UsageEvent)],
+    ) -> Result<(Vec<Option<Owner>>, f64), StoreError> {
+        let expires = n((Utc::now() + DEDUP_RETENTION).timestamp());
+        let statements = events
+            .iter()
+            .map(|(seq, event)| {
+                BatchStatementRequest::builder()
+                    .statement(&self.insert)
+                    .parameters(s(claim_pk(tenant, event)))
+                    .parameters(s(seq.key()))
+                    .parameters(s(event.feature.as_str()))
+                    .parameters(n(event.tokens.get()))
+                    .parameters(s(event.timestamp.to_rfc3339()))
+                    .parameters(expires.clone())
+                    .build()
+                    .map_err(|e| StoreError::corrupt(STORE, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .batch_execute_statement()
+            .set_statements(Some(statements))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| failed(STORE, "BatchExecuteStatement", &e))?;
+        let units = out
+            .consumed_capacity()
+            .iter()
+            .filter_map(|c| c.capacity_units())
+            .sum();
+        let mut owners = Vec::with_capacity(events.len());
+        for ((seq, _), response) in events.iter().zip(out.responses()) {
+            owners.push(match response.error() {
+                None => Some(Owner::Message(*seq)),
+                Some(e) if e.code() == Some(&BatchStatementErrorCodeEnum::DuplicateItem) => None,
+                Some(e) => {
+                    return Err(StoreError::Unavailable {
+                        store: STORE,
+                        operation: "BatchExecuteStatement",
+                        message: format!("{:?}: {}", e.code(), e.message().unwrap_or_default()),
+                    });
+                }
+            });
         }
-        for (counter, delta) in &chunk.counters {
-            let (pk, sk) = counter_key(tenant, counter);
-            let mut update = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(pk, sk)))
-                .expression_attribute_values(":tokens", n(delta.tokens))
-                .expression_attribute_values(":events", n(delta.events));
-            update = if matches!(counter, Counter::Minute { .. }) {
-                update
-                    .update_expression(
-                        "ADD tokens :tokens, events :events SET expires_at = :expires",
-                    )
-                    .expression_attribute_values(
-                        ":expires",
-                        n((now + MINUTE_RETENTION).timestamp()),
-                    )
-            } else {
-                update.update_expression("ADD tokens :tokens, events :events")
-            };
-            items.push(
-                TransactWriteItem::builder()
-                    .update(update.build().map_err(build)?)
-                    .build(),
-            );
+        if owners.len() != events.len() {
+            return Err(StoreError::corrupt(STORE, "fewer responses than claims"));
         }
-        Ok(items)
+        Ok((owners, units))
     }
 
+    /// The owners of claims that exist (read consistently: they may have
+    /// been written a moment ago).
+    async fn owners(
+        &self,
+        tenant: &TenantId,
+        events: &[&UsageEvent],
+    ) -> Result<HashMap<String, Owner>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in events.chunks(100) {
+            let mut wanted = KeysAndAttributes::builder()
+                .consistent_read(true)
+                .projection_expression("pk, claimed_by");
+            for event in chunk {
+                wanted = wanted.keys(key(claim_pk(tenant, event), "EVENT".to_owned()));
+            }
+            let mut pending = HashMap::from([(
+                self.table.clone(),
+                wanted.build().map_err(|e| StoreError::corrupt(STORE, e))?,
+            )]);
+            while !pending.is_empty() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(pending))
+                    .send()
+                    .await
+                    .map_err(|e| failed(STORE, "BatchGetItem", &e))?;
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
+                    found.insert(text(item, "pk").to_owned(), owner(item));
+                }
+                pending = out.unprocessed_keys.unwrap_or_default();
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for DynamoLedger {
+    /// `INSERT`s in batches of 25 (at once), then reads who owns the ones
+    /// that existed.
+    async fn claim(
+        &self,
+        tenant: &TenantId,
+        events: &[(Seq, &UsageEvent)],
+    ) -> Result<(Vec<Owner>, f64), StoreError> {
+        let calls = events
+            .chunks(CLAIMS_PER_CALL)
+            .map(|chunk| self.insert_claims(tenant, chunk));
+        let mut owners = Vec::with_capacity(events.len());
+        let mut units = 0.0;
+        for result in futures_util::future::join_all(calls).await {
+            let (chunk, spent) = result?;
+            owners.extend(chunk);
+            units += spent;
+        }
+        let existing: Vec<&UsageEvent> = events
+            .iter()
+            .zip(&owners)
+            .filter(|(_, owner)| owner.is_none())
+            .map(|((_, event), _)| *event)
+            .collect();
+        let found = if existing.is_empty() {
+            HashMap::new()
+        } else {
+            self.owners(tenant, &existing).await?
+        };
+        let owners = events
+            .iter()
+            .zip(owners)
+            .map(|((_, event), owner)| {
+                owner.map_or_else(|| found.get(&claim_pk(tenant, event)).copied(), Some)
+            })
+            .collect::<Option<Vec<Owner>>>()
+            .ok_or_else(|| StoreError::corrupt(STORE, "a claim that existed cannot be read"))?;
+        Ok((owners, units))
+    }
+
+    /// One `UpdateItem`: `ADD` the share and `SET through` on condition
+    /// that `through` is older than the share's first message; the old
+    /// item (`ALL_OLD`) says how far a refused counter already is.
+    async fn add(
+        &self,
+        tenant: &TenantId,
+        counter: &Counter,
+        share: &Share,
+    ) -> Result<Added, StoreError> {
+        let (pk, sk) = counter_key(tenant, counter);
+        let mut update = "ADD tokens :tokens, events :events SET through = :last".to_owned();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .expression_attribute_values(":tokens", n(share.delta.tokens))
+            .expression_attribute_values(":events", n(share.delta.events))
+            .expression_attribute_values(":first", s(share.first.key()))
+            .expression_attribute_values(":last", s(share.last.key()))
+            .condition_expression("attribute_not_exists(through) OR through < :first")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        if matches!(counter, Counter::Minute { .. }) {
+            update.push_str(", expires_at = :expires");
+            request = request.expression_attribute_values(
+                ":expires",
+                n((Utc::now() + MINUTE_RETENTION).timestamp()),
+            );
+        }
+        match request.update_expression(update).send().await {
+            Ok(out) => Ok(Added::Added {
+                write_units: out
+                    .consumed_capacity()
+                    .and_then(|c| c.capacity_units())
+                    .unwrap_or(1.0),
+            }),
+            Err(e) if is_condition_failure(&e) => {
+                let old = match e.into_service_error() {
+                    UpdateItemError::ConditionalCheckFailedException(e) => e.item,
+                    _ => None,
+                };
+                let through = old
+                    .as_ref()
+                    .and_then(|item| text(item, "through").parse().ok())
+                    .ok_or_else(|| {
+                        StoreError::corrupt(STORE, "a refused counter names no message")
+                    })?;
+                // A refused write is charged as one unit.
+                Ok(Added::Holds {
+                    through,
+                    write_units: 1.0,
+                })
+            }
+            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
+        }
+    }
+}
+
+impl DynamoLedger {
     async fn query(
         &self,
         pk: String,
@@ -140,49 +308,6 @@ impl DynamoLedger {
             request = request.expression_attribute_values(name, value);
         }
         query_all(STORE, request).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Ledger for DynamoLedger {
-    async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError> {
-        let items = self.transaction(tenant, chunk)?;
-        let mut attempt = 0;
-        loop {
-            let result = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await;
-            let error = match result {
-                Ok(_) => return Ok(Commit::Committed),
-                Err(error) => error,
-            };
-            let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
-                error.as_service_error()
-            else {
-                return Err(failed(STORE, "TransactWriteItems", &error));
-            };
-            // Reasons line up with the items: the first `events.len()` are
-            // the dedup records, whose condition fails for a counted event.
-            let duplicates: Vec<usize> = cancelled
-                .cancellation_reasons()
-                .iter()
-                .take(chunk.events.len())
-                .enumerate()
-                .filter(|(_, r)| failed_condition(r))
-                .map(|(i, _)| i)
-                .collect();
-            if !duplicates.is_empty() {
-                return Ok(Commit::Duplicates(duplicates));
-            }
-            attempt += 1;
-            if attempt > CONFLICT_RETRIES {
-                return Err(failed(STORE, "TransactWriteItems", &error));
-            }
-            tokio::time::sleep(jittered(Duration::from_millis(50), attempt)).await;
-        }
     }
 }
 

@@ -71,12 +71,6 @@ where
     }
 }
 
-/// Whether a cancelled transaction's item failed its condition (rather
-/// than conflicting with another writer).
-pub(crate) fn failed_condition(reason: &aws_sdk_dynamodb::types::CancellationReason) -> bool {
-    reason.code() == Some("ConditionalCheckFailed")
-}
-
 /// A transaction's put of `item` into `table`, on condition it is new.
 pub(crate) fn put_new(
     store: &'static str,

@@ -1,14 +1,19 @@
-//! The queues: the events queue, how `ingest` (and chat) hand accepted
-//! events to `rollup`, and the alerts queue, how `rollup` hands quota alerts
-//! to their delivery.
+//! The queues: the events queue (FIFO, a message group per tenant), how
+//! `ingest` (and chat) hand accepted events to `rollup`, and its dead-letter
+//! queue; the alerts queue, how `rollup` hands quota alerts to their
+//! delivery.
 
 use std::time::Duration;
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use sha2::{Digest, Sha256};
 
 use super::{describe, failed};
 use crate::metering::alerts::{AlertKey, AlertQueue};
+use crate::metering::consumer::{DeadLetters, Message};
 use crate::metering::ingest::{EventSink, send_batches};
+use crate::metering::tenants::hex;
+use crate::metering::types::TenantId;
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
@@ -32,11 +37,14 @@ impl EventQueue {
 #[async_trait::async_trait]
 impl EventSink for EventQueue {
     /// Sends every body, in as few `SendMessageBatch` calls as the limits
-    /// allow. Entries SQS reports as failed are retried once; any still
-    /// failing make the whole send an error (the client retries with the same
-    /// event ids, which the rollup counts once). Returns the number of
-    /// SQS requests made.
-    async fn send(&self, bodies: &[String]) -> Result<usize, StoreError> {
+    /// allow, into the tenant's message group of the FIFO queue (the order
+    /// the rollup counts by: docs/data-model.md). Entries SQS reports as
+    /// failed are retried once; any still failing make the whole send an
+    /// error (the client retries with the same event ids, which the rollup
+    /// counts once). A body's deduplication id is its hash, so a retried
+    /// entry SQS had taken after all is not queued twice. Returns the number
+    /// of SQS requests made.
+    async fn send(&self, tenant: &TenantId, bodies: &[String]) -> Result<usize, StoreError> {
         let mut requests = 0;
         for batch in send_batches(bodies) {
             let mut pending: Vec<(usize, &String)> = batch.iter().enumerate().collect();
@@ -47,6 +55,8 @@ impl EventSink for EventQueue {
                         SendMessageBatchRequestEntry::builder()
                             .id(i.to_string())
                             .message_body(*body)
+                            .message_group_id(tenant.as_str())
+                            .message_deduplication_id(hex(&Sha256::digest(body)))
                             .build()
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -124,6 +134,47 @@ impl AlertQueue for SqsAlertQueue {
             .send()
             .await
             .map_err(|e| failed(ALERTS, "ChangeMessageVisibility", &e))?;
+        Ok(())
+    }
+}
+
+/// The events queue's dead-letter queue (FIFO too), where the rollup sets
+/// aside messages it can never count.
+#[derive(Debug, Clone)]
+pub struct SqsDeadLetters {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl SqsDeadLetters {
+    pub fn new(client: aws_sdk_sqs::Client, url: &str) -> Self {
+        Self {
+            client,
+            url: url.to_owned(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl DeadLetters for SqsDeadLetters {
+    /// Keeps the tenant's message group when the body names one, so a
+    /// redrive puts the message after everything its tenant sent before.
+    async fn park(&self, message: &Message) -> Result<(), StoreError> {
+        const DLQ: &str = "events dead-letter queue";
+        let body = message.body.as_deref().unwrap_or_default();
+        let group = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("tenant")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unreadable".to_owned());
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(if body.is_empty() { "(no body)" } else { body })
+            .message_group_id(group)
+            .message_deduplication_id(&message.id)
+            .send()
+            .await
+            .map_err(|e| failed(DLQ, "SendMessage", &e))?;
         Ok(())
     }
 }

@@ -576,7 +576,8 @@ mod tests {
             timestamp: Utc::now(),
             properties: Default::default(),
         };
-        crate::metering::rollup::count(ledger.as_ref(), &t.id, t.billing_day, &[used])
+        let delivery = [(crate::metering::rollup::Seq(1), vec![used])];
+        crate::metering::rollup::count(ledger.as_ref(), &t.id, t.billing_day, &delivery)
             .await
             .unwrap();
         let budget = Budget::new(budgets, ledger);

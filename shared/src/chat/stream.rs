@@ -374,7 +374,7 @@ impl Streamer {
         let bodies = pack(&meter.tenant, &events);
         let mut attempt = 0;
         let error = loop {
-            match self.queue.send(&bodies).await {
+            match self.queue.send(&meter.tenant, &bodies).await {
                 Ok(_) => return,
                 Err(error) if attempt + 1 >= QUEUE_ATTEMPTS => break error,
                 Err(_) => {

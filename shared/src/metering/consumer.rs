@@ -3,11 +3,14 @@
 //! alerts queue, delivered to the webhooks.
 //!
 //! Events are grouped per tenant across the delivery (so counters are
-//! pre-aggregated over all of it) and counted through the ledger, whose
-//! dedup records make redelivery harmless. A message whose events could not
-//! be counted, or whose crossings could not be raised, is reported as
-//! failed, so only it is redelivered; nothing is acknowledged that was not
-//! counted and raised. Raising only records and queues an alert: webhooks
+//! pre-aggregated over all of it) and counted through the ledger in the
+//! order of the tenant's message group, which makes redelivery harmless
+//! ([`super::rollup`]). A tenant whose events could not be counted, or
+//! whose crossings could not be raised, has its messages reported as
+//! failed, so only they are redelivered, still in order; nothing is
+//! acknowledged that was not counted and raised. A message that can never
+//! be counted (unreadable) is set aside on the dead-letter queue: it
+//! claimed nothing, so a redrive is safe. Raising only records and queues an alert: webhooks
 //! are called by the alerts queue's consumer, so a slow one never delays
 //! counting.
 
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::alerts::{self, AlertKey, AlertQueue, AlertStore, Delivery, Notifier};
 use super::period::BillingPeriod;
-use super::rollup::{Ledger, count, unique_by_id};
+use super::rollup::{Ledger, Seq, count};
 use super::tenants::{Tenant, TenantStore};
 use super::types::{EventBatch, TenantId, UsageEvent};
 use super::usage::UsageReader;
@@ -32,19 +35,23 @@ pub struct Message {
     pub receive_count: Option<u32>,
     /// What SQS needs to change its visibility.
     pub receipt_handle: Option<String>,
+    /// Its place in its message group (events queue: the tenant's).
+    pub sequence: Option<Seq>,
 }
 
 /// What consuming one delivery did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BatchOutcome {
     /// Messages to redeliver: unreadable, or their events not counted.
     pub failed: Vec<String>,
     pub counted: u64,
     pub duplicates: u64,
-    /// Items written by committed transactions (each costs 2 write units).
-    pub items_written: u64,
+    /// DynamoDB write units spent counting.
+    pub write_units: f64,
     /// Events of deleted tenants: acknowledged and not counted.
     pub dropped: u64,
+    /// Unreadable messages set aside on the dead-letter queue.
+    pub parked: u64,
 }
 
 /// Why one tenant's events were not counted.
@@ -68,14 +75,52 @@ pub struct Consumer {
     pub alerts: Arc<dyn AlertStore>,
     pub alert_queue: Arc<dyn AlertQueue>,
     pub notifier: Arc<dyn Notifier>,
+    pub dead_letters: Arc<dyn DeadLetters>,
     /// The wait before an alert's second delivery; it doubles per attempt.
     pub alert_backoff: Duration,
 }
 
-/// One tenant's share of a delivery: its events and the messages they came in.
+/// Where messages that can never be counted are set aside (the events
+/// queue's DLQ): unreadable ones. They claimed nothing, so redriving them
+/// (once mended) is safe at any time.
+#[async_trait::async_trait]
+pub trait DeadLetters: Send + Sync {
+    async fn park(&self, message: &Message) -> Result<(), StoreError>;
+}
+
+/// Dead letters in memory: the double for handler tests.
+#[derive(Debug, Default)]
+pub struct MemoryDeadLetters {
+    parked: std::sync::Mutex<Vec<String>>,
+    pub outage: crate::store::Outage,
+}
+
+impl MemoryDeadLetters {
+    /// Ids of the messages parked so far.
+    pub fn parked(&self) -> Vec<String> {
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl DeadLetters for MemoryDeadLetters {
+    async fn park(&self, message: &Message) -> Result<(), StoreError> {
+        self.outage.check("events dead-letter queue")?;
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(message.id.clone());
+        Ok(())
+    }
+}
+
+/// One tenant's share of a delivery: its messages' events in order.
 #[derive(Default)]
 struct TenantWork {
-    events: Vec<UsageEvent>,
+    messages: Vec<(Seq, Vec<UsageEvent>)>,
     message_ids: Vec<String>,
 }
 
@@ -85,7 +130,7 @@ struct TenantOutcome {
     periods: BTreeSet<BillingPeriod>,
     events: u64,
     duplicates: u64,
-    items_written: u64,
+    write_units: f64,
 }
 
 impl Consumer {
@@ -99,24 +144,34 @@ impl Consumer {
                 .body
                 .as_deref()
                 .map(serde_json::from_str::<EventBatch>);
-            match parsed {
-                Some(Ok(batch)) => {
+            let readable = match (parsed, message.sequence) {
+                (Some(Ok(batch)), Some(seq)) => Ok((batch, seq)),
+                (Some(Ok(_)), None) => {
+                    Err("no sequence number: not from the FIFO queue".to_owned())
+                }
+                (Some(Err(e)), _) => Err(e.to_string()),
+                (None, _) => Err("no body".to_owned()),
+            };
+            match readable {
+                Ok((batch, seq)) => {
                     let entry = work.entry(batch.tenant).or_default();
-                    entry.events.extend(batch.events);
+                    entry.messages.push((seq, batch.events));
                     entry.message_ids.push(message.id);
                 }
-                unreadable => {
-                    let error = unreadable
-                        .and_then(Result::err)
-                        .map_or_else(|| "no body".to_owned(), |e| e.to_string());
-                    tracing::error!(
-                        message_id = message.id,
-                        receive_count = ?message.receive_count,
-                        error,
-                        "unreadable message; it will reach the DLQ"
-                    );
-                    delivery.failed.push(message.id);
-                }
+                Err(error) => match self.dead_letters.park(&message).await {
+                    Ok(()) => {
+                        tracing::error!(
+                            message_id = message.id,
+                            error,
+                            "unreadable message set aside on the DLQ"
+                        );
+                        delivery.parked += 1;
+                    }
+                    Err(park) => {
+                        tracing::error!(message_id = message.id, error, %park, "unreadable message not parked; it will be retried");
+                        delivery.failed.push(message.id);
+                    }
+                },
             }
         }
 
@@ -124,17 +179,17 @@ impl Consumer {
         for (
             tenant_id,
             TenantWork {
-                events,
+                messages,
                 message_ids,
             },
         ) in work
         {
-            let received = events.len() as u64;
-            match self.count_tenant(&tenant_id, events).await {
+            let received: u64 = messages.iter().map(|(_, e)| e.len() as u64).sum();
+            match self.count_tenant(&tenant_id, messages).await {
                 Ok(outcome) => {
                     delivery.counted += outcome.events;
                     delivery.duplicates += outcome.duplicates;
-                    delivery.items_written += outcome.items_written;
+                    delivery.write_units += outcome.write_units;
                     touched.push((outcome.tenant, outcome.periods, message_ids));
                 }
                 Err(CountError::Deleted(_)) => {
@@ -157,7 +212,7 @@ impl Consumer {
     async fn count_tenant(
         &self,
         tenant_id: &TenantId,
-        events: Vec<UsageEvent>,
+        messages: Vec<(Seq, Vec<UsageEvent>)>,
     ) -> Result<TenantOutcome, CountError> {
         let Some(tenant) = self.tenants.get(tenant_id).await? else {
             return Err(if self.tenants.was_deleted(tenant_id).await? {
@@ -166,10 +221,13 @@ impl Consumer {
                 CountError::UnknownTenant(tenant_id.clone())
             });
         };
-        let received = events.len();
-        let events = unique_by_id(events);
-        let repeats = (received - events.len()) as u64;
-        let counted = count(self.ledger.as_ref(), tenant_id, tenant.billing_day, &events).await?;
+        let counted = count(
+            self.ledger.as_ref(),
+            tenant_id,
+            tenant.billing_day,
+            &messages,
+        )
+        .await?;
         tracing::info!(
             tenant = %tenant_id,
             events = counted.events,
@@ -177,16 +235,17 @@ impl Consumer {
             duplicates = counted.duplicates,
             "counted"
         );
-        let periods = events
+        let periods = messages
             .iter()
+            .flat_map(|(_, events)| events)
             .map(|e| BillingPeriod::containing(e.timestamp, tenant.billing_day))
             .collect();
         Ok(TenantOutcome {
             tenant,
             periods,
             events: counted.events,
-            duplicates: counted.duplicates + repeats,
-            items_written: counted.items_written,
+            duplicates: counted.duplicates,
+            write_units: counted.write_units,
         })
     }
 

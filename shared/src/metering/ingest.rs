@@ -309,7 +309,7 @@ pub async fn accept(
 ) -> Result<Accepted, AcceptError> {
     let events = parse_submission(submission, now)?;
     let bodies = pack(tenant, &events);
-    let queue_requests = queue.send(&bodies).await?;
+    let queue_requests = queue.send(tenant, &bodies).await?;
     Ok(Accepted {
         ids: events.iter().map(|e| e.id.to_string()).collect(),
         messages: bodies.len(),
@@ -321,9 +321,10 @@ pub async fn accept(
 /// production).
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync {
-    /// Sends every body ([`pack`]ed messages); all are on the queue when
-    /// this returns `Ok`, with the number of queue requests it took.
-    async fn send(&self, bodies: &[String]) -> Result<usize, StoreError>;
+    /// Sends every body ([`pack`]ed messages of `tenant`, in order); all are
+    /// on the queue when this returns `Ok`, with the number of queue requests
+    /// it took.
+    async fn send(&self, tenant: &TenantId, bodies: &[String]) -> Result<usize, StoreError>;
 }
 
 /// A queue in memory: the double for handler tests. `outage` makes every
@@ -343,7 +344,7 @@ impl MemoryQueue {
 
 #[async_trait::async_trait]
 impl EventSink for MemoryQueue {
-    async fn send(&self, bodies: &[String]) -> Result<usize, StoreError> {
+    async fn send(&self, _tenant: &TenantId, bodies: &[String]) -> Result<usize, StoreError> {
         self.outage.check("events queue")?;
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         sent.extend_from_slice(bodies);

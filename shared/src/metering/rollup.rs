@@ -1,26 +1,54 @@
-//! Counting events exactly once.
+//! Counting events exactly once, without transactions.
 //!
-//! Events of one tenant are cut into chunks that fit one DynamoDB transaction
-//! (≤ 100 items): a dedup record per event, written only if absent, plus the
-//! counters the chunk adds to, pre-aggregated so that a thousand events of one
-//! feature in one minute cost one counter update. Either the whole chunk
-//! commits or none of it does; when the transaction is cancelled because some
-//! dedup records already exist, those events are duplicates: they are dropped
-//! and the rest is retried. Redelivery, client retries and a crash between
-//! chunks therefore all count each event id once.
+//! The events queue is FIFO with one message group per tenant, so a
+//! tenant's messages reach the rollup in the order of their sequence numbers
+//! ([`Seq`]), one delivery at a time, and a message is never followed by a
+//! later one before it is acknowledged. Counting rests on that order:
+//! - every event id is *claimed* once, by a conditional insert naming the
+//!   message that carries it ([`Ledger::claim`]). Only the claim's owner
+//!   counts the event: a claim holding this message's own number is its own,
+//!   left by an attempt that did not finish; any other owner is a duplicate
+//!   (an earlier message counted it, or a later one will).
+//! - every counter remembers the last message it holds (`through`), and a
+//!   delivery's share is added on condition that the counter holds none of
+//!   it ([`Ledger::add`]). A counter an unfinished attempt already wrote
+//!   answers with its `through`, and only the later messages' share is added.
+//!
+//! So each event costs one write and each counter one per delivery, at
+//! DynamoDB's plain (not transactional) price. The argument in full:
+//! docs/data-model.md, "Counting exactly once".
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Mutex;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 use super::period::BillingPeriod;
-use super::types::{BillingDay, Feature, TenantId, UsageEvent};
+use super::types::{BillingDay, EventId, Feature, TenantId, UsageEvent};
 use super::usage::{MinuteUsage, PeriodUsage, UsageReader};
 use crate::store::{Outage, StoreError};
 
-/// DynamoDB's limit on items per `TransactWriteItems`.
-pub const MAX_TRANSACTION_ITEMS: usize = 100;
+/// A message's sequence number in its tenant's group of the FIFO events
+/// queue: the order counting relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq(pub u128);
+
+impl Seq {
+    /// Fixed width, so the stored form compares as the numbers do (SQS
+    /// numbers can pass DynamoDB's 38 digits).
+    pub fn key(self) -> String {
+        format!("{:040}", self.0)
+    }
+}
+
+impl std::str::FromStr for Seq {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
 
 /// A counter the rollup adds tokens and event counts to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,29 +70,63 @@ pub struct Delta {
     pub events: u64,
 }
 
-/// Events and the counter deltas they add, committed as one transaction.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Chunk<'a> {
-    pub events: Vec<&'a UsageEvent>,
-    pub counters: BTreeMap<Counter, Delta>,
+impl Delta {
+    fn add(&mut self, other: Delta) {
+        self.tokens += other.tokens;
+        self.events += other.events;
+    }
 }
 
-impl<'a> Chunk<'a> {
-    fn new(events: Vec<&'a UsageEvent>, day: BillingDay) -> Self {
-        let mut counters = BTreeMap::new();
-        for event in &events {
-            for counter in counters_of(event, day) {
-                let delta: &mut Delta = counters.entry(counter).or_default();
-                delta.tokens += event.tokens.get();
-                delta.events += 1;
-            }
-        }
-        Self { events, counters }
-    }
+/// What some of a delivery's messages add to one counter: `delta`, from the
+/// messages `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub delta: Delta,
+    pub first: Seq,
+    pub last: Seq,
+}
 
-    pub fn items(&self) -> usize {
-        self.events.len() + self.counters.len()
-    }
+/// Who claimed an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Message(Seq),
+    /// Counted before claims named their message (a transaction did both).
+    Counted,
+}
+
+/// What a [`Ledger::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Added {
+    Added {
+        write_units: f64,
+    },
+    /// Nothing: the counter already holds every message through this one.
+    Holds {
+        through: Seq,
+        write_units: f64,
+    },
+}
+
+/// The store behind counting (DynamoDB in production).
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// Claims each event for the message carrying it, unless claimed
+    /// already; answers each event's owner (the given one for a new claim)
+    /// and the write units spent.
+    async fn claim(
+        &self,
+        tenant: &TenantId,
+        events: &[(Seq, &UsageEvent)],
+    ) -> Result<(Vec<Owner>, f64), StoreError>;
+
+    /// Adds `share` to `counter` if it holds no message from `share.first`
+    /// on, and marks it as holding every message through `share.last`.
+    async fn add(
+        &self,
+        tenant: &TenantId,
+        counter: &Counter,
+        share: &Share,
+    ) -> Result<Added, StoreError>;
 }
 
 fn counters_of(event: &UsageEvent, day: BillingDay) -> [Counter; 3] {
@@ -86,114 +148,144 @@ fn counters_of(event: &UsageEvent, day: BillingDay) -> [Counter; 3] {
     ]
 }
 
-/// Drops repeats of an event id within one delivery (a client retry that
-/// landed in the same SQS batch), keeping the first.
-pub fn unique_by_id(events: Vec<UsageEvent>) -> Vec<UsageEvent> {
-    let mut seen = HashSet::new();
-    events
-        .into_iter()
-        .filter(|e| seen.insert(e.id.clone()))
-        .collect()
-}
+/// One tenant's messages of a delivery: each message's sequence number and
+/// events.
+pub type Messages = [(Seq, Vec<UsageEvent>)];
 
-/// Cuts `events` (unique ids) into transactions of at most
-/// [`MAX_TRANSACTION_ITEMS`] items.
-pub fn chunks(events: &[UsageEvent], day: BillingDay) -> Vec<Chunk<'_>> {
-    let mut chunks = Vec::new();
-    let mut current: Vec<&UsageEvent> = Vec::new();
-    let mut keys: HashSet<Counter> = HashSet::new();
-    for event in events {
-        let new_keys: Vec<Counter> = counters_of(event, day)
-            .into_iter()
-            .filter(|c| !keys.contains(c))
-            .collect();
-        if current.len() + 1 + keys.len() + new_keys.len() > MAX_TRANSACTION_ITEMS {
-            chunks.push(Chunk::new(std::mem::take(&mut current), day));
-            keys.clear();
-            keys.extend(counters_of(event, day));
-        } else {
-            keys.extend(new_keys);
-        }
-        current.push(event);
-    }
-    if !current.is_empty() {
-        chunks.push(Chunk::new(current, day));
-    }
-    chunks
-}
+/// Each counter's share of a delivery, per message.
+pub type Shares = BTreeMap<Counter, BTreeMap<Seq, Delta>>;
 
-/// What a transaction did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Commit {
-    Committed,
-    /// Cancelled: these indices of `chunk.events` were already counted.
-    Duplicates(Vec<usize>),
-}
-
-/// The store behind counting (DynamoDB in production).
-#[async_trait::async_trait]
-pub trait Ledger: Send + Sync {
-    /// Commits the chunk's dedup records and counter deltas atomically, or
-    /// names the events that were already counted.
-    async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError>;
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counted {
+    /// Events whose owner is in this delivery (counted now, or by an
+    /// unfinished attempt of the same messages).
     pub events: u64,
     pub tokens: u64,
+    /// Events another message claimed, and repeats within the delivery.
     pub duplicates: u64,
-    /// Items written by committed transactions (each costs 2 write units).
-    pub items_written: u64,
+    /// DynamoDB write units spent.
+    pub write_units: f64,
 }
 
-/// Counts `events` of `tenant` exactly once. On error, the chunks already
-/// committed stay committed (and are recognised as duplicates on retry).
+/// Counts `messages` of `tenant` exactly once. On error, whatever was
+/// written stays, and the redelivery of the same messages completes it.
 pub async fn count(
     ledger: &dyn Ledger,
     tenant: &TenantId,
     day: BillingDay,
-    events: &[UsageEvent],
+    messages: &Messages,
 ) -> Result<Counted, StoreError> {
     let mut counted = Counted::default();
-    for chunk in chunks(events, day) {
-        let mut chunk = chunk;
-        loop {
-            match ledger.commit(tenant, &chunk).await? {
-                Commit::Committed => {
-                    counted.items_written += chunk.items() as u64;
-                    counted.events += chunk.events.len() as u64;
-                    counted.tokens += chunk.events.iter().map(|e| e.tokens.get()).sum::<u64>();
-                    break;
-                }
-                Commit::Duplicates(indices) => {
-                    counted.duplicates += indices.len() as u64;
-                    let remaining: Vec<&UsageEvent> = chunk
-                        .events
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !indices.contains(i))
-                        .map(|(_, e)| *e)
-                        .collect();
-                    // A cancellation that names no duplicate would loop forever.
-                    if remaining.is_empty() || indices.is_empty() {
-                        break;
-                    }
-                    chunk = Chunk::new(remaining, day);
-                }
-            }
+    let (claims, copies) = first_copies(messages);
+    let received: usize = messages.iter().map(|(_, events)| events.len()).sum();
+    counted.duplicates = (received - claims.len()) as u64;
+    let (owners, units) = ledger.claim(tenant, &claims).await?;
+    counted.write_units += units;
+    let mut shares = Shares::new();
+    for ((_, event), owner) in claims.iter().zip(owners) {
+        // The owner's own copy: every attempt counts the same payload.
+        let copy = match owner {
+            Owner::Message(seq) => copies.get(&(&event.id, seq)),
+            Owner::Counted => None,
+        };
+        let (Owner::Message(seq), Some(copy)) = (owner, copy) else {
+            counted.duplicates += 1;
+            continue;
+        };
+        counted.events += 1;
+        counted.tokens += copy.tokens.get();
+        let delta = Delta {
+            tokens: copy.tokens.get(),
+            events: 1,
+        };
+        for counter in counters_of(copy, day) {
+            shares
+                .entry(counter)
+                .or_default()
+                .entry(seq)
+                .or_default()
+                .add(delta);
         }
+    }
+    let adds = shares
+        .iter()
+        .map(|(counter, by_message)| add_share(ledger, tenant, counter, by_message));
+    for units in futures_util::future::join_all(adds).await {
+        counted.write_units += units?;
     }
     Ok(counted)
 }
 
-/// A ledger in memory with DynamoDB's transaction semantics (a chunk
-/// commits whole or reports its duplicates): the double for handler tests.
-/// It answers usage reads from what it counted; `outage` makes every call fail.
+/// Every copy of each event, by (id, message).
+type Copies<'a> = HashMap<(&'a EventId, Seq), &'a UsageEvent>;
+
+/// Each event id's first copy in sequence order (the one claimed), and
+/// every copy.
+fn first_copies(messages: &Messages) -> (Vec<(Seq, &UsageEvent)>, Copies<'_>) {
+    let mut ordered: Vec<&(Seq, Vec<UsageEvent>)> = messages.iter().collect();
+    ordered.sort_by_key(|(seq, _)| *seq);
+    let mut claims = Vec::new();
+    let mut copies = HashMap::new();
+    let mut claimed = std::collections::HashSet::new();
+    for (seq, events) in ordered {
+        for event in events {
+            copies.entry((&event.id, *seq)).or_insert(event);
+            if claimed.insert(&event.id) {
+                claims.push((*seq, event));
+            }
+        }
+    }
+    (claims, copies)
+}
+
+/// Adds one counter's share, skipping the messages it already holds.
+/// Returns the write units spent.
+async fn add_share(
+    ledger: &dyn Ledger,
+    tenant: &TenantId,
+    counter: &Counter,
+    by_message: &BTreeMap<Seq, Delta>,
+) -> Result<f64, StoreError> {
+    let mut units = 0.0;
+    let mut after = Bound::Unbounded;
+    loop {
+        let mut pending = by_message.range((after, Bound::Unbounded));
+        let Some((&first, delta)) = pending.next() else {
+            return Ok(units);
+        };
+        let mut share = Share {
+            delta: *delta,
+            first,
+            last: first,
+        };
+        for (&seq, delta) in pending {
+            share.delta.add(*delta);
+            share.last = seq;
+        }
+        match ledger.add(tenant, counter, &share).await? {
+            Added::Added { write_units } => return Ok(units + write_units),
+            // `through >= first`, so each turn leaves fewer messages.
+            Added::Holds {
+                through,
+                write_units,
+            } => {
+                units += write_units;
+                after = Bound::Excluded(through);
+            }
+        }
+    }
+}
+
+/// Each counter's total and the last message it holds.
+type Totals = BTreeMap<(TenantId, Counter), (Delta, Option<Seq>)>;
+
+/// A ledger in memory with DynamoDB's conditional writes (a write unit
+/// each): the double for handler tests. It answers usage reads from what it
+/// counted; `outage` makes every call fail.
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
-    seen: Mutex<HashSet<(TenantId, String)>>,
-    totals: Mutex<BTreeMap<(TenantId, Counter), Delta>>,
+    claims: Mutex<HashMap<(TenantId, String), Seq>>,
+    totals: Mutex<Totals>,
     pub outage: Outage,
 }
 
@@ -203,35 +295,48 @@ impl MemoryLedger {
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         totals
             .get(&(tenant.clone(), counter.clone()))
-            .copied()
+            .map(|(delta, _)| *delta)
             .unwrap_or_default()
     }
 }
 
 #[async_trait::async_trait]
 impl Ledger for MemoryLedger {
-    async fn commit(&self, tenant: &TenantId, chunk: &Chunk<'_>) -> Result<Commit, StoreError> {
+    async fn claim(
+        &self,
+        tenant: &TenantId,
+        events: &[(Seq, &UsageEvent)],
+    ) -> Result<(Vec<Owner>, f64), StoreError> {
         self.outage.check("usage table")?;
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let key = |e: &UsageEvent| (tenant.clone(), e.id.to_string());
-        let duplicates: Vec<usize> = chunk
-            .events
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let owners = events
             .iter()
-            .enumerate()
-            .filter(|(_, e)| seen.contains(&key(e)))
-            .map(|(i, _)| i)
+            .map(|(seq, event)| {
+                let key = (tenant.clone(), event.id.to_string());
+                Owner::Message(*claims.entry(key).or_insert(*seq))
+            })
             .collect();
-        if !duplicates.is_empty() {
-            return Ok(Commit::Duplicates(duplicates));
-        }
-        seen.extend(chunk.events.iter().map(|e| key(e)));
+        Ok((owners, events.len() as f64))
+    }
+
+    async fn add(
+        &self,
+        tenant: &TenantId,
+        counter: &Counter,
+        share: &Share,
+    ) -> Result<Added, StoreError> {
+        self.outage.check("usage table")?;
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        for (counter, delta) in &chunk.counters {
-            let total = totals.entry((tenant.clone(), counter.clone())).or_default();
-            total.tokens += delta.tokens;
-            total.events += delta.events;
+        let total = totals.entry((tenant.clone(), counter.clone())).or_default();
+        if let Some(through) = total.1.filter(|through| *through >= share.first) {
+            return Ok(Added::Holds {
+                through,
+                write_units: 1.0,
+            });
         }
-        Ok(Commit::Committed)
+        total.0.add(share.delta);
+        total.1 = Some(share.last);
+        Ok(Added::Added { write_units: 1.0 })
     }
 }
 
@@ -253,7 +358,7 @@ impl UsageReader for MemoryLedger {
         self.outage.check("usage table")?;
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         let mut usage = PeriodUsage::default();
-        for ((t, counter), delta) in totals.iter().filter(|((t, _), _)| t == tenant) {
+        for ((t, counter), (delta, _)) in totals.iter().filter(|((t, _), _)| t == tenant) {
             match counter {
                 Counter::Period { period: p } if p == period => {
                     (usage.tokens, usage.events) = (delta.tokens, delta.events);
@@ -279,7 +384,7 @@ impl UsageReader for MemoryLedger {
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         Ok(totals
             .iter()
-            .filter_map(|((t, counter), delta)| match counter {
+            .filter_map(|((t, counter), (delta, _))| match counter {
                 Counter::Minute { minute, feature }
                     if t == tenant && *minute >= from && *minute < to =>
                 {
@@ -297,8 +402,10 @@ impl UsageReader for MemoryLedger {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
-    use crate::metering::types::{EventId, Tokens};
+    use crate::metering::types::Tokens;
 
     fn event(id: &str, feature: &str, tokens: u64, at: &str) -> UsageEvent {
         UsageEvent {
@@ -314,155 +421,231 @@ mod tests {
         BillingDay::try_from(d).unwrap()
     }
 
-    #[test]
-    fn pre_aggregates_counters_within_a_chunk() {
-        let events = vec![
-            event("a", "chat", 10, "2026-11-22T10:00:05Z"),
-            event("b", "chat", 20, "2026-11-22T10:00:55Z"),
-            event("c", "search", 5, "2026-11-22T10:01:00Z"),
+    const AT: &str = "2026-11-22T10:00:00Z";
+
+    fn period(key: &str) -> Counter {
+        Counter::Period { period: key.into() }
+    }
+
+    fn total(ledger: &MemoryLedger, tenant: &TenantId) -> Delta {
+        ledger.total(tenant, &period("2026-11-01"))
+    }
+
+    /// Messages `first..`, each of `per_message` one-token events.
+    fn messages(first: u128, count: u128, per_message: u128) -> Vec<(Seq, Vec<UsageEvent>)> {
+        (first..first + count)
+            .map(|m| {
+                let events = (0..per_message)
+                    .map(|i| event(&format!("m{m}e{i}"), "f", 1, AT))
+                    .collect();
+                (Seq(m), events)
+            })
+            .collect()
+    }
+
+    /// Fails every `add` after the first `adds`, as a crash mid-delivery.
+    struct Crashing<'a> {
+        inner: &'a MemoryLedger,
+        adds: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Ledger for Crashing<'_> {
+        async fn claim(
+            &self,
+            tenant: &TenantId,
+            events: &[(Seq, &UsageEvent)],
+        ) -> Result<(Vec<Owner>, f64), StoreError> {
+            self.inner.claim(tenant, events).await
+        }
+
+        async fn add(
+            &self,
+            tenant: &TenantId,
+            counter: &Counter,
+            share: &Share,
+        ) -> Result<Added, StoreError> {
+            if self.adds.fetch_sub(1, Ordering::SeqCst) == 0 {
+                self.adds.store(0, Ordering::SeqCst);
+                return Err(StoreError::corrupt("usage table", "a crash on purpose"));
+            }
+            self.inner.add(tenant, counter, share).await
+        }
+    }
+
+    #[tokio::test]
+    async fn one_write_per_event_and_one_per_counter() {
+        let ledger = MemoryLedger::default();
+        let tenant = TenantId::generate();
+        let delivery = vec![
+            (
+                Seq(1),
+                vec![
+                    event("a", "chat", 10, "2026-11-22T10:00:05Z"),
+                    event("b", "chat", 20, "2026-11-22T10:00:55Z"),
+                ],
+            ),
+            (
+                Seq(2),
+                vec![event("c", "search", 5, "2026-11-22T10:01:00Z")],
+            ),
         ];
-        let chunks = chunks(&events, day(1));
-        assert_eq!(chunks.len(), 1);
-        let c = &chunks[0].counters;
+        let counted = count(&ledger, &tenant, day(1), &delivery).await.unwrap();
+        // 3 claims + 2 minute + 2 period-feature + 1 period counters.
         assert_eq!(
-            c[&Counter::Period {
-                period: "2026-11-01".into()
-            }],
+            counted,
+            Counted {
+                events: 3,
+                tokens: 35,
+                duplicates: 0,
+                write_units: 8.0
+            }
+        );
+        assert_eq!(
+            total(&ledger, &tenant),
             Delta {
                 tokens: 35,
                 events: 3
             }
         );
-        let minute = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
-            .unwrap()
-            .to_utc();
+        let minute = DateTime::parse_from_rfc3339(AT).unwrap().to_utc();
+        let chat = Counter::Minute {
+            minute,
+            feature: Feature::try_from("chat".to_owned()).unwrap(),
+        };
         assert_eq!(
-            c[&Counter::Minute {
-                minute,
-                feature: Feature::try_from("chat".to_owned()).unwrap()
-            }],
+            ledger.total(&tenant, &chat),
             Delta {
                 tokens: 30,
                 events: 2
             }
         );
-        // 3 dedup records + 2 minute + 2 period-feature + 1 period counters.
-        assert_eq!(chunks[0].items(), 8);
-    }
-
-    #[test]
-    fn events_count_towards_the_period_of_their_own_timestamp() {
-        let events = vec![
-            event("late", "chat", 7, "2026-11-14T23:59:00Z"),
-            event("now", "chat", 3, "2026-11-15T00:00:00Z"),
-        ];
-        let c = &chunks(&events, day(15))[0].counters;
-        assert_eq!(
-            c[&Counter::Period {
-                period: "2026-10-15".into()
-            }]
-                .tokens,
-            7
-        );
-        assert_eq!(
-            c[&Counter::Period {
-                period: "2026-11-15".into()
-            }]
-                .tokens,
-            3
-        );
-    }
-
-    #[test]
-    fn chunks_never_exceed_the_transaction_limit() {
-        // Every event in its own minute: 1 dedup + 2 new counters each.
-        let events: Vec<UsageEvent> = (0..1000)
-            .map(|i| {
-                let at = DateTime::parse_from_rfc3339("2026-11-22T00:00:00Z")
-                    .unwrap()
-                    .to_utc()
-                    + TimeDelta::minutes(i);
-                event(&format!("e{i}"), "f", 1, &at.to_rfc3339())
-            })
-            .collect();
-        let chunks = chunks(&events, day(1));
-        assert!(chunks.iter().all(|c| c.items() <= MAX_TRANSACTION_ITEMS));
-        assert_eq!(chunks.iter().map(|c| c.events.len()).sum::<usize>(), 1000);
-        let (_, full) = chunks.split_last().unwrap();
-        assert!(
-            full.iter().all(|c| c.items() >= MAX_TRANSACTION_ITEMS - 3),
-            "chunks are filled"
-        );
-    }
-
-    #[test]
-    fn same_minute_events_share_counters_so_chunks_hold_97_events() {
-        let events: Vec<UsageEvent> = (0..200)
-            .map(|i| event(&format!("e{i}"), "f", 1, "2026-11-22T10:00:00Z"))
-            .collect();
-        let sizes: Vec<usize> = chunks(&events, day(1))
-            .iter()
-            .map(|c| c.events.len())
-            .collect();
-        assert_eq!(sizes, [97, 97, 6]);
-    }
-
-    #[test]
-    fn repeats_within_a_delivery_are_dropped() {
-        let events = unique_by_id(vec![
-            event("a", "f", 1, "2026-11-22T10:00:00Z"),
-            event("a", "f", 1, "2026-11-22T10:00:00Z"),
-            event("b", "f", 1, "2026-11-22T10:00:00Z"),
-        ]);
-        assert_eq!(events.len(), 2);
     }
 
     #[tokio::test]
-    async fn counts_redelivered_event_once() {
+    async fn events_count_towards_the_period_of_their_own_timestamp() {
         let ledger = MemoryLedger::default();
         let tenant = TenantId::generate();
-        let first = vec![
-            event("a", "f", 10, "2026-11-22T10:00:00Z"),
-            event("b", "f", 5, "2026-11-22T10:00:00Z"),
-        ];
-        let counted = count(&ledger, &tenant, day(1), &first).await.unwrap();
-        assert_eq!(
-            counted,
-            Counted {
-                events: 2,
-                tokens: 15,
-                duplicates: 0,
-                // 2 dedup records + minute, period-feature and period counters.
-                items_written: 5,
-            }
-        );
+        let delivery = vec![(
+            Seq(1),
+            vec![
+                event("late", "chat", 7, "2026-11-14T23:59:00Z"),
+                event("now", "chat", 3, "2026-11-15T00:00:00Z"),
+            ],
+        )];
+        count(&ledger, &tenant, day(15), &delivery).await.unwrap();
+        assert_eq!(ledger.total(&tenant, &period("2026-10-15")).tokens, 7);
+        assert_eq!(ledger.total(&tenant, &period("2026-11-15")).tokens, 3);
+    }
 
-        // Redelivery of "a" together with a new event: only "c" counts.
+    #[tokio::test]
+    async fn counts_redelivered_and_resent_events_once() {
+        let ledger = MemoryLedger::default();
+        let tenant = TenantId::generate();
+        let first = vec![(
+            Seq(1),
+            vec![event("a", "f", 10, AT), event("b", "f", 5, AT)],
+        )];
+        count(&ledger, &tenant, day(1), &first).await.unwrap();
+        // SQS hands message 1 over again, with message 2: a client resent "a".
         let second = vec![
-            event("a", "f", 10, "2026-11-22T10:00:00Z"),
-            event("c", "f", 1, "2026-11-22T10:00:00Z"),
+            first[0].clone(),
+            (
+                Seq(2),
+                vec![event("a", "f", 10, AT), event("c", "f", 1, AT)],
+            ),
         ];
         let counted = count(&ledger, &tenant, day(1), &second).await.unwrap();
+        assert_eq!((counted.events, counted.duplicates), (3, 1));
         assert_eq!(
-            counted,
-            Counted {
-                events: 1,
-                tokens: 1,
-                duplicates: 1,
-                items_written: 4,
-            }
-        );
-
-        assert_eq!(
-            ledger.total(
-                &tenant,
-                &Counter::Period {
-                    period: "2026-11-01".into()
-                }
-            ),
+            total(&ledger, &tenant),
             Delta {
                 tokens: 16,
                 events: 3
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn repeats_within_a_delivery_count_once() {
+        let ledger = MemoryLedger::default();
+        let tenant = TenantId::generate();
+        let delivery = vec![
+            (Seq(7), vec![event("a", "f", 1, AT), event("a", "f", 1, AT)]),
+            (Seq(9), vec![event("a", "f", 1, AT)]),
+        ];
+        let counted = count(&ledger, &tenant, day(1), &delivery).await.unwrap();
+        assert_eq!((counted.events, counted.duplicates), (1, 2));
+        assert_eq!(total(&ledger, &tenant).events, 1);
+    }
+
+    #[tokio::test]
+    async fn a_crash_mid_delivery_is_completed_by_a_regrouped_redelivery() {
+        let ledger = MemoryLedger::default();
+        // Five messages of three features: 7 counters.
+        let mut delivery = messages(1, 5, 20);
+        for (i, (_, events)) in delivery.iter_mut().enumerate() {
+            for e in events.iter_mut() {
+                e.feature = Feature::try_from(format!("f{}", i % 3)).unwrap();
+            }
+        }
+        for crash_after in 0..7 {
+            let tenant = TenantId::generate();
+            let crashing = Crashing {
+                inner: &ledger,
+                adds: AtomicUsize::new(crash_after),
+            };
+            assert!(count(&crashing, &tenant, day(1), &delivery).await.is_err());
+            // Redelivered as two deliveries, then all of it once more.
+            count(&ledger, &tenant, day(1), &delivery[..2])
+                .await
+                .unwrap();
+            count(&ledger, &tenant, day(1), &delivery[2..])
+                .await
+                .unwrap();
+            count(&ledger, &tenant, day(1), &delivery).await.unwrap();
+            assert_eq!(
+                total(&ledger, &tenant),
+                Delta {
+                    tokens: 100,
+                    events: 100
+                },
+                "crash after {crash_after} counters"
+            );
+            for f in 0..3 {
+                let feature = Counter::PeriodFeature {
+                    period: "2026-11-01".into(),
+                    feature: Feature::try_from(format!("f{f}")).unwrap(),
+                };
+                let expected = if f == 2 { 20 } else { 40 };
+                assert_eq!(ledger.total(&tenant, &feature).events, expected);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_claimed_by_a_later_message_is_counted_by_that_message() {
+        let ledger = MemoryLedger::default();
+        let tenant = TenantId::generate();
+        // An unfinished attempt claimed "x" for message 3 (a resend of it).
+        ledger
+            .claim(&tenant, &[(Seq(3), &event("x", "f", 4, AT))])
+            .await
+            .unwrap();
+        let delivery = vec![
+            (Seq(1), vec![event("x", "f", 4, AT)]),
+            (Seq(2), vec![event("y", "f", 1, AT)]),
+        ];
+        // Message 3 is not in this delivery: "x" waits for it.
+        let counted = count(&ledger, &tenant, day(1), &delivery).await.unwrap();
+        assert_eq!((counted.events, counted.duplicates), (1, 1));
+        let next = vec![(Seq(3), vec![event("x", "f", 4, AT)])];
+        count(&ledger, &tenant, day(1), &next).await.unwrap();
+        assert_eq!(
+            total(&ledger, &tenant),
+            Delta {
+                tokens: 5,
+                events: 2
             }
         );
     }
