@@ -210,15 +210,7 @@ async fn an_alert_no_webhook_takes_ends_in_the_dead_letter_queue() {
 
     let sqs = aws_sdk_sqs::Client::new(&support::aws().await);
     let dlq = f.stack.resolver.reference("AlertsDeadLetterQueue").unwrap();
-    let dead = sqs
-        .receive_message()
-        .queue_url(dlq)
-        .max_number_of_messages(10)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let dead = support::waiting(&sqs, dlq).await;
     let thresholds: std::collections::BTreeSet<u64> = dead
         .iter()
         .map(|m| {

@@ -263,15 +263,10 @@ async fn accepted_events_are_on_the_queue_in_one_message() {
     assert_eq!(accepted["ids"][0], "e1");
 
     let sqs = aws_sdk_sqs::Client::new(&support::aws().await);
-    let received = sqs
-        .receive_message()
-        .queue_url(f.stack.env("ingest").required("EVENTS_QUEUE_URL").unwrap())
-        .max_number_of_messages(10)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(received.messages().len(), 1);
-    let batch: EventBatch = serde_json::from_str(received.messages()[0].body().unwrap()).unwrap();
+    let queue = f.stack.env("ingest").required("EVENTS_QUEUE_URL").unwrap();
+    let received = support::waiting(&sqs, &queue).await;
+    assert_eq!(received.len(), 1);
+    let batch: EventBatch = serde_json::from_str(received[0].body().unwrap()).unwrap();
     assert_eq!(batch.tenant.as_str(), id);
     assert_eq!(batch.events.len(), 3);
 }
@@ -775,16 +770,7 @@ async fn only_the_messages_that_cannot_be_counted_are_retried() {
     assert_eq!(usage["totalTokens"], 7);
 
     let dlq = f.stack.env("rollup").required("EVENTS_DLQ_URL").unwrap();
-    let parked = p
-        .sqs
-        .receive_message()
-        .queue_url(&dlq)
-        .max_number_of_messages(10)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let parked = support::waiting(&p.sqs, &dlq).await;
     let bodies: Vec<&str> = parked.iter().filter_map(|m| m.body()).collect();
     assert_eq!(bodies, ["not json"]);
 }

@@ -52,14 +52,7 @@ async fn redrive_moves_every_dead_letter_back_to_the_queue() {
 
     let mut bodies = Vec::new();
     while bodies.len() < 13 {
-        let received = sqs
-            .receive_message()
-            .queue_url(&queue)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .unwrap();
-        let messages = received.messages.unwrap_or_default();
+        let messages = support::waiting(&sqs, &queue).await;
         assert!(!messages.is_empty(), "only {} came back", bodies.len());
         bodies.extend(messages.iter().map(|m| m.body().unwrap().to_owned()));
         // FIFO: the rest of the group comes once these are done with.

@@ -104,17 +104,8 @@ impl<I: Invoke> TestQueue<I> {
     }
 
     async fn dead_letters(&self) -> Vec<String> {
-        let received = self
-            .pump
-            .sqs
-            .receive_message()
-            .queue_url(&self.dlq_url)
-            .max_number_of_messages(10)
-            .send()
+        support::waiting(&self.pump.sqs, &self.dlq_url)
             .await
-            .unwrap();
-        received
-            .messages()
             .iter()
             .filter_map(|m| m.body().map(str::to_owned))
             .collect()

@@ -40,3 +40,8 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod webhook;
+
+/// Lowercase hex digits of `bytes` (digests in ids, ETags and keys).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -247,6 +247,18 @@ pub async fn send_message(sqs: &aws_sdk_sqs::Client, url: &str, body: &str) -> S
         .to_owned()
 }
 
+/// Up to ten messages waiting on the queue at `url`.
+pub async fn waiting(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    sqs.receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .expect("ReceiveMessage")
+        .messages
+        .unwrap_or_default()
+}
+
 /// A Lambda context whose deadline is `secs` from now, as Lambda gives one.
 pub fn lambda_context(secs: u64) -> lambda_runtime::Context {
     let mut context = lambda_runtime::Context::default();

@@ -93,13 +93,13 @@ impl DynamoLedger {
         }
     }
 
-    /// Claims up to [`CLAIMS_PER_CALL`] events; `None` for each event
-    /// claimed before. Returns the write units spent too.
+    /// Claims up to [`CLAIMS_PER_CALL`] events: whether each claim is new
+    /// (else the event was claimed before), and the write units spent.
     async fn insert_claims(
         &self,
         tenant: &TenantId,
         events: &[(Seq, &UsageEvent)],
-    ) -> Result<(Vec<Option<Owner>>, f64), StoreError> {
+    ) -> Result<(Vec<bool>, f64), StoreError> {
         let expires = n((Utc::now() + DEDUP_RETENTION).timestamp());
         let statements = events
             .iter()
@@ -129,11 +129,11 @@ impl DynamoLedger {
             .iter()
             .filter_map(|c| c.capacity_units())
             .sum();
-        let mut owners = Vec::with_capacity(events.len());
-        for ((seq, _), response) in events.iter().zip(out.responses()) {
-            owners.push(match response.error() {
-                None => Some(Owner::Message(*seq)),
-                Some(e) if e.code() == Some(&BatchStatementErrorCodeEnum::DuplicateItem) => None,
+        let mut fresh = Vec::with_capacity(events.len());
+        for response in out.responses() {
+            fresh.push(match response.error() {
+                None => true,
+                Some(e) if e.code() == Some(&BatchStatementErrorCodeEnum::DuplicateItem) => false,
                 Some(e) => {
                     return Err(StoreError::Unavailable {
                         store: STORE,
@@ -143,10 +143,28 @@ impl DynamoLedger {
                 }
             });
         }
-        if owners.len() != events.len() {
+        if fresh.len() != events.len() {
             return Err(StoreError::corrupt(STORE, "fewer responses than claims"));
         }
-        Ok((owners, units))
+        Ok((fresh, units))
+    }
+
+    async fn query(
+        &self,
+        pk: String,
+        sk_condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression(format!("pk = :pk AND {sk_condition}"))
+            .expression_attribute_values(":pk", s(&pk));
+        for (name, value) in values {
+            request = request.expression_attribute_values(name, value);
+        }
+        query_all(STORE, request).await
     }
 
     /// The owners of claims that exist (read consistently: they may have
@@ -203,17 +221,17 @@ impl Ledger for DynamoLedger {
         let calls = events
             .chunks(CLAIMS_PER_CALL)
             .map(|chunk| self.insert_claims(tenant, chunk));
-        let mut owners = Vec::with_capacity(events.len());
+        let mut fresh = Vec::with_capacity(events.len());
         let mut units = 0.0;
         for result in futures_util::future::join_all(calls).await {
             let (chunk, spent) = result?;
-            owners.extend(chunk);
+            fresh.extend(chunk);
             units += spent;
         }
         let existing: Vec<&UsageEvent> = events
             .iter()
-            .zip(&owners)
-            .filter(|(_, owner)| owner.is_none())
+            .zip(&fresh)
+            .filter(|(_, fresh)| !**fresh)
             .map(|((_, event), _)| *event)
             .collect();
         let found = if existing.is_empty() {
@@ -223,12 +241,16 @@ impl Ledger for DynamoLedger {
         };
         let owners = events
             .iter()
-            .zip(owners)
-            .map(|((_, event), owner)| {
-                owner.map_or_else(|| found.get(&claim_pk(tenant, event)).copied(), Some)
+            .zip(fresh)
+            .map(|((seq, event), fresh)| {
+                if fresh {
+                    return Ok(Owner::Message(*seq));
+                }
+                found.get(&claim_pk(tenant, event)).copied().ok_or_else(|| {
+                    StoreError::corrupt(STORE, "a claim that existed cannot be read")
+                })
             })
-            .collect::<Option<Vec<Owner>>>()
-            .ok_or_else(|| StoreError::corrupt(STORE, "a claim that existed cannot be read"))?;
+            .collect::<Result<Vec<Owner>, _>>()?;
         Ok((owners, units))
     }
 
@@ -288,26 +310,6 @@ impl Ledger for DynamoLedger {
             }
             Err(e) => Err(failed(STORE, "UpdateItem", &e)),
         }
-    }
-}
-
-impl DynamoLedger {
-    async fn query(
-        &self,
-        pk: String,
-        sk_condition: &str,
-        values: Vec<(&str, AttributeValue)>,
-    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
-        let mut request = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression(format!("pk = :pk AND {sk_condition}"))
-            .expression_attribute_values(":pk", s(&pk));
-        for (name, value) in values {
-            request = request.expression_attribute_values(name, value);
-        }
-        query_all(STORE, request).await
     }
 }
 

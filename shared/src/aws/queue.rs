@@ -12,7 +12,6 @@ use super::{describe, failed};
 use crate::metering::alerts::{AlertKey, AlertQueue};
 use crate::metering::consumer::{DeadLetters, Message};
 use crate::metering::ingest::{EventSink, send_batches};
-use crate::metering::tenants::hex;
 use crate::metering::types::TenantId;
 use crate::store::StoreError;
 
@@ -56,7 +55,7 @@ impl EventSink for EventQueue {
                             .id(i.to_string())
                             .message_body(*body)
                             .message_group_id(tenant.as_str())
-                            .message_deduplication_id(hex(&Sha256::digest(body)))
+                            .message_deduplication_id(crate::hex(&Sha256::digest(body)))
                             .build()
                     })
                     .collect::<Result<Vec<_>, _>>()

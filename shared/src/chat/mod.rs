@@ -38,7 +38,7 @@ pub const FUNCTION: &str = "chat-stream";
 /// so concurrent first sign-ins agree on it without coordination.
 pub fn user_tenant(subject: &str) -> TenantId {
     let digest = Sha256::digest(format!("chat-user\0{subject}").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::hex(&digest[..16]);
     TenantId::try_from(format!("ten_{hex}")).expect("32 lowercase hex digits")
 }
 

@@ -74,13 +74,7 @@ impl Alert {
         pending: Vec<String>,
     ) -> Self {
         let digest = Sha256::digest(format!("{}|{}|{}", key.tenant, key.period, key.threshold));
-        let id = format!(
-            "msg_{}",
-            digest[..12]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let id = format!("msg_{}", crate::hex(&digest[..12]));
         Self {
             id,
             tenant: key.tenant,

@@ -153,7 +153,7 @@ fn counters_of(event: &UsageEvent, day: BillingDay) -> [Counter; 3] {
 pub type Messages = [(Seq, Vec<UsageEvent>)];
 
 /// Each counter's share of a delivery, per message.
-pub type Shares = BTreeMap<Counter, BTreeMap<Seq, Delta>>;
+type Shares = BTreeMap<Counter, BTreeMap<Seq, Delta>>;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counted {
@@ -184,11 +184,11 @@ pub async fn count(
     let mut shares = Shares::new();
     for ((_, event), owner) in claims.iter().zip(owners) {
         // The owner's own copy: every attempt counts the same payload.
-        let copy = match owner {
-            Owner::Message(seq) => copies.get(&(&event.id, seq)),
+        let owned = match owner {
+            Owner::Message(seq) => copies.get(&(&event.id, seq)).map(|copy| (seq, *copy)),
             Owner::Counted => None,
         };
-        let (Owner::Message(seq), Some(copy)) = (owner, copy) else {
+        let Some((seq, copy)) = owned else {
             counted.duplicates += 1;
             continue;
         };

@@ -272,7 +272,7 @@ impl ApiKey {
     }
 
     pub fn hash(&self) -> KeyHash {
-        KeyHash(hex(&Sha256::digest(self.0.as_bytes())))
+        KeyHash(crate::hex(&Sha256::digest(self.0.as_bytes())))
     }
 }
 
@@ -284,11 +284,6 @@ impl KeyHash {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// Lowercase hex digits of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One page of tenants.

@@ -134,7 +134,7 @@ impl EventId {
             .chain_update([0])
             .chain_update(second)
             .finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex(&digest[..16]);
         Self(format!("{prefix}_{hex}"))
     }
 }

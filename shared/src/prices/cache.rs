@@ -29,7 +29,7 @@ impl Rendered {
     /// `body` with a strong ETag: the first 16 bytes of its SHA-256.
     pub fn new(body: String) -> Self {
         let digest = Sha256::digest(body.as_bytes());
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex(&digest[..16]);
         Self {
             etag: format!("\"{hex}\""),
             body,
