@@ -487,6 +487,67 @@ async fn events_flow_from_ingest_through_rollup_to_usage() {
     assert_eq!(start.format("%d %H:%M").to_string(), "01 00:00");
 }
 
+/// Usage counted before counters held their features (an item per
+/// feature and minute, per feature and period) adds up with what is
+/// counted now.
+#[tokio::test]
+async fn usage_counted_in_the_old_layout_adds_up_with_the_new() {
+    let f = fixture().await;
+    let (id, key) = tenant(&f, 1000, 1).await;
+    let minute = (Utc::now() - TimeDelta::minutes(2)).format("%Y-%m-%dT%H:%MZ");
+    let period = shared::metering::period::BillingPeriod::containing(
+        Utc::now(),
+        BillingDay::try_from(1).unwrap(),
+    )
+    .key();
+    let dynamodb = aws_sdk_dynamodb::Client::new(&support::aws().await);
+    let table = f.stack.env("rollup").required("USAGE_TABLE").unwrap();
+    let (s, n) = (aws_sdk_dynamodb::types::AttributeValue::S, |v: u64| {
+        aws_sdk_dynamodb::types::AttributeValue::N(v.to_string())
+    });
+    for (pk, sk, tokens, events) in [
+        (format!("TENANT#{id}"), format!("PERIOD#{period}"), 40, 2),
+        (
+            format!("TENANT#{id}"),
+            format!("PERIOD#{period}#FEATURE#chat"),
+            40,
+            2,
+        ),
+        (format!("ROLLUP#{id}"), format!("{minute}#chat"), 40, 2),
+    ] {
+        dynamodb
+            .put_item()
+            .table_name(&table)
+            .item("pk", s(pk))
+            .item("sk", s(sk))
+            .item("tokens", n(tokens))
+            .item("events", n(events))
+            .send()
+            .await
+            .unwrap();
+    }
+    let body = json!({"events": [
+        {"id": "a", "feature": "chat", "tokens": 5, "timestamp": now_minus(2)},
+        {"id": "b", "feature": "search", "tokens": 3, "timestamp": now_minus(2)},
+    ]});
+    assert_eq!(post_events(&f, &key, &body).await.0, StatusCode::ACCEPTED);
+    drain(&pump(&f.stack).await).await;
+
+    let (status, usage) = usage_of(&f, &id, &key, "?window=1h").await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    assert_eq!(
+        (usage["totalTokens"].as_u64(), usage["events"].as_u64()),
+        (Some(48), Some(4))
+    );
+    assert_eq!(
+        usage["features"],
+        json!([{"feature": "chat", "tokens": 45, "events": 3}, {"feature": "search", "tokens": 3, "events": 1}])
+    );
+    let points = usage["series"]["points"].as_array().unwrap();
+    let series: u64 = points.iter().map(|p| p["tokens"].as_u64().unwrap()).sum();
+    assert_eq!(series, 48);
+}
+
 #[tokio::test]
 async fn a_resent_and_redelivered_event_counts_once() {
     let f = fixture().await;

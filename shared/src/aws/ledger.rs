@@ -2,7 +2,7 @@
 //! exactly-once [`Ledger`] the rollup writes through, and the reads the usage
 //! API serves from.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
@@ -40,16 +40,23 @@ fn minute_key(minute: DateTime<Utc>) -> String {
 
 fn counter_key(tenant: &TenantId, counter: &Counter) -> (String, String) {
     match counter {
-        Counter::Minute { minute, feature } => (
-            format!("ROLLUP#{tenant}"),
-            format!("{}#{feature}", minute_key(*minute)),
-        ),
+        Counter::Minute { minute } => (format!("ROLLUP#{tenant}"), minute_key(*minute)),
         Counter::Period { period } => (format!("TENANT#{tenant}"), format!("PERIOD#{period}")),
-        Counter::PeriodFeature { period, feature } => (
-            format!("TENANT#{tenant}"),
-            format!("PERIOD#{period}#FEATURE#{feature}"),
-        ),
     }
+}
+
+/// A counter's per-feature attributes: `t#<feature>` tokens and
+/// `e#<feature>` events (`#` is never in a feature).
+const FEATURE_TOKENS: &str = "t#";
+const FEATURE_EVENTS: &str = "e#";
+
+/// `(feature, tokens, events)` of each feature a counter item holds.
+fn features_of(item: &HashMap<String, AttributeValue>) -> impl Iterator<Item = (&str, u64, u64)> {
+    item.keys().filter_map(|name| {
+        let feature = name.strip_prefix(FEATURE_TOKENS)?;
+        let events = number(item, &format!("{FEATURE_EVENTS}{feature}"));
+        Some((feature, number(item, name), events))
+    })
 }
 
 fn claim_pk(tenant: &TenantId, event: &UsageEvent) -> String {
@@ -264,19 +271,29 @@ impl Ledger for DynamoLedger {
         share: &Share,
     ) -> Result<Added, StoreError> {
         let (pk, sk) = counter_key(tenant, counter);
-        let mut update = "ADD tokens :tokens, events :events SET through = :last".to_owned();
+        let total = share.total();
+        let mut adds = vec!["tokens :tokens, events :events".to_owned()];
         let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(pk, sk)))
-            .expression_attribute_values(":tokens", n(share.delta.tokens))
-            .expression_attribute_values(":events", n(share.delta.events))
+            .expression_attribute_values(":tokens", n(total.tokens))
+            .expression_attribute_values(":events", n(total.events))
             .expression_attribute_values(":first", s(share.first.key()))
             .expression_attribute_values(":last", s(share.last.key()))
             .condition_expression("attribute_not_exists(through) OR through < :first")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        for (i, (feature, delta)) in share.features.iter().enumerate() {
+            adds.push(format!("#t{i} :t{i}, #e{i} :e{i}"));
+            request = request
+                .expression_attribute_names(format!("#t{i}"), format!("{FEATURE_TOKENS}{feature}"))
+                .expression_attribute_names(format!("#e{i}"), format!("{FEATURE_EVENTS}{feature}"))
+                .expression_attribute_values(format!(":t{i}"), n(delta.tokens))
+                .expression_attribute_values(format!(":e{i}"), n(delta.events));
+        }
+        let mut update = format!("ADD {} SET through = :last", adds.join(", "));
         if matches!(counter, Counter::Minute { .. }) {
             update.push_str(", expires_at = :expires");
             request = request.expression_attribute_values(
@@ -349,20 +366,29 @@ impl UsageReader for DynamoLedger {
             )
             .await?;
         let mut usage = PeriodUsage::default();
+        // Features live in the period's item; counted before 2026-12-05 they
+        // have items of their own (`…#FEATURE#<feature>`): both add up.
+        let mut features: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        let mut add = |feature, tokens, events| {
+            let total = features.entry(feature).or_default();
+            total.0 += tokens;
+            total.1 += events;
+        };
         let feature_prefix = format!("{prefix}#FEATURE#");
         for item in &items {
             let sk = text(item, "sk");
             if sk == prefix {
                 usage.tokens = number(item, "tokens");
                 usage.events = number(item, "events");
+                features_of(item).for_each(|(f, t, e)| add(f, t, e));
             } else if let Some(feature) = sk.strip_prefix(&feature_prefix) {
-                usage.features.push((
-                    feature.to_owned(),
-                    number(item, "tokens"),
-                    number(item, "events"),
-                ));
+                add(feature, number(item, "tokens"), number(item, "events"));
             }
         }
+        usage.features = features
+            .into_iter()
+            .map(|(feature, (tokens, events))| (feature.to_owned(), tokens, events))
+            .collect();
         Ok(usage)
     }
 
@@ -377,9 +403,10 @@ impl UsageReader for DynamoLedger {
             .query(
                 format!("ROLLUP#{tenant}"),
                 "sk BETWEEN :from AND :to",
-                // '#' sorts before every feature character, '$' right after '#'.
+                // A minute's item, then (counted before 2026-12-05) its
+                // `<minute>#<feature>` items; '$' sorts right after '#'.
                 vec![
-                    (":from", s(format!("{}#", minute_key(from)))),
+                    (":from", s(minute_key(from))),
                     (
                         ":to",
                         s(format!("{}$", minute_key(to - TimeDelta::minutes(1)))),
@@ -387,20 +414,30 @@ impl UsageReader for DynamoLedger {
                 ],
             )
             .await?;
-        Ok(items
-            .iter()
-            .filter_map(|item| {
-                let (minute, feature) = text(item, "sk").split_once('#')?;
-                let minute =
-                    DateTime::parse_from_str(&format!("{minute}:00+0000"), "%Y-%m-%dT%H:%MZ:%S%z")
-                        .ok()?;
-                Some(MinuteUsage {
-                    minute: minute.to_utc(),
+        let mut usage = Vec::new();
+        for item in &items {
+            let sk = text(item, "sk");
+            let (minute, old_feature) =
+                sk.split_once('#').map_or((sk, None), |(m, f)| (m, Some(f)));
+            let Ok(minute) =
+                DateTime::parse_from_str(&format!("{minute}:00+0000"), "%Y-%m-%dT%H:%MZ:%S%z")
+            else {
+                continue;
+            };
+            let minute = minute.to_utc();
+            let mut push = |feature: &str, tokens| {
+                usage.push(MinuteUsage {
+                    minute,
                     feature: feature.to_owned(),
-                    tokens: number(item, "tokens"),
-                })
-            })
-            .collect())
+                    tokens,
+                });
+            };
+            match old_feature {
+                Some(feature) => push(feature, number(item, "tokens")),
+                None => features_of(item).for_each(|(feature, tokens, _)| push(feature, tokens)),
+            }
+        }
+        Ok(usage)
     }
 }
 

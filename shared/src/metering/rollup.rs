@@ -14,8 +14,10 @@
 //!   it ([`Ledger::add`]). A counter an unfinished attempt already wrote
 //!   answers with its `through`, and only the later messages' share is added.
 //!
-//! So each event costs one write and each counter one per delivery, at
-//! DynamoDB's plain (not transactional) price. The argument in full:
+//! A counter is a tenant's minute or billing period, holding its total and
+//! each feature's, so a delivery writes about two counters per tenant
+//! whatever its features. Each event costs one write and each counter one
+//! per delivery, at DynamoDB's plain (not transactional) price. The argument in full:
 //! docs/data-model.md, "Counting exactly once".
 
 use std::collections::{BTreeMap, HashMap};
@@ -50,18 +52,14 @@ impl std::str::FromStr for Seq {
     }
 }
 
-/// A counter the rollup adds tokens and event counts to.
+/// A counter the rollup adds tokens and event counts to: its total and
+/// each feature's.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Counter {
-    /// Per (feature, minute).
-    Minute {
-        minute: DateTime<Utc>,
-        feature: Feature,
-    },
-    /// The tenant's total for a billing period.
+    /// A tenant's minute.
+    Minute { minute: DateTime<Utc> },
+    /// A tenant's billing period.
     Period { period: String },
-    /// The tenant's total for a billing period and one feature.
-    PeriodFeature { period: String, feature: Feature },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,13 +75,35 @@ impl Delta {
     }
 }
 
-/// What some of a delivery's messages add to one counter: `delta`, from the
-/// messages `first..=last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a counter gets, per feature.
+pub type Deltas = BTreeMap<Feature, Delta>;
+
+fn merge(into: &mut Deltas, from: &Deltas) {
+    for (feature, delta) in from {
+        into.entry(feature.clone()).or_default().add(*delta);
+    }
+}
+
+fn sum(deltas: &Deltas) -> Delta {
+    let mut total = Delta::default();
+    deltas.values().for_each(|delta| total.add(*delta));
+    total
+}
+
+/// What some of a delivery's messages add to one counter, per feature: from
+/// the messages `first..=last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
-    pub delta: Delta,
+    pub features: Deltas,
     pub first: Seq,
     pub last: Seq,
+}
+
+impl Share {
+    /// What the share adds to the counter's total.
+    pub fn total(&self) -> Delta {
+        sum(&self.features)
+    }
 }
 
 /// Who claimed an event.
@@ -129,31 +149,21 @@ pub trait Ledger: Send + Sync {
     ) -> Result<Added, StoreError>;
 }
 
-fn counters_of(event: &UsageEvent, day: BillingDay) -> [Counter; 3] {
+fn counters_of(event: &UsageEvent, day: BillingDay) -> [Counter; 2] {
     let period = BillingPeriod::containing(event.timestamp, day).key();
     let minute = event
         .timestamp
         .duration_trunc(TimeDelta::minutes(1))
         .unwrap_or(event.timestamp);
-    [
-        Counter::Minute {
-            minute,
-            feature: event.feature.clone(),
-        },
-        Counter::PeriodFeature {
-            period: period.clone(),
-            feature: event.feature.clone(),
-        },
-        Counter::Period { period },
-    ]
+    [Counter::Minute { minute }, Counter::Period { period }]
 }
 
 /// One tenant's messages of a delivery: each message's sequence number and
 /// events.
 pub type Messages = [(Seq, Vec<UsageEvent>)];
 
-/// Each counter's share of a delivery, per message.
-type Shares = BTreeMap<Counter, BTreeMap<Seq, Delta>>;
+/// Each counter's share of a delivery, per message and feature.
+type Shares = BTreeMap<Counter, BTreeMap<Seq, Deltas>>;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counted {
@@ -204,6 +214,8 @@ pub async fn count(
                 .or_default()
                 .entry(seq)
                 .or_default()
+                .entry(copy.feature.clone())
+                .or_default()
                 .add(delta);
         }
     }
@@ -244,22 +256,22 @@ async fn add_share(
     ledger: &dyn Ledger,
     tenant: &TenantId,
     counter: &Counter,
-    by_message: &BTreeMap<Seq, Delta>,
+    by_message: &BTreeMap<Seq, Deltas>,
 ) -> Result<f64, StoreError> {
     let mut units = 0.0;
     let mut after = Bound::Unbounded;
     loop {
         let mut pending = by_message.range((after, Bound::Unbounded));
-        let Some((&first, delta)) = pending.next() else {
+        let Some((&first, features)) = pending.next() else {
             return Ok(units);
         };
         let mut share = Share {
-            delta: *delta,
+            features: features.clone(),
             first,
             last: first,
         };
-        for (&seq, delta) in pending {
-            share.delta.add(*delta);
+        for (&seq, features) in pending {
+            merge(&mut share.features, features);
             share.last = seq;
         }
         match ledger.add(tenant, counter, &share).await? {
@@ -276,8 +288,8 @@ async fn add_share(
     }
 }
 
-/// Each counter's total and the last message it holds.
-type Totals = BTreeMap<(TenantId, Counter), (Delta, Option<Seq>)>;
+/// Each counter's features and the last message it holds.
+type Totals = BTreeMap<(TenantId, Counter), (Deltas, Option<Seq>)>;
 
 /// A ledger in memory with DynamoDB's conditional writes (a write unit
 /// each): the double for handler tests. It answers usage reads from what it
@@ -290,13 +302,18 @@ pub struct MemoryLedger {
 }
 
 impl MemoryLedger {
-    /// What `tenant` has on `counter`.
-    pub fn total(&self, tenant: &TenantId, counter: &Counter) -> Delta {
+    /// What `tenant` has on `counter`, per feature.
+    pub fn features(&self, tenant: &TenantId, counter: &Counter) -> Deltas {
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         totals
             .get(&(tenant.clone(), counter.clone()))
-            .map(|(delta, _)| *delta)
+            .map(|(features, _)| features.clone())
             .unwrap_or_default()
+    }
+
+    /// What `tenant` has on `counter` in all.
+    pub fn total(&self, tenant: &TenantId, counter: &Counter) -> Delta {
+        sum(&self.features(tenant, counter))
     }
 }
 
@@ -334,7 +351,7 @@ impl Ledger for MemoryLedger {
                 write_units: 1.0,
             });
         }
-        total.0.add(share.delta);
+        merge(&mut total.0, &share.features);
         total.1 = Some(share.last);
         Ok(Added::Added { write_units: 1.0 })
     }
@@ -356,22 +373,19 @@ impl UsageReader for MemoryLedger {
         period: &str,
     ) -> Result<PeriodUsage, StoreError> {
         self.outage.check("usage table")?;
-        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        let mut usage = PeriodUsage::default();
-        for ((t, counter), (delta, _)) in totals.iter().filter(|((t, _), _)| t == tenant) {
-            match counter {
-                Counter::Period { period: p } if p == period => {
-                    (usage.tokens, usage.events) = (delta.tokens, delta.events);
-                }
-                Counter::PeriodFeature { period: p, feature } if p == period && t == tenant => {
-                    usage
-                        .features
-                        .push((feature.to_string(), delta.tokens, delta.events));
-                }
-                _ => {}
-            }
-        }
-        Ok(usage)
+        let counter = Counter::Period {
+            period: period.to_owned(),
+        };
+        let features = self.features(tenant, &counter);
+        let total = sum(&features);
+        Ok(PeriodUsage {
+            tokens: total.tokens,
+            events: total.events,
+            features: features
+                .iter()
+                .map(|(feature, delta)| (feature.to_string(), delta.tokens, delta.events))
+                .collect(),
+        })
     }
 
     async fn minutes(
@@ -384,18 +398,17 @@ impl UsageReader for MemoryLedger {
         let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         Ok(totals
             .iter()
-            .filter_map(|((t, counter), (delta, _))| match counter {
-                Counter::Minute { minute, feature }
-                    if t == tenant && *minute >= from && *minute < to =>
-                {
-                    Some(MinuteUsage {
+            .filter_map(|((t, counter), (features, _))| match counter {
+                Counter::Minute { minute } if t == tenant && *minute >= from && *minute < to => {
+                    Some(features.iter().map(|(feature, delta)| MinuteUsage {
                         minute: *minute,
                         feature: feature.to_string(),
                         tokens: delta.tokens,
-                    })
+                    }))
                 }
                 _ => None,
             })
+            .flatten()
             .collect())
     }
 }
@@ -491,14 +504,14 @@ mod tests {
             ),
         ];
         let counted = count(&ledger, &tenant, day(1), &delivery).await.unwrap();
-        // 3 claims + 2 minute + 2 period-feature + 1 period counters.
+        // 3 claims + 2 minutes + 1 period, whatever the features.
         assert_eq!(
             counted,
             Counted {
                 events: 3,
                 tokens: 35,
                 duplicates: 0,
-                write_units: 8.0
+                write_units: 6.0
             }
         );
         assert_eq!(
@@ -508,18 +521,23 @@ mod tests {
                 events: 3
             }
         );
-        let minute = DateTime::parse_from_rfc3339(AT).unwrap().to_utc();
-        let chat = Counter::Minute {
-            minute,
-            feature: Feature::try_from("chat".to_owned()).unwrap(),
+        let minute = Counter::Minute {
+            minute: DateTime::parse_from_rfc3339(AT).unwrap().to_utc(),
         };
+        let chat = Feature::try_from("chat".to_owned()).unwrap();
         assert_eq!(
-            ledger.total(&tenant, &chat),
-            Delta {
-                tokens: 30,
-                events: 2
-            }
+            ledger.features(&tenant, &minute),
+            Deltas::from([(
+                chat,
+                Delta {
+                    tokens: 30,
+                    events: 2
+                }
+            )])
         );
+        let period = ledger.features(&tenant, &period("2026-11-01"));
+        assert_eq!(period.len(), 2);
+        assert_eq!(period.values().map(|d| d.tokens).sum::<u64>(), 35);
     }
 
     #[tokio::test]
@@ -582,14 +600,15 @@ mod tests {
     #[tokio::test]
     async fn a_crash_mid_delivery_is_completed_by_a_regrouped_redelivery() {
         let ledger = MemoryLedger::default();
-        // Five messages of three features: 7 counters.
+        // Five messages of three features, each in its own minute: 6 counters.
         let mut delivery = messages(1, 5, 20);
         for (i, (_, events)) in delivery.iter_mut().enumerate() {
             for e in events.iter_mut() {
                 e.feature = Feature::try_from(format!("f{}", i % 3)).unwrap();
+                e.timestamp += TimeDelta::minutes(i as i64);
             }
         }
-        for crash_after in 0..7 {
+        for crash_after in 0..6 {
             let tenant = TenantId::generate();
             let crashing = Crashing {
                 inner: &ledger,
@@ -612,13 +631,18 @@ mod tests {
                 },
                 "crash after {crash_after} counters"
             );
+            let features = ledger.features(&tenant, &period("2026-11-01"));
             for f in 0..3 {
-                let feature = Counter::PeriodFeature {
-                    period: "2026-11-01".into(),
-                    feature: Feature::try_from(format!("f{f}")).unwrap(),
-                };
+                let feature = Feature::try_from(format!("f{f}")).unwrap();
                 let expected = if f == 2 { 20 } else { 40 };
-                assert_eq!(ledger.total(&tenant, &feature).events, expected);
+                assert_eq!(features[&feature].events, expected);
+            }
+            for i in 0..5 {
+                let minute = Counter::Minute {
+                    minute: DateTime::parse_from_rfc3339(AT).unwrap().to_utc()
+                        + TimeDelta::minutes(i),
+                };
+                assert_eq!(ledger.total(&tenant, &minute).events, 20);
             }
         }
     }
