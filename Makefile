@@ -129,7 +129,8 @@ bench-chat:
 # of optimised code), or a deployed stage (LOADTEST_INGEST_URL,
 # LOADTEST_USAGE_URL, LOADTEST_ADMIN_TOKEN). LOADTEST_RATE (330 req/s),
 # LOADTEST_SECONDS (60), LOADTEST_EVENTS_PER_REQUEST (1), LOADTEST_MIX
-# (seed | ingest), LOADTEST_TENANTS (20). The generator is an optimised build.
+# (seed | ingest), LOADTEST_TENANTS (20), LOADTEST_RESEND_PERCENT (10). The
+# generator is an optimised build.
 loadtest:
 	cargo run --quiet --locked --release -p ingot-infra -- loadtest
 

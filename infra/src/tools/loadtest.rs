@@ -71,6 +71,8 @@ pub struct LoadOptions {
     pub tenants: usize,
     pub events_per_request: usize,
     pub mix: Mix,
+    /// Of the POSTs, the percentage that re-send an earlier body.
+    pub resend_percent: u64,
 }
 
 impl LoadOptions {
@@ -118,6 +120,14 @@ impl LoadOptions {
             tenants: number("LOADTEST_TENANTS", 20)? as usize,
             events_per_request: number("LOADTEST_EVENTS_PER_REQUEST", 1)? as usize,
             mix,
+            resend_percent: match std::env::var("LOADTEST_RESEND_PERCENT") {
+                Ok(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .ok_or_else(|| format!("LOADTEST_RESEND_PERCENT={v:?} is not 0 to 100"))?,
+                Err(_) => 10,
+            },
         })
     }
 
@@ -591,7 +601,10 @@ pub async fn run(options: LoadOptions) -> Result<(), String> {
             } else {
                 format!("batch{}", options.events_per_request)
             }
-        );
+        ) + &match options.resend_percent {
+            10 => String::new(),
+            p => format!("-resend{p}"),
+        };
         let perf = root.join("docs/perf.md");
         let doc = std::fs::read_to_string(&perf).unwrap_or_else(|_| "# Performance\n".to_owned());
         std::fs::write(&perf, replace_section(&doc, &section, &report))
@@ -690,10 +703,10 @@ fn next_request(
         let request = http.get(options.url("usage", &format!("/usage/{}", tenant.id)));
         return (Kind::Usage, request.bearer_auth(&tenant.key), None);
     }
-    // 10% of the POSTs re-send an earlier body with the same ids.
+    // Some POSTs (10%) re-send an earlier body with the same ids.
     let resend = {
         let sent = tenant.sent.lock().expect("sent");
-        (rng.below(10) == 0 && !sent.is_empty())
+        (rng.below(100) < options.resend_percent && !sent.is_empty())
             .then(|| sent[rng.below(sent.len() as u64) as usize].clone())
     };
     let (kind, (body, events)) = match resend {
@@ -840,8 +853,14 @@ fn summary(
         chrono::Utc::now().format("%Y-%m-%d"),
         crate::tools::bench::machine(),
         match options.mix {
-            Mix::Seed => "the seed's (80% POST /events, 10% of them resends; 20% GET /usage)",
-            Mix::Ingest => "an ingest-only (POST /events, 10% resends)",
+            Mix::Seed => format!(
+                "the seed's (80% POST /events, {}% of them resends; 20% GET /usage)",
+                options.resend_percent
+            ),
+            Mix::Ingest => format!(
+                "an ingest-only (POST /events, {}% resends)",
+                options.resend_percent
+            ),
         },
         options.events_per_request,
         options.tenants,
