@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, KeysAndAttributes,
-    ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
+    ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
 };
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -262,8 +262,9 @@ impl Ledger for DynamoLedger {
     }
 
     /// One `UpdateItem`: `ADD` the share and `SET through` on condition
-    /// that `through` is older than the share's first message; the old
-    /// item (`ALL_OLD`) says how far a refused counter already is.
+    /// that `through` is older than the share's first message; the new
+    /// values give the total, the old item (`ALL_OLD`) how far a refused
+    /// counter already is.
     async fn add(
         &self,
         tenant: &TenantId,
@@ -284,6 +285,7 @@ impl Ledger for DynamoLedger {
             .expression_attribute_values(":last", s(share.last.key()))
             .condition_expression("attribute_not_exists(through) OR through < :first")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_values(ReturnValue::UpdatedNew)
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
         for (i, (feature, delta)) in share.features.iter().enumerate() {
             adds.push(format!("#t{i} :t{i}, #e{i} :e{i}"));
@@ -307,6 +309,7 @@ impl Ledger for DynamoLedger {
                     .consumed_capacity()
                     .and_then(|c| c.capacity_units())
                     .unwrap_or(1.0),
+                tokens: out.attributes().map_or(0, |item| number(item, "tokens")),
             }),
             Err(e) if is_condition_failure(&e) => {
                 let old = match e.into_service_error() {

@@ -128,6 +128,8 @@ struct TenantWork {
 struct TenantOutcome {
     tenant: Tenant,
     periods: BTreeSet<BillingPeriod>,
+    /// Totals of periods as counting left them (the others are read).
+    period_tokens: BTreeMap<String, u64>,
     events: u64,
     duplicates: u64,
     write_units: f64,
@@ -190,7 +192,7 @@ impl Consumer {
                     delivery.counted += outcome.events;
                     delivery.duplicates += outcome.duplicates;
                     delivery.write_units += outcome.write_units;
-                    touched.push((outcome.tenant, outcome.periods, message_ids));
+                    touched.push((outcome, message_ids));
                 }
                 Err(CountError::Deleted(_)) => {
                     tracing::warn!(tenant = %tenant_id, events = received, "events of a deleted tenant dropped");
@@ -246,21 +248,24 @@ impl Consumer {
             events: counted.events,
             duplicates: counted.duplicates,
             write_units: counted.write_units,
+            period_tokens: counted.period_tokens,
         })
     }
 
     /// Raises the alerts each touched tenant has reached. Returns the
     /// messages to redeliver because raising failed.
-    async fn raise_alerts(
-        &self,
-        touched: &[(Tenant, BTreeSet<BillingPeriod>, Vec<String>)],
-    ) -> Vec<String> {
+    async fn raise_alerts(&self, touched: &[(TenantOutcome, Vec<String>)]) -> Vec<String> {
         let (store, queue) = (self.alerts.as_ref(), self.alert_queue.as_ref());
         let mut failed = Vec::new();
-        for (tenant, periods, message_ids) in touched {
-            for period in periods {
+        for (outcome, message_ids) in touched {
+            let tenant = &outcome.tenant;
+            for period in &outcome.periods {
                 let result = async {
-                    let used = self.usage.period_total(&tenant.id, &period.key()).await?;
+                    let key = period.key();
+                    let used = match outcome.period_tokens.get(&key) {
+                        Some(tokens) => *tokens,
+                        None => self.usage.period_total(&tenant.id, &key).await?,
+                    };
                     alerts::raise(store, queue, tenant, period, used).await
                 }
                 .await;

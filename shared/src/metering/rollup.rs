@@ -117,14 +117,10 @@ pub enum Owner {
 /// What a [`Ledger::add`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Added {
-    Added {
-        write_units: f64,
-    },
+    /// Added; the counter's total tokens are now `tokens`.
+    Added { write_units: f64, tokens: u64 },
     /// Nothing: the counter already holds every message through this one.
-    Holds {
-        through: Seq,
-        write_units: f64,
-    },
+    Holds { through: Seq, write_units: f64 },
 }
 
 /// The store behind counting (DynamoDB in production).
@@ -165,7 +161,7 @@ pub type Messages = [(Seq, Vec<UsageEvent>)];
 /// Each counter's share of a delivery, per message and feature.
 type Shares = BTreeMap<Counter, BTreeMap<Seq, Deltas>>;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counted {
     /// Events whose owner is in this delivery (counted now, or by an
     /// unfinished attempt of the same messages).
@@ -175,6 +171,10 @@ pub struct Counted {
     pub duplicates: u64,
     /// DynamoDB write units spent.
     pub write_units: f64,
+    /// Total tokens of the periods this delivery added to, by period key, as
+    /// the writes left them (a period whose counter held the delivery
+    /// already is not here: read it).
+    pub period_tokens: BTreeMap<String, u64>,
 }
 
 /// Counts `messages` of `tenant` exactly once. On error, whatever was
@@ -222,8 +222,13 @@ pub async fn count(
     let adds = shares
         .iter()
         .map(|(counter, by_message)| add_share(ledger, tenant, counter, by_message));
-    for units in futures_util::future::join_all(adds).await {
-        counted.write_units += units?;
+    let added = futures_util::future::join_all(adds).await;
+    for (counter, result) in shares.keys().zip(added) {
+        let (units, tokens) = result?;
+        counted.write_units += units;
+        if let (Counter::Period { period }, Some(tokens)) = (counter, tokens) {
+            counted.period_tokens.insert(period.clone(), tokens);
+        }
     }
     Ok(counted)
 }
@@ -251,19 +256,20 @@ fn first_copies(messages: &Messages) -> (Vec<(Seq, &UsageEvent)>, Copies<'_>) {
 }
 
 /// Adds one counter's share, skipping the messages it already holds.
-/// Returns the write units spent.
+/// Returns the write units spent, and the counter's total tokens if this
+/// added to it.
 async fn add_share(
     ledger: &dyn Ledger,
     tenant: &TenantId,
     counter: &Counter,
     by_message: &BTreeMap<Seq, Deltas>,
-) -> Result<f64, StoreError> {
+) -> Result<(f64, Option<u64>), StoreError> {
     let mut units = 0.0;
     let mut after = Bound::Unbounded;
     loop {
         let mut pending = by_message.range((after, Bound::Unbounded));
         let Some((&first, features)) = pending.next() else {
-            return Ok(units);
+            return Ok((units, None));
         };
         let mut share = Share {
             features: features.clone(),
@@ -275,7 +281,10 @@ async fn add_share(
             share.last = seq;
         }
         match ledger.add(tenant, counter, &share).await? {
-            Added::Added { write_units } => return Ok(units + write_units),
+            Added::Added {
+                write_units,
+                tokens,
+            } => return Ok((units + write_units, Some(tokens))),
             // `through >= first`, so each turn leaves fewer messages.
             Added::Holds {
                 through,
@@ -353,7 +362,10 @@ impl Ledger for MemoryLedger {
         }
         merge(&mut total.0, &share.features);
         total.1 = Some(share.last);
-        Ok(Added::Added { write_units: 1.0 })
+        Ok(Added::Added {
+            write_units: 1.0,
+            tokens: sum(&total.0).tokens,
+        })
     }
 }
 
@@ -511,7 +523,8 @@ mod tests {
                 events: 3,
                 tokens: 35,
                 duplicates: 0,
-                write_units: 6.0
+                write_units: 6.0,
+                period_tokens: BTreeMap::from([("2026-11-01".to_owned(), 35)]),
             }
         );
         assert_eq!(
