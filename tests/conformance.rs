@@ -752,6 +752,61 @@ async fn batch_write_of_25_items_stores_every_one() {
     }
 }
 
+/// Claims (shared/src/aws/ledger.rs): a batch of PartiQL `INSERT`s writes
+/// the new items and answers `DuplicateItem` for one that exists, one write
+/// unit each.
+#[tokio::test]
+async fn partiql_insert_batches_refuse_an_existing_item_as_a_duplicate() {
+    let dynamodb = dynamodb().await;
+    let table = create_table(&dynamodb).await;
+    put(&dynamodb, &table, item("EVENT#taken", "EVENT", [])).await;
+    let insert =
+        format!("INSERT INTO \"{table}\" VALUE {{'pk': ?, 'sk': 'EVENT', 'claimed_by': ?}}");
+    let statements = ["EVENT#new", "EVENT#taken"]
+        .map(|pk| {
+            aws_sdk_dynamodb::types::BatchStatementRequest::builder()
+                .statement(&insert)
+                .parameters(s(pk))
+                .parameters(s("0001"))
+                .build()
+                .unwrap()
+        })
+        .to_vec();
+    let out = dynamodb
+        .batch_execute_statement()
+        .set_statements(Some(statements))
+        .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .expect("BatchExecuteStatement");
+    let codes: Vec<Option<String>> = out
+        .responses()
+        .iter()
+        .map(|r| {
+            r.error()
+                .and_then(|e| e.code())
+                .map(|c| c.as_str().to_owned())
+        })
+        .collect();
+    assert_eq!(codes, [None, Some("DuplicateItem".to_owned())]);
+    let units: f64 = out
+        .consumed_capacity()
+        .iter()
+        .filter_map(|c| c.capacity_units())
+        .sum();
+    assert_eq!(units, 2.0);
+    let new = get(&dynamodb, &table, key("EVENT#new", "EVENT"))
+        .await
+        .unwrap();
+    assert_eq!(new["claimed_by"], s("0001"));
+    assert!(
+        !get(&dynamodb, &table, key("EVENT#taken", "EVENT"))
+            .await
+            .unwrap()
+            .contains_key("claimed_by")
+    );
+}
+
 #[tokio::test]
 async fn ttl_is_enabled_on_every_template_table_and_items_keep_their_expiry() {
     let dynamodb = dynamodb().await;
@@ -859,6 +914,65 @@ async fn restore_to_a_given_time_copies_every_item_written_before_it() {
 }
 
 // ------------------------------------------------------------------ SQS
+
+/// The events queue: a message group's messages come in order, with rising
+/// sequence numbers, none while an earlier one is in flight, and a repeated
+/// deduplication id is dropped.
+#[tokio::test]
+async fn a_fifo_group_is_delivered_in_order_one_delivery_at_a_time() {
+    let sqs = sqs().await;
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("{}.fifo", unique("conformance")))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .expect("CreateQueue")
+        .queue_url
+        .expect("a queue URL");
+    for body in ["m1", "m2", "m3", "m1"] {
+        sqs.send_message()
+            .queue_url(&url)
+            .message_body(body)
+            .message_group_id("tenant")
+            .message_deduplication_id(body)
+            .send()
+            .await
+            .expect("SendMessage");
+    }
+    let receive = |max: i32| {
+        let (sqs, url) = (&sqs, &url);
+        async move {
+            sqs.receive_message()
+                .queue_url(url)
+                .max_number_of_messages(max)
+                .visibility_timeout(30)
+                .message_system_attribute_names(MessageSystemAttributeName::SequenceNumber)
+                .send()
+                .await
+                .expect("ReceiveMessage")
+                .messages
+                .unwrap_or_default()
+        }
+    };
+    let first = receive(1).await;
+    assert_eq!(bodies(&first), ["m1"]);
+    assert!(receive(10).await.is_empty(), "the group waits for m1");
+    sqs.delete_message()
+        .queue_url(&url)
+        .receipt_handle(first[0].receipt_handle().unwrap())
+        .send()
+        .await
+        .expect("DeleteMessage");
+    let rest = receive(10).await;
+    assert_eq!(bodies(&rest), ["m2", "m3"], "m1 again was a duplicate");
+    let sequence = |m: &Message| -> u128 {
+        m.attributes().unwrap()[&MessageSystemAttributeName::SequenceNumber]
+            .parse()
+            .unwrap()
+    };
+    assert!(sequence(&first[0]) < sequence(&rest[0]) && sequence(&rest[0]) < sequence(&rest[1]));
+}
 
 #[tokio::test]
 async fn message_batch_of_10_round_trips_and_deletes() {
