@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use http::StatusCode;
 use serde_json::json;
 use shared::aws::ledger::DynamoLedger;
-use shared::metering::rollup::{Added, Counter, Ledger, Owner, Seq, Share, count};
+use shared::metering::rollup::{Added, Claim, Counter, Ledger, Owner, Seq, Share, count};
 use shared::metering::types::{
     BillingDay, EventBatch, EventId, Feature, TenantId, Tokens, UsageEvent,
 };
@@ -688,12 +688,8 @@ struct CrashingLedger {
 
 #[async_trait::async_trait]
 impl Ledger for CrashingLedger {
-    async fn claim(
-        &self,
-        tenant: &TenantId,
-        events: &[(Seq, &UsageEvent)],
-    ) -> Result<(Vec<Owner>, f64), StoreError> {
-        self.inner.claim(tenant, events).await
+    async fn claim(&self, claims: &[Claim<'_>]) -> Result<(Vec<Owner>, f64), StoreError> {
+        self.inner.claim(claims).await
     }
 
     async fn add(

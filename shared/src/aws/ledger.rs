@@ -11,8 +11,8 @@ use aws_sdk_dynamodb::types::{
 };
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{failed, is_condition_failure, n, query_all, s};
-use crate::metering::rollup::{Added, Counter, Ledger, Owner, Seq, Share};
+use super::{batch_get, failed, is_condition_failure, n, query_all, s};
+use crate::metering::rollup::{Added, Claim, Counter, Ledger, Owner, Share};
 use crate::metering::types::{TenantId, UsageEvent};
 use crate::metering::usage::{MINUTE_RETENTION, MinuteUsage, PeriodUsage, UsageReader};
 use crate::store::StoreError;
@@ -102,19 +102,16 @@ impl DynamoLedger {
 
     /// Claims up to [`CLAIMS_PER_CALL`] events: whether each claim is new
     /// (else the event was claimed before), and the write units spent.
-    async fn insert_claims(
-        &self,
-        tenant: &TenantId,
-        events: &[(Seq, &UsageEvent)],
-    ) -> Result<(Vec<bool>, f64), StoreError> {
+    async fn insert_claims(&self, claims: &[Claim<'_>]) -> Result<(Vec<bool>, f64), StoreError> {
         let expires = n((Utc::now() + DEDUP_RETENTION).timestamp());
-        let statements = events
+        let statements = claims
             .iter()
-            .map(|(seq, event)| {
+            .map(|claim| {
+                let event = claim.event;
                 BatchStatementRequest::builder()
                     .statement(&self.insert)
-                    .parameters(s(claim_pk(tenant, event)))
-                    .parameters(s(seq.key()))
+                    .parameters(s(claim_pk(claim.tenant, event)))
+                    .parameters(s(claim.seq.key()))
                     .parameters(s(event.feature.as_str()))
                     .parameters(n(event.tokens.get()))
                     .parameters(s(event.timestamp.to_rfc3339()))
@@ -136,7 +133,7 @@ impl DynamoLedger {
             .iter()
             .filter_map(|c| c.capacity_units())
             .sum();
-        let mut fresh = Vec::with_capacity(events.len());
+        let mut fresh = Vec::with_capacity(claims.len());
         for response in out.responses() {
             fresh.push(match response.error() {
                 None => true,
@@ -150,7 +147,7 @@ impl DynamoLedger {
                 }
             });
         }
-        if fresh.len() != events.len() {
+        if fresh.len() != claims.len() {
             return Err(StoreError::corrupt(STORE, "fewer responses than claims"));
         }
         Ok((fresh, units))
@@ -175,44 +172,20 @@ impl DynamoLedger {
     }
 
     /// The owners of claims that exist (read consistently: they may have
-    /// been written a moment ago).
-    async fn owners(
-        &self,
-        tenant: &TenantId,
-        events: &[&UsageEvent],
-    ) -> Result<HashMap<String, Owner>, StoreError> {
-        let mut found = HashMap::new();
-        for chunk in events.chunks(100) {
-            let mut wanted = KeysAndAttributes::builder()
-                .consistent_read(true)
-                .projection_expression("pk, claimed_by");
-            for event in chunk {
-                wanted = wanted.keys(key(claim_pk(tenant, event), "EVENT".to_owned()));
-            }
-            let mut pending = HashMap::from([(
-                self.table.clone(),
-                wanted.build().map_err(|e| StoreError::corrupt(STORE, e))?,
-            )]);
-            while !pending.is_empty() {
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .set_request_items(Some(pending))
-                    .send()
-                    .await
-                    .map_err(|e| failed(STORE, "BatchGetItem", &e))?;
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    found.insert(text(item, "pk").to_owned(), owner(item));
-                }
-                pending = out.unprocessed_keys.unwrap_or_default();
-            }
-        }
-        Ok(found)
+    /// been written a moment ago), by claim key.
+    async fn owners(&self, claims: &[&Claim<'_>]) -> Result<HashMap<String, Owner>, StoreError> {
+        let keys = claims
+            .iter()
+            .map(|claim| key(claim_pk(claim.tenant, claim.event), "EVENT".to_owned()))
+            .collect();
+        let wanted = KeysAndAttributes::builder()
+            .consistent_read(true)
+            .projection_expression("pk, claimed_by");
+        let items = batch_get(STORE, &self.client, &self.table, keys, wanted).await?;
+        Ok(items
+            .iter()
+            .map(|item| (text(item, "pk").to_owned(), owner(item)))
+            .collect())
     }
 }
 
@@ -220,42 +193,41 @@ impl DynamoLedger {
 impl Ledger for DynamoLedger {
     /// `INSERT`s in batches of 25 (at once), then reads who owns the ones
     /// that existed.
-    async fn claim(
-        &self,
-        tenant: &TenantId,
-        events: &[(Seq, &UsageEvent)],
-    ) -> Result<(Vec<Owner>, f64), StoreError> {
-        let calls = events
+    async fn claim(&self, claims: &[Claim<'_>]) -> Result<(Vec<Owner>, f64), StoreError> {
+        let calls = claims
             .chunks(CLAIMS_PER_CALL)
-            .map(|chunk| self.insert_claims(tenant, chunk));
-        let mut fresh = Vec::with_capacity(events.len());
+            .map(|chunk| self.insert_claims(chunk));
+        let mut fresh = Vec::with_capacity(claims.len());
         let mut units = 0.0;
         for result in futures_util::future::join_all(calls).await {
             let (chunk, spent) = result?;
             fresh.extend(chunk);
             units += spent;
         }
-        let existing: Vec<&UsageEvent> = events
+        let existing: Vec<&Claim> = claims
             .iter()
             .zip(&fresh)
             .filter(|(_, fresh)| !**fresh)
-            .map(|((_, event), _)| *event)
+            .map(|(claim, _)| claim)
             .collect();
         let found = if existing.is_empty() {
             HashMap::new()
         } else {
-            self.owners(tenant, &existing).await?
+            self.owners(&existing).await?
         };
-        let owners = events
+        let owners = claims
             .iter()
             .zip(fresh)
-            .map(|((seq, event), fresh)| {
+            .map(|(claim, fresh)| {
                 if fresh {
-                    return Ok(Owner::Message(*seq));
+                    return Ok(Owner::Message(claim.seq));
                 }
-                found.get(&claim_pk(tenant, event)).copied().ok_or_else(|| {
-                    StoreError::corrupt(STORE, "a claim that existed cannot be read")
-                })
+                found
+                    .get(&claim_pk(claim.tenant, claim.event))
+                    .copied()
+                    .ok_or_else(|| {
+                        StoreError::corrupt(STORE, "a claim that existed cannot be read")
+                    })
             })
             .collect::<Result<Vec<Owner>, _>>()?;
         Ok((owners, units))

@@ -128,6 +128,40 @@ pub(crate) async fn query_all(
     }
 }
 
+/// The items of `keys` that exist in `table`, 100 keys per `BatchGetItem`,
+/// following unprocessed keys. `wanted` sets the read's consistency and
+/// projection.
+pub(crate) async fn batch_get(
+    store: &'static str,
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Vec<HashMap<String, AttributeValue>>,
+    wanted: aws_sdk_dynamodb::types::builders::KeysAndAttributesBuilder,
+) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    let mut found = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(100) {
+        let request = wanted
+            .clone()
+            .set_keys(Some(chunk.to_vec()))
+            .build()
+            .map_err(|e| StoreError::corrupt(store, e))?;
+        let mut pending = HashMap::from([(table.to_owned(), request)]);
+        while !pending.is_empty() {
+            let out = client
+                .batch_get_item()
+                .set_request_items(Some(pending))
+                .send()
+                .await
+                .map_err(|e| failed(store, "BatchGetItem", &e))?;
+            if let Some(mut responses) = out.responses {
+                found.extend(responses.remove(table).unwrap_or_default());
+            }
+            pending = out.unprocessed_keys.unwrap_or_default();
+        }
+    }
+    Ok(found)
+}
+
 /// Pages can end on any item, so the cursor carries both keys.
 pub(crate) fn encode_cursor(key: &HashMap<String, AttributeValue>) -> String {
     let part = |name: &str| {

@@ -2,12 +2,15 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_cursor, encode_cursor, failed, from_item, is_condition_failure, n, put_new, s, to_item,
+    batch_get, decode_cursor, encode_cursor, failed, from_item, is_condition_failure, n, put_new,
+    s, to_item,
 };
 use crate::metering::tenants::{KeyHash, Tenant, TenantPage, TenantPatch, TenantStore};
 use crate::metering::types::TenantId;
@@ -117,6 +120,23 @@ impl TenantStore for DynamoTenants {
         let item = self.get_item(tenant_pk(id), PROFILE, false).await?;
         item.map(|i| from_item::<ProfileItem>(STORE, i).map(|p| p.tenant))
             .transpose()
+    }
+
+    /// One `BatchGetItem` per 100 tenants.
+    async fn get_many(&self, ids: &[TenantId]) -> Result<Vec<Tenant>, StoreError> {
+        let keys = ids.iter().map(|id| key(tenant_pk(id), PROFILE)).collect();
+        let items = batch_get(
+            STORE,
+            &self.client,
+            &self.table,
+            keys,
+            KeysAndAttributes::builder(),
+        )
+        .await?;
+        items
+            .into_iter()
+            .map(|item| from_item::<ProfileItem>(STORE, item).map(|p| p.tenant))
+            .collect()
     }
 
     /// The tenant a key belongs to, if the key exists and has not expired.

@@ -5,7 +5,9 @@
 //! Events are grouped per tenant across the delivery (so counters are
 //! pre-aggregated over all of it) and counted through the ledger in the
 //! order of the tenant's message group, which makes redelivery harmless
-//! ([`super::rollup`]). A tenant whose events could not be counted, or
+//! ([`super::rollup`]). The delivery's tenants are read at once and their
+//! claims share calls: a store call costs far more CPU than the work around
+//! it, and a delivery often holds one message of each of several tenants. A tenant whose events could not be counted, or
 //! whose crossings could not be raised, has its messages reported as
 //! failed, so only they are redelivered, still in order; nothing is
 //! acknowledged that was not counted and raised. A message that can never
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::alerts::{self, AlertKey, AlertQueue, AlertStore, Delivery, Notifier};
 use super::period::BillingPeriod;
-use super::rollup::{Ledger, Seq, count};
+use super::rollup::{Ledger, Seq, Work, count_all};
 use super::tenants::{Tenant, TenantStore};
 use super::types::{EventBatch, TenantId, UsageEvent};
 use super::usage::UsageReader;
@@ -52,18 +54,6 @@ pub struct BatchOutcome {
     pub dropped: u64,
     /// Unreadable messages set aside on the dead-letter queue.
     pub parked: u64,
-}
-
-/// Why one tenant's events were not counted.
-#[derive(Debug, thiserror::Error)]
-enum CountError {
-    #[error("tenant {0} does not exist")]
-    UnknownTenant(TenantId),
-    /// Its events are dropped (acknowledged, never counted).
-    #[error("tenant {0} was deleted")]
-    Deleted(TenantId),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// The stores and notifier the consumer works with.
@@ -124,15 +114,12 @@ struct TenantWork {
     message_ids: Vec<String>,
 }
 
-/// What counting one tenant's events did.
+/// What counting one tenant's events left for its alerts.
 struct TenantOutcome {
     tenant: Tenant,
     periods: BTreeSet<BillingPeriod>,
     /// Totals of periods as counting left them (the others are read).
     period_tokens: BTreeMap<String, u64>,
-    events: u64,
-    duplicates: u64,
-    write_units: f64,
 }
 
 impl Consumer {
@@ -177,79 +164,115 @@ impl Consumer {
             }
         }
 
-        let mut touched = Vec::new();
-        for (
-            tenant_id,
-            TenantWork {
-                messages,
-                message_ids,
-            },
-        ) in work
-        {
-            let received: u64 = messages.iter().map(|(_, e)| e.len() as u64).sum();
-            match self.count_tenant(&tenant_id, messages).await {
-                Ok(outcome) => {
-                    delivery.counted += outcome.events;
-                    delivery.duplicates += outcome.duplicates;
-                    delivery.write_units += outcome.write_units;
-                    touched.push((outcome, message_ids));
-                }
-                Err(CountError::Deleted(_)) => {
-                    tracing::warn!(tenant = %tenant_id, events = received, "events of a deleted tenant dropped");
-                    delivery.dropped += received;
-                }
-                Err(error) => {
-                    tracing::error!(tenant = %tenant_id, ?message_ids, %error, "events not counted; their messages will be retried");
-                    delivery.failed.extend(message_ids);
-                }
-            }
-        }
-
+        let touched = self.count_tenants(work, &mut delivery).await;
         // A crossing that could not be raised is raised again by
         // redelivering its messages: their events are duplicates by then.
         delivery.failed.extend(self.raise_alerts(&touched).await);
         delivery
     }
 
-    async fn count_tenant(
+    /// Counts each tenant's events: their profiles in one read, their
+    /// claims in shared calls. Returns what counting each tenant did, with
+    /// its messages; the messages of tenants not counted are in
+    /// `delivery.failed`.
+    async fn count_tenants(
         &self,
-        tenant_id: &TenantId,
-        messages: Vec<(Seq, Vec<UsageEvent>)>,
-    ) -> Result<TenantOutcome, CountError> {
-        let Some(tenant) = self.tenants.get(tenant_id).await? else {
-            return Err(if self.tenants.was_deleted(tenant_id).await? {
-                CountError::Deleted(tenant_id.clone())
-            } else {
-                CountError::UnknownTenant(tenant_id.clone())
-            });
+        work: BTreeMap<TenantId, TenantWork>,
+        delivery: &mut BatchOutcome,
+    ) -> Vec<(TenantOutcome, Vec<String>)> {
+        let ids: Vec<TenantId> = work.keys().cloned().collect();
+        let mut profiles: BTreeMap<TenantId, Tenant> = match self.tenants.get_many(&ids).await {
+            Ok(found) => found.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            Err(error) => {
+                tracing::error!(%error, "tenants not read; the delivery will be retried");
+                delivery
+                    .failed
+                    .extend(work.into_values().flat_map(|w| w.message_ids));
+                return Vec::new();
+            }
         };
-        let counted = count(
-            self.ledger.as_ref(),
-            tenant_id,
-            tenant.billing_day,
-            &messages,
-        )
-        .await?;
-        tracing::info!(
-            tenant = %tenant_id,
-            events = counted.events,
-            tokens = counted.tokens,
-            duplicates = counted.duplicates,
-            "counted"
-        );
-        let periods = messages
-            .iter()
-            .flat_map(|(_, events)| events)
-            .map(|e| BillingPeriod::containing(e.timestamp, tenant.billing_day))
-            .collect();
-        Ok(TenantOutcome {
-            tenant,
-            periods,
-            events: counted.events,
-            duplicates: counted.duplicates,
-            write_units: counted.write_units,
-            period_tokens: counted.period_tokens,
-        })
+        let mut known = Vec::with_capacity(work.len());
+        for (tenant_id, tenant_work) in work {
+            match profiles.remove(&tenant_id) {
+                Some(tenant) => known.push((tenant, tenant_work)),
+                None => self.missing(&tenant_id, tenant_work, delivery).await,
+            }
+        }
+        let counted = {
+            let counting: Vec<Work> = known
+                .iter()
+                .map(|(tenant, w)| Work {
+                    tenant: &tenant.id,
+                    day: tenant.billing_day,
+                    messages: &w.messages,
+                })
+                .collect();
+            count_all(self.ledger.as_ref(), &counting).await
+        };
+        let results = match counted {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::error!(%error, "events not claimed; their messages will be retried");
+                delivery
+                    .failed
+                    .extend(known.into_iter().flat_map(|(_, w)| w.message_ids));
+                return Vec::new();
+            }
+        };
+        let mut touched = Vec::with_capacity(known.len());
+        for ((tenant, w), result) in known.into_iter().zip(results) {
+            match result {
+                Ok(counted) => {
+                    tracing::debug!(
+                        tenant = %tenant.id,
+                        events = counted.events,
+                        tokens = counted.tokens,
+                        duplicates = counted.duplicates,
+                        "counted"
+                    );
+                    delivery.counted += counted.events;
+                    delivery.duplicates += counted.duplicates;
+                    delivery.write_units += counted.write_units;
+                    let periods = w
+                        .messages
+                        .iter()
+                        .flat_map(|(_, events)| events)
+                        .map(|e| BillingPeriod::containing(e.timestamp, tenant.billing_day))
+                        .collect();
+                    let outcome = TenantOutcome {
+                        tenant,
+                        periods,
+                        period_tokens: counted.period_tokens,
+                    };
+                    touched.push((outcome, w.message_ids));
+                }
+                Err(error) => {
+                    tracing::error!(tenant = %tenant.id, message_ids = ?w.message_ids, %error, "events not counted; their messages will be retried");
+                    delivery.failed.extend(w.message_ids);
+                }
+            }
+        }
+        touched
+    }
+
+    /// A tenant with no profile: deleted (its events are dropped) or not
+    /// known yet (its messages are retried).
+    async fn missing(&self, tenant_id: &TenantId, work: TenantWork, delivery: &mut BatchOutcome) {
+        let received: u64 = work.messages.iter().map(|(_, e)| e.len() as u64).sum();
+        match self.tenants.was_deleted(tenant_id).await {
+            Ok(true) => {
+                tracing::warn!(tenant = %tenant_id, events = received, "events of a deleted tenant dropped");
+                delivery.dropped += received;
+            }
+            Ok(false) => {
+                tracing::error!(tenant = %tenant_id, message_ids = ?work.message_ids, "tenant does not exist; its messages will be retried");
+                delivery.failed.extend(work.message_ids);
+            }
+            Err(error) => {
+                tracing::error!(tenant = %tenant_id, message_ids = ?work.message_ids, %error, "events not counted; their messages will be retried");
+                delivery.failed.extend(work.message_ids);
+            }
+        }
     }
 
     /// Raises the alerts each touched tenant has reached. Returns the

@@ -114,6 +114,14 @@ pub enum Owner {
     Counted,
 }
 
+/// An event to claim for the message carrying it.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub tenant: &'a TenantId,
+    pub seq: Seq,
+    pub event: &'a UsageEvent,
+}
+
 /// What a [`Ledger::add`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Added {
@@ -128,12 +136,9 @@ pub enum Added {
 pub trait Ledger: Send + Sync {
     /// Claims each event for the message carrying it, unless claimed
     /// already; answers each event's owner (the given one for a new claim)
-    /// and the write units spent.
-    async fn claim(
-        &self,
-        tenant: &TenantId,
-        events: &[(Seq, &UsageEvent)],
-    ) -> Result<(Vec<Owner>, f64), StoreError>;
+    /// and the write units spent. Claims of several tenants go together,
+    /// so a delivery's claims cost a call per 25, however many tenants.
+    async fn claim(&self, claims: &[Claim<'_>]) -> Result<(Vec<Owner>, f64), StoreError>;
 
     /// Adds `share` to `counter` if it holds no message from `share.first`
     /// on, and marks it as holding every message through `share.last`.
@@ -185,12 +190,72 @@ pub async fn count(
     day: BillingDay,
     messages: &Messages,
 ) -> Result<Counted, StoreError> {
+    let work = Work {
+        tenant,
+        day,
+        messages,
+    };
+    let mut counted = count_all(ledger, &[work]).await?;
+    counted.pop().unwrap_or_else(|| {
+        Err(StoreError::corrupt(
+            "usage table",
+            "no count for the tenant",
+        ))
+    })
+}
+
+/// One tenant's share of a delivery, to count.
+#[derive(Debug, Clone, Copy)]
+pub struct Work<'a> {
+    pub tenant: &'a TenantId,
+    pub day: BillingDay,
+    pub messages: &'a Messages,
+}
+
+/// Counts several tenants' messages of one delivery exactly once, as
+/// [`count`] does one's: their claims in shared calls (failing all of them
+/// on error), then each tenant's counters (failing only that tenant).
+pub async fn count_all(
+    ledger: &dyn Ledger,
+    work: &[Work<'_>],
+) -> Result<Vec<Result<Counted, StoreError>>, StoreError> {
+    let firsts: Vec<_> = work.iter().map(|w| first_copies(w.messages)).collect();
+    let claims: Vec<Claim> = work
+        .iter()
+        .zip(&firsts)
+        .flat_map(|(w, (claims, _))| {
+            claims.iter().map(|&(seq, event)| Claim {
+                tenant: w.tenant,
+                seq,
+                event,
+            })
+        })
+        .collect();
+    let (owners, units) = ledger.claim(&claims).await?;
+    // Every claim costs the same: each tenant is charged its claims' share.
+    let per_claim = units / claims.len().max(1) as f64;
+    let mut owners = owners.into_iter();
+    let tenants = work.iter().zip(&firsts).map(|(w, (claims, copies))| {
+        let owners: Vec<Owner> = owners.by_ref().take(claims.len()).collect();
+        tally(ledger, w, claims, copies, owners, per_claim)
+    });
+    Ok(futures_util::future::join_all(tenants).await)
+}
+
+/// Adds to its counters what one tenant's claims own.
+async fn tally(
+    ledger: &dyn Ledger,
+    work: &Work<'_>,
+    claims: &[(Seq, &UsageEvent)],
+    copies: &Copies<'_>,
+    owners: Vec<Owner>,
+    per_claim: f64,
+) -> Result<Counted, StoreError> {
+    let (tenant, day) = (work.tenant, work.day);
     let mut counted = Counted::default();
-    let (claims, copies) = first_copies(messages);
-    let received: usize = messages.iter().map(|(_, events)| events.len()).sum();
+    let received: usize = work.messages.iter().map(|(_, events)| events.len()).sum();
     counted.duplicates = (received - claims.len()) as u64;
-    let (owners, units) = ledger.claim(tenant, &claims).await?;
-    counted.write_units += units;
+    counted.write_units += per_claim * claims.len() as f64;
     let mut shares = Shares::new();
     for ((_, event), owner) in claims.iter().zip(owners) {
         // The owner's own copy: every attempt counts the same payload.
@@ -328,21 +393,17 @@ impl MemoryLedger {
 
 #[async_trait::async_trait]
 impl Ledger for MemoryLedger {
-    async fn claim(
-        &self,
-        tenant: &TenantId,
-        events: &[(Seq, &UsageEvent)],
-    ) -> Result<(Vec<Owner>, f64), StoreError> {
+    async fn claim(&self, claims: &[Claim<'_>]) -> Result<(Vec<Owner>, f64), StoreError> {
         self.outage.check("usage table")?;
-        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        let owners = events
+        let mut stored = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let owners = claims
             .iter()
-            .map(|(seq, event)| {
-                let key = (tenant.clone(), event.id.to_string());
-                Owner::Message(*claims.entry(key).or_insert(*seq))
+            .map(|claim| {
+                let key = (claim.tenant.clone(), claim.event.id.to_string());
+                Owner::Message(*stored.entry(key).or_insert(claim.seq))
             })
             .collect();
-        Ok((owners, events.len() as f64))
+        Ok((owners, claims.len() as f64))
     }
 
     async fn add(
@@ -468,20 +529,29 @@ mod tests {
             .collect()
     }
 
-    /// Fails every `add` after the first `adds`, as a crash mid-delivery.
+    /// Fails every `add` after the first `adds`, as a crash mid-delivery;
+    /// counts the claim calls.
     struct Crashing<'a> {
         inner: &'a MemoryLedger,
         adds: AtomicUsize,
+        claim_calls: AtomicUsize,
+    }
+
+    impl<'a> Crashing<'a> {
+        fn after(inner: &'a MemoryLedger, adds: usize) -> Self {
+            Self {
+                inner,
+                adds: AtomicUsize::new(adds),
+                claim_calls: AtomicUsize::new(0),
+            }
+        }
     }
 
     #[async_trait::async_trait]
     impl Ledger for Crashing<'_> {
-        async fn claim(
-            &self,
-            tenant: &TenantId,
-            events: &[(Seq, &UsageEvent)],
-        ) -> Result<(Vec<Owner>, f64), StoreError> {
-            self.inner.claim(tenant, events).await
+        async fn claim(&self, claims: &[Claim<'_>]) -> Result<(Vec<Owner>, f64), StoreError> {
+            self.claim_calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.claim(claims).await
         }
 
         async fn add(
@@ -623,10 +693,7 @@ mod tests {
         }
         for crash_after in 0..6 {
             let tenant = TenantId::generate();
-            let crashing = Crashing {
-                inner: &ledger,
-                adds: AtomicUsize::new(crash_after),
-            };
+            let crashing = Crashing::after(&ledger, crash_after);
             assert!(count(&crashing, &tenant, day(1), &delivery).await.is_err());
             // Redelivered as two deliveries, then all of it once more.
             count(&ledger, &tenant, day(1), &delivery[..2])
@@ -661,14 +728,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deliverys_tenants_claim_together_and_fail_apart() {
+        let ledger = MemoryLedger::default();
+        let (a, b) = (TenantId::generate(), TenantId::generate());
+        // The same event ids: claims are the tenant's own.
+        let (of_a, of_b) = (messages(1, 2, 3), messages(1, 1, 3));
+        let work = |tenant, messages| Work {
+            tenant,
+            day: day(1),
+            messages,
+        };
+        // A crash after a's two counters (one minute, one period).
+        let crashing = Crashing::after(&ledger, 2);
+        let counted = count_all(&crashing, &[work(&a, &of_a), work(&b, &of_b)])
+            .await
+            .unwrap();
+        assert_eq!(crashing.claim_calls.load(Ordering::SeqCst), 1);
+        let first = counted[0].as_ref().unwrap();
+        assert_eq!((first.events, first.write_units), (6, 8.0));
+        assert!(counted[1].is_err());
+        assert_eq!(total(&ledger, &a).events, 6);
+        assert_eq!(total(&ledger, &b).events, 0);
+        // b's messages are redelivered: its claims are its own, counted now.
+        let again = count(&ledger, &b, day(1), &of_b).await.unwrap();
+        assert_eq!((again.events, again.duplicates), (3, 0));
+        assert_eq!(total(&ledger, &b).events, 3);
+    }
+
+    #[tokio::test]
     async fn an_event_claimed_by_a_later_message_is_counted_by_that_message() {
         let ledger = MemoryLedger::default();
         let tenant = TenantId::generate();
         // An unfinished attempt claimed "x" for message 3 (a resend of it).
-        ledger
-            .claim(&tenant, &[(Seq(3), &event("x", "f", 4, AT))])
-            .await
-            .unwrap();
+        let x = event("x", "f", 4, AT);
+        let claim = Claim {
+            tenant: &tenant,
+            seq: Seq(3),
+            event: &x,
+        };
+        ledger.claim(&[claim]).await.unwrap();
         let delivery = vec![
             (Seq(1), vec![event("x", "f", 4, AT)]),
             (Seq(2), vec![event("y", "f", 1, AT)]),

@@ -302,6 +302,16 @@ pub trait TenantStore: Send + Sync {
 
     async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
 
+    /// The tenants of `ids` that exist, as one read where the store can
+    /// (the rollup reads a delivery's tenants at once).
+    async fn get_many(&self, ids: &[TenantId]) -> Result<Vec<Tenant>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(self.get(id).await?);
+        }
+        Ok(found)
+    }
+
     /// The tenant a key belongs to, if the key exists and has not expired.
     async fn tenant_of_key(
         &self,
