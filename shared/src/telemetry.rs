@@ -74,6 +74,7 @@ impl MetricUnit {
 pub struct Metrics {
     dimensions: Vec<(&'static str, String)>,
     values: Vec<(&'static str, MetricUnit, f64)>,
+    properties: Vec<(&'static str, String)>,
 }
 
 impl Metrics {
@@ -91,10 +92,18 @@ impl Metrics {
         self
     }
 
+    /// A field logged with the record but not a metric (EMF keeps it as a
+    /// log field): the record doubles as the request's log line, one write
+    /// instead of two.
+    pub fn property(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.properties.push((name, value.into()));
+        self
+    }
+
     /// The EMF document, timestamped `timestamp_ms` (Unix epoch milliseconds).
     pub fn render(&self, timestamp_ms: i64) -> Value {
         let mut root = Map::new();
-        for (name, value) in &self.dimensions {
+        for (name, value) in self.dimensions.iter().chain(&self.properties) {
             root.insert((*name).to_owned(), json!(value));
         }
         for (name, _, value) in &self.values {
@@ -139,11 +148,13 @@ mod tests {
             .dimension("Function", "rollup")
             .value("MessagesReceived", MetricUnit::Count, 3.0)
             .value("BatchLatency", MetricUnit::Milliseconds, 12.5)
+            .property("tenant", "t_1")
             .render(1_700_000_000_000);
         assert_eq!(
             doc,
             json!({
                 "Function": "rollup",
+                "tenant": "t_1",
                 "MessagesReceived": 3.0,
                 "BatchLatency": 12.5,
                 "_aws": {
