@@ -247,6 +247,7 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
     let from_dynamodb = harness
         .warm(&binary, "prices", &prices_env, &event, 50)
         .await?;
+    let floor = runtime_floor(&mut harness, &rig, &template, root).await?;
     let warm = |name: &str, answers: &[(Option<f64>, Option<f64>, f64)]| {
         let mut sample: Vec<f64> = answers.iter().map(|(_, _, end)| *end).collect();
         let [p50, p95, p99] = percentiles(&mut sample);
@@ -261,7 +262,7 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
          release profile, native {} build.\n\n{}\n\
          Warm `GET /api/prices?metal=gold` in one instance (invocation handed out → answer), \
          DynamoDB being the local emulator:\n\n\
-         | served from | requests | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n{}{}\n{arm64}",
+         | served from | requests | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n{}{}\n{floor}\n{arm64}",
         chrono::Utc::now().format("%Y-%m-%d"),
         machine(),
         std::env::consts::ARCH,
@@ -272,6 +273,46 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
     println!("{body}");
     write_section(root, "functions", &body)?;
     chat(root, &template, &rig, &mut harness).await
+}
+
+/// Warm invocations handed out back to back to one process.
+const FLOOR_INVOCATIONS: usize = 2000;
+
+/// CPU per warm invocation that makes no store call: what the runtime loop,
+/// the event's conversion and the answer cost before a function does its
+/// work (the floor under the load test's per-request CPU).
+async fn runtime_floor(
+    harness: &mut Harness,
+    rig: &Rig,
+    template: &Template,
+    root: &Path,
+) -> Result<String, String> {
+    let mut not_found = sample_event(root, "ingest-health")?;
+    not_found["rawPath"] = "/none".into();
+    not_found["requestContext"]["http"]["path"] = "/none".into();
+    let empty_delivery = serde_json::json!({"Records": []});
+    let mut rows = String::new();
+    for (function, what, event) in [
+        (
+            "ingest",
+            "an HTTP request answered without a store call (404)",
+            &not_found,
+        ),
+        ("rollup", "an empty SQS delivery", &empty_delivery),
+    ] {
+        let env = rig.env_of(&Rig::function(template, function)?)?;
+        let binary = release_dir(root).join(function);
+        let micros = harness
+            .cpu_per_invocation(&binary, function, &env, event, FLOOR_INVOCATIONS)
+            .await?;
+        rows.push_str(&format!("| {function} | {what} | {micros:.0} µs |\n"));
+    }
+    Ok(format!(
+        "CPU per warm invocation that makes no store call ({FLOOR_INVOCATIONS} handed back to \
+         back to one process through the local Runtime API, logs to /dev/null; the threads' \
+         run time less a process handed one): the floor under every request's CPU in \
+         `make loadtest`.\n\n| function | invocation | CPU |\n|---|---|---:|\n{rows}"
+    ))
 }
 
 /// Only the chat figures (`make bench-chat`): the release `chat-stream`

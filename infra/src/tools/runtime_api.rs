@@ -323,9 +323,29 @@ impl Harness {
         count: usize,
     ) -> Result<Vec<Answer>, String> {
         let events = std::iter::repeat_n(event.clone(), count + 1).collect();
-        let mut answers = self.answers(binary, name, env, events, None).await?;
+        let (mut answers, _) = self.answers(binary, name, env, events, None).await?;
         answers.remove(0);
         Ok(answers)
+    }
+
+    /// The CPU time of one warm invocation with `event`, in µs: a process
+    /// handed it `count + 1` times, less one handed it once (its start and
+    /// cold invocation), by the kernel's run time of the process's threads.
+    pub async fn cpu_per_invocation(
+        &mut self,
+        binary: &Path,
+        name: &str,
+        env: &[(String, String)],
+        event: &Value,
+        count: usize,
+    ) -> Result<f64, String> {
+        let mut cpu = Vec::with_capacity(2);
+        for handed in [1, count + 1] {
+            let events = std::iter::repeat_n(event.clone(), handed).collect();
+            let (_, used) = self.answers(binary, name, env, events, None).await?;
+            cpu.push(used.ok_or_else(|| format!("{name}: its CPU time cannot be read"))?);
+        }
+        Ok(cpu[1].saturating_sub(cpu[0]).as_secs_f64() * 1e6 / count.max(1) as f64)
     }
 
     /// One process with `AWS_LAMBDA_MAX_CONCURRENCY=count`, handed `count`
@@ -346,12 +366,14 @@ impl Harness {
         ));
         let events = std::iter::repeat_n(event.clone(), count).collect();
         let barrier = Arc::new(Barrier::new(count));
-        self.answers(binary, name, &env, events, Some(barrier))
-            .await
+        let (answers, _) = self
+            .answers(binary, name, &env, events, Some(barrier))
+            .await?;
+        Ok(answers)
     }
 
     /// One process handed `events` (held by `barrier`, if any): an answer
-    /// to each, in the order they came.
+    /// to each, in the order they came, and the CPU time it used.
     async fn answers(
         &mut self,
         binary: &Path,
@@ -359,16 +381,29 @@ impl Harness {
         env: &[(String, String)],
         events: Vec<Value>,
         barrier: Option<Arc<Barrier>>,
-    ) -> Result<Vec<Answer>, String> {
+    ) -> Result<(Vec<Answer>, Option<Duration>), String> {
         let count = events.len();
         let mut child = self.spawn(binary, name, env, events, barrier)?;
         let mut answers = Vec::with_capacity(count);
         for _ in 0..count {
             answers.push(self.answer(name).await?);
         }
+        let cpu = child.id().and_then(cpu_time);
         let _ = child.kill().await;
-        Ok(answers)
+        Ok((answers, cpu))
     }
+}
+
+/// The run time of a live process's threads (`schedstat`: nanoseconds,
+/// where `stat` counts 10 ms ticks).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Some(Duration::from_nanos(nanos))
 }
 
 /// A duration in milliseconds.
