@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 EMULATOR ?= ministack
 export INGOT_EMULATOR := $(EMULATOR)
 
-.PHONY: help venv browser dev trigger test lint unit template-check iam-check package package-check arm64-toolchain bench bench-chat loadtest fuzz deploy destroy redrive branch clean
+.PHONY: help venv browser dev trigger test lint unit template-check iam-check package package-check arm64-toolchain bench bench-chat bench-floor loadtest fuzz deploy destroy redrive branch clean
 
 # Stage for deploy/destroy/redrive: dev, staging, prod (samconfig.toml), or
 # an ephemeral one such as pr-123. `local` is make dev's stack, in the emulator.
@@ -32,6 +32,7 @@ help:
 	@echo "make package-check [FUNCTION=rollup]    package, then boot each arm64 bootstrap under qemu with its sample event"
 	@echo "make bench    binary sizes (x86_64 and arm64), cold init, peak RSS -> docs/perf.md"
 	@echo "make bench-chat  the chat proxy's time to first byte alone -> docs/perf.md"
+	@echo "make bench-floor the runtime's CPU floor per warm invocation -> docs/perf.md"
 	@echo "make loadtest open-loop load against a running make dev (or a deployed stage), exact-count check -> docs/perf.md"
 	@echo "make dev|test EMULATOR=moto   on moto instead of ministack (its conformance scaling case fails: docs/local-cloud.md)"
 	@echo "make fuzz     schemathesis against a running make dev, from docs/openapi.yaml -> docs/reliability.md"
@@ -119,6 +120,12 @@ FUNCTIONS := prices price-fetch chat-stream ingest rollup usage
 bench: venv package
 	for f in $(FUNCTIONS); do cargo build --release --locked --quiet --bin $$f; done
 	cargo run --quiet --locked -p ingot-infra -- bench
+
+# The runtime's CPU floor alone: release ingest and rollup handed
+# invocations that make no store call.
+bench-floor:
+	for f in ingest rollup; do cargo build --release --locked --quiet --bin $$f; done
+	cargo run --quiet --locked -p ingot-infra -- bench floor
 
 # The chat figures alone (release chat-stream through the Runtime API).
 bench-chat:

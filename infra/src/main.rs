@@ -4,7 +4,8 @@
 //! - `infra sandbox <program>`: one function instance with its Lambda
 //!   limits (cargo's runner under `make dev`);
 //! - `infra trigger <function>`: fire a scheduled function now;
-//! - `infra bench`: size, cold start and memory of each function (`make bench`);
+//! - `infra bench`: size, cold start and memory of each function (`make bench`;
+//!   `bench chat`, `bench floor`: one part of it);
 //! - `infra package-check [<function>...]`: boot the arm64 artifacts of
 //!   `sam build` under qemu (`make package-check`);
 //! - `infra loadtest`: load against a running `make dev` (`make loadtest`);
@@ -18,7 +19,7 @@ use infra::cloud::dev::{self, DevOptions, Log};
 use infra::cloud::schedule;
 use infra::cloud::template::Template;
 
-const USAGE: &str = "usage: infra dev | trigger <function> | bench [chat] | package-check [<function>...] | loadtest | redrive <stage> | branch <from> <to> [<time>]";
+const USAGE: &str = "usage: infra dev | trigger <function> | bench [chat | floor] | package-check [<function>...] | loadtest | redrive <stage> | branch <from> <to> [<time>]";
 
 // One thread: the local cloud's hops are small, and cross-thread wake-ups cost
 // more than they do (each sandbox is its own process).
@@ -82,6 +83,7 @@ async fn main() -> ExitCode {
             }
         }
         ["bench", "chat"] => infra::tools::bench::run_chat(&root).await,
+        ["bench", "floor"] => infra::tools::bench::run_floor(&root).await,
         ["bench"] => {
             let runs = std::env::var("INGOT_BENCH_RUNS")
                 .ok()
