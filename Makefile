@@ -119,13 +119,13 @@ package-check: package
 FUNCTIONS := prices price-fetch chat-stream ingest rollup usage
 bench: venv package
 	for f in $(FUNCTIONS); do cargo build --release --locked --quiet --bin $$f; done
-	cargo run --quiet --locked -p ingot-infra -- bench
+	cargo run --quiet --locked --release -p ingot-infra -- bench
 
 # The runtime's CPU floor alone: release ingest and rollup handed
 # invocations that make no store call.
 bench-floor:
 	for f in ingest rollup; do cargo build --release --locked --quiet --bin $$f; done
-	cargo run --quiet --locked -p ingot-infra -- bench floor
+	cargo run --quiet --locked --release -p ingot-infra -- bench floor
 
 # The chat figures alone (release chat-stream through the Runtime API).
 bench-chat:

@@ -327,12 +327,119 @@ async fn runtime_floor(
             .await?;
         rows.push_str(&format!("| {function} | {what} | {micros:.0} µs |\n"));
     }
+    let (sdk, bare) = call_costs(rig).await?;
     Ok(format!(
         "CPU per warm invocation that makes no store call ({FLOOR_INVOCATIONS} handed back to \
          back to one process through the local Runtime API, logs to /dev/null; the threads' \
          run time less a process handed one): the floor under every request's CPU in \
-         `make loadtest`.\n\n| function | invocation | CPU |\n|---|---|---:|\n{rows}"
+         `make loadtest`.\n\n| function | invocation | CPU |\n|---|---|---:|\n{rows}\n\
+         What one store call adds, client side: an SQS `SendMessageBatch` of one message to \
+         the emulator, {CALLS} in a row on a thread of their own (its run time):\n\n\
+         | made through | CPU per call |\n|---|---:|\n\
+         | the AWS SDK, as the functions make it | {sdk:.0} µs |\n\
+         | a bare HTTP request (hyper; the same JSON, unsigned: the emulator checks no \
+         signature) | {bare:.0} µs |\n"
     ))
+}
+
+/// Calls per client in [`call_costs`].
+const CALLS: usize = 1000;
+
+/// The client-side CPU, in µs, of one `SendMessageBatch` through the SDK
+/// and as a bare HTTP request, each measured on a thread of its own.
+async fn call_costs(rig: &Rig) -> Result<(f64, f64), String> {
+    let aws = rig.aws.clone();
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let queue = sqs
+        .create_queue()
+        .queue_name("ingot-bench-calls.fifo")
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .queue_url
+        .ok_or("the bench queue has no URL")?;
+    let endpoint = aws.endpoint_url().ok_or("no emulator endpoint")?.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let sdk = per_call(|i| {
+                let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id("0")
+                    .message_body("{}")
+                    .message_group_id("bench")
+                    .message_deduplication_id(format!("sdk-{i}"))
+                    .build();
+                let request = sqs.send_message_batch().queue_url(&queue);
+                async move {
+                    let entry = entry.map_err(|e| e.to_string())?;
+                    request
+                        .entries(entry)
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(())
+                }
+            })
+            .await?;
+            let http =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<axum::body::Bytes>>();
+            let bare = per_call(|i| {
+                let body = serde_json::json!({"QueueUrl": queue, "Entries": [{
+                    "Id": "0", "MessageBody": "{}", "MessageGroupId": "bench",
+                    "MessageDeduplicationId": format!("bare-{i}"),
+                }]});
+                let request = axum::http::Request::post(&endpoint)
+                    .header("content-type", "application/x-amz-json-1.0")
+                    .header("x-amz-target", "AmazonSQS.SendMessageBatch")
+                    .body(http_body_util::Full::new(axum::body::Bytes::from(
+                        body.to_string(),
+                    )));
+                let http = http.clone();
+                async move {
+                    let request = request.map_err(|e| e.to_string())?;
+                    let response = http.request(request).await.map_err(|e| e.to_string())?;
+                    let status = response.status();
+                    http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    status
+                        .is_success()
+                        .then_some(())
+                        .ok_or_else(|| format!("bare SendMessageBatch: {status}"))
+                }
+            })
+            .await?;
+            Ok((sdk, bare))
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// CPU per call of [`CALLS`] calls of `call`, in µs, by this thread's run
+/// time (`schedstat`, nanoseconds).
+async fn per_call<F, Fut>(call: F) -> Result<f64, String>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let run_time = || {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .ok_or("this thread's run time cannot be read")
+    };
+    call(0).await?;
+    let before = run_time()?;
+    for i in 1..=CALLS {
+        call(i).await?;
+    }
+    Ok((run_time()? - before) / 1000.0 / CALLS as f64)
 }
 
 /// Only the chat figures (`make bench-chat`): the release `chat-stream`
