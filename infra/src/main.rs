@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use infra::cloud::dev::{self, DevOptions, Log};
 use infra::cloud::schedule;
 use infra::cloud::template::Template;
+use infra::tools::bench;
 
 const USAGE: &str = "usage: infra dev | trigger <function> | bench [chat | floor] | package-check [<function>...] | loadtest | redrive <stage> | branch <from> <to> [<time>]";
 
@@ -82,14 +83,14 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        ["bench", "chat"] => infra::tools::bench::run_chat(&root).await,
-        ["bench", "floor"] => infra::tools::bench::run_floor(&root).await,
+        ["bench", "chat"] => bench::run_part(&root, bench::Part::Chat).await,
+        ["bench", "floor"] => bench::run_part(&root, bench::Part::Floor).await,
         ["bench"] => {
             let runs = std::env::var("INGOT_BENCH_RUNS")
                 .ok()
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(20);
-            infra::tools::bench::run(&root, runs).await
+            bench::run(&root, runs).await
         }
         ["package-check", only @ ..] => {
             let only: Vec<String> = only.iter().map(|f| (*f).to_owned()).collect();

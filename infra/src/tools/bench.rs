@@ -275,13 +275,25 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
     chat(root, &template, &rig, &mut harness).await
 }
 
-/// Only the runtime's floor (`make bench-floor`): the release `ingest` and
-/// `rollup` binaries.
-pub async fn run_floor(root: &Path) -> Result<(), String> {
+/// A part of the bench that runs on its own.
+#[derive(Debug, Clone, Copy)]
+pub enum Part {
+    /// `make bench-chat`: the release `chat-stream` binary.
+    Chat,
+    /// `make bench-floor`: the release `ingest` and `rollup` binaries.
+    Floor,
+}
+
+/// One part of the bench alone: a minute, not the whole bench's twenty.
+pub async fn run_part(root: &Path, part: Part) -> Result<(), String> {
     let template =
         Template::load(&root.join("template.yaml").to_string_lossy()).map_err(|e| e.to_string())?;
     let rig = Rig::start(root, &template, "ingot-bench").await?;
-    floor(root, &template, &rig, &mut Harness::start().await?).await
+    let mut harness = Harness::start().await?;
+    match part {
+        Part::Chat => chat(root, &template, &rig, &mut harness).await,
+        Part::Floor => floor(root, &template, &rig, &mut harness).await,
+    }
 }
 
 async fn floor(
@@ -440,15 +452,6 @@ where
         call(i).await?;
     }
     Ok((run_time()? - before) / 1000.0 / CALLS as f64)
-}
-
-/// Only the chat figures (`make bench-chat`): the release `chat-stream`
-/// binary, not the whole bench.
-pub async fn run_chat(root: &Path) -> Result<(), String> {
-    let template =
-        Template::load(&root.join("template.yaml").to_string_lossy()).map_err(|e| e.to_string())?;
-    let rig = Rig::start(root, &template, "ingot-bench").await?;
-    chat(root, &template, &rig, &mut Harness::start().await?).await
 }
 
 async fn chat(

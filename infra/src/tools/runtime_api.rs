@@ -322,10 +322,23 @@ impl Harness {
         event: &Value,
         count: usize,
     ) -> Result<Vec<Answer>, String> {
-        let events = std::iter::repeat_n(event.clone(), count + 1).collect();
-        let (mut answers, _) = self.answers(binary, name, env, events, None).await?;
+        let (mut answers, _) = self.repeated(binary, name, env, event, count + 1).await?;
         answers.remove(0);
         Ok(answers)
+    }
+
+    /// One process handed `event` `times` times, one after another: its
+    /// answers and the CPU time it used.
+    async fn repeated(
+        &mut self,
+        binary: &Path,
+        name: &str,
+        env: &[(String, String)],
+        event: &Value,
+        times: usize,
+    ) -> Result<(Vec<Answer>, Option<Duration>), String> {
+        let events = std::iter::repeat_n(event.clone(), times).collect();
+        self.answers(binary, name, env, events, None).await
     }
 
     /// The CPU time of one warm invocation with `event`, in µs: a process
@@ -340,9 +353,8 @@ impl Harness {
         count: usize,
     ) -> Result<f64, String> {
         let mut cpu = Vec::with_capacity(2);
-        for handed in [1, count + 1] {
-            let events = std::iter::repeat_n(event.clone(), handed).collect();
-            let (_, used) = self.answers(binary, name, env, events, None).await?;
+        for times in [1, count + 1] {
+            let (_, used) = self.repeated(binary, name, env, event, times).await?;
             cpu.push(used.ok_or_else(|| format!("{name}: its CPU time cannot be read"))?);
         }
         Ok(cpu[1].saturating_sub(cpu[0]).as_secs_f64() * 1e6 / count.max(1) as f64)
