@@ -196,6 +196,32 @@ async fn an_unknown_tenants_messages_are_retried_not_dropped() {
     assert_eq!(failed(&response), ["m1"]);
 }
 
+/// A delivery's tenants are read at once: an unknown one among them is
+/// retried alone, and a tenants table that cannot be read retries them all.
+#[tokio::test]
+async fn tenants_are_read_together_and_fail_together() {
+    let rollup = rollup();
+    let acme = tenant(&rollup, 1_000_000).await;
+    let ghost = TenantId::generate();
+    let mixed = || {
+        delivery(vec![
+            message("m1", &pack(&acme.id, &events("a", 1, 5))[0]),
+            message("m2", &pack(&ghost, &events("g", 1, 5))[0]),
+        ])
+    };
+    rollup.tenants.outage.begin();
+    let response = handle(&rollup.service, mixed()).await.unwrap();
+    let mut all = failed(&response);
+    all.sort();
+    assert_eq!(all, ["m1", "m2"]);
+    rollup.tenants.outage.end();
+    assert_eq!(period_total(&rollup, &acme.id).await, 0);
+
+    let response = handle(&rollup.service, mixed()).await.unwrap();
+    assert_eq!(failed(&response), ["m2"]);
+    assert_eq!(period_total(&rollup, &acme.id).await, 5);
+}
+
 /// Events a deleted tenant sent before its keys stopped are acknowledged
 /// and not counted: retrying them could never succeed.
 #[tokio::test]
