@@ -130,7 +130,7 @@ bench-floor:
 # The chat figures alone (release chat-stream through the Runtime API).
 bench-chat:
 	cargo build --release --locked --quiet --bin chat-stream
-	cargo run --quiet --locked -p ingot-infra -- bench chat
+	cargo run --quiet --locked --release -p ingot-infra -- bench chat
 
 # Needs `make dev` running (ideally `make dev RELEASE=1`, so CPU figures are
 # of optimised code), or a deployed stage (LOADTEST_INGEST_URL,
