@@ -128,9 +128,10 @@ pub(crate) async fn query_all(
     }
 }
 
-/// The items of `keys` that exist in `table`, 100 keys per `BatchGetItem`,
-/// following unprocessed keys. `wanted` sets the read's consistency and
-/// projection.
+/// The items of `keys` that exist in `table`, 100 keys per `BatchGetItem`.
+/// Keys DynamoDB leaves unprocessed (under load) are asked for again, up to
+/// five times; then the read fails as unavailable. `wanted` sets the read's
+/// consistency and projection.
 pub(crate) async fn batch_get(
     store: &'static str,
     client: &aws_sdk_dynamodb::Client,
@@ -138,25 +139,38 @@ pub(crate) async fn batch_get(
     keys: Vec<HashMap<String, AttributeValue>>,
     wanted: aws_sdk_dynamodb::types::builders::KeysAndAttributesBuilder,
 ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    const ASKS_AGAIN: usize = 5;
     let mut found = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(100) {
-        let request = wanted
+        let mut request = wanted
             .clone()
             .set_keys(Some(chunk.to_vec()))
             .build()
             .map_err(|e| StoreError::corrupt(store, e))?;
-        let mut pending = HashMap::from([(table.to_owned(), request)]);
-        while !pending.is_empty() {
+        for attempt in 0.. {
             let out = client
                 .batch_get_item()
-                .set_request_items(Some(pending))
+                .request_items(table, request)
                 .send()
                 .await
                 .map_err(|e| failed(store, "BatchGetItem", &e))?;
-            if let Some(mut responses) = out.responses {
-                found.extend(responses.remove(table).unwrap_or_default());
+            found.extend(
+                out.responses
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|(_, items)| items),
+            );
+            match out.unprocessed_keys.and_then(|mut u| u.remove(table)) {
+                Some(rest) if !rest.keys.is_empty() && attempt < ASKS_AGAIN => request = rest,
+                Some(rest) if !rest.keys.is_empty() => {
+                    return Err(StoreError::Unavailable {
+                        store,
+                        operation: "BatchGetItem",
+                        message: "keys left unprocessed".into(),
+                    });
+                }
+                _ => break,
             }
-            pending = out.unprocessed_keys.unwrap_or_default();
         }
     }
     Ok(found)

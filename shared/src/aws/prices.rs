@@ -13,7 +13,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 
 use super::{
-    applied, failed, from_item, is_condition_failure, n, put_item, put_new, query_all, s, to_item,
+    applied, batch_get, failed, from_item, is_condition_failure, n, put_item, put_new, query_all,
+    s, to_item,
 };
 use crate::metering::types::TenantId;
 use crate::prices::alerts::{PriceAlert, PriceAlerts};
@@ -374,42 +375,18 @@ impl PriceAlerts for DynamoPrices {
                 keys.push(alert_key(pointer.metal, &pointer.currency, &id));
             }
         }
-        let mut alerts = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            let mut wanted = KeysAndAttributes::builder()
-                .set_keys(Some(chunk.to_vec()))
-                .build()
-                .map_err(|e| StoreError::corrupt(STORE, e))?;
-            // BatchGetItem may leave keys unprocessed under load: ask again.
-            for attempt in 0.. {
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, wanted.clone())
-                    .send()
-                    .await
-                    .map_err(|e| failed(STORE, "BatchGetItem", &e))?;
-                for item in out
-                    .responses
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|(_, items)| items)
-                {
-                    alerts.push(from_item::<PriceAlert>(STORE, item)?);
-                }
-                match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
-                    Some(rest) if !rest.keys.is_empty() && attempt < 5 => wanted = rest,
-                    Some(rest) if !rest.keys.is_empty() => {
-                        return Err(StoreError::Unavailable {
-                            store: STORE,
-                            operation: "BatchGetItem",
-                            message: "keys left unprocessed".into(),
-                        });
-                    }
-                    _ => break,
-                }
-            }
-        }
+        let items = batch_get(
+            STORE,
+            &self.client,
+            &self.table,
+            keys,
+            KeysAndAttributes::builder(),
+        )
+        .await?;
+        let mut alerts = items
+            .into_iter()
+            .map(|item| from_item::<PriceAlert>(STORE, item))
+            .collect::<Result<Vec<_>, _>>()?;
         alerts.sort_by_key(|a| a.created_at);
         Ok(alerts)
     }
