@@ -4,11 +4,10 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::TimeDelta;
 
-use super::{failed, is_condition_failure, n, s};
+use super::{failed, is_condition_failure, n, refused_item, s};
 use crate::chat::budget::{Budgets, Hold, Stored, StoredWindow, WindowSlot};
 use crate::metering::period::BillingPeriod;
 use crate::metering::types::TenantId;
@@ -113,10 +112,7 @@ impl Budgets for DynamoBudgets {
         match result {
             Ok(out) => Ok(Hold::Held(counts(&out.attributes.unwrap_or_default()))),
             Err(e) if is_condition_failure(&e) => {
-                let old = match e.into_service_error() {
-                    UpdateItemError::ConditionalCheckFailedException(e) => e.item,
-                    _ => None,
-                };
+                let old = refused_item(e);
                 Ok(Hold::Failed(
                     old.filter(|item| item.contains_key("held"))
                         .map(|item| Stored {

@@ -4,14 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, KeysAndAttributes,
     ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
 };
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{batch_get, failed, is_condition_failure, n, query_all, s};
+use super::{batch_get, failed, is_condition_failure, n, query_all, refused_item, s};
 use crate::metering::rollup::{Added, Claim, Counter, Ledger, Owner, Share};
 use crate::metering::types::{TenantId, UsageEvent};
 use crate::metering::usage::{MINUTE_RETENTION, MinuteUsage, PeriodUsage, UsageReader};
@@ -284,10 +283,7 @@ impl Ledger for DynamoLedger {
                 tokens: out.attributes().map_or(0, |item| number(item, "tokens")),
             }),
             Err(e) if is_condition_failure(&e) => {
-                let old = match e.into_service_error() {
-                    UpdateItemError::ConditionalCheckFailedException(e) => e.item,
-                    _ => None,
-                };
+                let old = refused_item(e);
                 let through = old
                     .as_ref()
                     .and_then(|item| text(item, "through").parse().ok())

@@ -19,6 +19,9 @@ use std::collections::HashMap;
 
 use aws_config::BehaviorVersion;
 pub use aws_config::SdkConfig;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 
@@ -50,6 +53,17 @@ where
     error
         .as_service_error()
         .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException"))
+}
+
+/// The item a refused `UpdateItem` found, if it asked for it
+/// (`ReturnValuesOnConditionCheckFailure::AllOld`).
+pub(crate) fn refused_item(
+    error: SdkError<UpdateItemError, HttpResponse>,
+) -> Option<HashMap<String, AttributeValue>> {
+    match error.into_service_error() {
+        UpdateItemError::ConditionalCheckFailedException(e) => e.item,
+        _ => None,
+    }
 }
 
 /// A conditional write's outcome: `true` if it was applied, `false` if its

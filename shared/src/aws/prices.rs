@@ -10,11 +10,9 @@ use aws_sdk_dynamodb::types::{
 };
 use chrono::{DateTime, NaiveDate, Utc};
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-
 use super::{
     applied, batch_get, failed, from_item, is_condition_failure, n, put_item, put_new, query_all,
-    s, to_item,
+    refused_item, s, to_item,
 };
 use crate::metering::types::TenantId;
 use crate::prices::alerts::{PriceAlert, PriceAlerts};
@@ -144,10 +142,7 @@ impl DynamoPrices {
         let item = match latest {
             Ok(out) => out.attributes.unwrap_or_default(),
             Err(e) if is_condition_failure(&e) => {
-                let old = match e.into_service_error() {
-                    UpdateItemError::ConditionalCheckFailedException(e) => e.item,
-                    _ => None,
-                };
+                let old = refused_item(e);
                 let earlier = old
                     .as_ref()
                     .and_then(|i| i.get("open_ts"))

@@ -4,11 +4,10 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::{DateTime, Utc};
 
-use super::{failed, is_condition_failure, n, s};
+use super::{failed, is_condition_failure, n, refused_item, s};
 use crate::ratelimit::{RateCounter, Slot};
 use crate::store::StoreError;
 
@@ -79,10 +78,7 @@ impl RateCounter for DynamoRateCounter {
         match result {
             Ok(out) => Ok(Ok(counts(out.attributes.as_ref(), slots))),
             Err(e) if is_condition_failure(&e) => {
-                let old = match e.into_service_error() {
-                    UpdateItemError::ConditionalCheckFailedException(e) => e.item,
-                    _ => None,
-                };
+                let old = refused_item(e);
                 Ok(Err(counts(old.as_ref(), slots)))
             }
             Err(e) => Err(failed(STORE, "UpdateItem", &e)),
