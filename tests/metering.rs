@@ -3,18 +3,15 @@
 //! queries; every bad-input class; exactly-once under resends, redelivery
 //! and a consumer failure mid-batch.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use chrono::{DateTime, TimeDelta, Utc};
 use http::StatusCode;
 use serde_json::json;
 use shared::aws::ledger::DynamoLedger;
-use shared::metering::rollup::{Added, Claim, Counter, Ledger, Owner, Seq, Share, count};
+use shared::metering::rollup::{Crashing, Seq, count};
 use shared::metering::types::{
     BillingDay, EventBatch, EventId, Feature, TenantId, Tokens, UsageEvent,
 };
 use shared::metering::usage::UsageReader;
-use shared::store::StoreError;
 use support::metering::{drain, fixture, post_events, pump, tenant, usage_of};
 use support::{call, request, send};
 
@@ -678,41 +675,6 @@ async fn a_deleted_tenants_key_stops_and_its_queued_events_are_dropped() {
     );
 }
 
-/// The DynamoDB ledger, failing its `fail_at`-th counter write as a crash
-/// would (claims go through).
-struct CrashingLedger {
-    inner: DynamoLedger,
-    adds: AtomicUsize,
-    fail_at: usize,
-}
-
-#[async_trait::async_trait]
-impl Ledger for CrashingLedger {
-    async fn claim(&self, claims: &[Claim<'_>]) -> Result<(Vec<Owner>, f64), StoreError> {
-        self.inner.claim(claims).await
-    }
-
-    async fn add(
-        &self,
-        tenant: &TenantId,
-        counter: &Counter,
-        share: &Share,
-    ) -> Result<Added, StoreError> {
-        if self.adds.fetch_add(1, Ordering::SeqCst) + 1 >= self.fail_at {
-            return Err(StoreError::Unavailable {
-                store: "usage table",
-                operation: "UpdateItem",
-                message: "simulated crash".into(),
-            });
-        }
-        Ok(self
-            .inner
-            .add(tenant, counter, share)
-            .await
-            .expect("emulator"))
-    }
-}
-
 #[tokio::test]
 async fn a_consumer_failure_mid_batch_loses_and_doubles_nothing() {
     let f = fixture().await;
@@ -741,11 +703,7 @@ async fn a_consumer_failure_mid_batch_loses_and_doubles_nothing() {
     let day = BillingDay::try_from(1).unwrap();
 
     // The first delivery crashes after one counter was written...
-    let crashing = CrashingLedger {
-        inner: ledger.clone(),
-        adds: AtomicUsize::new(0),
-        fail_at: 2,
-    };
+    let crashing = Crashing::after(&ledger, 1);
     assert!(count(&crashing, &tenant_id, day, &messages).await.is_err());
     // ...the redelivery comes regrouped, and a client resends message 0.
     let counted = count(&ledger, &tenant_id, day, &messages[..2])

@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
@@ -430,6 +431,46 @@ impl Ledger for MemoryLedger {
     }
 }
 
+/// Any ledger whose counter writes fail after the first `adds`, as a crash
+/// mid-delivery would (claims go through); it counts its claim calls. The
+/// double for exactly-once tests, over memory or the emulator.
+pub struct Crashing<'a> {
+    inner: &'a dyn Ledger,
+    adds: AtomicUsize,
+    pub claim_calls: AtomicUsize,
+}
+
+impl<'a> Crashing<'a> {
+    pub fn after(inner: &'a dyn Ledger, adds: usize) -> Self {
+        Self {
+            inner,
+            adds: AtomicUsize::new(adds),
+            claim_calls: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for Crashing<'_> {
+    async fn claim(&self, claims: &[Claim<'_>]) -> Result<(Vec<Owner>, f64), StoreError> {
+        self.claim_calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim(claims).await
+    }
+
+    async fn add(
+        &self,
+        tenant: &TenantId,
+        counter: &Counter,
+        share: &Share,
+    ) -> Result<Added, StoreError> {
+        if self.adds.fetch_sub(1, Ordering::SeqCst) == 0 {
+            self.adds.store(0, Ordering::SeqCst);
+            return Err(StoreError::corrupt("usage table", "a crash on purpose"));
+        }
+        self.inner.add(tenant, counter, share).await
+    }
+}
+
 #[async_trait::async_trait]
 impl UsageReader for MemoryLedger {
     async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
@@ -488,8 +529,6 @@ impl UsageReader for MemoryLedger {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
     use crate::metering::types::Tokens;
 
@@ -527,45 +566,6 @@ mod tests {
                 (Seq(m), events)
             })
             .collect()
-    }
-
-    /// Fails every `add` after the first `adds`, as a crash mid-delivery;
-    /// counts the claim calls.
-    struct Crashing<'a> {
-        inner: &'a MemoryLedger,
-        adds: AtomicUsize,
-        claim_calls: AtomicUsize,
-    }
-
-    impl<'a> Crashing<'a> {
-        fn after(inner: &'a MemoryLedger, adds: usize) -> Self {
-            Self {
-                inner,
-                adds: AtomicUsize::new(adds),
-                claim_calls: AtomicUsize::new(0),
-            }
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl Ledger for Crashing<'_> {
-        async fn claim(&self, claims: &[Claim<'_>]) -> Result<(Vec<Owner>, f64), StoreError> {
-            self.claim_calls.fetch_add(1, Ordering::SeqCst);
-            self.inner.claim(claims).await
-        }
-
-        async fn add(
-            &self,
-            tenant: &TenantId,
-            counter: &Counter,
-            share: &Share,
-        ) -> Result<Added, StoreError> {
-            if self.adds.fetch_sub(1, Ordering::SeqCst) == 0 {
-                self.adds.store(0, Ordering::SeqCst);
-                return Err(StoreError::corrupt("usage table", "a crash on purpose"));
-            }
-            self.inner.add(tenant, counter, share).await
-        }
     }
 
     #[tokio::test]
