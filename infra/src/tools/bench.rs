@@ -495,7 +495,7 @@ async fn chat_ttfb(
     rig.anthropic_key(&env).await?;
     let event = rig.chat_event(root, "bench-user")?;
     let sent_before = rig.upstream.first_deltas().len();
-    let answers = harness
+    let (answers, _) = harness
         .warm_answers(
             &release_dir(root).join("chat-stream"),
             "chat-stream",

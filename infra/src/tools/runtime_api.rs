@@ -299,6 +299,7 @@ impl Harness {
     ) -> Result<Vec<(Option<f64>, Option<f64>, f64)>, String> {
         self.warm_answers(binary, name, env, event, count)
             .await?
+            .0
             .into_iter()
             .map(|answer| {
                 let handed = answer.handed.ok_or("no event handed")?;
@@ -313,7 +314,8 @@ impl Harness {
     }
 
     /// One process answering `count + 1` invocations with `event`, one
-    /// after another: the answers but the first (cold) one.
+    /// after another: the answers but the first (cold) one, and the CPU
+    /// time the process used in all.
     pub async fn warm_answers(
         &mut self,
         binary: &Path,
@@ -321,24 +323,11 @@ impl Harness {
         env: &[(String, String)],
         event: &Value,
         count: usize,
-    ) -> Result<Vec<Answer>, String> {
-        let (mut answers, _) = self.repeated(binary, name, env, event, count + 1).await?;
-        answers.remove(0);
-        Ok(answers)
-    }
-
-    /// One process handed `event` `times` times, one after another: its
-    /// answers and the CPU time it used.
-    async fn repeated(
-        &mut self,
-        binary: &Path,
-        name: &str,
-        env: &[(String, String)],
-        event: &Value,
-        times: usize,
     ) -> Result<(Vec<Answer>, Option<Duration>), String> {
-        let events = std::iter::repeat_n(event.clone(), times).collect();
-        self.answers(binary, name, env, events, None).await
+        let events = std::iter::repeat_n(event.clone(), count + 1).collect();
+        let (mut answers, cpu) = self.answers(binary, name, env, events, None).await?;
+        answers.remove(0);
+        Ok((answers, cpu))
     }
 
     /// The CPU time of one warm invocation with `event`, in µs: a process
@@ -353,8 +342,8 @@ impl Harness {
         count: usize,
     ) -> Result<f64, String> {
         let mut cpu = Vec::with_capacity(2);
-        for times in [1, count + 1] {
-            let (_, used) = self.repeated(binary, name, env, event, times).await?;
+        for warm in [0, count] {
+            let (_, used) = self.warm_answers(binary, name, env, event, warm).await?;
             cpu.push(used.ok_or_else(|| format!("{name}: its CPU time cannot be read"))?);
         }
         Ok(cpu[1].saturating_sub(cpu[0]).as_secs_f64() * 1e6 / count.max(1) as f64)
