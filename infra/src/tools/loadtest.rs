@@ -20,6 +20,7 @@
 //! metrics; figures go to docs/perf.md.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,14 +80,20 @@ impl LoadOptions {
     /// From `LOADTEST_*`; `local` is used unless `LOADTEST_INGEST_URL`,
     /// `LOADTEST_USAGE_URL` and `LOADTEST_ADMIN_TOKEN` name a deployed stage.
     pub fn from_env(local: Target) -> Result<Self, String> {
-        let number = |name: &str, default: u64| match std::env::var(name) {
-            Ok(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{name}={v:?} is not a positive number")),
-            Err(_) => Ok(default),
-        };
+        // A number in `range` (`what` says which), or `default` when unset.
+        let within =
+            |name: &str, default: u64, range: RangeInclusive<u64>, what: &str| match std::env::var(
+                name,
+            ) {
+                Ok(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| format!("{name}={v:?} is not {what}")),
+                Err(_) => Ok(default),
+            };
+        let number =
+            |name: &str, default: u64| within(name, default, 1..=u64::MAX, "a positive number");
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let target = match (
             var("LOADTEST_INGEST_URL"),
@@ -120,14 +127,7 @@ impl LoadOptions {
             tenants: number("LOADTEST_TENANTS", 20)? as usize,
             events_per_request: number("LOADTEST_EVENTS_PER_REQUEST", 1)? as usize,
             mix,
-            resend_percent: match std::env::var("LOADTEST_RESEND_PERCENT") {
-                Ok(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|p| *p <= 100)
-                    .ok_or_else(|| format!("LOADTEST_RESEND_PERCENT={v:?} is not 0 to 100"))?,
-                Err(_) => 10,
-            },
+            resend_percent: within("LOADTEST_RESEND_PERCENT", 10, 0..=100, "0 to 100")?,
         })
     }
 
