@@ -139,7 +139,7 @@ async fn streams_the_events_in_order_and_records_usage_exactly_once() {
         Utc::now(),
     );
     let queue = shared::aws::queue::EventQueue::new(
-        aws_sdk_sqs::Client::new(&support::aws().await),
+        &support::aws().await,
         &f.stack
             .env("chat-stream")
             .required("EVENTS_QUEUE_URL")

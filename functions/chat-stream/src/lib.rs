@@ -138,10 +138,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         )),
         usage: Arc::new(DynamoLedger::new(dynamodb.clone(), &r.usage_table)),
         budgets: Arc::new(DynamoBudgets::new(dynamodb, &r.usage_table)),
-        queue: Arc::new(EventQueue::new(
-            aws_sdk_sqs::Client::new(aws),
-            &r.events_queue_url,
-        )),
+        queue: Arc::new(EventQueue::new(aws, &r.events_queue_url)),
         secrets: Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(
             aws,
         ))),

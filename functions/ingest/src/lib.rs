@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::config::StalledStreamProtectionConfig;
-use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -76,26 +74,13 @@ struct App {
 /// The function's router on AWS: the edges built from the SDK config.
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
-    // A stuck queue must become a quick 503, not a request that hangs until
-    // API Gateway gives up. The attempt timeout bounds a stalled send too, so
-    // the SDK's throughput monitor (a timer on every body poll) is off.
-    let sqs = aws_sdk_sqs::Client::from_conf(
-        aws_sdk_sqs::config::Builder::from(aws)
-            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_secs(2))
-                    .operation_timeout(Duration::from_secs(5))
-                    .build(),
-            )
-            .build(),
-    );
+    let sqs = aws_sdk_sqs::Client::new(aws);
     let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
         .table("tenants_table", &dynamodb, &config.tenants_table)
         .queue("events_queue", &sqs, &config.events_queue_url);
     let edges = Edges {
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
-        queue: Arc::new(EventQueue::new(sqs, &config.events_queue_url)),
+        queue: Arc::new(EventQueue::new(aws, &config.events_queue_url)),
         rate_counter: Arc::new(DynamoRateCounter::new(dynamodb, &config.rate_limit_table)),
         clock: Arc::new(SystemClock),
     };

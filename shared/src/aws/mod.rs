@@ -13,6 +13,7 @@ pub mod prices;
 pub mod queue;
 pub mod ratelimit;
 pub mod secrets;
+pub mod signed;
 pub mod tenants;
 
 use std::collections::HashMap;

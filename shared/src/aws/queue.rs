@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use sha2::{Digest, Sha256};
 
-use super::{describe, failed};
+use super::signed::{Bounds, SignedJson};
+use super::{SdkConfig, failed};
 use crate::metering::alerts::{AlertKey, AlertQueue};
 use crate::metering::consumer::{DeadLetters, Message};
 use crate::metering::ingest::{EventSink, send_batches};
@@ -18,19 +18,56 @@ use crate::store::StoreError;
 /// Names this store in errors and 503s.
 const STORE: &str = "events queue";
 
-#[derive(Debug, Clone)]
+/// The events queue, sent to through [`SignedJson`]: it is the hot path of
+/// every ingest request and every chat reply.
+#[derive(Debug)]
 pub struct EventQueue {
-    client: aws_sdk_sqs::Client,
+    sqs: SignedJson,
     url: String,
 }
 
 impl EventQueue {
-    pub fn new(client: aws_sdk_sqs::Client, url: &str) -> Self {
+    /// The queue at `url`, reached at that URL's origin (or the SDK
+    /// config's endpoint, the local emulator), signed as the config says.
+    pub fn new(aws: &SdkConfig, url: &str) -> Self {
+        let origin = reqwest::Url::parse(url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
         Self {
-            client,
+            sqs: SignedJson::new(aws, &origin, "sqs", "AmazonSQS", Bounds::default()),
             url: url.to_owned(),
         }
     }
+}
+
+/// `SendMessageBatch`'s input and output, as far as ingest uses them.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct SendBatch<'a> {
+    queue_url: &'a str,
+    entries: Vec<Entry<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry<'a> {
+    id: String,
+    message_body: &'a str,
+    message_group_id: &'a str,
+    message_deduplication_id: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SentBatch {
+    #[serde(default)]
+    failed: Vec<FailedEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct FailedEntry {
+    id: String,
 }
 
 #[async_trait::async_trait]
@@ -44,47 +81,47 @@ impl EventSink for EventQueue {
     /// entry SQS had taken after all is not queued twice. Returns the number
     /// of SQS requests made.
     async fn send(&self, tenant: &TenantId, bodies: &[String]) -> Result<usize, StoreError> {
+        let unavailable = |message: String| StoreError::Unavailable {
+            store: STORE,
+            operation: "SendMessageBatch",
+            message,
+        };
         let mut requests = 0;
         for batch in send_batches(bodies) {
             let mut pending: Vec<(usize, &String)> = batch.iter().enumerate().collect();
             for _attempt in 0..2 {
-                let entries = pending
-                    .iter()
-                    .map(|(i, body)| {
-                        SendMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .message_body(*body)
-                            .message_group_id(tenant.as_str())
-                            .message_deduplication_id(crate::hex(&Sha256::digest(body)))
-                            .build()
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| StoreError::corrupt(STORE, e))?;
-                let out = self
-                    .client
-                    .send_message_batch()
-                    .queue_url(&self.url)
-                    .set_entries(Some(entries))
-                    .send()
+                let input = SendBatch {
+                    queue_url: &self.url,
+                    entries: pending
+                        .iter()
+                        .map(|(i, body)| Entry {
+                            id: i.to_string(),
+                            message_body: body,
+                            message_group_id: tenant.as_str(),
+                            message_deduplication_id: crate::hex(&Sha256::digest(body)),
+                        })
+                        .collect(),
+                };
+                let input =
+                    serde_json::to_vec(&input).map_err(|e| StoreError::corrupt(STORE, e))?;
+                let output = self
+                    .sqs
+                    .call("SendMessageBatch", input)
                     .await
-                    .inspect(|_| requests += 1)
-                    .map_err(|e| StoreError::Unavailable {
-                        store: STORE,
-                        operation: "SendMessageBatch",
-                        message: describe(&e),
-                    })?;
-                let failed: Vec<&str> = out.failed().iter().map(|f| f.id()).collect();
-                pending.retain(|(i, _)| failed.contains(&i.to_string().as_str()));
+                    .map_err(|e| unavailable(e.to_string()))?;
+                requests += 1;
+                let out: SentBatch =
+                    serde_json::from_slice(&output).map_err(|e| StoreError::corrupt(STORE, e))?;
+                pending.retain(|(i, _)| out.failed.iter().any(|f| f.id == i.to_string()));
                 if pending.is_empty() {
                     break;
                 }
             }
             if !pending.is_empty() {
-                return Err(StoreError::Unavailable {
-                    store: STORE,
-                    operation: "SendMessageBatch",
-                    message: format!("{} entries failed twice", pending.len()),
-                });
+                return Err(unavailable(format!(
+                    "{} entries failed twice",
+                    pending.len()
+                )));
             }
         }
         Ok(requests)
