@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::{Value, json};
+use shared::aws::signed::{Bounds, SignedJson};
 use shared::prices::store::PriceStore;
 
 use crate::cloud::template::Template;
@@ -310,48 +312,156 @@ async fn floor(
 /// Warm invocations handed out back to back to one process.
 const FLOOR_INVOCATIONS: usize = 2000;
 
-/// CPU per warm invocation that makes no store call: what the runtime loop,
-/// the event's conversion and the answer cost before a function does its
-/// work (the floor under the load test's per-request CPU).
+/// CPU per warm invocation: first with no store call (what the runtime
+/// loop, the event's conversion and the answer cost before a function does
+/// its work: the floor under the load test's per-request CPU), then the
+/// load test's own work, one invocation at a time on an idle machine.
 async fn runtime_floor(
     harness: &mut Harness,
     rig: &Rig,
     template: &Template,
     root: &Path,
 ) -> Result<String, String> {
-    let mut not_found = sample_event(root, "ingest-health")?;
-    not_found["rawPath"] = "/none".into();
-    not_found["requestContext"]["http"]["path"] = "/none".into();
-    let empty_delivery = serde_json::json!({"Records": []});
-    let mut rows = String::new();
-    for (function, what, event) in [
+    let ingest = rig.env_of(&Rig::function(template, "ingest")?)?;
+    let rollup = rig.env_of(&Rig::function(template, "rollup")?)?;
+    let tenant = Value::from("ten_00000000000000000000000000be4c01");
+    let key = rig.register_tenant(&ingest, &tenant).await?;
+    let health = sample_event(root, "ingest-health")?;
+    let not_found = http_event(&health, "GET", "/none", None);
+    let post = |i: usize| {
+        let body = json!({"id": format!("bench-{i}"), "feature": "f0", "tokens": 1});
+        http_event(&health, "POST", "/events", Some((key.expose(), body)))
+    };
+    let batch = sample_event(root, "rollup-sqs-batch")?;
+    let delivery = |i: usize| {
+        let events: Vec<Value> = (0..5)
+            .map(|k| {
+                json!({"id": format!("bench-{i}-{k}"), "feature": format!("f{k}"),
+                "tokens": 1, "timestamp": chrono::Utc::now().to_rfc3339()})
+            })
+            .collect();
+        let mut record = batch["Records"][0].clone();
+        record["messageId"] = format!("bench-{i}").into();
+        record["body"] = json!({"tenant": tenant, "events": events})
+            .to_string()
+            .into();
+        record["attributes"]["MessageGroupId"] = tenant.clone();
+        record["attributes"]["SequenceNumber"] = (1_000_000 + i).to_string().into();
+        json!({"Records": [record]})
+    };
+    let rows = [
         (
             "ingest",
             "an HTTP request answered without a store call (404)",
-            &not_found,
+            cpu(
+                harness,
+                root,
+                &ingest,
+                "ingest",
+                |_| not_found.clone(),
+                Some(404),
+            )
+            .await?,
         ),
-        ("rollup", "an empty SQS delivery", &empty_delivery),
-    ] {
-        let env = rig.env_of(&Rig::function(template, function)?)?;
-        let binary = release_dir(root).join(function);
-        let micros = harness
-            .cpu_per_invocation(&binary, function, &env, event, FLOOR_INVOCATIONS)
-            .await?;
-        rows.push_str(&format!("| {function} | {what} | {micros:.0} µs |\n"));
-    }
-    let (sdk, bare) = call_costs(rig).await?;
+        (
+            "rollup",
+            "an empty SQS delivery",
+            cpu(
+                harness,
+                root,
+                &rollup,
+                "rollup",
+                |_| json!({"Records": []}),
+                None,
+            )
+            .await?,
+        ),
+        (
+            "ingest",
+            "a POST /events of one event, queued: one `SendMessageBatch`",
+            cpu(harness, root, &ingest, "ingest", post, Some(202)).await?,
+        ),
+        (
+            "rollup",
+            "a delivery of one message of 5 events of one tenant, counted: four store calls",
+            cpu(harness, root, &rollup, "rollup", delivery, None).await?,
+        ),
+    ]
+    .map(|(function, what, micros)| format!("| {function} | {what} | {micros:.0} µs |\n"))
+    .concat();
+    let CallCosts { sdk, signed, bare } = call_costs(rig).await?;
     Ok(format!(
-        "CPU per warm invocation that makes no store call ({FLOOR_INVOCATIONS} handed back to \
-         back to one process through the local Runtime API, logs to /dev/null; the threads' \
-         run time less a process handed one): the floor under every request's CPU in \
-         `make loadtest`.\n\n| function | invocation | CPU |\n|---|---|---:|\n{rows}\n\
+        "CPU per warm invocation ({FLOOR_INVOCATIONS} handed back to back to one process \
+         through the local Runtime API, each event its own, logs to /dev/null; the threads' \
+         run time less a process handed one). The first two make no store call: the floor \
+         under every request's CPU in `make loadtest`. The last two are the load test's \
+         work, on an idle machine and warm caches, where `make loadtest` shares two cores \
+         with the emulator:\n\n| function | invocation | CPU |\n|---|---|---:|\n{rows}\n\
          What one store call adds, client side: an SQS `SendMessageBatch` of one message to \
          the emulator, {CALLS} in a row on a thread of their own (its run time):\n\n\
          | made through | CPU per call |\n|---|---:|\n\
-         | the AWS SDK, as the functions make it | {sdk:.0} µs |\n\
+         | the AWS SDK, as the functions make their other calls | {sdk:.0} µs |\n\
+         | the signed client (`shared::aws::signed`: aws-sigv4 + reqwest), as \
+         ingest and chat-stream queue events | {signed:.0} µs |\n\
          | a bare HTTP request (hyper; the same JSON, unsigned: the emulator checks no \
          signature) | {bare:.0} µs |\n"
     ))
+}
+
+/// [`FLOOR_INVOCATIONS`] warm invocations of release `function` with
+/// `event(i)`, each answered with HTTP `status` or, for a delivery
+/// (`None`), with no failures: CPU per invocation, in µs.
+async fn cpu(
+    harness: &mut Harness,
+    root: &Path,
+    env: &[(String, String)],
+    function: &str,
+    event: impl Fn(usize) -> Value,
+    status: Option<u16>,
+) -> Result<f64, String> {
+    let binary = release_dir(root).join(function);
+    let (micros, answers) = harness
+        .cpu_per_invocation(&binary, function, env, event, FLOOR_INVOCATIONS)
+        .await?;
+    for answer in &answers {
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        let answered = match status {
+            Some(status) => body["statusCode"].as_u64() == Some(status.into()),
+            None => body["batchItemFailures"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
+        };
+        if !answered {
+            return Err(format!(
+                "{function} answered {}",
+                String::from_utf8_lossy(&answer.body)
+            ));
+        }
+    }
+    Ok(micros)
+}
+
+/// `sample` (an API Gateway HTTP API event) as `method path`, with a
+/// bearer key and JSON body if given.
+fn http_event(sample: &Value, method: &str, path: &str, post: Option<(&str, Value)>) -> Value {
+    let mut event = sample.clone();
+    event["rawPath"] = path.into();
+    event["requestContext"]["http"]["path"] = path.into();
+    event["requestContext"]["http"]["method"] = method.into();
+    if let Some((key, body)) = post {
+        event["headers"]["authorization"] = format!("Bearer {key}").into();
+        event["headers"]["content-type"] = "application/json".into();
+        event["body"] = body.to_string().into();
+        event["isBase64Encoded"] = false.into();
+    }
+    event
+}
+
+/// Client CPU per call, in µs, by how it is made.
+struct CallCosts {
+    sdk: f64,
+    signed: f64,
+    bare: f64,
 }
 
 /// Calls per client in [`call_costs`].
@@ -359,7 +469,7 @@ const CALLS: usize = 1000;
 
 /// The client-side CPU, in µs, of one `SendMessageBatch` through the SDK
 /// and as a bare HTTP request, each measured on a thread of its own.
-async fn call_costs(rig: &Rig) -> Result<(f64, f64), String> {
+async fn call_costs(rig: &Rig) -> Result<CallCosts, String> {
     let aws = rig.aws.clone();
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let queue = sqs
@@ -426,7 +536,17 @@ async fn call_costs(rig: &Rig) -> Result<(f64, f64), String> {
                 }
             })
             .await?;
-            Ok((sdk, bare))
+            let client = SignedJson::new(&aws, &endpoint, "sqs", "AmazonSQS", Bounds::default());
+            let signed = per_call(|i| {
+                let body = serde_json::json!({"QueueUrl": queue, "Entries": [{
+                    "Id": "0", "MessageBody": "{}", "MessageGroupId": "bench",
+                    "MessageDeduplicationId": format!("signed-{i}"),
+                }]});
+                let call = client.call("SendMessageBatch", body.to_string().into_bytes());
+                async move { call.await.map(drop).map_err(|e| e.to_string()) }
+            })
+            .await?;
+            Ok(CallCosts { sdk, signed, bare })
         })
     })
     .await

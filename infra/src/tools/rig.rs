@@ -158,28 +158,38 @@ impl Rig {
         env: &[(String, String)],
         batch: &Value,
     ) -> Result<(), String> {
+        for record in batch["Records"].as_array().into_iter().flatten() {
+            let body: Value = serde_json::from_str(record["body"].as_str().unwrap_or_default())
+                .map_err(|e| format!("a batch message is not JSON: {e}"))?;
+            self.register_tenant(env, &body["tenant"]).await?;
+        }
+        Ok(())
+    }
+
+    /// Registers tenant `id` (a JSON string) in the tenants table of `env`,
+    /// enabled, with a quota no bench reaches: its new API key.
+    pub async fn register_tenant(
+        &self,
+        env: &[(String, String)],
+        id: &Value,
+    ) -> Result<shared::metering::tenants::ApiKey, String> {
         use shared::metering::tenants::{Tenant, register, signing_secret};
         let table = env
             .iter()
             .find(|(k, _)| k == "TENANTS_TABLE")
             .map(|(_, v)| v.clone())
-            .ok_or("the rollup has no TENANTS_TABLE")?;
+            .ok_or("the function has no TENANTS_TABLE")?;
         let store = shared::aws::tenants::DynamoTenants::new(
             aws_sdk_dynamodb::Client::new(&self.aws),
             &table,
         );
-        for record in batch["Records"].as_array().into_iter().flatten() {
-            let body: Value = serde_json::from_str(record["body"].as_str().unwrap_or_default())
-                .map_err(|e| format!("a batch message is not JSON: {e}"))?;
-            let tenant: Tenant = serde_json::from_value(serde_json::json!({
-                "id": body["tenant"], "name": "Sample", "monthly_quota": 1_000_000,
-                "billing_day": 1, "tier": "free", "webhooks": [], "enabled": true,
-                "signing_secret": signing_secret(), "created_at": chrono::Utc::now(),
-            }))
-            .map_err(|e| format!("sample tenant: {e}"))?;
-            register(&store, &tenant).await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        let tenant: Tenant = serde_json::from_value(serde_json::json!({
+            "id": id, "name": "Sample", "monthly_quota": 1_000_000_000_000u64,
+            "billing_day": 1, "tier": "free", "webhooks": [], "enabled": true,
+            "signing_secret": signing_secret(), "created_at": chrono::Utc::now(),
+        }))
+        .map_err(|e| format!("sample tenant: {e}"))?;
+        register(&store, &tenant).await.map_err(|e| e.to_string())
     }
 
     /// events/chat-stream-chat.json, signed in as `user` by the issuer.

@@ -330,23 +330,30 @@ impl Harness {
         Ok((answers, cpu))
     }
 
-    /// The CPU time of one warm invocation with `event`, in µs: a process
-    /// handed it `count + 1` times, less one handed it once (its start and
-    /// cold invocation), by the kernel's run time of the process's threads.
+    /// The CPU time of one warm invocation, in µs, and the warm answers: a
+    /// process handed `event(1..=count + 1)`, less one handed `event(0)`
+    /// alone (its start and cold invocation), by the kernel's run time of
+    /// the process's threads. Every event is its own, so none repeats one
+    /// the stores have already seen.
     pub async fn cpu_per_invocation(
         &mut self,
         binary: &Path,
         name: &str,
         env: &[(String, String)],
-        event: &Value,
+        event: impl Fn(usize) -> Value,
         count: usize,
-    ) -> Result<f64, String> {
-        let mut cpu = Vec::with_capacity(2);
-        for warm in [0, count] {
-            let (_, used) = self.warm_answers(binary, name, env, event, warm).await?;
-            cpu.push(used.ok_or_else(|| format!("{name}: its CPU time cannot be read"))?);
-        }
-        Ok(cpu[1].saturating_sub(cpu[0]).as_secs_f64() * 1e6 / count.max(1) as f64)
+    ) -> Result<(f64, Vec<Answer>), String> {
+        let (_, alone) = self
+            .answers(binary, name, env, vec![event(0)], None)
+            .await?;
+        let events = (1..=count + 1).map(event).collect();
+        let (mut answers, all) = self.answers(binary, name, env, events, None).await?;
+        let unreadable = || format!("{name}: its CPU time cannot be read");
+        let warm = all
+            .ok_or_else(unreadable)?
+            .saturating_sub(alone.ok_or_else(unreadable)?);
+        answers.remove(0);
+        Ok((warm.as_secs_f64() * 1e6 / count.max(1) as f64, answers))
     }
 
     /// One process with `AWS_LAMBDA_MAX_CONCURRENCY=count`, handed `count`
