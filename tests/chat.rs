@@ -344,9 +344,9 @@ async fn concurrent_requests_never_exceed_the_limit() {
 /// client and window guesses, as one instance of chat-stream has.
 async fn budget_client(f: &ChatFixture) -> Budget {
     let table = f.stack.env("chat-stream").required("USAGE_TABLE").unwrap();
-    let dynamodb = aws_sdk_dynamodb::Client::new(&support::aws().await);
+    let dynamodb = shared::aws::Dynamo::new(&support::aws().await);
     Budget::new(
-        std::sync::Arc::new(DynamoBudgets::new(dynamodb.clone(), &table)),
+        std::sync::Arc::new(DynamoBudgets::new(dynamodb.sdk.clone(), &table)),
         std::sync::Arc::new(DynamoLedger::new(dynamodb, &table)),
     )
 }

@@ -663,7 +663,7 @@ async fn a_deleted_tenants_key_stops_and_its_queued_events_are_dropped() {
     );
 
     let ledger = DynamoLedger::new(
-        aws_sdk_dynamodb::Client::new(&support::aws().await),
+        shared::aws::Dynamo::new(&support::aws().await),
         &f.stack.env("rollup").required("USAGE_TABLE").unwrap(),
     );
     let tenant = TenantId::try_from(id).unwrap();
@@ -697,7 +697,7 @@ async fn a_consumer_failure_mid_batch_loses_and_doubles_nothing() {
         .collect();
     let expected: u64 = (1..=250).sum();
     let ledger = DynamoLedger::new(
-        aws_sdk_dynamodb::Client::new(&support::aws().await),
+        shared::aws::Dynamo::new(&support::aws().await),
         &f.stack.env("rollup").required("USAGE_TABLE").unwrap(),
     );
     let day = BillingDay::try_from(1).unwrap();

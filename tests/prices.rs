@@ -120,7 +120,7 @@ impl World {
 
     async fn prices(&self) -> DynamoPrices {
         DynamoPrices::new(
-            aws_sdk_dynamodb::Client::new(&support::aws().await),
+            shared::aws::Dynamo::new(&support::aws().await),
             &self
                 .stack
                 .env("price-fetch")
@@ -756,7 +756,7 @@ async fn a_price_alert_registered_with_a_tenant_key_fires_once_per_crossing() {
     let w = world().await;
     let aws = support::aws().await;
     let tenants = DynamoTenants::new(
-        aws_sdk_dynamodb::Client::new(&aws),
+        shared::aws::Dynamo::new(&aws),
         &w.stack.env("prices").required("TENANTS_TABLE").unwrap(),
     );
     let tenant = serde_json::from_value::<NewTenant>(serde_json::json!({

@@ -25,6 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use shared::auth::require_user;
+use shared::aws::Dynamo;
 use shared::aws::SdkConfig;
 use shared::aws::budget::DynamoBudgets;
 use shared::aws::chat::DynamoChat;
@@ -118,7 +119,7 @@ struct App {
 
 /// The function's router on AWS: the edges built from the SDK config.
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
-    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let dynamodb = Dynamo::new(aws);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .pool_idle_timeout(anthropic::POOLED_FOR + Duration::from_secs(30))
@@ -130,14 +131,14 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             .jwt
             .clone()
             .map(|jwt| Arc::new(Verifier::new(jwt, http.clone())) as Arc<dyn TokenVerifier>),
-        chat: Arc::new(DynamoChat::new(dynamodb.clone(), &r.chat_table)),
+        chat: Arc::new(DynamoChat::new(dynamodb.sdk.clone(), &r.chat_table)),
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &r.tenants_table)),
         rate_counter: Arc::new(DynamoRateCounter::new(
-            dynamodb.clone(),
+            dynamodb.sdk.clone(),
             &r.rate_limit_table,
         )),
         usage: Arc::new(DynamoLedger::new(dynamodb.clone(), &r.usage_table)),
-        budgets: Arc::new(DynamoBudgets::new(dynamodb, &r.usage_table)),
+        budgets: Arc::new(DynamoBudgets::new(dynamodb.sdk, &r.usage_table)),
         queue: Arc::new(EventQueue::new(aws, &r.events_queue_url)),
         secrets: Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(
             aws,

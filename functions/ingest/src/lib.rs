@@ -15,6 +15,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use shared::auth::require_tenant;
+use shared::aws::Dynamo;
 use shared::aws::SdkConfig;
 use shared::aws::queue::EventQueue;
 use shared::aws::ratelimit::DynamoRateCounter;
@@ -73,15 +74,18 @@ struct App {
 
 /// The function's router on AWS: the edges built from the SDK config.
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
-    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let dynamodb = Dynamo::new(aws);
     let sqs = aws_sdk_sqs::Client::new(aws);
     let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
-        .table("tenants_table", &dynamodb, &config.tenants_table)
+        .table("tenants_table", &dynamodb.sdk, &config.tenants_table)
         .queue("events_queue", &sqs, &config.events_queue_url);
     let edges = Edges {
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
         queue: Arc::new(EventQueue::new(aws, &config.events_queue_url)),
-        rate_counter: Arc::new(DynamoRateCounter::new(dynamodb, &config.rate_limit_table)),
+        rate_counter: Arc::new(DynamoRateCounter::new(
+            dynamodb.sdk,
+            &config.rate_limit_table,
+        )),
         clock: Arc::new(SystemClock),
     };
     router(config, edges, health)

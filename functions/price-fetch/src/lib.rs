@@ -18,6 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
+use shared::aws::Dynamo;
 use shared::aws::SdkConfig;
 use shared::aws::alerts::DynamoAlerts;
 use shared::aws::prices::DynamoPrices;
@@ -81,7 +82,7 @@ pub struct Fetch {
 /// The run as deployed, built once per cold start: DynamoDB, SQS, Secrets
 /// Manager and the providers' HTTP APIs.
 pub fn fetcher(config: &Config, aws: &SdkConfig) -> Fetch {
-    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let dynamodb = Dynamo::new(aws);
     let prices = Arc::new(DynamoPrices::new(dynamodb.clone(), &config.prices_table));
     let edges = PriceEdges {
         store: prices.clone(),
@@ -96,7 +97,7 @@ pub fn fetcher(config: &Config, aws: &SdkConfig) -> Fetch {
         fetcher: PriceFetcher::new(config.settings.clone(), edges, &config.provider_keys_secret),
         alerts: prices,
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
-        deliveries: Arc::new(DynamoAlerts::new(dynamodb, &config.usage_table)),
+        deliveries: Arc::new(DynamoAlerts::new(dynamodb.sdk, &config.usage_table)),
         queue: Arc::new(SqsAlertQueue::new(
             aws_sdk_sqs::Client::new(aws),
             &config.alerts_queue_url,

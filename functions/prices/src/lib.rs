@@ -22,6 +22,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use shared::auth::require_tenant;
+use shared::aws::Dynamo;
 use shared::aws::SdkConfig;
 use shared::aws::prices::DynamoPrices;
 use shared::aws::ratelimit::DynamoRateCounter;
@@ -112,12 +113,12 @@ pub struct Edges {
 /// The function as deployed: DynamoDB, Secrets Manager and the providers'
 /// HTTP APIs.
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
-    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let dynamodb = Dynamo::new(aws);
     let secrets = aws_sdk_secretsmanager::Client::new(aws);
     let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
-        .table("prices_table", &dynamodb, &config.prices_table)
-        .table("rate_limit_table", &dynamodb, &config.rate_limit_table)
-        .table("tenants_table", &dynamodb, &config.tenants_table)
+        .table("prices_table", &dynamodb.sdk, &config.prices_table)
+        .table("rate_limit_table", &dynamodb.sdk, &config.rate_limit_table)
+        .table("tenants_table", &dynamodb.sdk, &config.tenants_table)
         .secret(
             "provider_keys_secret",
             &secrets,
@@ -133,7 +134,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
             clock: Arc::new(SystemClock),
         },
         rate_counter: Arc::new(DynamoRateCounter::new(
-            dynamodb.clone(),
+            dynamodb.sdk.clone(),
             &config.rate_limit_table,
         )),
         alerts: prices,

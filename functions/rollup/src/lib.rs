@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent};
+use shared::aws::Dynamo;
 use shared::aws::SdkConfig;
 use shared::aws::alerts::DynamoAlerts;
 use shared::aws::ledger::DynamoLedger;
@@ -83,14 +84,14 @@ pub struct Rollup {
 
 /// The rollup over AWS, built once per cold start.
 pub fn rollup(config: &Config, aws: &SdkConfig) -> Rollup {
-    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let dynamodb = Dynamo::new(aws);
     let sqs = aws_sdk_sqs::Client::new(aws);
     let ledger = Arc::new(DynamoLedger::new(dynamodb.clone(), &config.usage_table));
     let consumer = Consumer {
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
         ledger: ledger.clone(),
         usage: ledger,
-        alerts: Arc::new(DynamoAlerts::new(dynamodb, &config.usage_table)),
+        alerts: Arc::new(DynamoAlerts::new(dynamodb.sdk, &config.usage_table)),
         alert_queue: Arc::new(SqsAlertQueue::new(sqs.clone(), &config.alerts_queue_url)),
         notifier: Arc::new(WebhookSender::new(config.webhooks)),
         dead_letters: Arc::new(SqsDeadLetters::new(sqs, &config.events_dlq_url)),

@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 use shared::auth::{require_admin, require_admin_or_own};
+use shared::aws::Dynamo;
 use shared::aws::SdkConfig;
 use shared::aws::chat::DynamoChat;
 use shared::aws::ledger::DynamoLedger;
@@ -117,7 +118,7 @@ const STATUS_TTL: Duration = Duration::from_secs(30);
 
 /// The function's router on AWS: the edges built from the SDK config.
 pub fn app(config: &Config, aws: &SdkConfig) -> Router {
-    let dynamodb = aws_sdk_dynamodb::Client::new(aws);
+    let dynamodb = Dynamo::new(aws);
     let secrets = aws_sdk_secretsmanager::Client::new(aws);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
@@ -126,9 +127,9 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         .expect("the HTTP client builds with static settings");
     let r = &config.resources;
     let health = HealthChecks::new(FUNCTION, env!("CARGO_PKG_VERSION"))
-        .table("tenants_table", &dynamodb, &r.tenants_table)
-        .table("usage_table", &dynamodb, &r.usage_table)
-        .table("chat_table", &dynamodb, &r.chat_table)
+        .table("tenants_table", &dynamodb.sdk, &r.tenants_table)
+        .table("usage_table", &dynamodb.sdk, &r.usage_table)
+        .table("chat_table", &dynamodb.sdk, &r.chat_table)
         .secret("admin_token_secret", &secrets, &config.admin_token_secret);
     let mut status = HealthChecks::new("chat", env!("CARGO_PKG_VERSION"))
         .chat(aws, r)
@@ -140,8 +141,8 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
     let edges = Edges {
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &r.tenants_table)),
         usage: Arc::new(DynamoLedger::new(dynamodb.clone(), &r.usage_table)),
-        chat: Arc::new(DynamoChat::new(dynamodb.clone(), &r.chat_table)),
-        rate_counter: Arc::new(DynamoRateCounter::new(dynamodb, &r.rate_limit_table)),
+        chat: Arc::new(DynamoChat::new(dynamodb.sdk.clone(), &r.chat_table)),
+        rate_counter: Arc::new(DynamoRateCounter::new(dynamodb.sdk, &r.rate_limit_table)),
         secrets: Arc::new(SecretsManager::new(secrets)),
         verifier: config
             .jwt

@@ -230,7 +230,7 @@ pub async fn run(root: &Path, runs: usize) -> Result<(), String> {
         ts: chrono::Utc::now(),
         fx: None,
     };
-    shared::aws::prices::DynamoPrices::new(aws_sdk_dynamodb::Client::new(&rig.aws), &prices_table)
+    shared::aws::prices::DynamoPrices::new(shared::aws::Dynamo::new(&rig.aws), &prices_table)
         .record(
             &seeded,
             &shared::prices::store::Keeping {

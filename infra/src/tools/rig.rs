@@ -179,10 +179,8 @@ impl Rig {
             .find(|(k, _)| k == "TENANTS_TABLE")
             .map(|(_, v)| v.clone())
             .ok_or("the function has no TENANTS_TABLE")?;
-        let store = shared::aws::tenants::DynamoTenants::new(
-            aws_sdk_dynamodb::Client::new(&self.aws),
-            &table,
-        );
+        let store =
+            shared::aws::tenants::DynamoTenants::new(shared::aws::Dynamo::new(&self.aws), &table);
         let tenant: Tenant = serde_json::from_value(serde_json::json!({
             "id": id, "name": "Sample", "monthly_quota": 1_000_000_000_000u64,
             "billing_day": 1, "tier": "free", "webhooks": [], "enabled": true,

@@ -4,13 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::types::{
-    AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, KeysAndAttributes,
-    ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
 
-use super::{batch_get, failed, is_condition_failure, n, query_all, refused_item, s};
+use super::dynamo::{Dynamo, Failure, Item, JsonItem, json, json_value};
+use super::{batch_get, failed, n, query_all, s};
 use crate::metering::rollup::{Added, Claim, Counter, Ledger, Owner, Share};
 use crate::metering::types::{TenantId, UsageEvent};
 use crate::metering::usage::{MINUTE_RETENTION, MinuteUsage, PeriodUsage, UsageReader};
@@ -26,7 +25,9 @@ const CLAIMS_PER_CALL: usize = 25;
 
 #[derive(Debug, Clone)]
 pub struct DynamoLedger {
-    client: aws_sdk_dynamodb::Client,
+    /// Claims and counters go through its signed client (every delivery
+    /// writes them), the usage API's reads through its SDK client.
+    dynamo: Dynamo,
     table: String,
     /// The claim statement, built once: `INSERT` fails on an existing item,
     /// a conditional put that batches.
@@ -88,9 +89,9 @@ fn owner(item: &HashMap<String, AttributeValue>) -> Owner {
 }
 
 impl DynamoLedger {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
+    pub fn new(dynamo: Dynamo, table: &str) -> Self {
         Self {
-            client,
+            dynamo,
             insert: format!(
                 "INSERT INTO \"{table}\" VALUE {{'pk': ?, 'sk': 'EVENT', 'claimed_by': ?, \
                  'feature': ?, 'tokens': ?, 'timestamp': ?, 'expires_at': ?}}"
@@ -102,46 +103,60 @@ impl DynamoLedger {
     /// Claims up to [`CLAIMS_PER_CALL`] events: whether each claim is new
     /// (else the event was claimed before), and the write units spent.
     async fn insert_claims(&self, claims: &[Claim<'_>]) -> Result<(Vec<bool>, f64), StoreError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Output {
+            #[serde(default)]
+            responses: Vec<Response>,
+            #[serde(default)]
+            consumed_capacity: Vec<Consumed>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Response {
+            error: Option<StatementError>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct StatementError {
+            #[serde(default)]
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
         let expires = n((Utc::now() + DEDUP_RETENTION).timestamp());
-        let statements = claims
+        let statements: Vec<Value> = claims
             .iter()
             .map(|claim| {
                 let event = claim.event;
-                BatchStatementRequest::builder()
-                    .statement(&self.insert)
-                    .parameters(s(claim_pk(claim.tenant, event)))
-                    .parameters(s(claim.seq.key()))
-                    .parameters(s(event.feature.as_str()))
-                    .parameters(n(event.tokens.get()))
-                    .parameters(s(event.timestamp.to_rfc3339()))
-                    .parameters(expires.clone())
-                    .build()
-                    .map_err(|e| StoreError::corrupt(STORE, e))
+                let parameters = [
+                    s(claim_pk(claim.tenant, event)),
+                    s(claim.seq.key()),
+                    s(event.feature.as_str()),
+                    n(event.tokens.get()),
+                    s(event.timestamp.to_rfc3339()),
+                    expires.clone(),
+                ];
+                let parameters: Vec<Value> = parameters.iter().map(json_value).collect();
+                json!({"Statement": self.insert, "Parameters": parameters})
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let out = self
-            .client
-            .batch_execute_statement()
-            .set_statements(Some(statements))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .map_err(|e| failed(STORE, "BatchExecuteStatement", &e))?;
-        let units = out
-            .consumed_capacity()
-            .iter()
-            .filter_map(|c| c.capacity_units())
-            .sum();
+            .collect();
+        let input = json!({"Statements": statements, "ReturnConsumedCapacity": "TOTAL"});
+        let out: Output = self
+            .dynamo
+            .expect(STORE, "BatchExecuteStatement", &input)
+            .await?;
+        let units = out.consumed_capacity.iter().map(|c| c.capacity_units).sum();
         let mut fresh = Vec::with_capacity(claims.len());
-        for response in out.responses() {
-            fresh.push(match response.error() {
+        for response in out.responses {
+            fresh.push(match response.error {
                 None => true,
-                Some(e) if e.code() == Some(&BatchStatementErrorCodeEnum::DuplicateItem) => false,
+                Some(e) if e.code == "DuplicateItem" => false,
                 Some(e) => {
                     return Err(StoreError::Unavailable {
                         store: STORE,
                         operation: "BatchExecuteStatement",
-                        message: format!("{:?}: {}", e.code(), e.message().unwrap_or_default()),
+                        message: format!("{}: {}", e.code, e.message),
                     });
                 }
             });
@@ -159,7 +174,8 @@ impl DynamoLedger {
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let mut request = self
-            .client
+            .dynamo
+            .sdk
             .query()
             .table_name(&self.table)
             .key_condition_expression(format!("pk = :pk AND {sk_condition}"))
@@ -177,10 +193,8 @@ impl DynamoLedger {
             .iter()
             .map(|claim| key(claim_pk(claim.tenant, claim.event), "EVENT".to_owned()))
             .collect();
-        let wanted = KeysAndAttributes::builder()
-            .consistent_read(true)
-            .projection_expression("pk, claimed_by");
-        let items = batch_get(STORE, &self.client, &self.table, keys, wanted).await?;
+        let projection = Some("pk, claimed_by");
+        let items = batch_get(STORE, &self.dynamo, &self.table, keys, true, projection).await?;
         Ok(items
             .iter()
             .map(|item| (text(item, "pk").to_owned(), owner(item)))
@@ -242,48 +256,77 @@ impl Ledger for DynamoLedger {
         counter: &Counter,
         share: &Share,
     ) -> Result<Added, StoreError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Output {
+            attributes: Option<JsonItem>,
+            consumed_capacity: Option<Consumed>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Refusal {
+            item: Option<JsonItem>,
+        }
         let (pk, sk) = counter_key(tenant, counter);
         let total = share.total();
         let mut adds = vec!["tokens :tokens, events :events".to_owned()];
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk)))
-            .expression_attribute_values(":tokens", n(total.tokens))
-            .expression_attribute_values(":events", n(total.events))
-            .expression_attribute_values(":first", s(share.first.key()))
-            .expression_attribute_values(":last", s(share.last.key()))
-            .condition_expression("attribute_not_exists(through) OR through < :first")
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .return_values(ReturnValue::UpdatedNew)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        let mut names = serde_json::Map::new();
+        let mut values = serde_json::Map::new();
+        let mut value = |name: String, v: AttributeValue| values.insert(name, json_value(&v));
+        value(":tokens".into(), n(total.tokens));
+        value(":events".into(), n(total.events));
+        value(":first".into(), s(share.first.key()));
+        value(":last".into(), s(share.last.key()));
         for (i, (feature, delta)) in share.features.iter().enumerate() {
             adds.push(format!("#t{i} :t{i}, #e{i} :e{i}"));
-            request = request
-                .expression_attribute_names(format!("#t{i}"), format!("{FEATURE_TOKENS}{feature}"))
-                .expression_attribute_names(format!("#e{i}"), format!("{FEATURE_EVENTS}{feature}"))
-                .expression_attribute_values(format!(":t{i}"), n(delta.tokens))
-                .expression_attribute_values(format!(":e{i}"), n(delta.events));
+            names.insert(
+                format!("#t{i}"),
+                format!("{FEATURE_TOKENS}{feature}").into(),
+            );
+            names.insert(
+                format!("#e{i}"),
+                format!("{FEATURE_EVENTS}{feature}").into(),
+            );
+            value(format!(":t{i}"), n(delta.tokens));
+            value(format!(":e{i}"), n(delta.events));
         }
         let mut update = format!("ADD {} SET through = :last", adds.join(", "));
         if matches!(counter, Counter::Minute { .. }) {
             update.push_str(", expires_at = :expires");
-            request = request.expression_attribute_values(
-                ":expires",
+            value(
+                ":expires".into(),
                 n((Utc::now() + MINUTE_RETENTION).timestamp()),
             );
         }
-        match request.update_expression(update).send().await {
+        let mut input = json!({
+            "TableName": self.table,
+            "Key": json(&key(pk, sk)),
+            "UpdateExpression": update,
+            "ConditionExpression": "attribute_not_exists(through) OR through < :first",
+            "ExpressionAttributeValues": values,
+            "ReturnValues": "UPDATED_NEW",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            "ReturnConsumedCapacity": "TOTAL",
+        });
+        if !names.is_empty() {
+            input["ExpressionAttributeNames"] = names.into();
+        }
+        match self
+            .dynamo
+            .call::<Output>(STORE, "UpdateItem", &input)
+            .await
+        {
             Ok(out) => Ok(Added::Added {
-                write_units: out
-                    .consumed_capacity()
-                    .and_then(|c| c.capacity_units())
-                    .unwrap_or(1.0),
-                tokens: out.attributes().map_or(0, |item| number(item, "tokens")),
+                write_units: out.consumed_capacity.map_or(1.0, |c| c.capacity_units),
+                tokens: out
+                    .attributes
+                    .map_or(0, |item| number(&item.into(), "tokens")),
             }),
-            Err(e) if is_condition_failure(&e) => {
-                let old = refused_item(e);
+            Err(Failure::Refused { code, body }) if code == "ConditionalCheckFailedException" => {
+                let old: Option<Item> = serde_json::from_slice::<Refusal>(&body)
+                    .ok()
+                    .and_then(|r| r.item)
+                    .map(Into::into);
                 let through = old
                     .as_ref()
                     .and_then(|item| text(item, "through").parse().ok())
@@ -296,9 +339,17 @@ impl Ledger for DynamoLedger {
                     write_units: 1.0,
                 })
             }
-            Err(e) => Err(failed(STORE, "UpdateItem", &e)),
+            Err(other) => Err(other.into_store(STORE, "UpdateItem")),
         }
     }
+}
+
+/// The write units a call reports (`ReturnConsumedCapacity: TOTAL`).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Consumed {
+    #[serde(default)]
+    capacity_units: f64,
 }
 
 #[async_trait::async_trait]
@@ -307,7 +358,8 @@ impl UsageReader for DynamoLedger {
     /// rollup checks quota thresholds right after its own writes).
     async fn period_total(&self, tenant: &TenantId, period: &str) -> Result<u64, StoreError> {
         let item = self
-            .client
+            .dynamo
+            .sdk
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key(

@@ -8,6 +8,7 @@
 pub mod alerts;
 pub mod budget;
 pub mod chat;
+pub mod dynamo;
 pub mod ledger;
 pub mod prices;
 pub mod queue;
@@ -27,6 +28,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 
 use crate::store::StoreError;
+pub use dynamo::Dynamo;
 
 /// A store call that failed, as the domain sees it.
 pub(crate) fn failed<E, R>(
@@ -143,40 +145,46 @@ pub(crate) async fn query_all(
     }
 }
 
-/// The items of `keys` that exist in `table`, 100 keys per `BatchGetItem`.
-/// Keys DynamoDB leaves unprocessed (under load) are asked for again, up to
-/// five times; then the read fails as unavailable. `wanted` sets the read's
-/// consistency and projection.
+/// `BatchGetItem` of `keys` in `table` (read consistently if asked, only
+/// `projection` if given), 100 keys a call, through the signed client:
+/// unprocessed keys are asked for again up to five times, then the read
+/// fails as unavailable (503) rather than answer without them.
 pub(crate) async fn batch_get(
     store: &'static str,
-    client: &aws_sdk_dynamodb::Client,
+    dynamo: &Dynamo,
     table: &str,
     keys: Vec<HashMap<String, AttributeValue>>,
-    wanted: aws_sdk_dynamodb::types::builders::KeysAndAttributesBuilder,
+    consistent: bool,
+    projection: Option<&str>,
 ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
     const ASKS_AGAIN: usize = 5;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Output {
+        #[serde(default)]
+        responses: HashMap<String, Vec<dynamo::JsonItem>>,
+        #[serde(default)]
+        unprocessed_keys: HashMap<String, Unprocessed>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Unprocessed {
+        #[serde(default)]
+        keys: Vec<serde_json::Value>,
+    }
     let mut found = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(100) {
-        let mut request = wanted
-            .clone()
-            .set_keys(Some(chunk.to_vec()))
-            .build()
-            .map_err(|e| StoreError::corrupt(store, e))?;
+        let mut asked: Vec<serde_json::Value> = chunk.iter().map(dynamo::json).collect();
         for attempt in 0.. {
-            let out = client
-                .batch_get_item()
-                .request_items(table, request)
-                .send()
-                .await
-                .map_err(|e| failed(store, "BatchGetItem", &e))?;
-            found.extend(
-                out.responses
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|(_, items)| items),
-            );
-            match out.unprocessed_keys.and_then(|mut u| u.remove(table)) {
-                Some(rest) if !rest.keys.is_empty() && attempt < ASKS_AGAIN => request = rest,
+            let mut wanted = serde_json::json!({"Keys": asked, "ConsistentRead": consistent});
+            if let Some(projection) = projection {
+                wanted["ProjectionExpression"] = projection.into();
+            }
+            let input = serde_json::json!({"RequestItems": {table: wanted}});
+            let mut out: Output = dynamo.expect(store, "BatchGetItem", &input).await?;
+            found.extend(out.responses.into_values().flatten().map(HashMap::from));
+            match out.unprocessed_keys.remove(table) {
+                Some(rest) if !rest.keys.is_empty() && attempt < ASKS_AGAIN => asked = rest.keys,
                 Some(rest) if !rest.keys.is_empty() => {
                     return Err(StoreError::Unavailable {
                         store,

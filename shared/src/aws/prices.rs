@@ -5,14 +5,12 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, KeysAndAttributes, ReturnValue, TransactWriteItem,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, ReturnValue, TransactWriteItem};
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    applied, batch_get, failed, from_item, is_condition_failure, n, put_item, put_new, query_all,
-    refused_item, s, to_item,
+    Dynamo, applied, batch_get, failed, from_item, is_condition_failure, n, put_item, put_new,
+    query_all, refused_item, s, to_item,
 };
 use crate::metering::types::TenantId;
 use crate::prices::alerts::{PriceAlert, PriceAlerts};
@@ -28,7 +26,7 @@ const STORE: &str = "prices table";
 
 #[derive(Debug, Clone)]
 pub struct DynamoPrices {
-    client: aws_sdk_dynamodb::Client,
+    dynamo: Dynamo,
     table: String,
 }
 
@@ -59,9 +57,9 @@ fn key(pk: String, sk: impl Into<String>) -> HashMap<String, AttributeValue> {
 }
 
 impl DynamoPrices {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
+    pub fn new(dynamo: Dynamo, table: &str) -> Self {
         Self {
-            client,
+            dynamo,
             table: table.to_owned(),
         }
     }
@@ -72,7 +70,8 @@ impl DynamoPrices {
         pk: String,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let request = self
-            .client
+            .dynamo
+            .sdk
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk")
@@ -88,7 +87,8 @@ impl DynamoPrices {
         to: String,
     ) -> Result<Vec<T>, StoreError> {
         let request = self
-            .client
+            .dynamo
+            .sdk
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
@@ -114,7 +114,8 @@ impl DynamoPrices {
         );
         let (price, ts) = (n(quote.price), s(sortable(quote.ts)));
         let update = |expression: &str, condition: &str| {
-            self.client
+            self.dynamo
+                .sdk
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(candle.clone()))
@@ -185,14 +186,15 @@ impl PriceStore for DynamoPrices {
         let expires = quote.ts + keeping.retention;
         point.insert("expires_at".into(), n(expires.timestamp()));
         for item in [point, latest] {
-            put_item(STORE, &self.client, &self.table, item).await?;
+            put_item(STORE, &self.dynamo.sdk, &self.table, item).await?;
         }
         self.fold(quote).await
     }
 
     async fn latest(&self, metal: Metal, currency: &Currency) -> Result<Option<Quote>, StoreError> {
         let item = self
-            .client
+            .dynamo
+            .sdk
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key(series_pk(metal, currency), "LATEST")))
@@ -251,7 +253,8 @@ fn breaker_of(item: Option<&HashMap<String, AttributeValue>>) -> Breaker {
 impl BreakerStore for DynamoPrices {
     async fn get(&self, provider: ProviderId) -> Result<Breaker, StoreError> {
         let out = self
-            .client
+            .dynamo
+            .sdk
             .get_item()
             .table_name(&self.table)
             .set_key(Some(breaker_key(provider)))
@@ -270,7 +273,8 @@ impl BreakerStore for DynamoPrices {
     ) -> Result<Breaker, StoreError> {
         // Count atomically, then open if this failure reached the threshold.
         let out = self
-            .client
+            .dynamo
+            .sdk
             .update_item()
             .table_name(&self.table)
             .set_key(Some(breaker_key(provider)))
@@ -284,7 +288,8 @@ impl BreakerStore for DynamoPrices {
         if breaker.consecutive_failures < threshold {
             return Ok(breaker);
         }
-        self.client
+        self.dynamo
+            .sdk
             .update_item()
             .table_name(&self.table)
             .set_key(Some(breaker_key(provider)))
@@ -300,7 +305,8 @@ impl BreakerStore for DynamoPrices {
     }
 
     async fn succeeded(&self, provider: ProviderId) -> Result<(), StoreError> {
-        self.client
+        self.dynamo
+            .sdk
             .update_item()
             .table_name(&self.table)
             .set_key(Some(breaker_key(provider)))
@@ -351,7 +357,8 @@ impl PriceAlerts for DynamoPrices {
         };
         let mut owner = to_item(STORE, &pointer)?;
         owner.extend(owner_key(&alert.tenant, &alert.id));
-        self.client
+        self.dynamo
+            .sdk
             .transact_write_items()
             .transact_items(put_new(STORE, &self.table, item)?)
             .transact_items(put_new(STORE, &self.table, owner)?)
@@ -370,14 +377,7 @@ impl PriceAlerts for DynamoPrices {
                 keys.push(alert_key(pointer.metal, &pointer.currency, &id));
             }
         }
-        let items = batch_get(
-            STORE,
-            &self.client,
-            &self.table,
-            keys,
-            KeysAndAttributes::builder(),
-        )
-        .await?;
+        let items = batch_get(STORE, &self.dynamo, &self.table, keys, false, None).await?;
         let mut alerts = items
             .into_iter()
             .map(|item| from_item::<PriceAlert>(STORE, item))
@@ -388,7 +388,8 @@ impl PriceAlerts for DynamoPrices {
 
     async fn delete(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
         let owner = self
-            .client
+            .dynamo
+            .sdk
             .get_item()
             .table_name(&self.table)
             .set_key(Some(owner_key(tenant, id)))
@@ -408,7 +409,8 @@ impl PriceAlerts for DynamoPrices {
                 .map(|delete| TransactWriteItem::builder().delete(delete).build())
                 .map_err(|e| StoreError::corrupt(STORE, e))
         };
-        self.client
+        self.dynamo
+            .sdk
             .transact_write_items()
             .transact_items(delete(owner_key(tenant, id))?)
             .transact_items(delete(alert_key(pointer.metal, &pointer.currency, id))?)
@@ -433,7 +435,8 @@ impl PriceAlerts for DynamoPrices {
     async fn set_armed(&self, alert: &PriceAlert, armed: bool) -> Result<bool, StoreError> {
         let fired = if armed { alert.fired } else { alert.fired + 1 };
         let result = self
-            .client
+            .dynamo
+            .sdk
             .update_item()
             .table_name(&self.table)
             .set_key(Some(alert_key(alert.metal, &alert.currency, &alert.id)))

@@ -52,12 +52,14 @@ impl Default for Bounds {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The service answered with an error: its code (`__type` without the
-    /// namespace) and message.
+    /// namespace), message, and the whole document (some errors carry more,
+    /// e.g. the item a refused conditional write found).
     #[error("{code}: {message}")]
     Service {
         status: u16,
         code: String,
         message: String,
+        body: Bytes,
     },
     /// No answer: connection, timeout, credentials or signing.
     #[error("{0}")]
@@ -199,6 +201,7 @@ impl SignedJson {
                 None => problem.kind,
             },
             message: problem.message,
+            body: answer,
         })
     }
 
@@ -369,6 +372,7 @@ mod tests {
                 status,
                 code,
                 message,
+                ..
             }) => {
                 assert_eq!(
                     (status, code.as_str(), message.as_str()),

@@ -2,15 +2,13 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    batch_get, decode_cursor, encode_cursor, failed, from_item, is_condition_failure, n, put_new,
-    s, to_item,
+    Dynamo, batch_get, decode_cursor, encode_cursor, failed, from_item, is_condition_failure, n,
+    put_new, s, to_item,
 };
 use crate::metering::tenants::{KeyHash, Tenant, TenantPage, TenantPatch, TenantStore};
 use crate::metering::types::TenantId;
@@ -21,7 +19,7 @@ const STORE: &str = "tenants table";
 
 #[derive(Debug, Clone)]
 pub struct DynamoTenants {
-    client: aws_sdk_dynamodb::Client,
+    dynamo: Dynamo,
     table: String,
 }
 
@@ -63,9 +61,9 @@ fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
 }
 
 impl DynamoTenants {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
+    pub fn new(dynamo: Dynamo, table: &str) -> Self {
         Self {
-            client,
+            dynamo,
             table: table.to_owned(),
         }
     }
@@ -77,7 +75,8 @@ impl DynamoTenants {
         consistent: bool,
     ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
         Ok(self
-            .client
+            .dynamo
+            .sdk
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key(pk, sk)))
@@ -106,7 +105,8 @@ impl TenantStore for DynamoTenants {
             expires_at: None,
         };
         let put = |item| put_new(STORE, &self.table, item);
-        self.client
+        self.dynamo
+            .sdk
             .transact_write_items()
             .transact_items(put(to_item(STORE, &profile)?)?)
             .transact_items(put(to_item(STORE, &key_item)?)?)
@@ -125,14 +125,7 @@ impl TenantStore for DynamoTenants {
     /// One `BatchGetItem` per 100 tenants.
     async fn get_many(&self, ids: &[TenantId]) -> Result<Vec<Tenant>, StoreError> {
         let keys = ids.iter().map(|id| key(tenant_pk(id), PROFILE)).collect();
-        let items = batch_get(
-            STORE,
-            &self.client,
-            &self.table,
-            keys,
-            KeysAndAttributes::builder(),
-        )
-        .await?;
+        let items = batch_get(STORE, &self.dynamo, &self.table, keys, false, None).await?;
         items
             .into_iter()
             .map(|item| from_item::<ProfileItem>(STORE, item).map(|p| p.tenant))
@@ -160,7 +153,8 @@ impl TenantStore for DynamoTenants {
     async fn list(&self, limit: usize, cursor: Option<&str>) -> Result<TenantPage, StoreError> {
         let start = cursor.map(decode_cursor).transpose()?;
         let page = self
-            .client
+            .dynamo
+            .sdk
             .scan()
             .table_name(&self.table)
             .filter_expression("sk = :profile")
@@ -223,7 +217,8 @@ impl TenantStore for DynamoTenants {
             return self.get(id).await;
         }
         let result = self
-            .client
+            .dynamo
+            .sdk
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(tenant_pk(id), PROFILE)))
@@ -289,7 +284,8 @@ impl TenantStore for DynamoTenants {
             .expression_attribute_values(":old", s(&profile.key_hash))
             .build()
             .map_err(build)?;
-        self.client
+        self.dynamo
+            .sdk
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(new_key).build())
             .transact_items(TransactWriteItem::builder().update(expire_old).build())
@@ -337,7 +333,8 @@ impl TenantStore for DynamoTenants {
             .build()
             .map_err(build)?;
         // A concurrent rotation or deletion cancels it: a 503 to retry.
-        self.client
+        self.dynamo
+            .sdk
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().delete(profile_gone).build())
             .transact_items(TransactWriteItem::builder().delete(key_gone).build())
