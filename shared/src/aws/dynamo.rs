@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::SdkConfig;
-use super::signed::{Bounds, CallError, SignedJson};
+use super::signed::{Bounds, CallError, SignedJson, retryable};
 use crate::store::StoreError;
 
 /// An item as the stores hold it.
@@ -26,8 +26,9 @@ pub struct Dynamo {
     signed: Arc<SignedJson>,
 }
 
-/// A call's failure: the service refused it with `code` (its error
-/// document given, e.g. a refused condition's item), or the store failed.
+/// A call's failure: the service refused the request with `code` (a 4xx
+/// not worth retrying; its error document given, e.g. a refused
+/// condition's item), or the store failed.
 pub(crate) enum Failure {
     Refused { code: String, body: Bytes },
     Store(StoreError),
@@ -70,13 +71,8 @@ impl Dynamo {
             Ok(output) => serde_json::from_slice(&output)
                 .map_err(|e| Failure::Store(StoreError::corrupt(store, e))),
             Err(CallError::Service {
-                status: 400,
-                code,
-                body,
-                ..
-            }) if !code.contains("Throttl") && code != "ProvisionedThroughputExceededException" => {
-                Err(Failure::Refused { code, body })
-            }
+                status, code, body, ..
+            }) if !retryable(status, &code) => Err(Failure::Refused { code, body }),
             Err(e) => Err(unavailable(e.to_string())),
         }
     }

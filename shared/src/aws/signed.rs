@@ -70,19 +70,23 @@ impl CallError {
     /// Throttling, a 5xx or no answer: worth another attempt.
     fn retryable(&self) -> bool {
         match self {
-            CallError::Service { status, code, .. } => {
-                *status >= 500
-                    || [
-                        "Throttl",
-                        "RequestLimitExceeded",
-                        "ProvisionedThroughputExceeded",
-                    ]
-                    .iter()
-                    .any(|c| code.contains(c))
-            }
+            CallError::Service { status, code, .. } => retryable(*status, code),
             CallError::Unavailable(_) => true,
         }
     }
+}
+
+/// Whether a service error is the service's moment (throttling, a 5xx), not
+/// the request's fault.
+pub(crate) fn retryable(status: u16, code: &str) -> bool {
+    status >= 500
+        || [
+            "Throttl",
+            "RequestLimitExceeded",
+            "ProvisionedThroughputExceeded",
+        ]
+        .iter()
+        .any(|c| code.contains(c))
 }
 
 /// One AWS service spoken in its JSON protocol (`x-amz-target`), signed.
