@@ -30,7 +30,11 @@ pub struct Dynamo {
 /// not worth retrying; its error document given, e.g. a refused
 /// condition's item), or the store failed.
 pub(crate) enum Failure {
-    Refused { code: String, body: Bytes },
+    Refused {
+        code: String,
+        message: String,
+        body: Bytes,
+    },
     Store(StoreError),
 }
 
@@ -71,8 +75,15 @@ impl Dynamo {
             Ok(output) => serde_json::from_slice(&output)
                 .map_err(|e| Failure::Store(StoreError::corrupt(store, e))),
             Err(CallError::Service {
-                status, code, body, ..
-            }) if !retryable(status, &code) => Err(Failure::Refused { code, body }),
+                status,
+                code,
+                message,
+                body,
+            }) if !retryable(status, &code) => Err(Failure::Refused {
+                code,
+                message,
+                body,
+            }),
             Err(e) => Err(unavailable(e.to_string())),
         }
     }
@@ -92,14 +103,15 @@ impl Dynamo {
 
 impl Failure {
     /// The failure as the store's: a refusal nobody expected is unavailable
-    /// (503), naming its code and document.
+    /// (503), naming its code and message (not its document, which may
+    /// hold an item).
     pub(crate) fn into_store(self, store: &'static str, operation: &'static str) -> StoreError {
         match self {
             Failure::Store(e) => e,
-            Failure::Refused { code, body } => StoreError::Unavailable {
+            Failure::Refused { code, message, .. } => StoreError::Unavailable {
                 store,
                 operation,
-                message: format!("{code}: {}", String::from_utf8_lossy(&body)),
+                message: format!("{code}: {message}"),
             },
         }
     }

@@ -322,7 +322,9 @@ impl Ledger for DynamoLedger {
                     .attributes
                     .map_or(0, |item| number(&item.into(), "tokens")),
             }),
-            Err(Failure::Refused { code, body }) if code == "ConditionalCheckFailedException" => {
+            Err(Failure::Refused { code, body, .. })
+                if code == "ConditionalCheckFailedException" =>
+            {
                 let old: Option<Item> = serde_json::from_slice::<Refusal>(&body)
                     .ok()
                     .and_then(|r| r.item)
