@@ -299,7 +299,6 @@ impl Harness {
     ) -> Result<Vec<(Option<f64>, Option<f64>, f64)>, String> {
         self.warm_answers(binary, name, env, event, count)
             .await?
-            .0
             .into_iter()
             .map(|answer| {
                 let handed = answer.handed.ok_or("no event handed")?;
@@ -314,8 +313,7 @@ impl Harness {
     }
 
     /// One process answering `count + 1` invocations with `event`, one
-    /// after another: the answers but the first (cold) one, and the CPU
-    /// time the process used in all.
+    /// after another: the answers but the first (cold) one.
     pub async fn warm_answers(
         &mut self,
         binary: &Path,
@@ -323,11 +321,11 @@ impl Harness {
         env: &[(String, String)],
         event: &Value,
         count: usize,
-    ) -> Result<(Vec<Answer>, Option<Duration>), String> {
+    ) -> Result<Vec<Answer>, String> {
         let events = std::iter::repeat_n(event.clone(), count + 1).collect();
-        let (mut answers, cpu) = self.answers(binary, name, env, events, None).await?;
+        let (mut answers, _) = self.answers(binary, name, env, events, None).await?;
         answers.remove(0);
-        Ok((answers, cpu))
+        Ok(answers)
     }
 
     /// The CPU time of one warm invocation, in µs, and the warm answers: a

@@ -8,9 +8,9 @@
 //! ([`super::rollup`]). The delivery's tenants are read at once and their
 //! claims share calls: a store call costs far more CPU than the work around
 //! it, and a delivery often holds one message of each of several tenants.
-//! A tenant whose events could not be counted, or
-//! whose crossings could not be raised, has its messages reported as
-//! failed, so only they are redelivered, still in order; nothing is
+//! A tenant whose events could not be counted, or whose crossings could not
+//! be raised, has its messages reported as failed, so only they are
+//! redelivered, still in order; nothing is
 //! acknowledged that was not counted and raised. A message that can never
 //! be counted (unreadable) is set aside on the dead-letter queue: it
 //! claimed nothing, so a redrive is safe. Raising only records and queues an alert: webhooks
