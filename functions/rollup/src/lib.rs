@@ -30,6 +30,7 @@ use shared::aws::queue::{SqsAlertQueue, SqsDeadLetters};
 use shared::aws::tenants::DynamoTenants;
 use shared::config::{ConfigError, Env};
 use shared::metering::consumer::{Consumer, Message};
+use shared::metering::tenants::CachedProfiles;
 use shared::telemetry::{MetricUnit, Metrics};
 use shared::webhook::{RetryPolicy, WebhookSender};
 
@@ -47,6 +48,9 @@ pub struct Config {
     /// The wait before an alert's second delivery, doubling per attempt
     /// (`ALERT_BACKOFF_SECONDS`, 30).
     pub alert_backoff: Duration,
+    /// How long a tenant's profile is remembered per instance
+    /// (`TENANT_CACHE_SECONDS`, 30): a change reaches counting within it.
+    pub tenant_cache: Duration,
     /// Webhook attempts: timeout each, retries, first backoff
     /// (`WEBHOOK_TIMEOUT_MS`, `WEBHOOK_RETRIES`, `WEBHOOK_BACKOFF_MS`).
     pub webhooks: RetryPolicy,
@@ -62,6 +66,7 @@ impl Config {
             events_dlq_url: env.required("EVENTS_DLQ_URL")?,
             alerts_queue_arn: env.required("ALERTS_QUEUE_ARN")?,
             alert_backoff: Duration::from_secs(env.parse_or("ALERT_BACKOFF_SECONDS", 30)?),
+            tenant_cache: Duration::from_secs(env.parse_or("TENANT_CACHE_SECONDS", 30)?),
             webhooks: RetryPolicy {
                 timeout: Duration::from_millis(
                     env.parse_or("WEBHOOK_TIMEOUT_MS", default.timeout.as_millis() as u64)?,
@@ -88,7 +93,10 @@ pub fn rollup(config: &Config, aws: &SdkConfig) -> Rollup {
     let sqs = aws_sdk_sqs::Client::new(aws);
     let ledger = Arc::new(DynamoLedger::new(dynamodb.clone(), &config.usage_table));
     let consumer = Consumer {
-        tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
+        tenants: CachedProfiles::new(
+            Arc::new(DynamoTenants::new(dynamodb.clone(), &config.tenants_table)),
+            config.tenant_cache,
+        ),
         ledger: ledger.clone(),
         usage: ledger,
         alerts: Arc::new(DynamoAlerts::new(dynamodb.sdk, &config.usage_table)),

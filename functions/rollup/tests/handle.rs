@@ -13,7 +13,9 @@ use shared::metering::consumer::{Consumer, MemoryDeadLetters};
 use shared::metering::ingest::pack;
 use shared::metering::period::BillingPeriod;
 use shared::metering::rollup::MemoryLedger;
-use shared::metering::tenants::{ApiKey, MemoryTenants, NewTenant, Tenant, TenantStore};
+use shared::metering::tenants::{
+    ApiKey, CachedProfiles, MemoryTenants, NewTenant, Tenant, TenantStore,
+};
 use shared::metering::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
 use shared::metering::usage::UsageReader;
 
@@ -37,7 +39,8 @@ fn rollup() -> Rollup {
     let notifier = Arc::new(RecordingNotifier::default());
     let dead_letters = Arc::new(MemoryDeadLetters::default());
     let consumer = Consumer {
-        tenants: tenants.clone(),
+        // As deployed: a profile read is remembered for 30 s.
+        tenants: CachedProfiles::new(tenants.clone(), Duration::from_secs(30)),
         ledger: ledger.clone(),
         usage: ledger.clone(),
         alerts: alerts.clone(),

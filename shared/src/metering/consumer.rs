@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::alerts::{self, AlertKey, AlertQueue, AlertStore, Delivery, Notifier};
 use super::period::BillingPeriod;
 use super::rollup::{Ledger, Seq, Work, count_all};
-use super::tenants::{Tenant, TenantStore};
+use super::tenants::{CachedProfiles, Tenant};
 use super::types::{EventBatch, TenantId, UsageEvent};
 use super::usage::UsageReader;
 use crate::store::StoreError;
@@ -60,7 +60,8 @@ pub struct BatchOutcome {
 /// The stores and notifier the consumer works with.
 #[derive(Clone)]
 pub struct Consumer {
-    pub tenants: Arc<dyn TenantStore>,
+    /// Profiles remembered per instance (`TENANT_CACHE_SECONDS`).
+    pub tenants: CachedProfiles,
     pub ledger: Arc<dyn Ledger>,
     pub usage: Arc<dyn UsageReader>,
     pub alerts: Arc<dyn AlertStore>,

@@ -422,8 +422,9 @@ pub async fn rotate_signing_secret(
 }
 
 /// Deletes tenant `id`: its keys stop working (within the key cache's TTL
-/// in warm instances), the rollup drops its events still queued, and its
-/// counted usage stays until the usage table's TTLs (docs/data-model.md).
+/// in warm instances), the rollup drops its events still queued (or, in an
+/// instance that remembers its profile, counts them), and its counted
+/// usage stays until the usage table's TTLs (docs/data-model.md).
 /// `false` if there is no such tenant.
 pub async fn delete_tenant(
     store: &dyn TenantStore,
@@ -437,20 +438,54 @@ pub async fn delete_tenant(
     Ok(deleted)
 }
 
+/// Values remembered per warm instance for `ttl`, at most
+/// [`REMEMBERED_ENTRIES`] (past it the map starts over: cheap, and bounded).
+struct Remembered<K, V> {
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<HashMap<K, (V, std::time::Instant)>>,
+}
+
+/// Entries remembered at most.
+const REMEMBERED_ENTRIES: usize = 10_000;
+
+impl<K: std::hash::Hash + Eq, V: Clone> Remembered<K, V> {
+    fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            entries: std::sync::Mutex::default(),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, std::time::Instant)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        self.entries()
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(value, _)| value.clone())
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut entries = self.entries();
+        if entries.len() >= REMEMBERED_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (value, std::time::Instant::now()));
+    }
+}
+
 /// Tenants by API key, remembered per warm instance for `ttl`: ingest then
 /// costs no table read per request, and a disabled tenant or an expired key
 /// is refused within `ttl`. Unknown keys are remembered too, so a flood of
 /// bad keys cannot hammer the table.
 pub struct CachedKeys {
     tenants: Arc<dyn TenantStore>,
-    ttl: std::time::Duration,
     /// Says whether a rotated-out key is past its grace period.
     clock: Arc<dyn Clock>,
-    entries: tokio::sync::Mutex<HashMap<KeyHash, (Option<Tenant>, std::time::Instant)>>,
+    remembered: Remembered<KeyHash, Option<Tenant>>,
 }
-
-/// Entries kept at most; past it the cache starts over (cheap, and bounded).
-const KEY_CACHE_ENTRIES: usize = 10_000;
 
 impl CachedKeys {
     pub fn new(
@@ -460,29 +495,68 @@ impl CachedKeys {
     ) -> Self {
         Self {
             tenants,
-            ttl,
             clock,
-            entries: tokio::sync::Mutex::default(),
+            remembered: Remembered::new(ttl),
         }
     }
 
     /// The tenant `hash` belongs to, if any.
     pub async fn tenant(&self, hash: &KeyHash) -> Result<Option<Tenant>, StoreError> {
-        if let Some((tenant, at)) = self.entries.lock().await.get(hash)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(tenant.clone());
+        if let Some(tenant) = self.remembered.get(hash) {
+            return Ok(tenant);
         }
         let tenant = match self.tenants.tenant_of_key(hash, self.clock.now()).await? {
             Some(id) => self.tenants.get(&id).await?,
             None => None,
         };
-        let mut entries = self.entries.lock().await;
-        if entries.len() >= KEY_CACHE_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(hash.clone(), (tenant.clone(), std::time::Instant::now()));
+        self.remembered.put(hash.clone(), tenant.clone());
         Ok(tenant)
+    }
+}
+
+/// Tenant profiles by id, remembered per warm instance for `ttl`: the
+/// rollup reads a tenant once per `ttl`, not once per delivery. A change to
+/// a tenant (quota, billing day, webhooks, deletion) reaches a warm
+/// instance within `ttl`, as it reaches ingest's key cache. Only profiles
+/// found are remembered: a tenant not found is asked for again, and whether
+/// it was deleted is always read from the table.
+#[derive(Clone)]
+pub struct CachedProfiles {
+    tenants: Arc<dyn TenantStore>,
+    remembered: Arc<Remembered<TenantId, Tenant>>,
+}
+
+impl CachedProfiles {
+    pub fn new(tenants: Arc<dyn TenantStore>, ttl: std::time::Duration) -> Self {
+        Self {
+            tenants,
+            remembered: Arc::new(Remembered::new(ttl)),
+        }
+    }
+
+    /// The profiles of `ids` that exist: those remembered, the rest in one
+    /// read.
+    pub async fn get_many(&self, ids: &[TenantId]) -> Result<Vec<Tenant>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self.remembered.get(id) {
+                Some(tenant) => found.push(tenant),
+                None => unknown.push(id.clone()),
+            }
+        }
+        if !unknown.is_empty() {
+            for tenant in self.tenants.get_many(&unknown).await? {
+                self.remembered.put(tenant.id.clone(), tenant.clone());
+                found.push(tenant);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether tenant `id` was deleted (its tombstone), never remembered.
+    pub async fn was_deleted(&self, id: &TenantId) -> Result<bool, StoreError> {
+        self.tenants.was_deleted(id).await
     }
 }
 
@@ -638,6 +712,53 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    fn acme(now: DateTime<Utc>) -> Tenant {
+        let new: NewTenant = serde_json::from_value(serde_json::json!(
+            {"name": "Acme", "monthly_quota": 100, "billing_day": 1, "tier": "free"}
+        ))
+        .unwrap();
+        new.into_tenant(now).unwrap()
+    }
+
+    /// A profile found is read once per TTL (the table may even be down
+    /// meanwhile); one not found is asked for again; after the TTL a change
+    /// shows.
+    #[tokio::test]
+    async fn profiles_found_are_remembered_for_their_ttl() {
+        let store = Arc::new(MemoryTenants::default());
+        let ttl = std::time::Duration::from_millis(200);
+        let profiles = CachedProfiles::new(store.clone(), ttl);
+        let tenant = acme(Utc::now());
+        let id = std::slice::from_ref(&tenant.id);
+        assert!(profiles.get_many(id).await.unwrap().is_empty());
+        register(store.as_ref(), &tenant).await.unwrap();
+        let found = profiles.get_many(id).await.unwrap();
+        assert_eq!(found, std::slice::from_ref(&tenant));
+
+        store.outage.begin();
+        let remembered = profiles.get_many(id).await.unwrap();
+        assert_eq!(remembered, std::slice::from_ref(&tenant));
+        let other = TenantId::generate();
+        assert!(
+            profiles
+                .get_many(&[tenant.id.clone(), other])
+                .await
+                .is_err()
+        );
+        store.outage.end();
+
+        let patch = TenantPatch {
+            monthly_quota: Some(500),
+            ..TenantPatch::default()
+        };
+        store.update(&tenant.id, &patch).await.unwrap();
+        let stale = profiles.get_many(id).await.unwrap();
+        assert_eq!(stale[0].monthly_quota, 100);
+        tokio::time::sleep(ttl).await;
+        let fresh = profiles.get_many(id).await.unwrap();
+        assert_eq!(fresh[0].monthly_quota, 500);
     }
 
     #[test]
