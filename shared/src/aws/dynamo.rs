@@ -123,10 +123,23 @@ pub(crate) fn json(item: &Item) -> serde_json::Value {
     serde_json::to_value(item).unwrap_or_default()
 }
 
-/// A value in DynamoDB JSON.
-pub(crate) fn json_value(value: &AttributeValue) -> serde_json::Value {
-    let value: serde_dynamo::AttributeValue = value.clone().into();
-    serde_json::to_value(value).unwrap_or_default()
+/// A string value in DynamoDB JSON, written directly (the hot path's
+/// values; an `AttributeValue` would be built and converted).
+pub(crate) fn s_json(value: impl Into<String>) -> serde_json::Value {
+    serde_json::json!({ "S": value.into() })
+}
+
+/// A number value in DynamoDB JSON, written directly.
+pub(crate) fn n_json(value: impl ToString) -> serde_json::Value {
+    serde_json::json!({ "N": value.to_string() })
+}
+
+/// An attribute read from DynamoDB JSON as the one type expected (`S` or
+/// `N`: its text); another type reads as absent.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct Text {
+    #[serde(rename = "S", alias = "N", default)]
+    pub text: String,
 }
 
 /// An item read from DynamoDB JSON.
@@ -155,7 +168,10 @@ mod tests {
             sent,
             serde_json::json!({"pk": {"S": "TENANT#t"}, "tokens": {"N": "42"}})
         );
-        assert_eq!(json_value(&item["tokens"]), serde_json::json!({"N": "42"}));
+        assert_eq!(n_json(42), serde_json::json!({"N": "42"}));
+        assert_eq!(s_json("TENANT#t"), sent["pk"]);
+        let tokens: Text = serde_json::from_value(sent["tokens"].clone()).unwrap();
+        assert_eq!(tokens.text, "42");
         let back: JsonItem = serde_json::from_value(sent).unwrap();
         assert_eq!(Item::from(back), item);
     }

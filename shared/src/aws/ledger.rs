@@ -8,8 +8,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use super::dynamo::{Dynamo, Failure, Item, JsonItem, json, json_value};
-use super::{batch_get, failed, n, query_all, s};
+use super::dynamo::{Dynamo, Failure, Text, n_json, s_json};
+use super::{batch_get, failed, query_all, s};
 use crate::metering::rollup::{Added, Claim, Counter, Ledger, Owner, Share};
 use crate::metering::types::{TenantId, UsageEvent};
 use crate::metering::usage::{MINUTE_RETENTION, MinuteUsage, PeriodUsage, UsageReader};
@@ -124,20 +124,19 @@ impl DynamoLedger {
             #[serde(default)]
             message: String,
         }
-        let expires = n((Utc::now() + DEDUP_RETENTION).timestamp());
+        let expires = n_json((Utc::now() + DEDUP_RETENTION).timestamp());
         let statements: Vec<Value> = claims
             .iter()
             .map(|claim| {
                 let event = claim.event;
                 let parameters = [
-                    s(claim_pk(claim.tenant, event)),
-                    s(claim.seq.key()),
-                    s(event.feature.as_str()),
-                    n(event.tokens.get()),
-                    s(event.timestamp.to_rfc3339()),
+                    s_json(claim_pk(claim.tenant, event)),
+                    s_json(claim.seq.key()),
+                    s_json(event.feature.as_str()),
+                    n_json(event.tokens.get()),
+                    s_json(event.timestamp.to_rfc3339()),
                     expires.clone(),
                 ];
-                let parameters: Vec<Value> = parameters.iter().map(json_value).collect();
                 json!({"Statement": self.insert, "Parameters": parameters})
             })
             .collect();
@@ -256,27 +255,35 @@ impl Ledger for DynamoLedger {
         counter: &Counter,
         share: &Share,
     ) -> Result<Added, StoreError> {
+        /// The counter's attributes the answer is read for: `tokens` (its
+        /// new total), `through` (how far a refused counter is).
+        #[derive(serde::Deserialize)]
+        struct Counted {
+            #[serde(default)]
+            tokens: Text,
+            #[serde(default)]
+            through: Text,
+        }
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct Output {
-            attributes: Option<JsonItem>,
+            attributes: Option<Counted>,
             consumed_capacity: Option<Consumed>,
         }
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct Refusal {
-            item: Option<JsonItem>,
+            item: Option<Counted>,
         }
         let (pk, sk) = counter_key(tenant, counter);
         let total = share.total();
         let mut adds = vec!["tokens :tokens, events :events".to_owned()];
         let mut names = serde_json::Map::new();
         let mut values = serde_json::Map::new();
-        let mut value = |name: String, v: AttributeValue| values.insert(name, json_value(&v));
-        value(":tokens".into(), n(total.tokens));
-        value(":events".into(), n(total.events));
-        value(":first".into(), s(share.first.key()));
-        value(":last".into(), s(share.last.key()));
+        values.insert(":tokens".into(), n_json(total.tokens));
+        values.insert(":events".into(), n_json(total.events));
+        values.insert(":first".into(), s_json(share.first.key()));
+        values.insert(":last".into(), s_json(share.last.key()));
         for (i, (feature, delta)) in share.features.iter().enumerate() {
             adds.push(format!("#t{i} :t{i}, #e{i} :e{i}"));
             names.insert(
@@ -287,20 +294,20 @@ impl Ledger for DynamoLedger {
                 format!("#e{i}"),
                 format!("{FEATURE_EVENTS}{feature}").into(),
             );
-            value(format!(":t{i}"), n(delta.tokens));
-            value(format!(":e{i}"), n(delta.events));
+            values.insert(format!(":t{i}"), n_json(delta.tokens));
+            values.insert(format!(":e{i}"), n_json(delta.events));
         }
         let mut update = format!("ADD {} SET through = :last", adds.join(", "));
         if matches!(counter, Counter::Minute { .. }) {
             update.push_str(", expires_at = :expires");
-            value(
+            values.insert(
                 ":expires".into(),
-                n((Utc::now() + MINUTE_RETENTION).timestamp()),
+                n_json((Utc::now() + MINUTE_RETENTION).timestamp()),
             );
         }
         let mut input = json!({
             "TableName": self.table,
-            "Key": json(&key(pk, sk)),
+            "Key": {"pk": s_json(pk), "sk": s_json(sk)},
             "UpdateExpression": update,
             "ConditionExpression": "attribute_not_exists(through) OR through < :first",
             "ExpressionAttributeValues": values,
@@ -320,18 +327,16 @@ impl Ledger for DynamoLedger {
                 write_units: out.consumed_capacity.map_or(1.0, |c| c.capacity_units),
                 tokens: out
                     .attributes
-                    .map_or(0, |item| number(&item.into(), "tokens")),
+                    .and_then(|item| item.tokens.text.parse().ok())
+                    .unwrap_or(0),
             }),
             Err(Failure::Refused { code, body, .. })
                 if code == "ConditionalCheckFailedException" =>
             {
-                let old: Option<Item> = serde_json::from_slice::<Refusal>(&body)
+                let through = serde_json::from_slice::<Refusal>(&body)
                     .ok()
                     .and_then(|r| r.item)
-                    .map(Into::into);
-                let through = old
-                    .as_ref()
-                    .and_then(|item| text(item, "through").parse().ok())
+                    .and_then(|item| item.through.text.parse().ok())
                     .ok_or_else(|| {
                         StoreError::corrupt(STORE, "a refused counter names no message")
                     })?;
