@@ -383,7 +383,7 @@ async fn runtime_floor(
         ),
         (
             "rollup",
-            "a delivery of one message of 5 events of one tenant, counted: four store calls",
+            "a delivery of one message of 5 events of one tenant, counted: three store calls (claims, two counters; the profile is remembered)",
             cpu(harness, root, &rollup, "rollup", delivery, None).await?,
         ),
     ]
@@ -401,8 +401,8 @@ async fn runtime_floor(
          the emulator, {CALLS} in a row on a thread of their own (its run time):\n\n\
          | made through | CPU per call |\n|---|---:|\n\
          | the AWS SDK, as the functions make their other calls | {sdk:.0} µs |\n\
-         | the signed client (`shared::aws::signed`: aws-sigv4 + reqwest), as \
-         the per-event calls are made | {signed:.0} µs |\n\
+         | the signed client (`shared::aws::signed`: SigV4 with a cached day key, \
+         hyper), as the per-event calls are made | {signed:.0} µs |\n\
          | a bare HTTP request (hyper; the same JSON, unsigned: the emulator checks no \
          signature) | {bare:.0} µs |\n"
     ))
