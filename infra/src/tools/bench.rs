@@ -9,7 +9,7 @@
 //! once it has answered. Medians over `runs` fresh processes.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
@@ -309,13 +309,18 @@ async fn floor(
     write_section(root, "floor", &floor)
 }
 
-/// Warm invocations handed out back to back to one process.
+/// Warm invocations handed out to one process.
 const FLOOR_INVOCATIONS: usize = 2000;
+
+/// How long the paced runs hold each event once asked for (the load test's
+/// 300 requests a second, had one instance all of them).
+const IDLE_BETWEEN: Duration = Duration::from_millis(3);
 
 /// CPU per warm invocation: first with no store call (what the runtime
 /// loop, the event's conversion and the answer cost before a function does
 /// its work: the floor under the load test's per-request CPU), then the
-/// load test's own work, one invocation at a time on an idle machine.
+/// load test's own work, one invocation at a time on an idle machine; each
+/// back to back and with the process idle between invocations.
 async fn runtime_floor(
     harness: &mut Harness,
     rig: &Rig,
@@ -327,7 +332,9 @@ async fn runtime_floor(
     let tenant = Value::from("ten_00000000000000000000000000be4c01");
     let key = rig.register_tenant(&ingest, &tenant).await?;
     let health = sample_event(root, "ingest-health")?;
-    let not_found = http_event(&health, "GET", "/none", None);
+    let not_found_event = http_event(&health, "GET", "/none", None);
+    let not_found = |_| not_found_event.clone();
+    let empty = |_| json!({"Records": []});
     let post = |i: usize| {
         let body = json!({"id": format!("bench-{i}"), "feature": "f0", "tokens": 1});
         http_event(&health, "POST", "/events", Some((key.expose(), body)))
@@ -349,54 +356,54 @@ async fn runtime_floor(
         record["attributes"]["SequenceNumber"] = (1_000_000 + i).to_string().into();
         json!({"Records": [record]})
     };
-    let rows = [
+    let mut rows = String::new();
+    for (function, what, env, event, status) in [
         (
             "ingest",
             "an HTTP request answered without a store call (404)",
-            cpu(
-                harness,
-                root,
-                &ingest,
-                "ingest",
-                |_| not_found.clone(),
-                Some(404),
-            )
-            .await?,
+            &ingest,
+            &not_found as &dyn Fn(usize) -> Value,
+            Some(404),
         ),
-        (
-            "rollup",
-            "an empty SQS delivery",
-            cpu(
-                harness,
-                root,
-                &rollup,
-                "rollup",
-                |_| json!({"Records": []}),
-                None,
-            )
-            .await?,
-        ),
+        ("rollup", "an empty SQS delivery", &rollup, &empty, None),
         (
             "ingest",
             "a POST /events of one event, queued: one `SendMessageBatch`",
-            cpu(harness, root, &ingest, "ingest", post, Some(202)).await?,
+            &ingest,
+            &post,
+            Some(202),
         ),
         (
             "rollup",
-            "a delivery of one message of 5 events of one tenant, counted: three store calls (claims, two counters; the profile is remembered)",
-            cpu(harness, root, &rollup, "rollup", delivery, None).await?,
+            "a delivery of one message of 5 events of one tenant, counted: three store \
+             calls (claims, two counters; the profile is remembered)",
+            &rollup,
+            &delivery,
+            None,
         ),
-    ]
-    .map(|(function, what, micros)| format!("| {function} | {what} | {micros:.0} µs |\n"))
-    .concat();
+    ] {
+        let mut cpus = Vec::with_capacity(2);
+        for gap in [Duration::ZERO, IDLE_BETWEEN] {
+            cpus.push(cpu(harness, root, env, function, event, status, gap).await?);
+        }
+        rows.push_str(&format!(
+            "| {function} | {what} | {:.0} µs | {:.0} µs |\n",
+            cpus[0], cpus[1]
+        ));
+    }
     let CallCosts { sdk, signed, bare } = call_costs(rig).await?;
+    let idle = IDLE_BETWEEN.as_millis();
     Ok(format!(
-        "CPU per warm invocation ({FLOOR_INVOCATIONS} handed back to back to one process \
+        "CPU per warm invocation ({FLOOR_INVOCATIONS} handed to one process \
          through the local Runtime API, each event its own, logs to /dev/null; the threads' \
          run time less a process handed one). The first two make no store call: the floor \
          under every request's CPU in `make loadtest`. The last two are the load test's \
-         work, on an idle machine and warm caches, where `make loadtest` shares two cores \
-         with the emulator:\n\n| function | invocation | CPU |\n|---|---|---:|\n{rows}\n\
+         work, on an idle machine, where `make loadtest` shares two cores with the \
+         emulator. Back to back, the process never waits for its next event and runs on \
+         warm caches; handed out {idle} ms after each ask, it waits idle in between, as an \
+         instance does between requests that are not back to back:\n\n\
+         | function | invocation | CPU, back to back | CPU, {idle} ms idle between |\n\
+         |---|---|---:|---:|\n{rows}\n\
          What one store call adds, client side: an SQS `SendMessageBatch` of one message to \
          the emulator, {CALLS} in a row on a thread of their own (its run time):\n\n\
          | made through | CPU per call |\n|---|---:|\n\
@@ -409,19 +416,21 @@ async fn runtime_floor(
 }
 
 /// [`FLOOR_INVOCATIONS`] warm invocations of release `function` with
-/// `event(i)`, each answered with HTTP `status` or, for a delivery
-/// (`None`), with no failures: CPU per invocation, in µs.
+/// `event(i)`, each handed out `gap` after it was asked for and answered
+/// with HTTP `status` or, for a delivery (`None`), with no failures: CPU
+/// per invocation, in µs.
 async fn cpu(
     harness: &mut Harness,
     root: &Path,
     env: &[(String, String)],
     function: &str,
-    event: impl Fn(usize) -> Value,
+    event: &dyn Fn(usize) -> Value,
     status: Option<u16>,
+    gap: Duration,
 ) -> Result<f64, String> {
     let binary = release_dir(root).join(function);
     let (micros, answers) = harness
-        .cpu_per_invocation(&binary, function, env, event, FLOOR_INVOCATIONS)
+        .cpu_per_invocation(&binary, function, env, event, FLOOR_INVOCATIONS, gap)
         .await?;
     for answer in &answers {
         let body: Value = serde_json::from_slice(&answer.body).unwrap_or_default();

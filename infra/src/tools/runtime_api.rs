@@ -37,6 +37,10 @@ struct RunState {
     /// Holds every response until this many are in: only a process running
     /// that many invocations at once gets past it.
     overlap: Option<Arc<Barrier>>,
+    /// How long each event after the first is held once asked for: the
+    /// process then waits idle between invocations, as a Lambda instance
+    /// does between requests that are not back to back.
+    gap: Duration,
 }
 
 /// One answer of a function to the Runtime API.
@@ -69,6 +73,13 @@ impl Api {
 }
 
 async fn next(State(api): State<Api>) -> axum::response::Response {
+    let gap = {
+        let state = api.state();
+        state.first_poll.map(|_| state.gap).unwrap_or_default()
+    };
+    if !gap.is_zero() {
+        tokio::time::sleep(gap).await;
+    }
     let event = {
         let mut state = api.state();
         state.first_poll.get_or_insert_with(Instant::now);
@@ -220,10 +231,12 @@ impl Harness {
         env: &[(String, String)],
         events: Vec<Value>,
         overlap: Option<Arc<Barrier>>,
+        gap: Duration,
     ) -> Result<tokio::process::Child, String> {
         *self.api.state() = RunState {
             events: events.into(),
             overlap,
+            gap,
             ..RunState::default()
         };
         let mut command = match &self.runner {
@@ -272,7 +285,7 @@ impl Harness {
         event: &Value,
     ) -> Result<(f64, f64, Option<u64>, Answer), String> {
         let started = Instant::now();
-        let mut child = self.spawn(binary, name, env, vec![event.clone()], None)?;
+        let mut child = self.spawn(binary, name, env, vec![event.clone()], None, Duration::ZERO)?;
         let answered = self.answer(name).await;
         let rss = child.id().and_then(peak_rss_kib);
         let _ = child.kill().await;
@@ -323,16 +336,18 @@ impl Harness {
         count: usize,
     ) -> Result<Vec<Answer>, String> {
         let events = std::iter::repeat_n(event.clone(), count + 1).collect();
-        let (mut answers, _) = self.answers(binary, name, env, events, None).await?;
+        let (mut answers, _) = self
+            .answers(binary, name, env, events, None, Duration::ZERO)
+            .await?;
         answers.remove(0);
         Ok(answers)
     }
 
     /// The CPU time of one warm invocation, in µs, and the warm answers: a
-    /// process handed `event(1..=count + 1)`, less one handed `event(0)`
-    /// alone (its start and cold invocation), by the kernel's run time of
-    /// the process's threads. Every event is its own, so none repeats one
-    /// the stores have already seen.
+    /// process handed `event(1..=count + 1)`, each `gap` after it asked,
+    /// less one handed `event(0)` alone (its start and cold invocation), by
+    /// the kernel's run time of the process's threads. Every event is its
+    /// own, so none repeats one the stores have already seen.
     pub async fn cpu_per_invocation(
         &mut self,
         binary: &Path,
@@ -340,12 +355,13 @@ impl Harness {
         env: &[(String, String)],
         event: impl Fn(usize) -> Value,
         count: usize,
+        gap: Duration,
     ) -> Result<(f64, Vec<Answer>), String> {
         let (_, alone) = self
-            .answers(binary, name, env, vec![event(0)], None)
+            .answers(binary, name, env, vec![event(0)], None, Duration::ZERO)
             .await?;
         let events = (1..=count + 1).map(event).collect();
-        let (mut answers, all) = self.answers(binary, name, env, events, None).await?;
+        let (mut answers, all) = self.answers(binary, name, env, events, None, gap).await?;
         let unreadable = || format!("{name}: its CPU time cannot be read");
         let warm = all
             .ok_or_else(unreadable)?
@@ -373,13 +389,14 @@ impl Harness {
         let events = std::iter::repeat_n(event.clone(), count).collect();
         let barrier = Arc::new(Barrier::new(count));
         let (answers, _) = self
-            .answers(binary, name, &env, events, Some(barrier))
+            .answers(binary, name, &env, events, Some(barrier), Duration::ZERO)
             .await?;
         Ok(answers)
     }
 
-    /// One process handed `events` (held by `barrier`, if any): an answer
-    /// to each, in the order they came, and the CPU time it used.
+    /// One process handed `events` (held by `barrier`, if any; each after
+    /// the first `gap` after it asked): an answer to each, in the order they
+    /// came, and the CPU time it used.
     async fn answers(
         &mut self,
         binary: &Path,
@@ -387,9 +404,10 @@ impl Harness {
         env: &[(String, String)],
         events: Vec<Value>,
         barrier: Option<Arc<Barrier>>,
+        gap: Duration,
     ) -> Result<(Vec<Answer>, Option<Duration>), String> {
         let count = events.len();
-        let mut child = self.spawn(binary, name, env, events, barrier)?;
+        let mut child = self.spawn(binary, name, env, events, barrier, gap)?;
         let mut answers = Vec::with_capacity(count);
         for _ in 0..count {
             answers.push(self.answer(name).await?);
