@@ -3,7 +3,8 @@
 //! - [`observe`]: gives each request an id (Lambda's request id, so a client's
 //!   `request_id` leads straight to the function's logs), scopes it (see
 //!   [`crate::telemetry::current_request_id`]), echoes it as `x-request-id`, and writes the one
-//!   log line per request (route, status, latency).
+//!   log line per request (route, status, latency): the handler's metrics
+//!   record when it left one in the response's extensions.
 //! - [`finish`]: all of the above around a function's routes, plus security
 //!   headers, CORS, and problem+json instead of axum's empty 404/405 bodies.
 
@@ -28,7 +29,7 @@ use crate::metering::ingest::{AcceptError, IngestError};
 use crate::metering::usage::ReportError;
 use crate::prices::PriceError;
 use crate::ratelimit::Decision;
-use crate::telemetry;
+use crate::telemetry::{self, Metrics};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -54,15 +55,52 @@ pub async fn observe(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID, value);
     }
-    tracing::info!(
-        %method,
+    let line = RequestLine {
+        method,
         route,
-        status = response.status().as_u16(),
+        status: response.status().as_u16(),
         latency_ms,
         request_id,
-        "request"
-    );
+    };
+    // A handler's metrics ride its response here and carry the request's
+    // fields: one stdout write per request, not two (each is a pipe write).
+    match response.extensions_mut().remove::<Metrics>() {
+        Some(metrics) => line.on(metrics).emit(),
+        None => {
+            let RequestLine {
+                method,
+                route,
+                status,
+                latency_ms,
+                request_id,
+            } = line;
+            tracing::info!(%method, route, status, latency_ms, request_id, "request");
+        }
+    }
     response
+}
+
+/// The fields of a request's log line.
+struct RequestLine {
+    method: Method,
+    route: String,
+    status: u16,
+    latency_ms: f64,
+    request_id: String,
+}
+
+impl RequestLine {
+    /// `metrics` as the request's log line, as the JSON log lines name them.
+    fn on(self, metrics: Metrics) -> Metrics {
+        metrics
+            .property("level", "INFO")
+            .property("message", "request")
+            .property("method", self.method.as_str())
+            .property("route", self.route)
+            .property("status", self.status)
+            .property("latency_ms", self.latency_ms)
+            .property("request_id", self.request_id)
+    }
 }
 
 /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (epoch seconds) of a
@@ -415,6 +453,82 @@ mod tests {
 
     fn origins(value: &str) -> Result<CorsOrigins, ConfigError> {
         CorsOrigins::from_env(&Env::from_pairs([(CorsOrigins::ENV, value)]))
+    }
+
+    /// Log lines written while `work` runs on this thread.
+    async fn logged<F: Future>(work: F) -> Vec<serde_json::Value> {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        work.await;
+        drop(guard);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_request_without_metrics_logs_its_own_line() {
+        let app = finish(Router::new(), &CorsOrigins::Any);
+        let request = http::Request::get("/none").body(axum::body::Body::empty());
+        let lines = logged(tower::ServiceExt::oneshot(app, request.unwrap())).await;
+        let line = &lines[0];
+        assert_eq!(line["message"], "request");
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["route"], "unmatched");
+        assert_eq!(line["status"], 404);
+        assert!(line["latency_ms"].is_f64());
+        assert!(line["request_id"].is_string());
+    }
+
+    #[test]
+    fn a_handlers_metrics_become_the_requests_log_line() {
+        let line = RequestLine {
+            method: Method::POST,
+            route: "/events".to_owned(),
+            status: 202,
+            latency_ms: 1.5,
+            request_id: "req-1".to_owned(),
+        };
+        let metrics = Metrics::new().dimension("Function", "ingest").value(
+            "EventsAccepted",
+            telemetry::MetricUnit::Count,
+            1.0,
+        );
+        let doc = line.on(metrics).render(0);
+        assert_eq!(doc["EventsAccepted"], 1.0);
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
+            "EventsAccepted"
+        );
+        for (field, value) in [
+            ("level", serde_json::json!("INFO")),
+            ("message", serde_json::json!("request")),
+            ("method", serde_json::json!("POST")),
+            ("route", serde_json::json!("/events")),
+            ("status", serde_json::json!(202)),
+            ("latency_ms", serde_json::json!(1.5)),
+            ("request_id", serde_json::json!("req-1")),
+        ] {
+            assert_eq!(doc[field], value, "{field}");
+        }
     }
 
     #[test]

@@ -23,9 +23,16 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
+/// Where lambda_runtime opens its span around every invocation. No line
+/// prints span fields (the request id is a field of its own), so that span
+/// is only bookkeeping on every invocation: it is turned off.
+const INVOCATION_SPAN: &str = "lambda_runtime::layers::trace=off";
+
 /// Installs the JSON log subscriber; level from `RUST_LOG` (default `info`).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(INVOCATION_SPAN.parse().expect("a valid directive"));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -74,7 +81,7 @@ impl MetricUnit {
 pub struct Metrics {
     dimensions: Vec<(&'static str, String)>,
     values: Vec<(&'static str, MetricUnit, f64)>,
-    properties: Vec<(&'static str, String)>,
+    properties: Vec<(&'static str, Value)>,
 }
 
 impl Metrics {
@@ -95,7 +102,7 @@ impl Metrics {
     /// A field logged with the record but not a metric (EMF keeps it as a
     /// log field): the record doubles as the request's log line, one write
     /// instead of two.
-    pub fn property(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub fn property(mut self, name: &'static str, value: impl Into<Value>) -> Self {
         self.properties.push((name, value.into()));
         self
     }
@@ -103,8 +110,11 @@ impl Metrics {
     /// The EMF document, timestamped `timestamp_ms` (Unix epoch milliseconds).
     pub fn render(&self, timestamp_ms: i64) -> Value {
         let mut root = Map::new();
-        for (name, value) in self.dimensions.iter().chain(&self.properties) {
+        for (name, value) in &self.dimensions {
             root.insert((*name).to_owned(), json!(value));
+        }
+        for (name, value) in &self.properties {
+            root.insert((*name).to_owned(), value.clone());
         }
         for (name, _, value) in &self.values {
             root.insert((*name).to_owned(), json!(value));

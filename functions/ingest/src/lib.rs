@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 use shared::auth::require_tenant;
 use shared::aws::Dynamo;
@@ -116,7 +116,7 @@ async fn post_events(
     State(app): State<App>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Extension<Metrics>, Json<Value>), ApiError> {
     let tenant = require_tenant(&headers, &app.keys).await?;
     let submission = Submission {
         body: &body,
@@ -132,8 +132,9 @@ async fn post_events(
                 tracing::error!(%error, tenant = %tenant.id, "events queue rejected the events");
             }
         })?;
-    // The metrics record is the acceptance's log line: it names the tenant.
-    Metrics::new()
+    // The metrics record is the acceptance's log line: it names the tenant,
+    // and `observe` adds the request's fields and writes it.
+    let metrics = Metrics::new()
         .dimension("Function", FUNCTION)
         .property("tenant", tenant.id.as_str())
         .value(
@@ -146,10 +147,10 @@ async fn post_events(
             "SqsRequests",
             MetricUnit::Count,
             accepted.queue_requests as f64,
-        )
-        .emit();
+        );
     Ok((
         StatusCode::ACCEPTED,
+        Extension(metrics),
         Json(json!({"accepted": accepted.ids.len(), "ids": accepted.ids})),
     ))
 }

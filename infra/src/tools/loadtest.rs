@@ -291,12 +291,22 @@ fn metrics_since(log: &std::path::Path, offset: u64) -> HashMap<(String, String)
         let Ok(doc) = serde_json::from_str::<Value>(json) else {
             continue;
         };
-        let (Some(function), Some(_)) = (doc["Function"].as_str(), doc.get("_aws")) else {
+        let Some(function) = doc["Function"].as_str() else {
             continue;
         };
-        for (name, value) in doc.as_object().into_iter().flatten() {
-            if let Some(v) = value.as_f64() {
-                *sums.entry((function.to_owned(), name.clone())).or_default() += v;
+        // Only the record's declared metrics: it also carries log fields
+        // (a request's status and latency).
+        let declared = doc["_aws"]["CloudWatchMetrics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|set| set["Metrics"].as_array().into_iter().flatten())
+            .filter_map(|metric| metric["Name"].as_str());
+        for name in declared {
+            if let Some(v) = doc[name].as_f64() {
+                *sums
+                    .entry((function.to_owned(), name.to_owned()))
+                    .or_default() += v;
             }
         }
     }
@@ -955,6 +965,8 @@ fn costs(
 
 #[cfg(test)]
 mod tests {
+    use shared::telemetry::{MetricUnit, Metrics};
+
     use super::*;
 
     #[test]
@@ -972,15 +984,25 @@ mod tests {
         let log = dir.join("dev.log");
         std::fs::write(
             &log,
-            "[lambda] {\"Function\":\"ingest\",\"EventsAccepted\":5.0,\"_aws\":{}}\n\
-             [lambda] {\"level\":\"INFO\",\"message\":\"request\"}\n\
-             [lambda] {\"Function\":\"ingest\",\"EventsAccepted\":3.0,\"_aws\":{}}\n",
+            [
+                Metrics::new()
+                    .dimension("Function", "ingest")
+                    .value("EventsAccepted", MetricUnit::Count, 5.0)
+                    .property("status", 202),
+                Metrics::new().dimension("Function", "ingest").value(
+                    "EventsAccepted",
+                    MetricUnit::Count,
+                    3.0,
+                ),
+            ]
+            .map(|m| format!("[lambda] {}\n", m.render(0)))
+            .join("[lambda] {\"level\":\"INFO\",\"message\":\"request\"}\n"),
         )
         .unwrap();
         let sums = metrics_since(&log, 0);
         assert_eq!(
-            sums[&("ingest".to_owned(), "EventsAccepted".to_owned())],
-            8.0
+            sums,
+            HashMap::from([(("ingest".to_owned(), "EventsAccepted".to_owned()), 8.0)])
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
