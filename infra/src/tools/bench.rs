@@ -389,6 +389,9 @@ async fn runtime_floor(
         ));
     }
     let CallCosts { sdk, signed, bare } = call_costs(rig).await?;
+    let (warm, waited) = tokio::task::spawn_blocking(wait_price)
+        .await
+        .map_err(|e| e.to_string())??;
     let idle = IDLE_BETWEEN.as_millis();
     Ok(format!(
         "CPU per warm invocation ({FLOOR_INVOCATIONS} handed to one process \
@@ -408,8 +411,69 @@ async fn runtime_floor(
          | the signed client (`shared::aws::signed`: SigV4 with a cached day key, \
          hyper), as the per-event calls are made | {signed:.0} µs |\n\
          | a bare HTTP request (hyper; the same JSON, unsigned: the emulator checks no \
-         signature) | {bare:.0} µs |\n"
+         signature) | {bare:.0} µs |\n\n\
+         What waiting costs any process on this machine, whatever its code: one fixed \
+         piece of work ({PRICE_READS} random reads over {price_mib} MiB), {PRICE_PASSES} \
+         times on a thread of its own (its run time), back to back and each after a \
+         {idle} ms sleep (less the run time of the sleeps alone):\n\n\
+         | the same work | CPU per pass |\n|---|---:|\n\
+         | back to back | {warm:.1} µs |\n\
+         | after a {idle} ms sleep | {waited:.1} µs ({ratio:.1}×) |\n",
+        price_mib = PRICE_BYTES >> 20,
+        ratio = waited / warm,
     ))
+}
+
+/// Passes of [`wait_price`]'s work per figure.
+const PRICE_PASSES: usize = 2000;
+/// Random reads per pass.
+const PRICE_READS: usize = 4096;
+/// The memory they read.
+const PRICE_BYTES: usize = 2 << 20;
+
+/// What a wait costs on this machine, apart from any function: CPU per
+/// pass of the same fixed reads back to back and each after a sleep of
+/// [`IDLE_BETWEEN`] (the sleep's own cost taken out), in µs. A machine that keeps a waiting thread's caches
+/// shows about the same figure twice; one that hands the core to others
+/// while it waits (a VM whose idle vCPU halts) shows the idle column's gap.
+fn wait_price() -> Result<(f64, f64), String> {
+    let memory = vec![1u8; PRICE_BYTES];
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut pass = || {
+        let mut sum = 0u64;
+        for _ in 0..PRICE_READS {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            sum += u64::from(memory[(state % PRICE_BYTES as u64) as usize]);
+        }
+        std::hint::black_box(sum);
+    };
+    let mut per_pass = |gap: Duration, work: bool| {
+        pass();
+        let before = thread_run_time()?;
+        for _ in 0..PRICE_PASSES {
+            if !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
+            if work {
+                pass();
+            }
+        }
+        Ok::<_, String>((thread_run_time()? - before) / 1000.0 / PRICE_PASSES as f64)
+    };
+    let warm = per_pass(Duration::ZERO, true)?;
+    // The sleep's own system calls and wake-up, taken out.
+    let after_sleep = per_pass(IDLE_BETWEEN, true)? - per_pass(IDLE_BETWEEN, false)?;
+    Ok((warm, after_sleep))
+}
+
+/// This thread's run time (`schedstat`), in nanoseconds.
+fn thread_run_time() -> Result<f64, String> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .ok_or_else(|| "this thread's run time cannot be read".to_owned())
 }
 
 /// [`FLOOR_INVOCATIONS`] warm invocations of release `function` with
@@ -569,18 +633,12 @@ where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let run_time = || {
-        std::fs::read_to_string("/proc/thread-self/schedstat")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .ok_or("this thread's run time cannot be read")
-    };
     call(0).await?;
-    let before = run_time()?;
+    let before = thread_run_time()?;
     for i in 1..=CALLS {
         call(i).await?;
     }
-    Ok((run_time()? - before) / 1000.0 / CALLS as f64)
+    Ok((thread_run_time()? - before) / 1000.0 / CALLS as f64)
 }
 
 async fn chat(
