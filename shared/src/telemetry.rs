@@ -108,23 +108,23 @@ impl Metrics {
     }
 
     /// The EMF document, timestamped `timestamp_ms` (Unix epoch milliseconds).
-    pub fn render(&self, timestamp_ms: i64) -> Value {
+    pub fn render(self, timestamp_ms: i64) -> Value {
         let mut root = Map::new();
-        for (name, value) in &self.dimensions {
-            root.insert((*name).to_owned(), json!(value));
-        }
-        for (name, value) in &self.properties {
-            root.insert((*name).to_owned(), value.clone());
-        }
-        for (name, _, value) in &self.values {
-            root.insert((*name).to_owned(), json!(value));
-        }
         let dimension_names: Vec<_> = self.dimensions.iter().map(|(n, _)| *n).collect();
+        for (name, value) in self.dimensions {
+            root.insert(name.to_owned(), Value::String(value));
+        }
+        for (name, value) in self.properties {
+            root.insert(name.to_owned(), value);
+        }
         let metrics: Vec<_> = self
             .values
             .iter()
             .map(|(name, unit, _)| json!({"Name": name, "Unit": unit.as_str()}))
             .collect();
+        for (name, _, value) in self.values {
+            root.insert(name.to_owned(), json!(value));
+        }
         root.insert(
             "_aws".to_owned(),
             json!({
@@ -141,7 +141,7 @@ impl Metrics {
 
     /// Writes the record to stdout, where the Lambda log agent picks it up.
     /// EMF must be the whole log line, so it bypasses the tracing formatter.
-    pub fn emit(&self) {
+    pub fn emit(self) {
         if !self.values.is_empty() {
             println!("{}", self.render(chrono::Utc::now().timestamp_millis()));
         }
