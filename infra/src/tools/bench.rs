@@ -18,7 +18,7 @@ use shared::prices::store::PriceStore;
 
 use crate::cloud::template::Template;
 use crate::tools::rig::{Rig, sample_event};
-use crate::tools::runtime_api::{Answer, Harness, ms};
+use crate::tools::runtime_api::{Answer, Harness, ms, run_time};
 
 /// One function's figures.
 #[derive(Debug, Clone)]
@@ -433,9 +433,10 @@ const PRICE_BYTES: usize = 2 << 20;
 
 /// What a wait costs on this machine, apart from any function: CPU per
 /// pass of the same fixed reads back to back and each after a sleep of
-/// [`IDLE_BETWEEN`] (the sleep's own cost taken out), in µs. A machine that keeps a waiting thread's caches
-/// shows about the same figure twice; one that hands the core to others
-/// while it waits (a VM whose idle vCPU halts) shows the idle column's gap.
+/// [`IDLE_BETWEEN`] (the sleep's own cost taken out), in µs. A machine that
+/// keeps a waiting thread's caches shows about the same figure twice; one
+/// that hands the core to others while it waits (a VM whose idle vCPU
+/// halts) shows the idle column's gap.
 fn wait_price() -> Result<(f64, f64), String> {
     let memory = vec![1u8; PRICE_BYTES];
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
@@ -468,11 +469,10 @@ fn wait_price() -> Result<(f64, f64), String> {
     Ok((warm, after_sleep))
 }
 
-/// This thread's run time (`schedstat`), in nanoseconds.
+/// This thread's run time, in nanoseconds.
 fn thread_run_time() -> Result<f64, String> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+    run_time(Path::new("/proc/thread-self/schedstat"))
+        .map(|t| t.as_nanos() as f64)
         .ok_or_else(|| "this thread's run time cannot be read".to_owned())
 }
 

@@ -34,6 +34,13 @@ struct RunState {
     first_poll: Option<Instant>,
     /// When the event being handled was handed out.
     handed_at: Option<Instant>,
+    handing: Handing,
+}
+
+/// How a process is handed its events (by default: as fast as it asks,
+/// each response taken alone).
+#[derive(Default)]
+struct Handing {
     /// Holds every response until this many are in: only a process running
     /// that many invocations at once gets past it.
     overlap: Option<Arc<Barrier>>,
@@ -75,7 +82,10 @@ impl Api {
 async fn next(State(api): State<Api>) -> axum::response::Response {
     let gap = {
         let state = api.state();
-        state.first_poll.map(|_| state.gap).unwrap_or_default()
+        state
+            .first_poll
+            .map(|_| state.handing.gap)
+            .unwrap_or_default()
     };
     if !gap.is_zero() {
         tokio::time::sleep(gap).await;
@@ -127,7 +137,7 @@ async fn respond(
     // Read before the runtime can poll for (and be handed) the next event.
     let (handed, overlap) = {
         let state = api.state();
-        (state.handed_at, state.overlap.clone())
+        (state.handed_at, state.handing.overlap.clone())
     };
     let mut stream = body.into_data_stream();
     let (mut seen, mut first_byte, mut first_delta) = (Vec::new(), None, None);
@@ -230,13 +240,11 @@ impl Harness {
         name: &str,
         env: &[(String, String)],
         events: Vec<Value>,
-        overlap: Option<Arc<Barrier>>,
-        gap: Duration,
+        handing: Handing,
     ) -> Result<tokio::process::Child, String> {
         *self.api.state() = RunState {
             events: events.into(),
-            overlap,
-            gap,
+            handing,
             ..RunState::default()
         };
         let mut command = match &self.runner {
@@ -285,7 +293,7 @@ impl Harness {
         event: &Value,
     ) -> Result<(f64, f64, Option<u64>, Answer), String> {
         let started = Instant::now();
-        let mut child = self.spawn(binary, name, env, vec![event.clone()], None, Duration::ZERO)?;
+        let mut child = self.spawn(binary, name, env, vec![event.clone()], Handing::default())?;
         let answered = self.answer(name).await;
         let rss = child.id().and_then(peak_rss_kib);
         let _ = child.kill().await;
@@ -337,7 +345,7 @@ impl Harness {
     ) -> Result<Vec<Answer>, String> {
         let events = std::iter::repeat_n(event.clone(), count + 1).collect();
         let (mut answers, _) = self
-            .answers(binary, name, env, events, None, Duration::ZERO)
+            .answers(binary, name, env, events, Handing::default())
             .await?;
         answers.remove(0);
         Ok(answers)
@@ -358,10 +366,14 @@ impl Harness {
         gap: Duration,
     ) -> Result<(f64, Vec<Answer>), String> {
         let (_, alone) = self
-            .answers(binary, name, env, vec![event(0)], None, Duration::ZERO)
+            .answers(binary, name, env, vec![event(0)], Handing::default())
             .await?;
         let events = (1..=count + 1).map(event).collect();
-        let (mut answers, all) = self.answers(binary, name, env, events, None, gap).await?;
+        let paced = Handing {
+            gap,
+            ..Handing::default()
+        };
+        let (mut answers, all) = self.answers(binary, name, env, events, paced).await?;
         let unreadable = || format!("{name}: its CPU time cannot be read");
         let warm = all
             .ok_or_else(unreadable)?
@@ -387,27 +399,26 @@ impl Harness {
             count.to_string(),
         ));
         let events = std::iter::repeat_n(event.clone(), count).collect();
-        let barrier = Arc::new(Barrier::new(count));
-        let (answers, _) = self
-            .answers(binary, name, &env, events, Some(barrier), Duration::ZERO)
-            .await?;
+        let together = Handing {
+            overlap: Some(Arc::new(Barrier::new(count))),
+            ..Handing::default()
+        };
+        let (answers, _) = self.answers(binary, name, &env, events, together).await?;
         Ok(answers)
     }
 
-    /// One process handed `events` (held by `barrier`, if any; each after
-    /// the first `gap` after it asked): an answer to each, in the order they
-    /// came, and the CPU time it used.
+    /// One process handed `events` as `handing` says: an answer to each, in
+    /// the order they came, and the CPU time it used.
     async fn answers(
         &mut self,
         binary: &Path,
         name: &str,
         env: &[(String, String)],
         events: Vec<Value>,
-        barrier: Option<Arc<Barrier>>,
-        gap: Duration,
+        handing: Handing,
     ) -> Result<(Vec<Answer>, Option<Duration>), String> {
         let count = events.len();
-        let mut child = self.spawn(binary, name, env, events, barrier, gap)?;
+        let mut child = self.spawn(binary, name, env, events, handing)?;
         let mut answers = Vec::with_capacity(count);
         for _ in 0..count {
             answers.push(self.answer(name).await?);
@@ -422,12 +433,21 @@ impl Harness {
 /// where `stat` counts 10 ms ticks).
 fn cpu_time(pid: u32) -> Option<Duration> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let nanos = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Some(Duration::from_nanos(nanos))
+    Some(
+        tasks
+            .flatten()
+            .filter_map(|task| run_time(&task.path().join("schedstat")))
+            .sum(),
+    )
+}
+
+/// The run time a `schedstat` file reports (its first field, nanoseconds):
+/// a thread's, or `/proc/thread-self/schedstat` for the caller's own.
+pub fn run_time(schedstat: &Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(schedstat).ok()?;
+    Some(Duration::from_nanos(
+        stat.split_whitespace().next()?.parse().ok()?,
+    ))
 }
 
 /// A duration in milliseconds.
