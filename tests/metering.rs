@@ -357,7 +357,8 @@ async fn each_bad_request_class_has_its_code() {
         assert_eq!(headers["content-type"], "application/problem+json");
     }
 
-    // A disabled tenant is refused (a fresh app: the key cache is per instance).
+    // Once disabling answers, the tenant is refused, even by this warm
+    // instance that has just looked its key up.
     let patch = json!({"enabled": false});
     send(
         &f.usage,
@@ -369,12 +370,8 @@ async fn each_bad_request_class_has_its_code() {
         ),
     )
     .await;
-    let fresh = ingest::app(
-        &ingest::Config::from_env(f.stack.env("ingest")).unwrap(),
-        &support::aws_as("ingest").await,
-    );
     let (status, problem) = call(
-        &fresh,
+        &f.ingest,
         "POST",
         "/events",
         Some(&key),
@@ -644,13 +641,10 @@ async fn a_deleted_tenants_key_stops_and_its_queued_events_are_dropped() {
         f.as_admin("DELETE", &path, None).await.0,
         StatusCode::NO_CONTENT
     );
-    // A fresh ingest instance (no cached key) refuses the key at once.
-    let fresh = ingest::app(
-        &ingest::Config::from_env(f.stack.env("ingest")).unwrap(),
-        &support::aws_as("ingest").await,
-    );
+    // Once the delete answers, the key is refused, even by this warm
+    // instance that has just looked it up.
     let later = request("POST", "/events", Some(&key), Some(&queued));
-    assert_eq!(send(&fresh, later).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&f.ingest, later).await.0, StatusCode::UNAUTHORIZED);
     // `drain` fails on any redelivery: the queued event is acknowledged.
     drain(&pump(&f.stack).await).await;
     assert_eq!(

@@ -219,6 +219,7 @@ async fn make_dev_runs_everything_and_ctrl_c_stops_it() {
     );
 
     quota_alerts_arrive_signed_once_each(&dev, &http).await;
+    a_deleted_tenants_key_stops_at_once(&dev, &http).await;
     price_alert_fires_once_per_crossing(&dev, &http).await;
 
     // A message on the queue is delivered to rollup by the event source.
@@ -319,6 +320,41 @@ async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client)
     // Nothing more arrives: one alert per threshold.
     let alerts = exactly_two_signed(&receiver).await;
     assert_eq!(alerts[1].body["used"], 105);
+}
+
+/// A key that ingest has just accepted events with is refused by the very
+/// next request once `DELETE /admin/tenants/{id}` has answered.
+async fn a_deleted_tenants_key_stops_at_once(dev: &Dev, http: &reqwest::Client) {
+    let admin = dev.admin_token().await;
+    let tenant = json_of(
+        http.post(dev.url("usage", "/admin/tenants"))
+            .bearer_auth(&admin)
+            .json(
+                &json!({"name": "Leaving", "monthly_quota": 100, "billing_day": 1, "tier": "free"}),
+            ),
+    )
+    .await;
+    let key = tenant["api_key"].as_str().unwrap();
+    let post = || async {
+        http.post(dev.url("ingest", "/events"))
+            .bearer_auth(key)
+            .json(&json!({"feature": "chat", "tokens": 1}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post().await, 202);
+    let path = format!("/admin/tenants/{}", tenant["id"].as_str().unwrap());
+    let deleted = http
+        .delete(dev.url("usage", &path))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert_eq!(post().await, 401);
 }
 
 /// What `receiver` holds once nothing more arrives for 3 s: exactly two

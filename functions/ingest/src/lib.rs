@@ -39,8 +39,8 @@ pub struct Config {
     /// Counts the public routes' per-client limit.
     pub rate_limit_table: String,
     pub events_queue_url: String,
-    /// How long a key lookup is remembered per instance (`KEY_CACHE_SECONDS`):
-    /// the most a disabled tenant or expired key keeps working.
+    /// How long a key lookup is remembered per instance
+    /// ([`CachedKeys::ttl_from_env`]).
     pub key_cache: Duration,
     pub cors: CorsOrigins,
 }
@@ -51,7 +51,7 @@ impl Config {
             tenants_table: env.required("TENANTS_TABLE")?,
             rate_limit_table: env.required("RATE_LIMIT_TABLE")?,
             events_queue_url: env.required("EVENTS_QUEUE_URL")?,
-            key_cache: Duration::from_secs(env.parse_or("KEY_CACHE_SECONDS", 30)?),
+            key_cache: CachedKeys::ttl_from_env(env)?,
             cors: CorsOrigins::from_env(env)?,
         })
     }

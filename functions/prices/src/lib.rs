@@ -55,7 +55,8 @@ pub struct Config {
     pub rate_limit_table: String,
     /// Tenant API keys sign in to the price-alert routes.
     pub tenants_table: String,
-    /// How long a key lookup is remembered per instance (`KEY_CACHE_SECONDS`).
+    /// How long a key lookup is remembered per instance
+    /// ([`CachedKeys::ttl_from_env`]).
     pub key_cache: Duration,
     pub provider_keys_secret: String,
     pub settings: PriceSettings,
@@ -72,7 +73,7 @@ impl Config {
             prices_table: env.required("PRICES_TABLE")?,
             rate_limit_table: env.required("RATE_LIMIT_TABLE")?,
             tenants_table: env.required("TENANTS_TABLE")?,
-            key_cache: Duration::from_secs(env.parse_or("KEY_CACHE_SECONDS", 30)?),
+            key_cache: CachedKeys::ttl_from_env(env)?,
             provider_keys_secret: env.required("PROVIDER_KEYS_SECRET")?,
             settings: PriceSettings::from_env(env)?,
             memory_ttl: Duration::from_secs(env.parse_or("MEMORY_CACHE_SECONDS", 60)?),

@@ -58,7 +58,8 @@ pub struct Config {
     pub admin_token_secret: String,
     /// How long a rotated-out API key keeps working (`KEY_GRACE_SECONDS`).
     pub key_grace: TimeDelta,
-    /// How long a tenant key lookup is remembered (`KEY_CACHE_SECONDS`).
+    /// How long a tenant key lookup is remembered, and so how long deleting
+    /// or disabling a tenant waits ([`CachedKeys::ttl_from_env`]).
     pub key_cache: Duration,
     /// The model API, whose reachability `/api/v1/status` reports.
     pub anthropic_base_url: String,
@@ -75,7 +76,7 @@ impl Config {
             admin_token_secret: env.required("ADMIN_TOKEN_SECRET")?,
             anthropic_base_url: env.upstream(Upstream::Anthropic)?,
             key_grace: TimeDelta::seconds(env.parse_or("KEY_GRACE_SECONDS", 86_400)?),
-            key_cache: Duration::from_secs(env.parse_or("KEY_CACHE_SECONDS", 30)?),
+            key_cache: CachedKeys::ttl_from_env(env)?,
             jwt: JwtSettings::from_env(env)?,
             chat: ChatSettings::from_env(env)?,
             cors: CorsOrigins::from_env(env)?,
@@ -324,12 +325,16 @@ async fn patch_tenant(
         .validate()
         .map_err(|e| ApiError::bad_request("invalid_tenant", e.0))?;
     let tenant = app.tenants.update(&id, &patch).await?;
-    tenant
-        .map(|t| Json(view(&t)))
-        .ok_or_else(|| no_such_tenant(&id))
+    let tenant = tenant.ok_or_else(|| no_such_tenant(&id))?;
+    if patch.enabled == Some(false) {
+        // The tenant's keys are refused everywhere once this answers.
+        app.keys.wait_out().await;
+    }
+    Ok(Json(view(&tenant)))
 }
 
-/// `DELETE /admin/tenants/{id}`: 204, or 404 if there is no such tenant.
+/// `DELETE /admin/tenants/{id}`: 204 once the tenant's keys are refused
+/// everywhere, or 404 if there is no such tenant.
 async fn delete_tenant(
     State(app): State<App>,
     headers: HeaderMap,
@@ -338,6 +343,7 @@ async fn delete_tenant(
     require_admin(&headers, &app.admin_token).await?;
     let id = tenant_id(id)?;
     if tenants::delete_tenant(app.tenants.as_ref(), &id, app.clock.now()).await? {
+        app.keys.wait_out().await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(no_such_tenant(&id))

@@ -117,7 +117,7 @@ impl TenantStore for DynamoTenants {
     }
 
     async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        let item = self.get_item(tenant_pk(id), PROFILE, false).await?;
+        let item = self.get_item(tenant_pk(id), PROFILE, true).await?;
         item.map(|i| from_item::<ProfileItem>(STORE, i).map(|p| p.tenant))
             .transpose()
     }
@@ -138,7 +138,7 @@ impl TenantStore for DynamoTenants {
         hash: &KeyHash,
         now: DateTime<Utc>,
     ) -> Result<Option<TenantId>, StoreError> {
-        let Some(item) = self.get_item(key_pk(hash), KEY, false).await? else {
+        let Some(item) = self.get_item(key_pk(hash), KEY, true).await? else {
             return Ok(None);
         };
         let key: KeyItem = from_item(STORE, item)?;

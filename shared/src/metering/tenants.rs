@@ -11,9 +11,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
 use super::types::{BillingDay, Invalid, TenantId};
 use crate::clock::Clock;
+use crate::config::{ConfigError, Env};
 use crate::store::{Outage, StoreError, page_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +302,9 @@ pub trait TenantStore: Send + Sync {
     /// Creates the tenant and its key; fails if the tenant exists.
     async fn create(&self, tenant: &Tenant, key_hash: &KeyHash) -> Result<(), StoreError>;
 
+    /// Sees every write completed before it was asked (strongly
+    /// consistent), as `tenant_of_key` does: [`CachedKeys`]'s bound on how
+    /// long a stopped key works rests on it.
     async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
 
     /// The tenants of `ids` that exist, as one read where the store can
@@ -421,8 +426,8 @@ pub async fn rotate_signing_secret(
     Ok(rotated)
 }
 
-/// Deletes tenant `id`: its keys stop working (within the key cache's TTL
-/// in warm instances), the rollup drops its events still queued (or, in an
+/// Deletes tenant `id`: its keys stop working (in every warm instance once
+/// [`CachedKeys::wait_out`] returns, which the admin API waits for), the rollup drops its events still queued (or, in an
 /// instance that remembers its profile, counts them), and its counted
 /// usage stays until the usage table's TTLs (docs/data-model.md).
 /// `false` if there is no such tenant.
@@ -440,9 +445,12 @@ pub async fn delete_tenant(
 
 /// Values remembered per warm instance for `ttl`, at most
 /// [`REMEMBERED_ENTRIES`] (past it the map starts over: cheap, and bounded).
+/// An entry's age counts from when its read was *asked*, so a value read
+/// before a write the table had not yet applied is gone `ttl` after that
+/// write at the latest.
 struct Remembered<K, V> {
     ttl: std::time::Duration,
-    entries: std::sync::Mutex<HashMap<K, (V, std::time::Instant)>>,
+    entries: std::sync::Mutex<HashMap<K, (V, Instant)>>,
 }
 
 /// Entries remembered at most.
@@ -456,30 +464,33 @@ impl<K: std::hash::Hash + Eq, V: Clone> Remembered<K, V> {
         }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, std::time::Instant)>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, Instant)>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get(&self, key: &K) -> Option<V> {
         self.entries()
             .get(key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .filter(|(_, asked)| asked.elapsed() < self.ttl)
             .map(|(value, _)| value.clone())
     }
 
-    fn put(&self, key: K, value: V) {
+    /// Remembers `value`, read by a request sent at `asked`.
+    fn put(&self, key: K, value: V, asked: Instant) {
         let mut entries = self.entries();
         if entries.len() >= REMEMBERED_ENTRIES {
             entries.clear();
         }
-        entries.insert(key, (value, std::time::Instant::now()));
+        entries.insert(key, (value, asked));
     }
 }
 
 /// Tenants by API key, remembered per warm instance for `ttl`: ingest then
-/// costs no table read per request, and a disabled tenant or an expired key
-/// is refused within `ttl`. Unknown keys are remembered too, so a flood of
-/// bad keys cannot hammer the table.
+/// costs a table read per key per `ttl`, not per request. The reads are
+/// strongly consistent and an entry ages from when its read was asked, so
+/// a key deleted, disabled or expired is refused everywhere `ttl` after the
+/// write (what [`CachedKeys::wait_out`] waits for). Unknown keys are
+/// remembered too, so a flood of bad keys cannot hammer the table.
 pub struct CachedKeys {
     tenants: Arc<dyn TenantStore>,
     /// Says whether a rotated-out key is past its grace period.
@@ -505,12 +516,29 @@ impl CachedKeys {
         if let Some(tenant) = self.remembered.get(hash) {
             return Ok(tenant);
         }
+        let asked = Instant::now();
         let tenant = match self.tenants.tenant_of_key(hash, self.clock.now()).await? {
             Some(id) => self.tenants.get(&id).await?,
             None => None,
         };
-        self.remembered.put(hash.clone(), tenant.clone());
+        self.remembered.put(hash.clone(), tenant.clone(), asked);
         Ok(tenant)
+    }
+
+    /// `KEY_CACHE_SECONDS` (default 1): how long a lookup is remembered,
+    /// so both the most a stopped key keeps working and how long stopping
+    /// one waits. The template sets it once for every function.
+    pub fn ttl_from_env(env: &Env) -> Result<std::time::Duration, ConfigError> {
+        Ok(std::time::Duration::from_secs(
+            env.parse_or("KEY_CACHE_SECONDS", 1)?,
+        ))
+    }
+
+    /// Returns once every lookup remembered before the call, in any
+    /// instance with the same `ttl`, has expired: after a write that stops
+    /// keys, the keys are refused everywhere when this returns.
+    pub async fn wait_out(&self) {
+        tokio::time::sleep(self.remembered.ttl).await;
     }
 }
 
@@ -546,8 +574,10 @@ impl CachedProfiles {
             }
         }
         if !unknown.is_empty() {
+            let asked = Instant::now();
             for tenant in self.tenants.get_many(&unknown).await? {
-                self.remembered.put(tenant.id.clone(), tenant.clone());
+                self.remembered
+                    .put(tenant.id.clone(), tenant.clone(), asked);
                 found.push(tenant);
             }
         }
@@ -759,6 +789,39 @@ mod tests {
         tokio::time::sleep(ttl).await;
         let fresh = profiles.get_many(id).await.unwrap();
         assert_eq!(fresh[0].monthly_quota, 500);
+    }
+
+    /// A key looked up before its tenant is deleted still answers from
+    /// memory, until `wait_out` (what the admin API waits) has passed.
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_tenants_key_is_refused_once_wait_out_returns() {
+        let store = Arc::new(MemoryTenants::default());
+        let clock = Arc::new(crate::clock::SystemClock);
+        let keys = CachedKeys::new(store.clone(), std::time::Duration::from_secs(1), clock);
+        let tenant = acme(Utc::now());
+        let key = register(store.as_ref(), &tenant).await.unwrap().hash();
+        assert_eq!(keys.tenant(&key).await.unwrap(), Some(tenant.clone()));
+        assert!(
+            delete_tenant(store.as_ref(), &tenant.id, Utc::now())
+                .await
+                .unwrap()
+        );
+        assert_eq!(keys.tenant(&key).await.unwrap(), Some(tenant));
+        keys.wait_out().await;
+        assert_eq!(keys.tenant(&key).await.unwrap(), None);
+    }
+
+    /// A value read slowly is remembered for what is left of the TTL after
+    /// its read was asked, so it cannot outlive a write made meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_remembered_value_ages_from_when_its_read_was_asked() {
+        let remembered = Remembered::new(std::time::Duration::from_secs(1));
+        let asked = Instant::now();
+        tokio::time::advance(std::time::Duration::from_millis(600)).await;
+        remembered.put("key", 1, asked);
+        assert_eq!(remembered.get(&"key"), Some(1));
+        tokio::time::advance(std::time::Duration::from_millis(400)).await;
+        assert_eq!(remembered.get(&"key"), None);
     }
 
     #[test]
