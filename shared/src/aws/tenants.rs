@@ -43,6 +43,14 @@ struct KeyItem {
     expires_at: Option<i64>,
 }
 
+impl KeyItem {
+    /// Not rotated out, or still in its grace period. TTL deletion is lazy
+    /// (and never happens in the emulator), so this is checked on read.
+    fn live(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|at| at > now.timestamp())
+    }
+}
+
 const PROFILE: &str = "PROFILE";
 const KEY: &str = "KEY";
 /// A deleted tenant's tombstone.
@@ -142,11 +150,32 @@ impl TenantStore for DynamoTenants {
             return Ok(None);
         };
         let key: KeyItem = from_item(STORE, item)?;
-        // TTL deletion is lazy (and never happens in the emulator): check.
-        Ok(match key.expires_at {
-            Some(at) if at <= now.timestamp() => None,
-            _ => Some(key.tenant),
-        })
+        Ok(key.live(now).then_some(key.tenant))
+    }
+
+    /// One consistent `BatchGetItem` of the key and the profile.
+    async fn recheck_key(
+        &self,
+        hash: &KeyHash,
+        id: &TenantId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Tenant>, StoreError> {
+        let keys = vec![key(key_pk(hash), KEY), key(tenant_pk(id), PROFILE)];
+        let (mut key_live, mut profile) = (false, None);
+        for item in batch_get(STORE, &self.dynamo, &self.table, keys, true, None).await? {
+            if item
+                .get("sk")
+                .and_then(|sk| sk.as_s().ok())
+                .map(String::as_str)
+                == Some(KEY)
+            {
+                let key: KeyItem = from_item(STORE, item)?;
+                key_live = key.live(now) && &key.tenant == id;
+            } else {
+                profile = Some(from_item::<ProfileItem>(STORE, item)?.tenant);
+            }
+        }
+        Ok(profile.filter(|_| key_live))
     }
 
     /// One page of tenants, oldest storage order first.

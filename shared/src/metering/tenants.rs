@@ -324,6 +324,22 @@ pub trait TenantStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<TenantId>, StoreError>;
 
+    /// Tenant `id`, if key `hash` still belongs to it and has not expired:
+    /// a key looked up before, checked again. The key and the profile are
+    /// read together where the store can (one call instead of two), as
+    /// strongly consistent as `get`.
+    async fn recheck_key(
+        &self,
+        hash: &KeyHash,
+        id: &TenantId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Tenant>, StoreError> {
+        match self.tenant_of_key(hash, now).await? {
+            Some(owner) if &owner == id => self.get(id).await,
+            _ => Ok(None),
+        }
+    }
+
     /// One page of tenants, in storage order.
     async fn list(&self, limit: usize, cursor: Option<&str>) -> Result<TenantPage, StoreError>;
 
@@ -468,11 +484,16 @@ impl<K: std::hash::Hash + Eq, V: Clone> Remembered<K, V> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, key: &K) -> Option<V> {
+    /// The value remembered for `key`, and whether it is still fresh.
+    fn recall(&self, key: &K) -> Option<(V, bool)> {
         self.entries()
             .get(key)
-            .filter(|(_, asked)| asked.elapsed() < self.ttl)
-            .map(|(value, _)| value.clone())
+            .map(|(value, asked)| (value.clone(), asked.elapsed() < self.ttl))
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        self.recall(key)
+            .and_then(|(value, fresh)| fresh.then_some(value))
     }
 
     /// Remembers `value`, read by a request sent at `asked`.
@@ -513,13 +534,20 @@ impl CachedKeys {
 
     /// The tenant `hash` belongs to, if any.
     pub async fn tenant(&self, hash: &KeyHash) -> Result<Option<Tenant>, StoreError> {
-        if let Some(tenant) = self.remembered.get(hash) {
-            return Ok(tenant);
-        }
-        let asked = Instant::now();
-        let tenant = match self.tenants.tenant_of_key(hash, self.clock.now()).await? {
-            Some(id) => self.tenants.get(&id).await?,
+        let known = match self.remembered.recall(hash) {
+            Some((tenant, true)) => return Ok(tenant),
+            Some((tenant, false)) => tenant.map(|t| t.id),
             None => None,
+        };
+        let asked = Instant::now();
+        let now = self.clock.now();
+        let tenant = match known {
+            // Its tenant is known: one read of the key and the profile.
+            Some(id) => self.tenants.recheck_key(hash, &id, now).await?,
+            None => match self.tenants.tenant_of_key(hash, now).await? {
+                Some(id) => self.tenants.get(&id).await?,
+                None => None,
+            },
         };
         self.remembered.put(hash.clone(), tenant.clone(), asked);
         Ok(tenant)
