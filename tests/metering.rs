@@ -623,13 +623,13 @@ async fn cloudevents_count_once_per_source_and_id() {
     );
 }
 
-/// Deleting a tenant: its key stops, events it queued before are dropped
-/// by the rollup (not retried into the DLQ), and it is gone from the admin
-/// API; the usage it had counted stays in the usage table.
+/// Deleting a tenant: its key stops, events it queued before are still
+/// counted by the rollup (they were accepted; not retried into the DLQ),
+/// and it is gone from the admin API; its usage stays in the usage table.
 #[tokio::test]
-async fn a_deleted_tenants_key_stops_and_its_queued_events_are_dropped() {
+async fn a_deleted_tenants_key_stops_and_its_queued_events_are_counted() {
     let f = fixture().await;
-    let (id, key) = tenant(&f, 1000, 1).await;
+    let (id, key) = tenant(&f, 1000, 15).await;
     let first = json!({"id": "before", "feature": "chat", "tokens": 10});
     assert_eq!(post_events(&f, &key, &first).await.0, StatusCode::ACCEPTED);
     drain(&pump(&f.stack).await).await;
@@ -662,10 +662,10 @@ async fn a_deleted_tenants_key_stops_and_its_queued_events_are_dropped() {
     );
     let tenant = TenantId::try_from(id).unwrap();
     let period =
-        shared::metering::period::BillingPeriod::containing(Utc::now(), 1.try_into().unwrap());
+        shared::metering::period::BillingPeriod::containing(Utc::now(), 15.try_into().unwrap());
     assert_eq!(
         ledger.period_total(&tenant, &period.key()).await.unwrap(),
-        10
+        15
     );
 }
 

@@ -173,7 +173,11 @@ pub async fn handle(
             outcome.duplicates as f64,
         )
         .value("WriteUnits", MetricUnit::Count, outcome.write_units)
-        .value("EventsDropped", MetricUnit::Count, outcome.dropped as f64)
+        .value(
+            "EventsOfDeletedTenants",
+            MetricUnit::Count,
+            outcome.of_deleted_tenants as f64,
+        )
         .value("MessagesParked", MetricUnit::Count, outcome.parked as f64)
         .emit();
     outcome

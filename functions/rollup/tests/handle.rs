@@ -64,8 +64,12 @@ fn rollup() -> Rollup {
 }
 
 async fn tenant(rollup: &Rollup, quota: u64) -> Tenant {
+    tenant_billed_on(rollup, quota, 1).await
+}
+
+async fn tenant_billed_on(rollup: &Rollup, quota: u64, billing_day: u8) -> Tenant {
     let new: NewTenant = serde_json::from_value(serde_json::json!({
-        "name": "Acme", "monthly_quota": quota, "billing_day": 1, "tier": "pro",
+        "name": "Acme", "monthly_quota": quota, "billing_day": billing_day, "tier": "pro",
         "webhooks": ["https://hooks.example/ingot"],
     }))
     .unwrap();
@@ -225,12 +229,13 @@ async fn tenants_are_read_together_and_fail_together() {
     assert_eq!(period_total(&rollup, &acme.id).await, 5);
 }
 
-/// Events a deleted tenant sent before its keys stopped are acknowledged
-/// and not counted: retrying them could never succeed.
+/// Events a deleted tenant sent before its keys stopped were accepted, so
+/// they are counted (in the period of the billing day its tombstone keeps)
+/// and acknowledged; it gets no alerts, though they cross its quota.
 #[tokio::test]
-async fn a_deleted_tenants_queued_events_are_dropped_not_retried() {
+async fn a_deleted_tenants_queued_events_are_counted_without_alerts() {
     let rollup = rollup();
-    let acme = tenant(&rollup, 100).await;
+    let acme = tenant_billed_on(&rollup, 100, 15).await;
     let now = Utc::now();
     assert!(
         shared::metering::tenants::delete_tenant(rollup.tenants.as_ref(), &acme.id, now)
@@ -239,12 +244,16 @@ async fn a_deleted_tenants_queued_events_are_dropped_not_retried() {
     );
     let response = handle(
         &rollup.service,
-        delivery(vec![message("m1", &pack(&acme.id, &events("d", 3, 5))[0])]),
+        delivery(vec![message("m1", &pack(&acme.id, &events("d", 3, 30))[0])]),
     )
     .await
     .unwrap();
     assert!(failed(&response).is_empty());
-    assert_eq!(period_total(&rollup, &acme.id).await, 0);
+    let period = BillingPeriod::containing(now, 15.try_into().unwrap());
+    let counted = rollup.ledger.period_total(&acme.id, &period.key()).await;
+    assert_eq!(counted.unwrap(), 90);
+    assert!(rollup.alerts.all().is_empty());
+    assert!(rollup.queue.take().is_empty());
 }
 
 #[tokio::test]

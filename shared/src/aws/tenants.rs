@@ -11,7 +11,7 @@ use super::{
     put_new, s, to_item,
 };
 use crate::metering::tenants::{KeyHash, Tenant, TenantPage, TenantPatch, TenantStore};
-use crate::metering::types::TenantId;
+use crate::metering::types::{BillingDay, TenantId};
 use crate::store::StoreError;
 
 /// Names this store in errors and 503s.
@@ -55,6 +55,13 @@ const PROFILE: &str = "PROFILE";
 const KEY: &str = "KEY";
 /// A deleted tenant's tombstone.
 const DELETED: &str = "DELETED";
+
+/// A deleted tenant's tombstone: what counting its events still queued
+/// needs.
+#[derive(Deserialize)]
+struct TombstoneItem {
+    billing_day: BillingDay,
+}
 
 fn tenant_pk(id: &TenantId) -> String {
     format!("TENANT#{id}")
@@ -357,6 +364,10 @@ impl TenantStore for DynamoTenants {
                 ("pk".to_owned(), s(tenant_pk(id))),
                 ("sk".to_owned(), s(DELETED)),
                 ("deleted_at".to_owned(), s(now.to_rfc3339())),
+                (
+                    "billing_day".to_owned(),
+                    attribute(&profile.tenant.billing_day)?,
+                ),
                 ("expires_at".to_owned(), n(remember_until.timestamp())),
             ])))
             .build()
@@ -374,11 +385,10 @@ impl TenantStore for DynamoTenants {
         Ok(true)
     }
 
-    async fn was_deleted(&self, id: &TenantId) -> Result<bool, StoreError> {
-        Ok(self
-            .get_item(tenant_pk(id), DELETED, false)
-            .await?
-            .is_some())
+    async fn deleted(&self, id: &TenantId) -> Result<Option<BillingDay>, StoreError> {
+        let item = self.get_item(tenant_pk(id), DELETED, false).await?;
+        item.map(|i| from_item::<TombstoneItem>(STORE, i).map(|t| t.billing_day))
+            .transpose()
     }
 }
 

@@ -25,7 +25,7 @@ use super::alerts::{self, AlertKey, AlertQueue, AlertStore, Delivery, Notifier};
 use super::period::BillingPeriod;
 use super::rollup::{Ledger, Seq, Work, count_all};
 use super::tenants::{CachedProfiles, Tenant};
-use super::types::{EventBatch, TenantId, UsageEvent};
+use super::types::{BillingDay, EventBatch, TenantId, UsageEvent};
 use super::usage::UsageReader;
 use crate::store::StoreError;
 
@@ -51,8 +51,9 @@ pub struct BatchOutcome {
     pub duplicates: u64,
     /// DynamoDB write units spent counting.
     pub write_units: f64,
-    /// Events of deleted tenants: acknowledged and not counted.
-    pub dropped: u64,
+    /// Of the events counted, those of tenants deleted since they were
+    /// accepted (counted for billing; no alerts).
+    pub of_deleted_tenants: u64,
     /// Unreadable messages set aside on the dead-letter queue.
     pub parked: u64,
 }
@@ -114,6 +115,31 @@ impl DeadLetters for MemoryDeadLetters {
 struct TenantWork {
     messages: Vec<(Seq, Vec<UsageEvent>)>,
     message_ids: Vec<String>,
+}
+
+/// Whose events a tenant's share of a delivery is counted for.
+enum Account {
+    /// A tenant: counted, and its quota alerts raised.
+    Live(Tenant),
+    /// A tenant deleted since its events were accepted: counted in its
+    /// billing periods (its tombstone keeps the day), no alerts.
+    Deleted(TenantId, BillingDay),
+}
+
+impl Account {
+    fn id(&self) -> &TenantId {
+        match self {
+            Self::Live(tenant) => &tenant.id,
+            Self::Deleted(id, _) => id,
+        }
+    }
+
+    fn billing_day(&self) -> BillingDay {
+        match self {
+            Self::Live(tenant) => tenant.billing_day,
+            Self::Deleted(_, day) => *day,
+        }
+    }
 }
 
 /// What counting one tenant's events left for its alerts.
@@ -195,17 +221,21 @@ impl Consumer {
         };
         let mut known = Vec::with_capacity(work.len());
         for (tenant_id, tenant_work) in work {
-            match profiles.remove(&tenant_id) {
-                Some(tenant) => known.push((tenant, tenant_work)),
-                None => self.missing(&tenant_id, tenant_work, delivery).await,
+            let account = match profiles.remove(&tenant_id) {
+                Some(tenant) => Some(Account::Live(tenant)),
+                None => self.deleted(&tenant_id, &tenant_work).await,
+            };
+            match account {
+                Some(account) => known.push((account, tenant_work)),
+                None => delivery.failed.extend(tenant_work.message_ids),
             }
         }
         let counted = {
             let counting: Vec<Work> = known
                 .iter()
-                .map(|(tenant, w)| Work {
-                    tenant: &tenant.id,
-                    day: tenant.billing_day,
+                .map(|(account, w)| Work {
+                    tenant: account.id(),
+                    day: account.billing_day(),
                     messages: &w.messages,
                 })
                 .collect();
@@ -222,11 +252,11 @@ impl Consumer {
             }
         };
         let mut touched = Vec::with_capacity(known.len());
-        for ((tenant, w), result) in known.into_iter().zip(results) {
+        for ((account, w), result) in known.into_iter().zip(results) {
             match result {
                 Ok(counted) => {
                     tracing::debug!(
-                        tenant = %tenant.id,
+                        tenant = %account.id(),
                         events = counted.events,
                         tokens = counted.tokens,
                         duplicates = counted.duplicates,
@@ -235,6 +265,14 @@ impl Consumer {
                     delivery.counted += counted.events;
                     delivery.duplicates += counted.duplicates;
                     delivery.write_units += counted.write_units;
+                    let tenant = match account {
+                        Account::Live(tenant) => tenant,
+                        Account::Deleted(id, _) => {
+                            tracing::info!(tenant = %id, events = counted.events, "events of a deleted tenant counted");
+                            delivery.of_deleted_tenants += counted.events;
+                            continue;
+                        }
+                    };
                     let periods = w
                         .messages
                         .iter()
@@ -249,7 +287,7 @@ impl Consumer {
                     touched.push((outcome, w.message_ids));
                 }
                 Err(error) => {
-                    tracing::error!(tenant = %tenant.id, message_ids = ?w.message_ids, %error, "events not counted; their messages will be retried");
+                    tracing::error!(tenant = %account.id(), message_ids = ?w.message_ids, %error, "events not counted; their messages will be retried");
                     delivery.failed.extend(w.message_ids);
                 }
             }
@@ -257,22 +295,19 @@ impl Consumer {
         touched
     }
 
-    /// A tenant with no profile: deleted (its events are dropped) or not
-    /// known yet (its messages are retried).
-    async fn missing(&self, tenant_id: &TenantId, work: TenantWork, delivery: &mut BatchOutcome) {
-        let received: u64 = work.messages.iter().map(|(_, e)| e.len() as u64).sum();
-        match self.tenants.was_deleted(tenant_id).await {
-            Ok(true) => {
-                tracing::warn!(tenant = %tenant_id, events = received, "events of a deleted tenant dropped");
-                delivery.dropped += received;
-            }
-            Ok(false) => {
+    /// The account of a tenant with no profile if it was deleted (its
+    /// tombstone); `None` if it is not known yet or the tombstone could
+    /// not be read: its messages are retried.
+    async fn deleted(&self, tenant_id: &TenantId, work: &TenantWork) -> Option<Account> {
+        match self.tenants.deleted(tenant_id).await {
+            Ok(Some(day)) => Some(Account::Deleted(tenant_id.clone(), day)),
+            Ok(None) => {
                 tracing::error!(tenant = %tenant_id, message_ids = ?work.message_ids, "tenant does not exist; its messages will be retried");
-                delivery.failed.extend(work.message_ids);
+                None
             }
             Err(error) => {
                 tracing::error!(tenant = %tenant_id, message_ids = ?work.message_ids, %error, "events not counted; their messages will be retried");
-                delivery.failed.extend(work.message_ids);
+                None
             }
         }
     }

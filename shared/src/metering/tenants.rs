@@ -369,12 +369,13 @@ pub trait TenantStore: Send + Sync {
         remember_until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Whether `id` was deleted (its tombstone is still kept).
-    async fn was_deleted(&self, id: &TenantId) -> Result<bool, StoreError>;
+    /// The billing day of `id` if it was deleted (its tombstone, still
+    /// kept, says it): events it sent before are counted in their period.
+    async fn deleted(&self, id: &TenantId) -> Result<Option<BillingDay>, StoreError>;
 }
 
 /// How long a deleted tenant is remembered: events of it still in the queue
-/// (at most the queue's retention, 4 days) are dropped, not retried.
+/// (at most the queue's retention, 4 days) are counted, not retried.
 pub const TOMBSTONE_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(14);
 
 /// Stores a new tenant with a fresh API key: the key is returned once
@@ -443,9 +444,10 @@ pub async fn rotate_signing_secret(
 }
 
 /// Deletes tenant `id`: its keys stop working (in every warm instance once
-/// [`CachedKeys::wait_out`] returns, which the admin API waits for), the rollup drops its events still queued (or, in an
-/// instance that remembers its profile, counts them), and its counted
-/// usage stays until the usage table's TTLs (docs/data-model.md).
+/// [`CachedKeys::wait_out`] returns, which the admin API waits for), the
+/// rollup still counts its events accepted before (the tombstone keeps its
+/// billing day), and its usage stays until the usage table's TTLs
+/// (docs/data-model.md).
 /// `false` if there is no such tenant.
 pub async fn delete_tenant(
     store: &dyn TenantStore,
@@ -573,7 +575,7 @@ impl CachedKeys {
 /// Tenant profiles by id, remembered per warm instance for `ttl`: the
 /// rollup reads a tenant once per `ttl`, not once per delivery. A change to
 /// a tenant (quota, billing day, webhooks, deletion) reaches a warm
-/// instance within `ttl`, as it reaches ingest's key cache. Only profiles
+/// instance within `ttl`. Only profiles
 /// found are remembered: a tenant not found is asked for again, and whether
 /// it was deleted is always read from the table.
 #[derive(Clone)]
@@ -612,9 +614,10 @@ impl CachedProfiles {
         Ok(found)
     }
 
-    /// Whether tenant `id` was deleted (its tombstone), never remembered.
-    pub async fn was_deleted(&self, id: &TenantId) -> Result<bool, StoreError> {
-        self.tenants.was_deleted(id).await
+    /// Tenant `id`'s billing day if it was deleted (its tombstone), never
+    /// remembered.
+    pub async fn deleted(&self, id: &TenantId) -> Result<Option<BillingDay>, StoreError> {
+        self.tenants.deleted(id).await
     }
 }
 
@@ -632,7 +635,8 @@ struct TenantData {
     tenants: Vec<Tenant>,
     /// Key hash → tenant and, once rotated out, when it stops working.
     keys: HashMap<KeyHash, (TenantId, Option<DateTime<Utc>>)>,
-    deleted: std::collections::HashSet<TenantId>,
+    /// Tombstones: each deleted tenant's billing day.
+    deleted: HashMap<TenantId, BillingDay>,
 }
 
 impl MemoryTenants {
@@ -719,18 +723,17 @@ impl TenantStore for MemoryTenants {
         _remember_until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut data = self.data()?;
-        let before = data.tenants.len();
-        data.tenants.retain(|t| &t.id != id);
-        if data.tenants.len() == before {
+        let Some(at) = data.tenants.iter().position(|t| &t.id == id) else {
             return Ok(false);
-        }
-        data.keys.retain(|_, (tenant, _)| tenant != id);
-        data.deleted.insert(id.clone());
+        };
+        let tenant = data.tenants.remove(at);
+        data.keys.retain(|_, (owner, _)| owner != id);
+        data.deleted.insert(tenant.id, tenant.billing_day);
         Ok(true)
     }
 
-    async fn was_deleted(&self, id: &TenantId) -> Result<bool, StoreError> {
-        Ok(self.data()?.deleted.contains(id))
+    async fn deleted(&self, id: &TenantId) -> Result<Option<BillingDay>, StoreError> {
+        Ok(self.data()?.deleted.get(id).copied())
     }
 }
 
