@@ -635,6 +635,7 @@ async fn a_deleted_tenants_key_stops_and_its_queued_events_are_counted() {
     drain(&pump(&f.stack).await).await;
     let queued = json!({"id": "queued", "feature": "chat", "tokens": 5});
     assert_eq!(post_events(&f, &key, &queued).await.0, StatusCode::ACCEPTED);
+    assert_eq!(usage_of(&f, &id, &key, "").await.0, StatusCode::OK);
 
     let path = format!("/admin/tenants/{id}");
     assert_eq!(
@@ -645,6 +646,10 @@ async fn a_deleted_tenants_key_stops_and_its_queued_events_are_counted() {
     // instance that has just looked it up.
     let later = request("POST", "/events", Some(&key), Some(&queued));
     assert_eq!(send(&f.ingest, later).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        usage_of(&f, &id, &key, "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // `drain` fails on any redelivery: the queued event is acknowledged.
     drain(&pump(&f.stack).await).await;
     assert_eq!(

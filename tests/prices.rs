@@ -819,6 +819,9 @@ async fn a_price_alert_registered_with_a_tenant_key_fires_once_per_crossing() {
         bodies,
         [serde_json::json!({"tenant": tenant.id, "period": crossing, "threshold": 0})]
     );
+    // Past the key cache time the key is checked again (the key and its
+    // profile in one read), and still works.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_, _, listed) = support::send(
         &api,
         support::request("GET", "/api/alerts", Some(key), None),

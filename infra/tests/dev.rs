@@ -126,6 +126,18 @@ impl Dev {
             .to_owned()
     }
 
+    /// A tenant created through the admin API, as curl or the dashboard
+    /// does: its view, with its API key and signing secret.
+    async fn create_tenant(&self, http: &reqwest::Client, body: Value) -> Value {
+        let admin = self.admin_token().await;
+        json_of(
+            http.post(self.url("usage", "/admin/tenants"))
+                .bearer_auth(admin)
+                .json(&body),
+        )
+        .await
+    }
+
     /// Ctrl-C: everything stops and both ports are free again.
     async fn stop(mut self) {
         // SAFETY: signalling the child we spawned.
@@ -280,14 +292,9 @@ async fn public_routes_refuse_a_client_past_120_a_minute(dev: &Dev, http: &reqwe
 /// that crossed being accepted (so of its being counted), with no traffic
 /// after.
 async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client) {
-    let admin = dev.admin_token().await;
     let (receiver, hook) = WebhookReceiver::start(0).await;
-    let tenant = json_of(
-        http.post(dev.url("usage", "/admin/tenants"))
-            .bearer_auth(&admin)
-            .json(&json!({"name": "Alerted", "monthly_quota": 100, "billing_day": 1, "tier": "pro", "webhooks": [hook]})),
-    )
-    .await;
+    let body = json!({"name": "Alerted", "monthly_quota": 100, "billing_day": 1, "tier": "pro", "webhooks": [hook]});
+    let tenant = dev.create_tenant(http, body).await;
     receiver.set_secret(tenant["signing_secret"].as_str().unwrap());
     let key = tenant["api_key"].as_str().unwrap();
 
@@ -325,15 +332,8 @@ async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client)
 /// A key that ingest has just accepted events with is refused by the very
 /// next request once `DELETE /admin/tenants/{id}` has answered.
 async fn a_deleted_tenants_key_stops_at_once(dev: &Dev, http: &reqwest::Client) {
-    let admin = dev.admin_token().await;
-    let tenant = json_of(
-        http.post(dev.url("usage", "/admin/tenants"))
-            .bearer_auth(&admin)
-            .json(
-                &json!({"name": "Leaving", "monthly_quota": 100, "billing_day": 1, "tier": "free"}),
-            ),
-    )
-    .await;
+    let body = json!({"name": "Leaving", "monthly_quota": 100, "billing_day": 1, "tier": "free"});
+    let tenant = dev.create_tenant(http, body).await;
     let key = tenant["api_key"].as_str().unwrap();
     let post = || async {
         http.post(dev.url("ingest", "/events"))
@@ -349,7 +349,7 @@ async fn a_deleted_tenants_key_stops_at_once(dev: &Dev, http: &reqwest::Client) 
     let path = format!("/admin/tenants/{}", tenant["id"].as_str().unwrap());
     let deleted = http
         .delete(dev.url("usage", &path))
-        .bearer_auth(&admin)
+        .bearer_auth(dev.admin_token().await)
         .send()
         .await
         .unwrap();
@@ -373,15 +373,8 @@ async fn exactly_two_signed(receiver: &WebhookReceiver) -> Vec<Delivery> {
 /// another fetch at 2,750 does not; at 2,620 it re-arms, and at 2,750 again
 /// it fires once more, under a new webhook-id.
 async fn price_alert_fires_once_per_crossing(dev: &Dev, http: &reqwest::Client) {
-    let admin = dev.admin_token().await;
-    let tenant = json_of(
-        http.post(dev.url("usage", "/admin/tenants"))
-            .bearer_auth(&admin)
-            .json(
-                &json!({"name": "Watcher", "monthly_quota": 1000, "billing_day": 1, "tier": "pro"}),
-            ),
-    )
-    .await;
+    let body = json!({"name": "Watcher", "monthly_quota": 1000, "billing_day": 1, "tier": "pro"});
+    let tenant = dev.create_tenant(http, body).await;
     let (receiver, hook) = WebhookReceiver::start(0).await;
     receiver.set_secret(tenant["signing_secret"].as_str().unwrap());
     let key = tenant["api_key"].as_str().unwrap();

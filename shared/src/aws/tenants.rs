@@ -170,12 +170,7 @@ impl TenantStore for DynamoTenants {
         let keys = vec![key(key_pk(hash), KEY), key(tenant_pk(id), PROFILE)];
         let (mut key_live, mut profile) = (false, None);
         for item in batch_get(STORE, &self.dynamo, &self.table, keys, true, None).await? {
-            if item
-                .get("sk")
-                .and_then(|sk| sk.as_s().ok())
-                .map(String::as_str)
-                == Some(KEY)
-            {
+            if matches!(item.get("sk"), Some(AttributeValue::S(sk)) if sk == KEY) {
                 let key: KeyItem = from_item(STORE, item)?;
                 key_live = key.live(now) && &key.tenant == id;
             } else {
