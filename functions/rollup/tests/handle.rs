@@ -334,6 +334,26 @@ async fn crossing_80_and_100_percent_sends_each_alert_once() {
     assert!(rollup.queue.take().is_empty(), "nothing queued twice");
 }
 
+/// An alert raised before its tenant was deleted is acknowledged, not
+/// sent: nothing more goes to a deleted tenant's webhooks.
+#[tokio::test]
+async fn an_alert_of_a_tenant_deleted_since_is_not_sent() {
+    let rollup = rollup();
+    let a = tenant(&rollup, 100).await;
+    let crossing = vec![message("m1", &pack(&a.id, &events("a", 1, 90))[0])];
+    handle(&rollup.service, delivery(crossing)).await.unwrap();
+    let deleted =
+        shared::metering::tenants::delete_tenant(rollup.tenants.as_ref(), &a.id, Utc::now());
+    assert!(deleted.await.unwrap());
+    let queued = rollup.queue.take();
+    assert_eq!(queued.len(), 1, "the 80% alert was raised");
+    let response = handle(&rollup.service, delivery(alert_messages(&queued, 0)))
+        .await
+        .unwrap();
+    assert!(failed(&response).is_empty(), "acknowledged");
+    assert!(rollup.notifier.sent().is_empty());
+}
+
 /// The events that crossed a threshold are not acknowledged until its alert
 /// is on the alerts queue: their redelivery queues it.
 #[tokio::test]

@@ -376,7 +376,25 @@ impl Consumer {
             );
             return false;
         };
-        match alerts::deliver(self.alerts.as_ref(), self.notifier.as_ref(), &key).await {
+        let Ok(tenant) = TenantId::try_from(key.tenant.clone()) else {
+            tracing::error!(
+                message_id = message.id,
+                ?key,
+                "alert of no valid tenant id; it will reach the DLQ"
+            );
+            return false;
+        };
+        // Nothing goes to the webhooks of a tenant deleted since the alert
+        // was raised (its price alerts included).
+        let delivered = match self.tenants.exists(&tenant).await {
+            Ok(false) => {
+                tracing::info!(?key, "alert of a deleted tenant not delivered");
+                return true;
+            }
+            Ok(true) => alerts::deliver(self.alerts.as_ref(), self.notifier.as_ref(), &key).await,
+            Err(error) => Err(error),
+        };
+        match delivered {
             Ok(Delivery::Done) => return true,
             Ok(Delivery::Again) => {}
             Err(error) => tracing::error!(message_id = message.id, %error, "alert not delivered"),

@@ -614,6 +614,12 @@ impl CachedProfiles {
         Ok(found)
     }
 
+    /// Whether tenant `id` exists now: read from the table (strongly
+    /// consistent), never remembered.
+    pub async fn exists(&self, id: &TenantId) -> Result<bool, StoreError> {
+        Ok(self.tenants.get(id).await?.is_some())
+    }
+
     /// Tenant `id`'s billing day if it was deleted (its tombstone), never
     /// remembered.
     pub async fn deleted(&self, id: &TenantId) -> Result<Option<BillingDay>, StoreError> {
