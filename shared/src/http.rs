@@ -66,16 +66,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
     // fields: one stdout write per request, not two (each is a pipe write).
     match response.extensions_mut().remove::<Metrics>() {
         Some(metrics) => line.on(metrics).emit(),
-        None => {
-            let RequestLine {
-                method,
-                route,
-                status,
-                latency_ms,
-                request_id,
-            } = line;
-            tracing::info!(%method, route, status, latency_ms, request_id, "request");
-        }
+        None => line.log(),
     }
     response
 }
@@ -90,6 +81,18 @@ struct RequestLine {
 }
 
 impl RequestLine {
+    /// The request's own log line (a request without metrics).
+    fn log(self) {
+        let Self {
+            method,
+            route,
+            status,
+            latency_ms,
+            request_id,
+        } = self;
+        tracing::info!(%method, route, status, latency_ms, request_id, "request");
+    }
+
     /// `metrics` as the request's log line, as the JSON log lines name them.
     fn on(self, metrics: Metrics) -> Metrics {
         metrics

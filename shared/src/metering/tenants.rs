@@ -324,6 +324,19 @@ pub trait TenantStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<TenantId>, StoreError>;
 
+    /// The tenant key `hash` belongs to, if the key exists and has not
+    /// expired: the key, then the profile it names.
+    async fn tenant_by_key(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Tenant>, StoreError> {
+        match self.tenant_of_key(hash, now).await? {
+            Some(id) => self.get(&id).await,
+            None => Ok(None),
+        }
+    }
+
     /// Tenant `id`, if key `hash` still belongs to it and has not expired:
     /// a key looked up before, checked again. The key and the profile are
     /// read together where the store can (one call instead of two), as
@@ -334,10 +347,10 @@ pub trait TenantStore: Send + Sync {
         id: &TenantId,
         now: DateTime<Utc>,
     ) -> Result<Option<Tenant>, StoreError> {
-        match self.tenant_of_key(hash, now).await? {
-            Some(owner) if &owner == id => self.get(id).await,
-            _ => Ok(None),
-        }
+        Ok(self
+            .tenant_by_key(hash, now)
+            .await?
+            .filter(|tenant| &tenant.id == id))
     }
 
     /// One page of tenants, in storage order.
@@ -546,10 +559,7 @@ impl CachedKeys {
         let tenant = match known {
             // Its tenant is known: one read of the key and the profile.
             Some(id) => self.tenants.recheck_key(hash, &id, now).await?,
-            None => match self.tenants.tenant_of_key(hash, now).await? {
-                Some(id) => self.tenants.get(&id).await?,
-                None => None,
-            },
+            None => self.tenants.tenant_by_key(hash, now).await?,
         };
         self.remembered.put(hash.clone(), tenant.clone(), asked);
         Ok(tenant)
