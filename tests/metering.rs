@@ -7,11 +7,16 @@ use chrono::{DateTime, TimeDelta, Utc};
 use http::StatusCode;
 use serde_json::json;
 use shared::aws::ledger::DynamoLedger;
+use shared::aws::prices::DynamoPrices;
+use shared::config::Env;
 use shared::metering::rollup::{Crashing, Seq, count};
 use shared::metering::types::{
     BillingDay, EventBatch, EventId, Feature, TenantId, Tokens, UsageEvent,
 };
 use shared::metering::usage::UsageReader;
+use shared::prices::alerts::{PriceAlerts, register};
+use shared::prices::settings::PriceSettings;
+use shared::prices::types::{Currency, Metal};
 use support::metering::{drain, fixture, post_events, pump, tenant, usage_of};
 use support::{call, request, send};
 
@@ -625,11 +630,27 @@ async fn cloudevents_count_once_per_source_and_id() {
 
 /// Deleting a tenant: its key stops, events it queued before are still
 /// counted by the rollup (they were accepted; not retried into the DLQ),
-/// and it is gone from the admin API; its usage stays in the usage table.
+/// its price alerts are deleted, and it is gone from the admin API; its
+/// usage stays in the usage table.
 #[tokio::test]
 async fn a_deleted_tenants_key_stops_and_its_queued_events_are_counted() {
     let f = fixture().await;
     let (id, key) = tenant(&f, 1000, 15).await;
+    let tenant = TenantId::try_from(id.clone()).unwrap();
+    let prices = DynamoPrices::new(
+        shared::aws::Dynamo::new(&support::aws().await),
+        &f.stack.env("usage").required("PRICES_TABLE").unwrap(),
+    );
+    let settings = PriceSettings::from_env(&Env::from_pairs([("CURRENCIES", "USD,EUR")])).unwrap();
+    for currency in ["USD", "EUR"] {
+        let new = serde_json::from_value(json!({"metal": "gold", "currency": currency,
+            "direction": "above", "price": 5000, "webhook": "https://hooks.example/gold"}))
+        .unwrap();
+        register(&prices, &tenant, new, &settings, Utc::now())
+            .await
+            .unwrap();
+    }
+    assert_eq!(prices.list(&tenant).await.unwrap().len(), 2);
     let first = json!({"id": "before", "feature": "chat", "tokens": 10});
     assert_eq!(post_events(&f, &key, &first).await.0, StatusCode::ACCEPTED);
     drain(&pump(&f.stack).await).await;
@@ -646,6 +667,18 @@ async fn a_deleted_tenants_key_stops_and_its_queued_events_are_counted() {
     // instance that has just looked it up.
     let later = request("POST", "/events", Some(&key), Some(&queued));
     assert_eq!(send(&f.ingest, later).await.0, StatusCode::UNAUTHORIZED);
+    // Its price alerts are gone, both items of each: none is evaluated.
+    assert!(prices.list(&tenant).await.unwrap().is_empty());
+    for currency in ["USD", "EUR"] {
+        let watching = prices
+            .watching(
+                Metal::Gold,
+                &Currency::try_from(currency.to_owned()).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(watching.iter().all(|a| a.tenant != tenant));
+    }
     assert_eq!(
         usage_of(&f, &id, &key, "").await.0,
         StatusCode::UNAUTHORIZED
@@ -665,7 +698,6 @@ async fn a_deleted_tenants_key_stops_and_its_queued_events_are_counted() {
         shared::aws::Dynamo::new(&support::aws().await),
         &f.stack.env("rollup").required("USAGE_TABLE").unwrap(),
     );
-    let tenant = TenantId::try_from(id).unwrap();
     let period =
         shared::metering::period::BillingPeriod::containing(Utc::now(), 15.try_into().unwrap());
     assert_eq!(

@@ -330,7 +330,8 @@ async fn quota_alerts_arrive_signed_once_each(dev: &Dev, http: &reqwest::Client)
 }
 
 /// A key that ingest has just accepted events with is refused by the very
-/// next request once `DELETE /admin/tenants/{id}` has answered.
+/// next request once `DELETE /admin/tenants/{id}` has answered, and the
+/// price alert it registered is gone from the prices table.
 async fn a_deleted_tenants_key_stops_at_once(dev: &Dev, http: &reqwest::Client) {
     let body = json!({"name": "Leaving", "monthly_quota": 100, "billing_day": 1, "tier": "free"});
     let tenant = dev.create_tenant(http, body).await;
@@ -346,7 +347,17 @@ async fn a_deleted_tenants_key_stops_at_once(dev: &Dev, http: &reqwest::Client) 
             .as_u16()
     };
     assert_eq!(post().await, 202);
-    let path = format!("/admin/tenants/{}", tenant["id"].as_str().unwrap());
+    let alert = http
+        .post(dev.url("prices", "/api/alerts"))
+        .bearer_auth(key)
+        .json(&json!({"metal": "silver", "direction": "below", "price": 1,
+            "webhook": "https://hooks.example/leaving"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alert.status().as_u16(), 201);
+    let id = tenant["id"].as_str().unwrap();
+    let path = format!("/admin/tenants/{id}");
     let deleted = http
         .delete(dev.url("usage", &path))
         .bearer_auth(dev.admin_token().await)
@@ -355,6 +366,42 @@ async fn a_deleted_tenants_key_stops_at_once(dev: &Dev, http: &reqwest::Client) 
         .unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
     assert_eq!(post().await, 401);
+
+    let env = std::fs::read_to_string(dev.state.join("functions.env")).unwrap();
+    let table = env
+        .lines()
+        .find_map(|l| l.strip_prefix("PRICES_TABLE="))
+        .expect("make dev gives the functions a prices table");
+    // Neither its owner pointer nor the alert on the silver series is left.
+    let dynamodb = aws_sdk_dynamodb::Client::new(&dev.aws().await);
+    for (pk, mine) in [
+        (format!("OWNER#{id}"), None),
+        ("ALERTS#silver#USD".to_owned(), Some(id)),
+    ] {
+        let items = dynamodb
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", aws_sdk_dynamodb::types::AttributeValue::S(pk))
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        let tenant_of = |item: &std::collections::HashMap<_, _>| {
+            item.get("tenant")
+                .and_then(|t: &aws_sdk_dynamodb::types::AttributeValue| t.as_s().ok())
+                .cloned()
+        };
+        let left = items
+            .iter()
+            .filter(|item| mine.is_none_or(|id| tenant_of(item).as_deref() == Some(id)));
+        assert_eq!(
+            left.count(),
+            0,
+            "the deleted tenant's alert is left: {items:?}"
+        );
+    }
 }
 
 /// What `receiver` holds once nothing more arrives for 3 s: exactly two

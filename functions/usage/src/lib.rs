@@ -25,6 +25,7 @@ use shared::aws::Dynamo;
 use shared::aws::SdkConfig;
 use shared::aws::chat::DynamoChat;
 use shared::aws::ledger::DynamoLedger;
+use shared::aws::prices::DynamoPrices;
 use shared::aws::ratelimit::DynamoRateCounter;
 use shared::aws::secrets::SecretsManager;
 use shared::aws::tenants::DynamoTenants;
@@ -45,6 +46,7 @@ use shared::metering::types::TenantId;
 use shared::metering::usage::{
     Resolution, UsageQuery, UsageReader, UsageSpan, UsageWindow, period_totals, report,
 };
+use shared::prices::alerts::PriceAlerts;
 use shared::public_limit::PublicLimit;
 use shared::ratelimit::RateCounter;
 use shared::secrets::{CachedSecret, SecretSource};
@@ -56,6 +58,8 @@ pub struct Config {
     /// Its own tables, and chat's resources for `/api/v1/status`.
     pub resources: ChatResources,
     pub admin_token_secret: String,
+    /// Where tenants' price alerts are kept: a deleted tenant's go too.
+    pub prices_table: String,
     /// How long a rotated-out API key keeps working (`KEY_GRACE_SECONDS`).
     pub key_grace: TimeDelta,
     /// How long a tenant key lookup is remembered, and so how long deleting
@@ -74,6 +78,7 @@ impl Config {
         Ok(Self {
             resources: ChatResources::from_env(env)?,
             admin_token_secret: env.required("ADMIN_TOKEN_SECRET")?,
+            prices_table: env.required("PRICES_TABLE")?,
             anthropic_base_url: env.upstream(Upstream::Anthropic)?,
             key_grace: TimeDelta::seconds(env.parse_or("KEY_GRACE_SECONDS", 86_400)?),
             key_cache: CachedKeys::ttl_from_env(env)?,
@@ -89,6 +94,7 @@ pub struct Edges {
     pub tenants: Arc<dyn TenantStore>,
     pub usage: Arc<dyn UsageReader>,
     pub chat: Arc<dyn ChatStore>,
+    pub price_alerts: Arc<dyn PriceAlerts>,
     pub secrets: Arc<dyn SecretSource>,
     /// `None` while sign-in is not configured.
     pub verifier: Option<Arc<dyn TokenVerifier>>,
@@ -101,6 +107,7 @@ struct App {
     tenants: Arc<dyn TenantStore>,
     keys: Arc<CachedKeys>,
     usage: Arc<dyn UsageReader>,
+    price_alerts: Arc<dyn PriceAlerts>,
     admin_token: Arc<CachedSecret>,
     key_grace: TimeDelta,
     clock: Arc<dyn Clock>,
@@ -143,6 +150,7 @@ pub fn app(config: &Config, aws: &SdkConfig) -> Router {
         tenants: Arc::new(DynamoTenants::new(dynamodb.clone(), &r.tenants_table)),
         usage: Arc::new(DynamoLedger::new(dynamodb.clone(), &r.usage_table)),
         chat: Arc::new(DynamoChat::new(dynamodb.sdk.clone(), &r.chat_table)),
+        price_alerts: Arc::new(DynamoPrices::new(dynamodb.clone(), &config.prices_table)),
         rate_counter: Arc::new(DynamoRateCounter::new(dynamodb.sdk, &r.rate_limit_table)),
         secrets: Arc::new(SecretsManager::new(secrets)),
         verifier: config
@@ -166,6 +174,7 @@ pub fn router(config: &Config, edges: Edges, health: HealthChecks, status: Healt
         )),
         tenants: edges.tenants.clone(),
         usage: edges.usage.clone(),
+        price_alerts: edges.price_alerts,
         admin_token: Arc::new(CachedSecret::new(
             edges.secrets,
             &config.admin_token_secret,
@@ -334,7 +343,9 @@ async fn patch_tenant(
 }
 
 /// `DELETE /admin/tenants/{id}`: 204 once the tenant's keys are refused
-/// everywhere, or 404 if there is no such tenant.
+/// everywhere and its price alerts are gone, or 404 if there is no such
+/// tenant. Safe to retry: a repeat (while the tombstone is kept) finishes
+/// what a failed one left.
 async fn delete_tenant(
     State(app): State<App>,
     headers: HeaderMap,
@@ -342,12 +353,15 @@ async fn delete_tenant(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&headers, &app.admin_token).await?;
     let id = tenant_id(id)?;
-    if tenants::delete_tenant(app.tenants.as_ref(), &id, app.clock.now()).await? {
-        app.keys.wait_out().await;
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(no_such_tenant(&id))
+    if !tenants::delete_tenant(app.tenants.as_ref(), &id, app.clock.now()).await? {
+        return Err(no_such_tenant(&id));
     }
+    app.keys.wait_out().await;
+    // No instance takes its keys now, so no alert can be registered after
+    // these go.
+    let alerts = app.price_alerts.delete_all(&id).await?;
+    tracing::info!(tenant = %id, alerts, "a deleted tenant's price alerts removed");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn rotate_key(

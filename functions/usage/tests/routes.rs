@@ -17,6 +17,8 @@ use shared::jwt::MemoryTokens;
 use shared::metering::rollup::{MemoryLedger, Seq, count};
 use shared::metering::tenants::MemoryTenants;
 use shared::metering::types::{EventId, Feature, TenantId, Tokens, UsageEvent};
+use shared::prices::alerts::{MemoryPriceAlerts, PriceAlerts, register};
+use shared::prices::settings::PriceSettings;
 use shared::ratelimit::MemoryCounter;
 use shared::secrets::MemorySecrets;
 use tower::ServiceExt;
@@ -31,6 +33,7 @@ struct Usage {
     tenants: Arc<MemoryTenants>,
     usage: Arc<MemoryLedger>,
     chat: Arc<MemoryChat>,
+    price_alerts: Arc<MemoryPriceAlerts>,
     clock: Arc<FixedClock>,
 }
 
@@ -43,15 +46,18 @@ fn usage() -> Usage {
         ("EVENTS_QUEUE_URL", "http://queue"),
         ("ANTHROPIC_API_KEY_SECRET", "anthropic"),
         ("ADMIN_TOKEN_SECRET", "admin"),
+        ("PRICES_TABLE", "prices"),
     ]);
     let tenants = Arc::new(MemoryTenants::default());
     let usage = Arc::new(MemoryLedger::default());
     let chat = Arc::new(MemoryChat::default());
+    let price_alerts = Arc::new(MemoryPriceAlerts::default());
     let clock = Arc::new(FixedClock::at(Utc::now()));
     let edges = Edges {
         tenants: tenants.clone(),
         usage: usage.clone(),
         chat: chat.clone(),
+        price_alerts: price_alerts.clone(),
         secrets: Arc::new(MemorySecrets::default().with("admin", ADMIN)),
         verifier: Some(Arc::new(MemoryTokens::default().with(USER_TOKEN, SUBJECT))),
         rate_counter: Arc::new(MemoryCounter::default()),
@@ -68,6 +74,7 @@ fn usage() -> Usage {
         tenants,
         usage,
         chat,
+        price_alerts,
         clock,
     }
 }
@@ -120,6 +127,10 @@ async fn send(app: &Usage, request: Request<Body>) -> Answered {
 
 fn acme() -> Value {
     json!({"name": "Acme", "monthly_quota": 1000, "billing_day": 1, "tier": "pro"})
+}
+
+fn other() -> Value {
+    json!({"name": "Other", "monthly_quota": 10, "billing_day": 1, "tier": "free"})
 }
 
 /// Creates a tenant as the admin: its id and API key.
@@ -356,11 +367,64 @@ async fn a_deleted_tenant_is_gone_and_its_key_stops() {
         send(&app, as_admin("GET", &path)).await.status,
         StatusCode::NOT_FOUND
     );
+    // A repeat finishes what a failed delete left (the next test).
     assert_eq!(
         send(&app, as_admin("DELETE", &path)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let unknown = format!("/admin/tenants/{}", TenantId::generate());
+    assert_eq!(
+        send(&app, as_admin("DELETE", &unknown)).await.status,
         StatusCode::NOT_FOUND
     );
     assert_eq!(send(&app, own()).await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// A tenant's price alerts go with it, and no one else's; a delete that
+/// failed on them (the prices table down) is finished by a repeat.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_tenants_price_alerts_go_with_it() {
+    let app = usage();
+    let (id, _) = create(&app, acme()).await;
+    let (other, _) = create(&app, other()).await;
+    let (id, other) = (
+        TenantId::try_from(id).unwrap(),
+        TenantId::try_from(other).unwrap(),
+    );
+    let settings = PriceSettings::from_env(&Env::from_pairs([("CURRENCIES", "USD")])).unwrap();
+    for tenant in [&id, &id, &other] {
+        let new = serde_json::from_value(json!({
+            "metal": "gold", "direction": "above", "price": 5000.0,
+            "webhook": "https://hooks.example.com/ingot",
+        }))
+        .unwrap();
+        register(
+            app.price_alerts.as_ref(),
+            tenant,
+            new,
+            &settings,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+    let path = format!("/admin/tenants/{id}");
+    app.price_alerts.outage.begin();
+    let failed = send(&app, as_admin("DELETE", &path)).await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(failed.headers.contains_key("retry-after"));
+    assert_eq!(
+        send(&app, as_admin("GET", &path)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    app.price_alerts.outage.end();
+    assert_eq!(app.price_alerts.list(&id).await.unwrap().len(), 2);
+    assert_eq!(
+        send(&app, as_admin("DELETE", &path)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(app.price_alerts.list(&id).await.unwrap().is_empty());
+    assert_eq!(app.price_alerts.list(&other).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -409,11 +473,7 @@ async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
 async fn a_tenant_reads_its_own_usage_and_no_one_elses() {
     let app = usage();
     let (id, key) = create(&app, acme()).await;
-    let (other, _) = create(
-        &app,
-        json!({"name": "Other", "monthly_quota": 10, "billing_day": 1, "tier": "free"}),
-    )
-    .await;
+    let (other, _) = create(&app, other()).await;
     let five_minutes_ago = shared::clock::Clock::now(app.clock.as_ref()) - TimeDelta::minutes(5);
     counted(
         &app,

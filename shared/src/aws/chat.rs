@@ -3,13 +3,15 @@
 //! records and rate-limit refusals.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{applied, decode_cursor, encode_cursor, failed, n, put_item, query_all, s};
+use super::{
+    applied, batch_delete, batch_write, decode_cursor, encode_cursor, failed, n, put_item,
+    query_all, s,
+};
 use crate::chat::history::Turn;
 use crate::chat::store::{
     ChatStore, ConversationSummary, UsagePage, UsageRecord, UserProfile, title_of,
@@ -85,37 +87,6 @@ impl DynamoChat {
             client,
             table: table.to_owned(),
         }
-    }
-
-    /// Writes `requests` in batches of 25, retrying unprocessed ones.
-    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
-        for batch in requests.chunks(25) {
-            let mut pending = HashMap::from([(self.table.clone(), batch.to_vec())]);
-            let mut attempt = 0;
-            while pending.values().any(|r| !r.is_empty()) {
-                if attempt == 4 {
-                    return Err(StoreError::Unavailable {
-                        store: STORE,
-                        operation: "BatchWriteItem",
-                        message: "items left unprocessed after retries".to_owned(),
-                    });
-                }
-                if attempt > 0 {
-                    let backoff = crate::backoff::jittered(Duration::from_millis(50), attempt);
-                    tokio::time::sleep(backoff).await;
-                }
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .set_request_items(Some(pending))
-                    .send()
-                    .await
-                    .map_err(|e| failed(STORE, "BatchWriteItem", &e))?;
-                pending = out.unprocessed_items.unwrap_or_default();
-                attempt += 1;
-            }
-        }
-        Ok(())
     }
 
     /// How many rate-limit refusals of a user are on record.
@@ -265,7 +236,7 @@ impl ChatStore for DynamoChat {
                     .map_err(|e| StoreError::corrupt(STORE, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.batch_write(writes).await
+        batch_write(STORE, &self.client, &self.table, writes).await
     }
 
     async fn conversations(&self, subject: &str) -> Result<Vec<ConversationSummary>, StoreError> {
@@ -315,17 +286,7 @@ impl ChatStore for DynamoChat {
             .projection_expression("pk, sk");
         let keys = query_all(STORE, turns).await?;
         let had_turns = !keys.is_empty();
-        let deletes = keys
-            .into_iter()
-            .map(|key| {
-                DeleteRequest::builder()
-                    .set_key(Some(key))
-                    .build()
-                    .map(|d| WriteRequest::builder().delete_request(d).build())
-                    .map_err(|e| StoreError::corrupt(STORE, e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.batch_write(deletes).await?;
+        batch_delete(STORE, &self.client, &self.table, keys).await?;
         // The summary goes last: a delete that fails halfway is retried
         // while the conversation is still listed.
         let old = self

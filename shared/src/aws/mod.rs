@@ -24,7 +24,7 @@ pub use aws_config::SdkConfig;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use base64::Engine;
 
 use crate::store::StoreError;
@@ -197,6 +197,65 @@ pub(crate) async fn batch_get(
         }
     }
     Ok(found)
+}
+
+/// `BatchWriteItem` of `requests` in `table`, 25 a call: unprocessed ones
+/// are sent again, with backoff, up to three times, then the write fails as
+/// unavailable (503) rather than leave them undone.
+pub(crate) async fn batch_write(
+    store: &'static str,
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    requests: Vec<WriteRequest>,
+) -> Result<(), StoreError> {
+    for batch in requests.chunks(25) {
+        let mut pending = HashMap::from([(table.to_owned(), batch.to_vec())]);
+        let mut attempt = 0;
+        while pending.values().any(|r| !r.is_empty()) {
+            if attempt == 4 {
+                return Err(StoreError::Unavailable {
+                    store,
+                    operation: "BatchWriteItem",
+                    message: "items left unprocessed after retries".to_owned(),
+                });
+            }
+            if attempt > 0 {
+                let backoff =
+                    crate::backoff::jittered(std::time::Duration::from_millis(50), attempt);
+                tokio::time::sleep(backoff).await;
+            }
+            let out = client
+                .batch_write_item()
+                .set_request_items(Some(pending))
+                .send()
+                .await
+                .map_err(|e| failed(store, "BatchWriteItem", &e))?;
+            pending = out.unprocessed_items.unwrap_or_default();
+            attempt += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the items at `keys` in `table` ([`batch_write`]'s batches and
+/// retries), in their order.
+pub(crate) async fn batch_delete(
+    store: &'static str,
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Vec<HashMap<String, AttributeValue>>,
+) -> Result<(), StoreError> {
+    let deletes = keys
+        .into_iter()
+        .map(|key| {
+            DeleteRequest::builder()
+                .set_key(Some(key))
+                .build()
+                .map(|d| WriteRequest::builder().delete_request(d).build())
+                .map_err(|e| StoreError::corrupt(store, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    batch_write(store, client, table, deletes).await
 }
 
 /// Pages can end on any item, so the cursor carries both keys.

@@ -9,8 +9,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, ReturnValue, TransactWrite
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
-    Dynamo, applied, batch_get, failed, from_item, is_condition_failure, n, put_item, put_new,
-    query_all, refused_item, s, to_item,
+    Dynamo, applied, batch_delete, batch_get, failed, from_item, is_condition_failure, n, put_item,
+    put_new, query_all, refused_item, s, to_item,
 };
 use crate::metering::types::TenantId;
 use crate::prices::alerts::{PriceAlert, PriceAlerts};
@@ -346,6 +346,21 @@ struct Pointer {
     currency: Currency,
 }
 
+impl DynamoPrices {
+    /// `tenant`'s alerts as its owner pointers list them: (id, series).
+    async fn owned(&self, tenant: &TenantId) -> Result<Vec<(String, Pointer)>, StoreError> {
+        let mut owned = Vec::new();
+        for item in self.partition(owner_pk(tenant)).await? {
+            let id = item.get("sk").and_then(|v| v.as_s().ok()).cloned();
+            let pointer: Pointer = from_item(STORE, item)?;
+            if let Some(id) = id {
+                owned.push((id, pointer));
+            }
+        }
+        Ok(owned)
+    }
+}
+
 #[async_trait::async_trait]
 impl PriceAlerts for DynamoPrices {
     async fn create(&self, alert: &PriceAlert) -> Result<(), StoreError> {
@@ -369,14 +384,12 @@ impl PriceAlerts for DynamoPrices {
     }
 
     async fn list(&self, tenant: &TenantId) -> Result<Vec<PriceAlert>, StoreError> {
-        let mut keys = Vec::new();
-        for item in self.partition(owner_pk(tenant)).await? {
-            let id = item.get("sk").and_then(|v| v.as_s().ok()).cloned();
-            let pointer: Pointer = from_item(STORE, item)?;
-            if let Some(id) = id {
-                keys.push(alert_key(pointer.metal, &pointer.currency, &id));
-            }
-        }
+        let keys = self
+            .owned(tenant)
+            .await?
+            .iter()
+            .map(|(id, pointer)| alert_key(pointer.metal, &pointer.currency, id))
+            .collect();
         let items = batch_get(STORE, &self.dynamo, &self.table, keys, false, None).await?;
         let mut alerts = items
             .into_iter()
@@ -418,6 +431,19 @@ impl PriceAlerts for DynamoPrices {
             .await
             .map_err(|e| failed(STORE, "TransactWriteItems", &e))?;
         Ok(true)
+    }
+
+    /// The alerts go first, their owner pointers after: a delete that fails
+    /// halfway is retried while the tenant's pointers still list the rest.
+    async fn delete_all(&self, tenant: &TenantId) -> Result<usize, StoreError> {
+        let owned = self.owned(tenant).await?;
+        let alerts = owned
+            .iter()
+            .map(|(id, pointer)| alert_key(pointer.metal, &pointer.currency, id));
+        let owners = owned.iter().map(|(id, _)| owner_key(tenant, id));
+        let keys = alerts.chain(owners).collect();
+        batch_delete(STORE, &self.dynamo.sdk, &self.table, keys).await?;
+        Ok(owned.len())
     }
 
     async fn watching(

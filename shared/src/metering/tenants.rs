@@ -460,18 +460,20 @@ pub async fn rotate_signing_secret(
 /// [`CachedKeys::wait_out`] returns, which the admin API waits for), the
 /// rollup still counts its events accepted before (the tombstone keeps its
 /// billing day), and its usage stays until the usage table's TTLs
-/// (docs/data-model.md).
-/// `false` if there is no such tenant.
+/// (docs/data-model.md). What else it owns is deleted after, by the caller;
+/// so a tenant deleted before (its tombstone still kept) answers `true`
+/// again, and a delete that failed after this step can be retried whole.
+/// `false` if there is no such tenant, nor was lately.
 pub async fn delete_tenant(
     store: &dyn TenantStore,
     id: &TenantId,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let deleted = store.delete(id, now, now + TOMBSTONE_RETENTION).await?;
-    if deleted {
+    if store.delete(id, now, now + TOMBSTONE_RETENTION).await? {
         tracing::info!(tenant = %id, "tenant deleted");
+        return Ok(true);
     }
-    Ok(deleted)
+    Ok(store.deleted(id).await?.is_some())
 }
 
 /// Values remembered per warm instance for `ttl`, at most
@@ -856,6 +858,21 @@ mod tests {
         assert_eq!(keys.tenant(&key).await.unwrap(), Some(tenant));
         keys.wait_out().await;
         assert_eq!(keys.tenant(&key).await.unwrap(), None);
+    }
+
+    /// A repeat delete answers as the first did, so one that failed after
+    /// the tenant went can be retried whole; an unknown id is not deleted.
+    #[tokio::test]
+    async fn deleting_a_tenant_again_is_deleting_it() {
+        let store = MemoryTenants::default();
+        let tenant = acme(Utc::now());
+        register(&store, &tenant).await.unwrap();
+        for _ in 0..2 {
+            assert!(delete_tenant(&store, &tenant.id, Utc::now()).await.unwrap());
+        }
+        assert!(store.get(&tenant.id).await.unwrap().is_none());
+        let unknown = TenantId::generate();
+        assert!(!delete_tenant(&store, &unknown, Utc::now()).await.unwrap());
     }
 
     /// A value read slowly is remembered for what is left of the TTL after

@@ -187,6 +187,10 @@ pub trait PriceAlerts: Send + Sync {
     /// Deletes `tenant`'s alert `id`; `false` if it has none by that id.
     async fn delete(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
 
+    /// Deletes every alert of `tenant` (a deleted tenant's); how many. A
+    /// delete that fails halfway leaves the rest listed, to be retried.
+    async fn delete_all(&self, tenant: &TenantId) -> Result<usize, StoreError>;
+
     /// Every alert on (`metal`, `currency`).
     async fn watching(
         &self,
@@ -317,6 +321,14 @@ impl PriceAlerts for MemoryPriceAlerts {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    async fn delete_all(&self, tenant: &TenantId) -> Result<usize, StoreError> {
+        self.outage.check("prices table")?;
+        let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        let before = alerts.len();
+        alerts.retain(|_, a| a.tenant != *tenant);
+        Ok(before - alerts.len())
     }
 
     async fn watching(
