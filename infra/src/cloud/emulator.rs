@@ -58,8 +58,7 @@ impl Emulator {
     }
 
     /// The command that serves this emulator on `127.0.0.1:port` only, with
-    /// only the services Ingot uses, on a core of its own
-    /// ([`crate::cloud::cores`]). The child is killed by the kernel if the
+    /// only the services Ingot uses. The child is killed by the kernel if the
     /// thread that spawned it dies, so an aborted run never leaves an
     /// emulator holding the port.
     pub fn command(self, root: &Path, port: u16) -> std::process::Command {
@@ -83,14 +82,12 @@ impl Emulator {
                 command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
             }
         }
-        // It keeps a core of its own, away from the functions (`cores`).
-        let core = crate::cloud::cores::Split::of_this_machine().map(|split| split.emulator);
-        // SAFETY: prctl and sched_setaffinity are async-signal-safe; they set
-        // this child's parent-death signal and its cores.
+        // SAFETY: prctl is async-signal-safe and only sets this child's
+        // parent-death signal.
         unsafe {
-            command.pre_exec(move || {
+            command.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                core.as_ref().map_or(Ok(()), crate::cloud::cores::pin)
+                Ok(())
             });
         }
         command

@@ -3,7 +3,6 @@
 //! keeps its Lambda limits, and the event sources cargo-lambda lacks.
 
 pub mod bootstrap;
-pub mod cores;
 pub mod dev;
 pub mod emulator;
 pub mod front;

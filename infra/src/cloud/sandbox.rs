@@ -13,9 +13,7 @@
 //! - an invocation still running at its deadline fails with
 //!   `Sandbox.Timedout`, and the instance is killed and started afresh;
 //! - with `ReservedConcurrentExecutions`, an instance waits for one of that
-//!   many slots before it starts, so no more run at once;
-//! - the instance runs on cores the emulator does not, as a Lambda instance
-//!   has its own ([`crate::cloud::cores`]).
+//!   many slots before it starts, so no more run at once.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -129,16 +127,13 @@ pub async fn run(program: OsString, args: Vec<OsString>) -> Result<ExitCode, Str
         async move { proxy.forward(request).await }
     }));
 
-    // The instance runs on the cores the emulator does not (`cores`).
-    let cores = crate::cloud::cores::Split::of_this_machine().map(|split| split.functions);
     loop {
         let mut command = tokio::process::Command::new(&program);
-        // SAFETY: prctl and sched_setaffinity are async-signal-safe; the
-        // instance dies with its sandbox, and keeps to its cores.
+        // SAFETY: prctl is async-signal-safe; the instance dies with its sandbox.
         unsafe {
-            command.pre_exec(move || {
+            command.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                cores.as_ref().map_or(Ok(()), crate::cloud::cores::pin)
+                Ok(())
             });
         }
         let mut child = command

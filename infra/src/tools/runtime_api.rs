@@ -266,15 +266,7 @@ impl Harness {
             .env("_HANDLER", "bootstrap")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true);
-        // As under `make dev`, the function keeps off the emulator's core.
-        if let Some(split) = crate::cloud::cores::Split::of_this_machine() {
-            // SAFETY: sched_setaffinity is async-signal-safe.
-            unsafe {
-                command.pre_exec(move || crate::cloud::cores::pin(&split.functions));
-            }
-        }
-        command
+            .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("{}: {e}", binary.display()))
     }
