@@ -94,8 +94,24 @@ impl Emulator {
     }
 }
 
-/// A port nothing listens on right now.
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768–60999 by
+/// default), which the kernel hands out as the local port of outgoing
+/// connections: a port chosen there could be taken by any connection made
+/// before its server binds it (`make dev` binds its Lambda port only after
+/// building every function).
+const UNEPHEMERAL: std::ops::Range<u16> = 20_000..32_768;
+
+/// A port nothing listens on right now, outside the ephemeral range when
+/// one there is free.
 pub fn free_port() -> std::io::Result<u16> {
+    let span = u64::from(UNEPHEMERAL.end - UNEPHEMERAL.start);
+    let start = uuid::Uuid::new_v4().as_u64_pair().0 % span;
+    for step in 0..64 {
+        let port = UNEPHEMERAL.start + ((start + step * 7919) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -119,4 +135,16 @@ pub async fn wait_for_port(port: u16, within: Duration, what: &str) -> Result<()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_port_is_bindable_and_outside_the_ephemeral_range() {
+        let port = free_port().unwrap();
+        assert!(UNEPHEMERAL.contains(&port), "{port}");
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    }
 }
