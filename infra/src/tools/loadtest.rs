@@ -209,8 +209,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// What each kind of process on this machine has used, in CPU milliseconds.
-type CpuSplit = HashMap<String, f64>;
+/// What each kind of process on this machine has used so far, and how many
+/// of that kind are running.
+type CpuSplit = HashMap<String, CpuUse>;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct CpuUse {
+    /// CPU time (user + system), in milliseconds.
+    ms: f64,
+    processes: usize,
+}
 
 /// The process kinds of `make dev`, by executable and command line; a
 /// function's processes go by its binary (`functions`, from the template).
@@ -273,7 +281,9 @@ fn cpu_split(functions: &[String]) -> CpuSplit {
         let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
         if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
             // A tick is 10 ms (USER_HZ is 100 on Linux).
-            *split.entry(kind.to_owned()).or_default() += (user + system) * 10.0;
+            let usage = split.entry(kind.to_owned()).or_default();
+            usage.ms += (user + system) * 10.0;
+            usage.processes += 1;
         }
     }
     split
@@ -833,14 +843,23 @@ async fn check(
     Ok((discrepancy, notes, events_accepted))
 }
 
-/// CPU per process kind over the measured window, busiest first.
-fn cpu_window(before: &CpuSplit, after: &CpuSplit) -> Vec<(String, f64)> {
-    let mut used: Vec<(String, f64)> = after
+/// CPU per process kind over the measured window, busiest first, with how
+/// many processes of the kind ran at its end (a function's instances: a run
+/// with fewer than `make dev`'s default says so in its report).
+fn cpu_window(before: &CpuSplit, after: &CpuSplit) -> Vec<(String, CpuUse)> {
+    let mut used: Vec<(String, CpuUse)> = after
         .iter()
-        .map(|(kind, ms)| (kind.clone(), ms - before.get(kind).copied().unwrap_or(0.0)))
-        .filter(|(_, ms)| *ms > 0.0)
+        .map(|(kind, usage)| {
+            let earlier = before.get(kind).map_or(0.0, |u| u.ms);
+            let window = CpuUse {
+                ms: usage.ms - earlier,
+                ..*usage
+            };
+            (kind.clone(), window)
+        })
+        .filter(|(_, usage)| usage.ms > 0.0)
         .collect();
-    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used.sort_by(|a, b| b.1.ms.total_cmp(&a.1.ms));
     used
 }
 
@@ -914,7 +933,7 @@ fn summary(
 /// Where the CPU went, and Ingot's own cost per event.
 fn costs(
     metrics: &HashMap<(String, String), f64>,
-    window: &[(String, f64)],
+    window: &[(String, CpuUse)],
     requests: u64,
 ) -> String {
     let metric = |f: &str, n: &str| {
@@ -927,21 +946,22 @@ fn costs(
         window
             .iter()
             .find(|(k, _)| *k == kind)
-            .map_or(0.0, |(_, ms)| *ms)
+            .map_or(0.0, |(_, used)| used.ms)
     };
     let accepted = metric("ingest", "EventsAccepted").max(1.0);
     let counted = metric("rollup", "EventsCounted").max(1.0);
-    let total: f64 = window.iter().map(|(_, ms)| ms).sum();
+    let total: f64 = window.iter().map(|(_, used)| used.ms).sum();
     let mut report = String::from(
         "\nCPU by process over the measured window (2 cores = 200%):\n\n\
-         | process | CPU | share | per request |\n|---|---:|---:|---:|\n",
+         | process | processes | CPU | share | per request |\n|---|---:|---:|---:|---:|\n",
     );
-    for (kind, ms) in window {
+    for (kind, used) in window {
         report.push_str(&format!(
-            "| {kind} | {:.1} s | {:.0}% | {:.0} µs |\n",
-            ms / 1000.0,
-            100.0 * ms / total.max(1.0),
-            ms * 1000.0 / requests.max(1) as f64,
+            "| {kind} | {} | {:.1} s | {:.0}% | {:.0} µs |\n",
+            used.processes,
+            used.ms / 1000.0,
+            100.0 * used.ms / total.max(1.0),
+            used.ms * 1000.0 / requests.max(1) as f64,
         ));
     }
     report.push_str(&format!(
@@ -1083,5 +1103,26 @@ mod tests {
             Some("load generator")
         );
         assert_eq!(process_kind("bash", &[], false, &functions), None);
+    }
+
+    #[test]
+    fn the_window_is_cpu_used_in_it_with_the_instances_at_its_end() {
+        let used = |ms, processes| CpuUse { ms, processes };
+        let before = CpuSplit::from([
+            ("ingest".to_owned(), used(1000.0, 4)),
+            ("rollup".to_owned(), used(500.0, 2)),
+        ]);
+        let after = CpuSplit::from([
+            ("ingest".to_owned(), used(1200.0, 1)),
+            ("rollup".to_owned(), used(500.0, 2)),
+            ("emulator".to_owned(), used(900.0, 1)),
+        ]);
+        assert_eq!(
+            cpu_window(&before, &after),
+            [
+                ("emulator".to_owned(), used(900.0, 1)),
+                ("ingest".to_owned(), used(200.0, 1)),
+            ]
+        );
     }
 }
